@@ -1,0 +1,108 @@
+"""The Ansible inventory for a fleet: the same groups whether hosts are lab containers or EC2 instances.
+
+The lab writes it from container addresses; inventories/aws/ builds it from
+Pulumi stack outputs. Both call build_inventory, so the playbooks see one shape.
+Each cluster's validated spec is rendered into its group's vars as `cluster`,
+which is how the roles read the spec without parsing YAML themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dbfleet.spec import Fleet, MongoCluster, PostgresCluster, RedisCluster
+
+
+@dataclass(frozen=True)
+class HostAccess:
+    """How Ansible and the operator reach one host."""
+
+    address: str
+    """The private address the databases use to reach each other."""
+    connection: dict[str, Any] = field(default_factory=dict)
+    """Ansible connection vars: ansible_host, ansible_connection, ansible_user, ..."""
+
+
+def cluster_group(name: str) -> str:
+    """Ansible group name for a cluster: 'pg-main' -> 'cluster_pg_main'."""
+    return "cluster_" + name.replace("-", "_")
+
+
+def host_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
+    """Every host's cluster and the engine-role groups it belongs to."""
+    roles: dict[str, tuple[str, list[str]]] = {}
+    for c in fleet.clusters:
+        if isinstance(c, PostgresCluster):
+            for i, h in enumerate(c.all_hosts()):
+                roles[h.name] = (c.name, ["postgres", "postgres_primary" if i == 0 else "postgres_replica"])
+        elif isinstance(c, RedisCluster):
+            data = [h.name for h in c.data_hosts()]
+            for i, name in enumerate(data):
+                roles[name] = (c.name, ["redis", "redis_primary" if i == 0 else "redis_replica"])
+            for h in c.sentinel_hosts():
+                cluster, groups = roles.get(h.name, (c.name, []))
+                roles[h.name] = (cluster, groups + ["redis_sentinel"])
+        elif isinstance(c, MongoCluster):
+            for h in c.config_servers.hosts():
+                roles[h.name] = (c.name, ["mongo", "mongo_config"])
+            for shard in c.shards:
+                for h in shard.hosts():
+                    roles[h.name] = (c.name, ["mongo", "mongo_shard", "mongo_shard_" + shard.name.replace("-", "_")])
+            for h in c.mongos:
+                name = h if isinstance(h, str) else h.name
+                roles[name] = (c.name, ["mongo", "mongos"])
+    roles[fleet.monitoring.host] = ("", ["monitoring"])
+    return roles
+
+
+def build_inventory(fleet: Fleet, access: dict[str, HostAccess], extra_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Inventory as a YAML-ready dict. Hosts missing from `access` are left out (say, no Mongo image)."""
+    children: dict[str, dict[str, Any]] = {}
+
+    def add(group: str, host: str, hostvars: dict[str, Any]) -> None:
+        children.setdefault(group, {"hosts": {}})["hosts"][host] = hostvars
+
+    for host, (cluster, groups) in host_roles(fleet).items():
+        if host not in access:
+            continue
+        hostvars = {**access[host].connection, "dbfleet_address": access[host].address}
+        if cluster:
+            hostvars["dbfleet_cluster"] = cluster
+        for group in groups:
+            add(group, host, {})
+        if cluster:
+            add(cluster_group(cluster), host, {})
+        children.setdefault("_hostvars", {"hosts": {}})["hosts"][host] = hostvars
+
+    hostvars_group = children.pop("_hostvars", {"hosts": {}})
+    for c in fleet.clusters:
+        group = cluster_group(c.name)
+        if group in children:
+            children[group]["vars"] = {"cluster": c.model_dump(mode="json")}
+    all_vars: dict[str, Any] = {
+        "dbfleet_fleet": fleet.fleet.model_dump(mode="json"),
+        "dbfleet_monitoring": fleet.monitoring.model_dump(mode="json"),
+        "dbfleet_addresses": {h: a.address for h, a in access.items()},
+        **(extra_vars or {}),
+    }
+    return {"all": {"vars": all_vars, "hosts": hostvars_group["hosts"], "children": children}}
+
+
+def write_inventory(inventory: dict[str, Any], directory: Path) -> Path:
+    """Write hosts.yml into `directory`, only when its content changed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "hosts.yml"
+    text = "# Written by dbfleet from the fleet spec; do not edit.\n" + yaml.safe_dump(inventory, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def read_inventory_hosts(path: Path) -> dict[str, dict[str, Any]]:
+    """Host vars by host name from a hosts.yml written by write_inventory."""
+    data = yaml.safe_load(path.read_text())
+    return dict(data["all"].get("hosts") or {})
