@@ -1,0 +1,52 @@
+"""Options and output shared by the CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dbfleet.spec import Fleet, load_fleet
+
+DEFAULT_LAB = "lab"
+
+
+def add_lab_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lab", default=DEFAULT_LAB, help="lab name; containers are dbfleet-<lab>-<host> (default: lab)")
+    parser.add_argument("--inventories", type=Path, default=Path("inventories"),
+                        help="inventories folder (default: ./inventories)")
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+
+def inventory_path(args: argparse.Namespace) -> Path:
+    """--inventory if given, else the lab's written inventory."""
+    explicit = getattr(args, "inventory", None)
+    if explicit:
+        return Path(explicit)
+    return args.inventories / "local" / args.lab / "hosts.yml"
+
+
+def fleet_of(args: argparse.Namespace) -> Fleet:
+    return load_fleet(args.spec)
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    head = "  ".join(c.upper().ljust(widths[c]) for c in columns)
+    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join([head, *body])
