@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-_RANGES = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 6))
+_RANGES = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
 
 
 class CronError(ValueError):
@@ -79,12 +79,11 @@ def _field(text: str, name: str, low: int, high: int) -> frozenset[int]:
                 stop = high
         else:
             raise CronError(f"{name}: {part!r} is not a number, range, list or *")
-        if name == "day of week" and stop == 7:  # 7 is Sunday too
-            stop = 6 if start <= 6 else 0
-            values.add(0)
         if not (low <= start <= high and low <= stop <= high and start <= stop):
             raise CronError(f"{name}: {part!r} is outside {low}-{high}")
         values.update(range(start, stop + 1, step))
+    if name == "day of week" and 7 in values:  # 7 is Sunday too
+        values = (values - {7}) | {0}
     return frozenset(values)
 
 

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command (README and .ci/run): bootstrap, then the whole suite —
+# unit, Pulumi mocks, and integration/fault tests against the container lab.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec python3 -m pytest tests -q -ra --durations=15 "$@"
