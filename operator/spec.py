@@ -527,7 +527,8 @@ class SpecProblem:
 
     def render(self, file: str) -> str:
         where = f"{file}:{self.line}" if self.line else file
-        return f"{where}: {self.path or '(top level)'}: {self.message}"
+        message = " ".join(self.message.split())  # one problem, one line
+        return f"{where}: {self.path or '(top level)'}: {message}"
 
 
 class SpecError(Exception):
@@ -621,7 +622,7 @@ def _problems(exc: ValidationError, lines: dict[tuple[str, ...], int]) -> list[S
             if loc[:cut] in lines:
                 line = lines[loc[:cut]]
                 break
-        path = ".".join(loc)
+        path = ".".join(part if part.isprintable() and part.strip() == part and part else repr(part) for part in loc)
         problems.setdefault((path, message), SpecProblem(path, line, message))
     return list(problems.values())
 
@@ -634,7 +635,7 @@ def parse_fleet(text: str, file: str = "<spec>") -> Fleet:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
         raise SpecError(file, [SpecProblem("", line, f"not valid YAML: {problem}")]) from None
     if not isinstance(data, dict):
         raise SpecError(file, [SpecProblem("", 1, f"expected a mapping with apiVersion, fleet and clusters, "
