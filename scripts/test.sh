@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-exec python3 -m pytest tests -q -ra --durations=15 "$@"
+exec python3 -m pytest -q -ra --durations=15 "$@"
