@@ -1,0 +1,1 @@
+"""Backups, retention, point-in-time restore and restore drills, driving each engine's own tools."""

@@ -1,0 +1,79 @@
+"""The backup reconciler's diff: from the spec and what the targets hold, the actions `plan` shows first.
+
+Pure: the observation (manifests, last drill, whether a backup runs now) is
+gathered elsewhere (`observe_backups`), so this is unit-tested without servers.
+Action kinds: `mark-orphaned`, `backup`, `drill`, `prune` (destructive), and
+`report-drill-failed`, which only informs (and is what the alert fires on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Mapping
+
+from dbfleet.backups.manifest import FAILED, PENDING, DrillRecord, Manifest, newest_first, utcnow
+from dbfleet.backups.retention import expired_backups
+from dbfleet.backups.scheduler import drill_due, due_backup
+from dbfleet.reconcile.actions import Action
+from dbfleet.spec import Fleet
+
+RECONCILER = "backups"
+
+
+@dataclass(frozen=True)
+class BackupObservation:
+    """What one cluster's backup target holds now."""
+
+    manifests: list[Manifest] = field(default_factory=list)
+    last_drill: DrillRecord | None = None
+    running: bool = False
+    """A backup of this cluster is in progress (its lock is held), so pending manifests are live."""
+
+
+def drill_candidate(manifests: list[Manifest]) -> Manifest | None:
+    """The backup a drill restores: the newest one that finished, whatever its verdict so far."""
+    return next((m for m in newest_first(manifests) if m.status not in (PENDING, "orphaned")), None)
+
+
+def planned_backup_actions(fleet: Fleet, observed: Mapping[str, BackupObservation],
+                           now: datetime | None = None) -> list[Action]:
+    """Actions for every cluster with backups enabled; clusters missing from `observed` are skipped."""
+    now = now or utcnow()
+    actions: list[Action] = []
+    for cluster in fleet.clusters:
+        policy = cluster.backup
+        obs = observed.get(cluster.name)
+        if not policy.enabled or obs is None:
+            continue
+        name = cluster.name
+        if not obs.running:
+            for m in obs.manifests:
+                if m.status == PENDING:
+                    actions.append(Action(name, RECONCILER, "mark-orphaned", m.id,
+                                          f"pending since {m.started_at} and no backup is running",
+                                          detail={"backup": m.id}))
+        due = due_backup(cluster.engine, policy, obs.manifests, now)
+        if due is not None and not obs.running:
+            actions.append(Action(name, RECONCILER, "backup", due.kind, due.reason(),
+                                  detail={"kind": due.kind, "target": policy.target.kind}))
+        if obs.last_drill is not None and not obs.last_drill.ok:
+            actions.append(Action(name, RECONCILER, "report-drill-failed", obs.last_drill.backup_id,
+                                  f"drill {obs.last_drill.id} failed: {obs.last_drill.message}",
+                                  detail={"drill": obs.last_drill.id}))
+        candidate = drill_candidate(obs.manifests)
+        if candidate is not None and drill_due(policy, obs.last_drill, now):
+            if candidate.status == FAILED:
+                # Never retried into green: a failed backup stays failed until a newer one is taken.
+                actions.append(Action(name, RECONCILER, "report-drill-failed", candidate.id,
+                                      f"the newest backup {candidate.id} is failed ({candidate.error or 'drill'}); "
+                                      "take a new backup to drill", detail={"backup": candidate.id}))
+            else:
+                actions.append(Action(name, RECONCILER, "drill", candidate.id,
+                                      f"drill schedule {policy.drill.schedule!r} is due; newest backup "
+                                      f"{candidate.id} ({candidate.status})", detail={"backup": candidate.id}))
+        for expiry in expired_backups(obs.manifests, policy.retention, now):
+            actions.append(Action(name, RECONCILER, "prune", expiry.backup.id, expiry.describe(), destructive=True,
+                                  detail={"backup": expiry.backup.id, "root": expiry.root,
+                                          "superseded_by": expiry.superseded_by}))
+    return actions

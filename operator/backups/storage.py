@@ -1,0 +1,276 @@
+"""Where backups are kept: a local directory (the lab's shared volume) or an S3 bucket, behind one interface.
+
+Keys are POSIX paths relative to the target root (`dbfleet/pg-main/<id>/manifest.json`).
+The operator reads and writes manifests, hashes stored files and deletes expired
+ones through a Storage; the tools (pgBackRest, mongodump) write their own data
+straight into the same target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from dbfleet.backups.manifest import (
+    DrillRecord,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    cluster_prefix,
+    drill_key,
+)
+from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.spec import LocalTarget, S3Target
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+
+
+class Storage(ABC):
+    """One backup target."""
+
+    description: str = ""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def put_file(self, key: str, source: Path) -> None: ...
+
+    @abstractmethod
+    def get_file(self, key: str, dest: Path) -> None: ...
+
+    @abstractmethod
+    def open_chunks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in chunks, for hashing without loading it whole."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[StoredObject]:
+        """Every object whose key starts with prefix, sorted by key."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def exists(self, key: str) -> bool:
+        return any(o.key == key for o in self.list(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        objects = self.list(prefix)
+        for obj in objects:
+            self.delete(obj.key)
+        return len(objects)
+
+    def measure(self, key: str) -> FileEntry:
+        """Size and sha256 of one stored object."""
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in self.open_chunks(key):
+            digest.update(chunk)
+            size += len(chunk)
+        return FileEntry(key, size, digest.hexdigest())
+
+    def measure_prefix(self, prefix: str, exclude: tuple[str, ...] = ()) -> list[FileEntry]:
+        return [self.measure(o.key) for o in self.list(prefix) if not o.key.endswith(exclude)]
+
+    # -- manifests ---------------------------------------------------------------
+
+    def save_manifest(self, manifest: Manifest) -> None:
+        self.put_bytes(manifest.key, manifest.to_json().encode())
+
+    def load_manifest(self, key: str) -> Manifest:
+        return Manifest.from_json(self.get_bytes(key), f"{self.description}/{key}")
+
+    def manifests(self, cluster: str) -> list[Manifest]:
+        """Every readable manifest of a cluster; an unreadable one is a PermanentError naming it."""
+        found = []
+        for obj in self.list(cluster_prefix(cluster)):
+            rest = obj.key[len(cluster_prefix(cluster)):]
+            if rest.count("/") == 1 and rest.endswith("/manifest.json"):
+                try:
+                    found.append(self.load_manifest(obj.key))
+                except ManifestError as exc:
+                    raise PermanentError(str(exc), cluster=cluster, action="read manifests") from None
+        return found
+
+    def save_drill(self, record: DrillRecord) -> None:
+        self.put_bytes(record.key, record.to_json().encode())
+
+    def drills(self, cluster: str) -> list[DrillRecord]:
+        """Every drill record of a cluster, oldest first."""
+        prefix = drill_key(cluster, "")[: -len(".json")]
+        records = [DrillRecord.from_json(self.get_bytes(o.key), o.key) for o in self.list(prefix)
+                   if o.key.endswith(".json")]
+        return sorted(records, key=lambda r: (r.finished_at, r.id))
+
+    def last_drill(self, cluster: str) -> DrillRecord | None:
+        records = self.drills(cluster)
+        return records[-1] if records else None
+
+    def verify_files(self, manifest: Manifest) -> list[str]:
+        """Each stored file whose size or sha256 differs from the manifest, as 'key: why'. Empty when intact."""
+        problems = []
+        for entry in manifest.files:
+            try:
+                now = self.measure(entry.key)
+            except FileNotFoundError:
+                problems.append(f"{entry.key}: missing")
+                continue
+            if now.size != entry.size:
+                problems.append(f"{entry.key}: size {now.size}, manifest says {entry.size}")
+            elif now.sha256 != entry.sha256:
+                problems.append(f"{entry.key}: sha256 {now.sha256[:12]}..., manifest says {entry.sha256[:12]}...")
+        return problems
+
+
+class LocalStorage(Storage):
+    """A directory on the operator's machine: in the lab, the shared backup volume's mountpoint."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.description = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents and path != self.root:
+            raise PermanentError(f"key {key!r} leaves the backup root {self.root}")
+        return path
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # a reader never sees half a manifest
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def put_file(self, key: str, source: Path) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, path)
+
+    def get_file(self, key: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._path(key), dest)
+
+    def open_chunks(self, key: str) -> Iterator[bytes]:
+        with self._path(key).open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+
+    def list(self, prefix: str) -> list[StoredObject]:
+        head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self._path(head) if head else self.root
+        if not base.is_dir():
+            return []
+        out = []
+        for path in base.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix) and not key.endswith(".tmp") and path.is_file():
+                out.append(StoredObject(key, path.stat().st_size))
+        return sorted(out, key=lambda o: o.key)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # Drop directories left empty, up to the root, so a pruned backup leaves no trace.
+        parent = path.parent
+        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+
+class S3Storage(Storage):
+    """An S3 bucket and prefix through boto3 (credentials from the usual AWS chain; AWS_CA_BUNDLE honoured)."""
+
+    def __init__(self, bucket: str, prefix: str = "", region: str = "us-east-1", endpoint: str | None = None,
+                 client: Any = None):
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = client or boto3.client("s3", region_name=region, endpoint_url=endpoint)
+        self.description = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError, EndpointConnectionError
+
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise FileNotFoundError(f"{self.description}/{kwargs.get('Key', '')}") from None
+            if code in ("SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"):
+                raise TemporaryError(f"S3 {what}: {code}") from None
+            raise PermanentError(f"S3 {what} in {self.description}: {code} {exc}") from None
+        except EndpointConnectionError as exc:
+            raise TemporaryError(f"S3 {what}: {exc}") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._call("put", self.client.put_object, Key=self._key(key), Body=data)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._call("get", self.client.get_object, Key=self._key(key))["Body"].read()
+
+    def put_file(self, key: str, source: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.upload_file(str(source), self.bucket, self._key(key))
+        except ClientError as exc:
+            raise PermanentError(f"S3 upload {key} to {self.description}: {exc}") from None
+
+    def get_file(self, key: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with dest.open("wb") as handle:
+            for chunk in self.open_chunks(key):
+                handle.write(chunk)
+
+    def open_chunks(self, key: str) -> Iterator[bytes]:
+        body = self._call("get", self.client.get_object, Key=self._key(key))["Body"]
+        try:
+            while chunk := body.read(CHUNK):
+                yield chunk
+        finally:
+            body.close()
+
+    def list(self, prefix: str) -> list[StoredObject]:
+        out = []
+        token: dict[str, str] = {}
+        while True:
+            page = self._call("list", self.client.list_objects_v2, Prefix=self._key(prefix), **token)
+            for item in page.get("Contents", []):
+                out.append(StoredObject(item["Key"][len(self.prefix):], int(item["Size"])))
+            if not page.get("IsTruncated"):
+                break
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+        return sorted(out, key=lambda o: o.key)
+
+    def delete(self, key: str) -> None:
+        self._call("delete", self.client.delete_object, Key=self._key(key))
+
+
+def storage_for(target: LocalTarget | S3Target, local_root: Path | None = None, s3_client: Any = None) -> Storage:
+    """The Storage for a spec target. `local_root` is where the operator sees a local target (the lab's
+    volume mountpoint); without it, the target's own path, as on a host that mounts the share."""
+    if isinstance(target, S3Target):
+        return S3Storage(target.bucket, target.prefix, target.region, target.endpoint, client=s3_client)
+    return LocalStorage(local_root or Path(target.path))
