@@ -1,0 +1,151 @@
+"""`dbfleet reconcile`: bring the fleet to its spec once (--once) or in a loop (--watch), as leader only.
+
+Also holds what `plan` and `status` share: the options that say where the
+inventory, secrets and state file are, and how the operator is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from dbfleet.commands.common import add_json_option, add_lab_options, emit, fleet_of, inventory_path
+from dbfleet.engines.base import FleetAccess
+from dbfleet.monitoring import metrics
+from dbfleet.reconcile.errors import ReconcileError
+from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
+from dbfleet.reconcile.loop import CycleReport, Leader, Operator, watch
+from dbfleet.reconcile.status import record_cycle
+from dbfleet.secrets import SecretsError
+from dbfleet.spec import PostgresCluster
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad options or missing files: exit 2 with the message."""
+
+
+def add_operator_options(parser: argparse.ArgumentParser) -> None:
+    add_lab_options(parser)
+    parser.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
+    parser.add_argument("--secrets", type=Path,
+                        help="secrets file (default: group_vars/all/secrets.yml beside the inventory)")
+    parser.add_argument("--cluster", action="append", metavar="NAME", help="only this cluster (repeatable)")
+    add_json_option(parser)
+
+
+def secrets_path(args: argparse.Namespace) -> Path:
+    return args.secrets or inventory_path(args).parent / "group_vars" / "all" / "secrets.yml"
+
+
+def state_path(args: argparse.Namespace) -> Path:
+    return getattr(args, "state", None) or inventory_path(args).parent / "operator-state.json"
+
+
+def build_operator(args: argparse.Namespace, stop: threading.Event | None = None) -> Operator:
+    fleet = fleet_of(args)
+    names = {c.name for c in fleet.clusters}
+    unknown = sorted(set(args.cluster or ()) - names)
+    if unknown:
+        raise UsageError(f"--cluster: no cluster named {', '.join(unknown)}; the spec has {', '.join(sorted(names))}")
+    try:
+        access = FleetAccess.load(inventory_path(args), secrets_path(args))
+    except (ReconcileError, SecretsError) as exc:
+        raise UsageError(str(exc)) from None
+    return Operator(fleet, access, stop=stop, clusters=set(args.cluster) if args.cluster else None)
+
+
+def leader_lock(operator: Operator, args: argparse.Namespace) -> Leader:
+    """The advisory lock on the chosen (default: first) PostgreSQL cluster's primary; a file lock without one."""
+    from dbfleet.engines.postgres import find_primary
+
+    clusters = [c for c in operator.fleet.clusters if isinstance(c, PostgresCluster)]
+    if args.leader_cluster:
+        clusters = [c for c in clusters if c.name == args.leader_cluster]
+        if not clusters:
+            raise UsageError(f"--leader-cluster: {args.leader_cluster} is not a PostgreSQL cluster of the spec")
+    if not clusters:
+        return FileLeaderLock(state_path(args).with_name("operator-leader.lock"))
+    cluster = clusters[0]
+    return AdvisoryLeaderLock(lambda: find_primary(cluster, operator.access, "postgres", operator_identity())[1],
+                              where=f"the primary of {cluster.name}")
+
+
+def run_guarded(handler: Any, args: argparse.Namespace) -> int:
+    try:
+        return int(handler(args))
+    except UsageError as exc:
+        print(f"dbfleet {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconcile", help="bring the fleet to its spec: once, or in a loop; acts only as leader",
+                       description="Observe every cluster, diff it against the spec and apply the actions. "
+                                   "Only the holder of the leader lock acts; others just observe.")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--once", action="store_true", help="one cycle, then exit (1 if anything failed)")
+    mode.add_argument("--watch", action="store_true", help="cycle until SIGTERM or SIGINT")
+    p.add_argument("--interval", type=float, default=30.0, help="seconds between cycles with --watch (default 30)")
+    p.add_argument("--leader-cluster", metavar="NAME",
+                   help="PostgreSQL cluster whose primary holds the leader lock (default: the first)")
+    p.add_argument("--state", type=Path, help="state file for `status` (default: operator-state.json "
+                                              "beside the inventory)")
+    p.add_argument("--metrics-port", type=int, help="with --watch, serve /metrics here (default: the spec's "
+                                                    "monitoring.operator_metrics_port; 0 picks a free port)")
+    p.add_argument("--metrics-address", default="0.0.0.0", help="address for /metrics (default 0.0.0.0)")
+    p.add_argument("--no-metrics", action="store_true", help="with --watch, do not serve /metrics")
+    add_operator_options(p)
+    p.set_defaults(handler=lambda args: run_guarded(run, args))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError("--interval must be positive")
+    stop = threading.Event()
+    operator = build_operator(args, stop)
+    leader = leader_lock(operator, args)
+    state = state_path(args)
+    if args.once:
+        try:
+            is_leader = leader.acquire()
+            report = operator.run_cycle(apply=is_leader)
+        finally:
+            leader.release()
+        report.leader = "this process leads" if is_leader else f"not leader, observed only: {leader.holder} leads"
+        record_cycle(state, report)
+        emit(args, report.as_dict(), report.render())
+        return EXIT_OK if report.ok else EXIT_FAILED
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()  # the action in flight finishes; the loop then releases the lock and returns
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def on_cycle(report: CycleReport) -> None:
+        record_cycle(state, report)
+        if args.json:
+            print(json.dumps(report.as_dict(), default=str), flush=True)
+        else:
+            print(report.render(), flush=True)
+
+    server = None
+    if not args.no_metrics:
+        port = operator.fleet.monitoring.operator_metrics_port if args.metrics_port is None else args.metrics_port
+        try:
+            server = metrics.serve(port, args.metrics_address)
+        except OSError as exc:
+            raise UsageError(f"cannot serve /metrics on {args.metrics_address}:{port}: {exc}") from None
+        print(f"reconcile: /metrics on {args.metrics_address}:{server.port}", file=sys.stderr, flush=True)
+    try:
+        return watch(operator, leader, args.interval, on_cycle)
+    finally:
+        if server is not None:
+            server.stop()

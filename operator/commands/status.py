@@ -1,0 +1,35 @@
+"""`dbfleet status`: one row per cluster (engine, primary, members up, index counts, last reconcile)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dbfleet.commands.common import emit, table
+from dbfleet.commands.reconcile import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_operator_options,
+    build_operator,
+    run_guarded,
+    state_path,
+)
+from dbfleet.reconcile.status import load_state, status_columns, status_rows
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="a row per cluster: primary, members up, indexes, last reconcile",
+                       description="Observe every cluster (read only) and print its status. Exit 1 if a "
+                                   "cluster could not be observed.")
+    p.add_argument("--state", type=Path, help="reconcile state file (default: operator-state.json beside "
+                                              "the inventory)")
+    add_operator_options(p)
+    p.set_defaults(handler=lambda args: run_guarded(run, args))
+
+
+def run(args: argparse.Namespace) -> int:
+    operator = build_operator(args)
+    report = operator.run_cycle(apply=False)
+    rows = status_rows(operator.fleet, report, load_state(state_path(args)))
+    emit(args, {"clusters": rows}, table(rows, status_columns(rows)))
+    return EXIT_OK if report.ok else EXIT_FAILED

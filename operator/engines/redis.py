@@ -1,0 +1,92 @@
+"""Redis adapter: observe the master, its replicas and the Sentinels (Redis has no index reconciler).
+
+Data nodes are read as the read-only `dbfleet_monitor` ACL user (INFO only);
+Sentinels with their requirepass. The master is the one the Sentinels name
+for the cluster (their master name is the cluster name), cross-checked with
+each node's own INFO replication role.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import redis
+
+from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
+from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryError
+from dbfleet.spec import RedisCluster
+
+MONITOR_USER = "dbfleet_monitor"
+MONITOR_SECRET = "redis_monitor_password"
+SENTINEL_SECRET = "redis_sentinel_password"
+
+
+class RedisSession(EngineSession):
+    engine = "redis"
+
+    def __init__(self, cluster: RedisCluster, access: FleetAccess):
+        super().__init__(cluster, access)
+        self._clients: list[redis.Redis] = []
+
+    def _client(self, host: str, port: int, username: str | None, secret: str) -> redis.Redis:
+        client = redis.Redis(host=self.access.address(host), port=port, username=username,
+                             password=self.access.secret(secret), socket_connect_timeout=CONNECT_TIMEOUT,
+                             socket_timeout=CONNECT_TIMEOUT, decode_responses=True)
+        self._clients.append(client)
+        self.connections += 1
+        return client
+
+    def command(self, host: str, port: int, username: str | None, secret: str, *args: Any) -> Any:
+        self.queries += 1
+        try:
+            return self._client(host, port, username, secret).execute_command(*args)
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            raise TemporaryError(f"{args[0]}: {exc}", host=host) from None
+        except redis.RedisError as exc:
+            raise PermanentError(f"{args[0]}: {exc}", host=host) from None
+
+    def observe_topology(self) -> Topology:
+        cluster: RedisCluster = self.cluster
+        members: list[Member] = []
+        masters: list[str] = []
+        for host in cluster.data_hosts():
+            try:
+                info = self.command(host.name, cluster.port, MONITOR_USER, MONITOR_SECRET, "INFO", "replication")
+            except ReconcileError as exc:
+                members.append(Member(host.name, "unknown", False, exc.message))
+                continue
+            role = "primary" if info.get("role") == "master" else "replica"
+            if role == "primary":
+                masters.append(host.name)
+            detail = f"{info.get('connected_slaves', 0)} replicas connected" if role == "primary" else \
+                f"link {info.get('master_link_status', '?')}"
+            members.append(Member(host.name, role, True, detail))
+        by_address = {self.access.addresses.get(h.name): h.name for h in cluster.data_hosts()}
+        votes: Counter[str] = Counter()
+        for host in cluster.sentinel_hosts():
+            try:
+                addr = self.command(host.name, cluster.sentinel_port, None, SENTINEL_SECRET,
+                                    "SENTINEL", "get-master-addr-by-name", cluster.name)
+            except ReconcileError as exc:
+                members.append(Member(host.name, "sentinel", False, exc.message))
+                continue
+            named = by_address.get(addr[0], f"{addr[0]}:{addr[1]}") if addr else "none"
+            votes[named] += 1
+            members.append(Member(host.name, "sentinel", True, f"names {named} master"))
+        primary = _agreed_primary(votes, masters, cluster.effective_quorum)
+        return Topology(cluster.name, self.engine, primary, tuple(members))
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+
+
+def _agreed_primary(votes: Counter[str], masters: list[str], quorum: int) -> str | None:
+    """The master a quorum of Sentinels names, if it says so itself; else the only self-declared master."""
+    if votes:
+        named, count = votes.most_common(1)[0]
+        if count >= quorum and (not masters or named in masters):
+            return named
+    return masters[0] if len(masters) == 1 else None

@@ -1,0 +1,326 @@
+"""Index policy: desired indexes from the spec against observed ones, as a list of actions.
+
+`diff_indexes` is pure and engine-neutral: PostgreSQL and MongoDB observations
+come in the same shapes (reconcile/index_defs.py). It yields, in this order:
+rebuilds of INVALID indexes, creations of declared ones, conflicts (a declared
+name with another definition), duplicate or redundant indexes, unused ones and
+missing-index advice. Each index gets at most one action. Drops appear only
+when the policy says `drop: true` for that class, and never for an index that
+backs a constraint or is declared in the spec.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Collection, Sequence
+
+from dbfleet.monitoring import metrics
+from dbfleet.reconcile.actions import Action
+from dbfleet.reconcile.index_defs import (
+    DesiredIndex,
+    IndexShape,
+    ObservedIndex,
+    desired_mongo,
+    desired_pg,
+    quote_ident,
+)
+from dbfleet.spec import IndexPolicy, MongoCluster, MongoIndex, PgIndex, PostgresCluster
+
+RECONCILER = "indexes"
+LEFTOVER = re.compile(r"_cc(new|old)[0-9]*$")
+"""Names REINDEX CONCURRENTLY gives its temporary copies; an invalid one is debris of an interrupted rebuild."""
+
+
+@dataclass(frozen=True)
+class TableStats:
+    scope: str
+    seq_scans: int = 0
+    live_rows: int = 0
+
+
+@dataclass(frozen=True)
+class IndexAdvice:
+    """A candidate index checked with a hypothetical index (hypopg): planner cost before and after."""
+
+    database: str
+    scope: str
+    keys: tuple[str, ...]
+    sql: str
+    query: str
+    source: str
+    cost_before: float
+    cost_after: float
+
+    @property
+    def reduction(self) -> float:
+        return 1.0 - self.cost_after / self.cost_before if self.cost_before > 0 else 0.0
+
+
+@dataclass
+class ObservedDatabase:
+    """One database (PostgreSQL) or one MongoDB database as observed in one cycle."""
+
+    name: str
+    indexes: list[ObservedIndex] = field(default_factory=list)
+    tables: dict[str, TableStats] = field(default_factory=dict)
+    stats_window_days: float | None = None
+    """Days the usage counters cover on every member counted (the shortest); None if unknown."""
+    members_counted: tuple[str, ...] = ()
+    members_missing: tuple[str, ...] = ()
+    """Members whose counters could not be read: no index is called unused while any is missing."""
+    advice: list[IndexAdvice] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ObservedIndexes:
+    cluster: str
+    engine: str
+    databases: dict[str, ObservedDatabase] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Databases that could not be observed, with why."""
+
+    def all_indexes(self) -> list[ObservedIndex]:
+        return [i for db in self.databases.values() for i in db.indexes]
+
+    def notes(self) -> list[str]:
+        notes = [f"{name}: not observed: {why}" for name, why in self.skipped.items()]
+        return notes + [f"{db.name}: {n}" for db in self.databases.values() for n in db.notes]
+
+
+def desired_indexes(declared: Sequence[PgIndex | MongoIndex]) -> list[DesiredIndex]:
+    return [desired_pg(d) if isinstance(d, PgIndex) else desired_mongo(d) for d in declared]
+
+
+def matches(desired: DesiredIndex, found: ObservedIndex) -> bool:
+    """The found index is the declared one: tagged with this declaration, or of the same definition."""
+    return (found.comment or "").strip() == desired.tag or desired.same_definition(found)
+
+
+# --------------------------------------------------------------------------- redundancy
+
+
+@dataclass(frozen=True)
+class Redundancy:
+    index: ObservedIndex
+    covered_by: ObservedIndex
+    exact: bool
+
+
+def covers(big: IndexShape, small: IndexShape) -> bool:
+    """Every lookup `small` serves, `big` serves as well, and `small` enforces nothing `big` does not."""
+    if (big.database, big.scope, big.method, big.predicate) != (small.database, small.scope, small.method,
+                                                                  small.predicate):
+        return False
+    if small.options and small.options != big.options:
+        return False  # a TTL index deletes documents; it is not just a lookup path
+    if small.unique:
+        return big.unique and big.keys == small.keys
+    if small.method != "btree":
+        return big.keys == small.keys and set(small.include) <= set(big.include)
+    if big.keys[: len(small.keys)] != small.keys:
+        return False
+    return set(small.include) <= set(big.keys + big.include)
+
+
+def _keep_rank(index: ObservedIndex, declared: Collection[str]) -> tuple[bool, bool, bool, str]:
+    """Lower sorts first: of two equal indexes keep the constraint's, then the declared, then the unique one."""
+    return (index.constraint is None, index.ident not in declared, not index.unique, index.name)
+
+
+def find_redundant(indexes: Sequence[ObservedIndex], declared: Collection[str] = frozenset()) -> list[Redundancy]:
+    """Indexes made redundant by another on the same table or collection: an exact copy or a key prefix."""
+    usable = [i for i in indexes if i.valid and not i.building]
+    found: dict[str, Redundancy] = {}
+    for small in sorted(usable, key=lambda i: i.ident):
+        for big in sorted(usable, key=lambda i: (len(i.keys), i.ident)):
+            if big is small or not covers(big, small):
+                continue
+            exact = covers(small, big)
+            if exact and _keep_rank(small, declared) < _keep_rank(big, declared):
+                continue  # `small` is the one to keep; `big` is reported on its own turn
+            if small.ident not in found or (exact and not found[small.ident].exact):
+                found[small.ident] = Redundancy(small, big, exact)
+    return [found[k] for k in sorted(found)]
+
+
+def protection(index: ObservedIndex, declared: Collection[str]) -> str | None:
+    """Why an index must never be dropped, or None."""
+    if index.constraint:
+        return f"it backs {index.constraint}"
+    if index.ident in declared:
+        return "it is declared in the spec"
+    return None
+
+
+# --------------------------------------------------------------------------- the diff
+
+
+class _Plan:
+    """Collects actions, at most one per index."""
+
+    def __init__(self, cluster: str):
+        self.cluster = cluster
+        self.actions: list[Action] = []
+        self.targets: set[str] = set()
+
+    def add(self, kind: str, target: str, reason: str, destructive: bool = False, **detail: Any) -> None:
+        if target in self.targets:
+            return
+        self.targets.add(target)
+        self.actions.append(Action(self.cluster, RECONCILER, kind, target, reason, destructive, detail))
+
+
+def _index_detail(engine: str, index: IndexShape, verb: str) -> dict[str, Any]:
+    detail: dict[str, Any] = {"database": index.database, "name": index.name, "scope": index.scope}
+    if engine == "postgres":
+        qualified = f"{quote_ident(index.namespace)}.{quote_ident(index.name)}"
+        detail["schema"] = index.namespace
+        detail["sql"] = {"drop": f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}",
+                         "rebuild": f"REINDEX INDEX CONCURRENTLY {qualified}"}[verb]
+    else:
+        detail["collection"] = index.namespace
+    return detail
+
+
+def diff_indexes(cluster: str, declared: Sequence[PgIndex | MongoIndex], observed: ObservedIndexes,
+                 policy: IndexPolicy) -> list[Action]:
+    """Pure: the actions that bring the observed indexes to the policy. Same input, same list."""
+    engine = observed.engine
+    plan = _Plan(cluster)
+    desired = desired_indexes(declared)
+    declared_idents = {d.ident for d in desired}
+    found = {i.ident: i for i in observed.all_indexes()}
+    conflicts = {d.ident for d in desired if d.ident in found and not matches(d, found[d.ident])}
+
+    for index in sorted(found.values(), key=lambda i: i.ident):
+        if index.valid or index.building or index.ident in conflicts:
+            continue
+        if LEFTOVER.search(index.name):
+            if policy.invalid.report:
+                plan.add("report-invalid", index.ident, f"INVALID leftover of an interrupted REINDEX CONCURRENTLY "
+                         f"on {index.scope}; drop it by hand once no rebuild is running", definition=index.definition)
+        elif policy.invalid.rebuild:
+            plan.add("rebuild-index", index.ident, f"INVALID (a failed or interrupted concurrent build) on "
+                     f"{index.scope}; rebuilding it concurrently", **_index_detail(engine, index, "rebuild"))
+        elif policy.invalid.report:
+            plan.add("report-invalid", index.ident, f"INVALID on {index.scope}; invalid.rebuild is off",
+                     definition=index.definition)
+
+    for want in desired:
+        have = found.get(want.ident)
+        database = observed.databases.get(want.database)
+        if have is None:
+            if database is None:
+                why = observed.skipped.get(want.database, "not in the spec's databases")
+                plan.add("report-blocked", want.ident, f"database {want.database} was not observed ({why})")
+            elif engine == "postgres" and want.scope not in database.tables:
+                plan.add("report-blocked", want.ident, f"table {want.scope} does not exist in {want.database}; "
+                         "the index is created once it does")
+            else:
+                plan.add("create-index", want.ident, "declared in the spec and absent",
+                         **want.create)
+        elif want.ident in conflicts:
+            plan.add("report-conflict", want.ident, f"an index of this name exists with another definition: "
+                     f"declared {want.describe()}; found {have.describe()}", found=have.definition)
+
+    redundant_by = {r.index.ident: r for r in find_redundant(list(found.values()), declared_idents)}
+    for ident, red in redundant_by.items():
+        guard = protection(red.index, declared_idents)
+        how = "a duplicate of" if red.exact else "redundant: its keys are a prefix of"
+        reason = f"{how} {red.covered_by.name} ({red.covered_by.describe()})"
+        if policy.duplicate.drop and guard is None:
+            plan.add("drop-index", ident, reason, destructive=True, policy="duplicate",
+                     **_index_detail(engine, red.index, "drop"))
+        elif policy.duplicate.report or policy.duplicate.drop:
+            kept = f"; not dropped: {guard}" if guard and policy.duplicate.drop else ""
+            plan.add("report-duplicate", ident, reason + kept, covered_by=red.covered_by.ident)
+
+    for database in observed.databases.values():
+        _diff_unused(plan, engine, database, policy, declared_idents)
+        _diff_advice(plan, database, policy)
+    return plan.actions
+
+
+def _diff_unused(plan: _Plan, engine: str, database: ObservedDatabase, policy: IndexPolicy,
+                 declared: set[str]) -> None:
+    rule = policy.unused
+    if not (rule.report or rule.drop) or database.members_missing:
+        return
+    window = database.stats_window_days
+    if window is None or window < rule.min_stats_age_days:
+        return
+    where = ", ".join(database.members_counted) or "the servers"
+    for index in sorted(database.indexes, key=lambda i: i.ident):
+        if index.scans or not index.valid or index.building or index.unique or index.constraint:
+            continue
+        reason = f"0 scans in {window:.1f} days, summed over {where}"
+        guard = protection(index, declared)
+        if rule.drop and guard is None:
+            plan.add("drop-index", index.ident, reason, destructive=True, policy="unused",
+                     **_index_detail(engine, index, "drop"))
+        else:
+            kept = f"; not dropped: {guard}" if guard and rule.drop else ""
+            plan.add("report-unused", index.ident, reason + kept, size_bytes=index.size_bytes)
+
+
+def _diff_advice(plan: _Plan, database: ObservedDatabase, policy: IndexPolicy) -> None:
+    rule = policy.missing
+    if not rule.report:
+        return
+    for advice in sorted(database.advice, key=lambda a: (a.scope, a.keys)):
+        if advice.reduction < rule.min_cost_reduction:
+            continue
+        target = f"{database.name}/{advice.scope}({', '.join(advice.keys)})"
+        plan.add("advise-index", target,
+                 f"{advice.source}: planner cost {advice.cost_before:.0f} -> {advice.cost_after:.0f} "
+                 f"(-{advice.reduction:.0%}) with a hypothetical index",
+                 sql=advice.sql, query=advice.query[:500], database=database.name)
+
+
+# --------------------------------------------------------------------------- the reconciler
+
+
+class IndexReconciler:
+    """Observe, diff and act on declared indexes for PostgreSQL and MongoDB clusters."""
+
+    name = RECONCILER
+
+    def applies_to(self, cluster: Any) -> bool:
+        return isinstance(cluster, (PostgresCluster, MongoCluster))
+
+    def observe(self, cluster: Any, session: Any) -> ObservedIndexes:
+        return session.observe_indexes(cluster)
+
+    def diff(self, cluster: Any, observed: ObservedIndexes) -> list[Action]:
+        return diff_indexes(cluster.name, cluster.indexes.declared, observed, cluster.indexes)
+
+    def act(self, action: Action, session: Any) -> str:
+        return session.apply_index_action(action)
+
+    def notes(self, observed: ObservedIndexes) -> list[str]:
+        return observed.notes()
+
+    def status(self, cluster: Any, observed: ObservedIndexes, actions: list[Action]) -> dict[str, Any]:
+        """Index counts for `dbfleet status`, also exported as the dbfleet_indexes metric."""
+        counts = index_counts(cluster.indexes.declared, observed, actions)
+        metrics.set_index_counts(cluster.name, counts)
+        return {"indexes": len(observed.all_indexes()),
+                "declared": f"{counts['declared']}/{len(cluster.indexes.declared)}",
+                "invalid": counts["invalid"], "unused": counts["unused"], "duplicate": counts["duplicate"]}
+
+
+def index_counts(declared: Sequence[PgIndex | MongoIndex], observed: ObservedIndexes,
+                 actions: list[Action]) -> dict[str, int]:
+    """Declared indexes present and valid; missing ones; and the unused, duplicate and invalid found."""
+    valid = {i.ident for i in observed.all_indexes() if i.valid}
+    desired = desired_indexes(declared)
+    kinds = [(a.kind, a.detail.get("policy")) for a in actions]
+    return {
+        "declared": sum(d.ident in valid for d in desired),
+        "missing": sum(k in ("create-index", "report-blocked") for k, _ in kinds),
+        "unused": sum(k == "report-unused" or p == "unused" for k, p in kinds),
+        "duplicate": sum(k == "report-duplicate" or p == "duplicate" for k, p in kinds),
+        "invalid": sum(not i.valid for i in observed.all_indexes()),
+    }

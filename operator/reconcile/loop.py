@@ -1,0 +1,300 @@
+"""The reconcile loop: one cycle observes every cluster, diffs it against the spec and (as leader) acts.
+
+`Operator.run_cycle` is the whole state machine, run once per loop as in
+Patroni: for each cluster it opens an engine session, observes the topology,
+then for each reconciler that applies observes, diffs and acts. It returns a
+CycleReport whose sentences say what happened. Retries belong to the loop:
+a TemporaryError is retried with backoff, a PermanentError is recorded, and a
+failing cluster never stops the others. `watch` repeats cycles until SIGTERM,
+finishing the action in flight first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from dbfleet.engines import open_session
+from dbfleet.engines.base import EngineSession, FleetAccess, Topology
+from dbfleet.monitoring import metrics
+from dbfleet.reconcile.actions import Action, Outcome
+from dbfleet.reconcile.errors import ReconcileError, TemporaryError
+from dbfleet.reconcile.indexes import IndexReconciler
+from dbfleet.reconcile.retry import ClusterBackoff, RetryPolicy, call_with_retry
+from dbfleet.spec import Fleet
+
+log = logging.getLogger("dbfleet.reconcile")
+
+
+class Reconciler(Protocol):
+    """A plain object per concern (indexes, backups, monitoring); the loop owns retries and logging."""
+
+    name: str
+
+    def applies_to(self, cluster: Any) -> bool: ...
+
+    def observe(self, cluster: Any, session: Any) -> Any: ...
+
+    def diff(self, cluster: Any, observed: Any) -> list[Action]: ...
+
+    def act(self, action: Action, session: Any) -> str: ...
+
+    def notes(self, observed: Any) -> list[str]: ...
+
+    def status(self, cluster: Any, observed: Any, actions: list[Action]) -> dict[str, Any]: ...
+
+
+_FACTORIES: list[Callable[[], Reconciler]] = [IndexReconciler]
+
+
+def register_reconciler(factory: Callable[[], Reconciler]) -> None:
+    """Add a reconciler (backups, monitoring, ...) to every cycle, after those already registered."""
+    if factory not in _FACTORIES:
+        _FACTORIES.append(factory)
+
+
+def default_reconcilers() -> list[Reconciler]:
+    return [factory() for factory in _FACTORIES]
+
+
+@dataclass
+class ClusterReport:
+    """One cluster's part of a cycle."""
+
+    cluster: str
+    engine: str
+    topology: Topology | None = None
+    actions: list[Action] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    skipped: str | None = None
+    """Why the cluster was not looked at this cycle (backoff after failures)."""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(o.ok for o in self.outcomes)
+
+    def sentence(self) -> str:
+        head = f"{self.cluster} ({self.engine})"
+        if self.skipped:
+            return f"{head}: skipped, {self.skipped}"
+        parts = [self.topology.summary()] if self.topology else []
+        if self.error:
+            parts.append(f"FAILED: {self.error}")
+        changes = [a for a in self.actions if a.changes]
+        reports = len(self.actions) - len(changes)
+        if self.outcomes:
+            done = sum(o.status == "done" for o in self.outcomes)
+            failed = sum(o.status == "failed" for o in self.outcomes)
+            parts.append(f"{done} of {len(changes)} changes done" + (f", {failed} failed" if failed else ""))
+        elif changes:
+            parts.append(f"{len(changes)} changes planned")
+        elif not self.error:
+            parts.append("in sync")
+        if reports:
+            parts.append(f"{reports} findings reported")
+        return f"{head}: {'; '.join(parts)}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster, "engine": self.engine, "ok": self.ok, "sentence": self.sentence(),
+            "topology": self.topology.as_dict() if self.topology else None,
+            "actions": [a.as_dict() for a in self.actions],
+            "outcomes": [o.as_dict() for o in self.outcomes],
+            "notes": self.notes, "status": self.status, "error": self.error, "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class CycleReport:
+    applied: bool
+    clusters: list[ClusterReport] = field(default_factory=list)
+    leader: str = ""
+    started: float = field(default_factory=time.time)
+    seconds: float = 0.0
+    queries: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.clusters)
+
+    def actions(self) -> list[Action]:
+        return [a for c in self.clusters for a in c.actions]
+
+    def sentences(self) -> list[str]:
+        return [c.sentence() for c in self.clusters]
+
+    def render(self) -> str:
+        """Human text: each cluster's sentence, then its actions (with outcomes once applied) and notes."""
+        lines = [f"leader: {self.leader}"] if self.leader else []
+        for c in self.clusters:
+            lines.append(c.sentence())
+            by_action = {o.action: o for o in c.outcomes}
+            for action in c.actions:
+                outcome = by_action.get(action)
+                lines.append("  " + (outcome.render() if outcome else action.render()))
+                if action.changes and "sql" in action.detail and not outcome:
+                    lines.append(f"      {action.detail['sql']}")
+            lines += [f"  note: {n}" for n in c.notes]
+        if any(c.actions for c in self.clusters):
+            lines.append("(+ change, ! destructive change, - report only)")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"applied": self.applied, "ok": self.ok, "leader": self.leader, "started": self.started,
+                "seconds": round(self.seconds, 3), "queries": self.queries,
+                "actions": [a.as_dict() for a in self.actions()],
+                "clusters": [c.as_dict() for c in self.clusters]}
+
+
+SessionFactory = Callable[[Any, FleetAccess], EngineSession]
+
+
+class Operator:
+    """Runs cycles over a fleet. Stateless between cycles except for the per-cluster backoff."""
+
+    def __init__(self, fleet: Fleet, access: FleetAccess, *, reconcilers: list[Reconciler] | None = None,
+                 retry: RetryPolicy = RetryPolicy(), session_factory: SessionFactory = open_session,
+                 sleep: Callable[[float], None] = time.sleep, stop: threading.Event | None = None,
+                 clusters: set[str] | None = None):
+        self.fleet = fleet
+        self.access = access
+        self.reconcilers = default_reconcilers() if reconcilers is None else reconcilers
+        self.retry = retry
+        self.session_factory = session_factory
+        self.sleep = sleep
+        self.stop = stop or threading.Event()
+        self.only = clusters
+        self.backoff = ClusterBackoff()
+
+    def run_cycle(self, apply: bool, respect_backoff: bool = False) -> CycleReport:
+        """Observe and diff every cluster; act on the diffs when `apply`. Never raises for one cluster."""
+        report = CycleReport(applied=apply)
+        start = time.monotonic()
+        for cluster in self.fleet.clusters:
+            if self.only is not None and cluster.name not in self.only:
+                continue
+            now = time.monotonic()
+            if respect_backoff and not self.backoff.ready(cluster.name, now):
+                wait = self.backoff.not_before[cluster.name] - now
+                report.clusters.append(ClusterReport(cluster.name, cluster.engine,
+                                                     skipped=f"retrying in {wait:.0f}s after failures"))
+                continue
+            result, queries = self._cluster_cycle(cluster, apply)
+            report.queries += queries
+            report.clusters.append(result)
+            if result.error:
+                delay = self.backoff.failed(cluster.name, time.monotonic())
+                log.warning("%s; next try in %.0fs", result.sentence(), delay)
+            else:
+                self.backoff.succeeded(cluster.name)
+                log.info("%s", result.sentence())
+        report.seconds = time.monotonic() - start
+        return report
+
+    def _cluster_cycle(self, cluster: Any, apply: bool) -> tuple[ClusterReport, int]:
+        result = ClusterReport(cluster.name, cluster.engine)
+        start = time.monotonic()
+        session: EngineSession | None = None
+        current: tuple[str, float] | None = None
+        try:
+            session = self.session_factory(cluster, self.access)
+            result.topology, _ = call_with_retry(session.observe_topology, f"{cluster.name} topology",
+                                                 self.retry, self.sleep)
+            for reconciler in self.reconcilers:
+                if not reconciler.applies_to(cluster):
+                    continue
+                current = (reconciler.name, time.monotonic())
+                self._reconcile(cluster, reconciler, session, apply, result)
+                metrics.record_reconcile(cluster.name, reconciler.name, time.monotonic() - current[1])
+                current = None
+        except ReconcileError as exc:
+            result.error = exc.located(cluster=cluster.name).render()
+        except Exception as exc:  # a bug in a reconciler must not stop the other clusters
+            log.exception("%s: unexpected error", cluster.name)
+            result.error = f"cluster {cluster.name}: unexpected {type(exc).__name__}: {exc}"
+        finally:
+            if session is not None:
+                session.close()
+        if current is not None:
+            metrics.record_reconcile(cluster.name, current[0], time.monotonic() - current[1], error=True)
+        result.seconds = time.monotonic() - start
+        return result, session.queries if session is not None else 0
+
+    def _reconcile(self, cluster: Any, reconciler: Reconciler, session: EngineSession, apply: bool,
+                   result: ClusterReport) -> None:
+        """Observe, diff and (when applying) act for one reconciler on one cluster."""
+        observed, _ = call_with_retry(lambda: reconciler.observe(cluster, session),
+                                      f"{cluster.name} {reconciler.name} observe", self.retry, self.sleep)
+        actions = reconciler.diff(cluster, observed)
+        result.notes += reconciler.notes(observed)
+        result.status.update(reconciler.status(cluster, observed, actions))
+        result.actions += actions
+        for action in actions:
+            log.info("%s", action.render())
+        if apply:
+            self._act_all(reconciler, actions, session, result)
+
+    def _act_all(self, reconciler: Reconciler, actions: list[Action], session: EngineSession,
+                 result: ClusterReport) -> None:
+        gave_up: str | None = None
+        for action in actions:
+            if not action.changes:
+                continue
+            if self.stop.is_set():
+                result.outcomes.append(Outcome(action, "skipped", "the operator is stopping"))
+                continue
+            if gave_up:
+                result.outcomes.append(Outcome(action, "skipped", f"after a temporary failure: {gave_up}"))
+                continue
+            start = time.monotonic()
+            try:
+                message, attempts = call_with_retry(lambda a=action: reconciler.act(a, session),  # type: ignore[misc]
+                                                    f"{action.cluster} {action.kind} {action.target}",
+                                                    self.retry, self.sleep)
+                outcome = Outcome(action, "done", message, attempts, time.monotonic() - start)
+                metrics.record_action(action.cluster, action.kind)
+                log.info("%s", outcome.render())
+            except ReconcileError as exc:
+                error = exc.located(cluster=action.cluster, action=f"{action.kind} {action.target}")
+                outcome = Outcome(action, "failed", error.render(), self.retry.attempts
+                                  if isinstance(exc, TemporaryError) else 1, time.monotonic() - start)
+                log.warning("%s", outcome.render())
+                if isinstance(exc, TemporaryError):
+                    gave_up = exc.message
+            result.outcomes.append(outcome)
+
+
+class Leader(Protocol):
+    held: bool
+    holder: str
+
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+def watch(operator: Operator, leader: Leader, interval: float,
+          on_cycle: Callable[[CycleReport], None] = lambda report: None, max_cycles: int | None = None) -> int:
+    """Cycle until operator.stop is set (SIGTERM): act while leader, only observe otherwise."""
+    cycles = 0
+    try:
+        while not operator.stop.is_set():
+            is_leader = leader.acquire()
+            report = operator.run_cycle(apply=is_leader, respect_backoff=True)
+            report.leader = "this process leads" if is_leader else f"standby: {leader.holder or 'another operator'} leads"
+            on_cycle(report)
+            cycles += 1
+            if max_cycles is not None and cycles >= max_cycles:
+                break
+            operator.stop.wait(interval)
+    finally:
+        leader.release()
+    return 0

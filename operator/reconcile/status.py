@@ -1,0 +1,128 @@
+"""Fleet status: one row per cluster, assembled from registered providers, and the last reconcile's result.
+
+A row is a plain dict. Each provider adds its columns; the monitoring and
+backup reconcilers register their own providers (say, replica lag or last
+backup) with `register_status_provider`, and `dbfleet status` shows them.
+The last reconcile result of each cluster is kept in a small JSON state file
+written after every `reconcile` cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from dbfleet.reconcile.loop import ClusterReport, CycleReport
+
+
+@dataclass(frozen=True)
+class StatusContext:
+    """What a provider gets for one cluster: the spec, this observation, and the last reconcile's record."""
+
+    cluster: Any
+    report: ClusterReport
+    last: dict[str, Any]
+
+
+StatusProvider = Callable[[StatusContext], dict[str, Any]]
+_PROVIDERS: dict[str, StatusProvider] = {}
+
+
+def register_status_provider(name: str, provider: StatusProvider) -> None:
+    """Add (or replace, by name) a provider of status columns; columns appear in registration order."""
+    _PROVIDERS[name] = provider
+
+
+def _topology(ctx: StatusContext) -> dict[str, Any]:
+    topo = ctx.report.topology
+    row: dict[str, Any] = {"cluster": ctx.cluster.name, "engine": ctx.cluster.engine}
+    if topo is None:
+        return {**row, "primary": "?", "members_up": "?",
+                "observed": "FAILED: " + (ctx.report.error or ctx.report.skipped or "")}
+    return {**row, "primary": topo.primary or "NONE", "members_up": f"{topo.members_up}/{len(topo.members)}",
+            "observed": "ok" if ctx.report.ok else f"FAILED: {ctx.report.error}"}
+
+
+def _pending(ctx: StatusContext) -> dict[str, Any]:
+    changes = sum(a.changes for a in ctx.report.actions)
+    return {"pending": changes, "findings": len(ctx.report.actions) - changes}
+
+
+def _last_reconcile(ctx: StatusContext) -> dict[str, Any]:
+    if not ctx.last:
+        return {"last_reconcile": "never"}
+    age = time.time() - float(ctx.last.get("at", 0))
+    result = "ok" if ctx.last.get("ok") else "FAILED"
+    return {"last_reconcile": f"{result} {_age(age)} ago ({ctx.last.get('done', 0)} changes)"}
+
+
+def _indexes(ctx: StatusContext) -> dict[str, Any]:
+    keys = ("indexes", "declared", "invalid", "unused", "duplicate")
+    return {k: ctx.report.status[k] for k in keys if k in ctx.report.status}
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+register_status_provider("topology", _topology)
+register_status_provider("indexes", _indexes)
+register_status_provider("pending", _pending)
+register_status_provider("last_reconcile", _last_reconcile)
+
+
+def status_rows(fleet: Any, report: CycleReport, state: dict[str, Any]) -> list[dict[str, Any]]:
+    reports = {c.cluster: c for c in report.clusters}
+    rows = []
+    for cluster in fleet.clusters:
+        if cluster.name not in reports:
+            continue
+        ctx = StatusContext(cluster, reports[cluster.name], state.get(cluster.name, {}))
+        row: dict[str, Any] = {}
+        for provider in _PROVIDERS.values():
+            row.update(provider(ctx))
+        rows.append(row)
+    return rows
+
+
+def status_columns(rows: list[dict[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    return columns
+
+
+# --------------------------------------------------------------------------- state file
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_cycle(path: Path, report: CycleReport) -> None:
+    """Keep each cluster's latest reconcile result (atomically replaced, so readers never see half a file)."""
+    state = load_state(path)
+    for c in report.clusters:
+        if c.skipped:
+            continue
+        state[c.cluster] = {
+            "at": report.started, "ok": c.ok, "applied": report.applied, "sentence": c.sentence(),
+            "done": sum(o.status == "done" for o in c.outcomes),
+            "failed": sum(o.status == "failed" for o in c.outcomes),
+            "error": c.error,
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(path)

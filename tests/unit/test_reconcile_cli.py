@@ -1,0 +1,68 @@
+"""The reconcile, plan and status commands: options, usage errors and exit codes, without servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dbfleet.cli import build_parser, main
+from dbfleet.engines.postgres import classify
+from dbfleet.reconcile.errors import PermanentError, TemporaryError
+
+SPEC = str(Path(__file__).resolve().parents[2] / "fleet.example.yaml")
+
+
+def test_the_commands_are_registered_with_their_modes():
+    parser = build_parser()
+    args = parser.parse_args(["reconcile", "--once", "--json", "--cluster", "pg-main"])
+    assert args.once and args.json and args.cluster == ["pg-main"]
+    assert parser.parse_args(["reconcile", "--watch", "--interval", "5"]).interval == 5
+    assert parser.parse_args(["plan", "--lab", "x"]).lab == "x"
+    assert parser.parse_args(["status", "--json"]).json
+
+
+def test_reconcile_needs_a_mode(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["reconcile"])
+    assert exc.value.code == 2
+    assert "--once" in capsys.readouterr().err
+
+
+def test_an_unknown_cluster_is_a_usage_error(capsys, tmp_path):
+    assert main(["--spec", SPEC, "plan", "--cluster", "nope", "--inventory", str(tmp_path / "h.yml")]) == 2
+    assert "no cluster named nope" in capsys.readouterr().err
+
+
+def test_a_missing_inventory_is_a_usage_error(capsys, tmp_path):
+    assert main(["--spec", SPEC, "status", "--inventory", str(tmp_path / "none.yml")]) == 2
+    assert "no such inventory" in capsys.readouterr().err
+
+
+def test_a_missing_secrets_file_is_a_usage_error(capsys, tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    pg-1: {dbfleet_address: 127.0.0.1}\n")
+    assert main(["--spec", SPEC, "plan", "--inventory", str(inventory)]) == 2
+    assert "no such secrets file" in capsys.readouterr().err
+
+
+def test_a_bad_interval_is_a_usage_error(capsys, tmp_path):
+    assert main(["--spec", SPEC, "reconcile", "--watch", "--interval", "0"]) == 2
+
+
+@pytest.mark.parametrize("exc, kind", [
+    (psycopg.OperationalError("connection to server at \"10.0.0.1\", port 5432 failed: timeout expired"),
+     TemporaryError),
+    (psycopg.OperationalError('FATAL:  database "nodb" does not exist'), PermanentError),
+    (psycopg.OperationalError('FATAL:  password authentication failed for user "postgres"'), PermanentError),
+    (psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"), TemporaryError),
+    (psycopg.errors.ReadOnlySqlTransaction("cannot execute CREATE INDEX in a read-only transaction"),
+     TemporaryError),
+    (psycopg.errors.UniqueViolation("could not create unique index"), PermanentError),
+    (psycopg.errors.SyntaxError("syntax error at or near"), PermanentError),
+])
+def test_postgres_errors_are_split_into_temporary_and_permanent(exc, kind):
+    error = classify(exc, "pg-1", "database app")
+    assert type(error) is kind
+    assert error.host == "pg-1" and error.message.startswith("database app: ")

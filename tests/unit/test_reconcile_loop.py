@@ -1,0 +1,298 @@
+"""The reconcile loop: retries, isolation between clusters, stopping, leadership, rendering. No servers:
+reconcilers and sessions here are small in-process stand-ins for the engine interface."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dbfleet.engines.base import EngineSession, FleetAccess, Member, Topology
+from dbfleet.reconcile.actions import Action
+from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.reconcile.leader import FileLeaderLock
+from dbfleet.reconcile.loop import Operator, watch
+from dbfleet.reconcile.retry import ClusterBackoff, RetryPolicy, call_with_retry
+from dbfleet.reconcile.status import load_state, record_cycle, register_status_provider, status_columns, status_rows
+from dbfleet.spec import load_fleet
+
+SPEC = Path(__file__).resolve().parents[2] / "fleet.example.yaml"
+ACCESS = FleetAccess({}, {})
+
+
+class Session(EngineSession):
+    engine = "test"
+    topology_failures: dict[str, list[Exception]] = {}
+
+    def observe_topology(self) -> Topology:
+        self.queries += 1
+        pending = self.topology_failures.get(self.cluster.name, [])
+        if pending:
+            raise pending.pop(0)
+        return Topology(self.cluster.name, self.cluster.engine, "h1", (Member("h1", "primary", True),))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Recorder:
+    """A reconciler that plans two changes and a report per cluster and records what it applied."""
+
+    name = "test"
+
+    def __init__(self, act_failures: dict[str, list[Exception]] | None = None, stop: threading.Event | None = None):
+        self.applied: list[str] = []
+        self.act_failures = act_failures or {}
+        self.stop = stop
+
+    def applies_to(self, cluster: Any) -> bool:
+        return True
+
+    def observe(self, cluster: Any, session: Any) -> dict[str, Any]:
+        return {"cluster": cluster.name}
+
+    def diff(self, cluster: Any, observed: Any) -> list[Action]:
+        return [Action(cluster.name, self.name, "make", f"{cluster.name}/one", "wanted"),
+                Action(cluster.name, self.name, "report-thing", f"{cluster.name}/r", "seen"),
+                Action(cluster.name, self.name, "make", f"{cluster.name}/two", "wanted", destructive=True)]
+
+    def act(self, action: Action, session: Any) -> str:
+        pending = self.act_failures.get(action.target, [])
+        if pending:
+            raise pending.pop(0)
+        self.applied.append(action.target)
+        if self.stop is not None:
+            self.stop.set()  # SIGTERM arrives while this action runs
+        return f"made {action.target}"
+
+    def notes(self, observed: Any) -> list[str]:
+        return []
+
+    def status(self, cluster: Any, observed: Any, actions: list[Action]) -> dict[str, Any]:
+        return {"things": len(actions)}
+
+
+def make_operator(reconciler: Recorder, **kw: Any) -> Operator:
+    return Operator(load_fleet(SPEC), ACCESS, reconcilers=[reconciler], session_factory=Session,
+                    sleep=lambda s: None, retry=RetryPolicy(attempts=3, base_delay=0.01), **kw)
+
+
+@pytest.fixture(autouse=True)
+def _reset_failures():
+    Session.topology_failures = {}
+
+
+def test_plan_acts_on_nothing_and_once_applies_every_change_in_order():
+    rec = Recorder()
+    plan = make_operator(rec).run_cycle(apply=False)
+    assert rec.applied == [] and plan.ok
+    once = make_operator(rec).run_cycle(apply=True)
+    assert [a.target for a in once.actions()] == [a.target for a in plan.actions()]
+    changes = [a.target for a in plan.actions() if a.changes]
+    assert rec.applied == changes
+    assert all(o.status == "done" for c in once.clusters for o in c.outcomes)
+
+
+def test_a_temporary_failure_is_retried_then_succeeds():
+    rec = Recorder({"pg-main/one": [TemporaryError("lock timeout"), TemporaryError("lock timeout")]})
+    report = make_operator(rec).run_cycle(apply=True)
+    outcome = next(o for o in report.clusters[0].outcomes if o.action.target == "pg-main/one")
+    assert outcome.status == "done" and outcome.attempts == 3
+    assert report.ok
+
+
+def test_a_permanent_failure_is_recorded_once_and_the_rest_goes_on():
+    rec = Recorder({"pg-main/one": [PermanentError("duplicate key"), PermanentError("never reached")]})
+    report = make_operator(rec).run_cycle(apply=True)
+    first = report.clusters[0]
+    assert [(o.action.target, o.status, o.attempts) for o in first.outcomes] == [
+        ("pg-main/one", "failed", 1), ("pg-main/two", "done", 1)]
+    assert "cluster pg-main, action make pg-main/one: duplicate key" in first.outcomes[0].message
+    assert not report.ok
+    assert "mongo-main/one" in rec.applied and "cache/two" in rec.applied
+
+
+def test_a_persistent_temporary_failure_skips_the_clusters_remaining_changes():
+    rec = Recorder({"pg-main/one": [TemporaryError("down")] * 5})
+    first = make_operator(rec).run_cycle(apply=True).clusters[0]
+    assert [o.status for o in first.outcomes] == ["failed", "skipped"]
+    assert "after a temporary failure: down" in first.outcomes[1].message
+
+
+def test_one_unreachable_cluster_never_stops_the_others():
+    Session.topology_failures = {"mongo-main": [TemporaryError("no mongos")] * 5}
+    rec = Recorder()
+    report = make_operator(rec).run_cycle(apply=True)
+    by_name = {c.cluster: c for c in report.clusters}
+    assert by_name["mongo-main"].error == "cluster mongo-main: no mongos"
+    assert "FAILED" in by_name["mongo-main"].sentence()
+    assert by_name["pg-main"].ok and by_name["cache"].ok
+    assert "cache/one" in rec.applied
+
+
+def test_a_bug_in_a_reconciler_is_contained_to_its_cluster():
+    class Buggy(Recorder):
+        def observe(self, cluster, session):
+            if cluster.name == "pg-main":
+                raise KeyError("oops")
+            return {}
+
+    report = make_operator(Buggy()).run_cycle(apply=True)
+    assert "unexpected KeyError" in report.clusters[0].error
+    assert report.clusters[1].ok
+
+
+def test_a_failing_cluster_backs_off_across_cycles():
+    Session.topology_failures = {"cache": [TemporaryError("down")] * 10}
+    op = make_operator(Recorder())
+    assert op.run_cycle(apply=False, respect_backoff=True).clusters[2].error
+    second = op.run_cycle(apply=False, respect_backoff=True).clusters[2]
+    assert second.skipped and "retrying in" in second.skipped and second.ok
+
+
+def test_stopping_finishes_the_action_in_flight_and_skips_the_rest():
+    stop = threading.Event()
+    rec = Recorder(stop=stop)
+    report = make_operator(rec, stop=stop).run_cycle(apply=True)
+    assert rec.applied == ["pg-main/one"]
+    statuses = [o.status for c in report.clusters for o in c.outcomes]
+    assert statuses[0] == "done" and set(statuses[1:]) == {"skipped"}
+
+
+def test_the_cluster_filter():
+    report = make_operator(Recorder(), clusters={"cache"}).run_cycle(apply=False)
+    assert [c.cluster for c in report.clusters] == ["cache"]
+
+
+def test_render_shows_reasons_marks_and_outcomes():
+    plan = make_operator(Recorder()).run_cycle(apply=False)
+    text = plan.render()
+    assert "pg-main (postgres): primary h1, 1/1 members up; 2 changes planned; 1 findings reported" in text
+    assert "+ pg-main test make pg-main/one: wanted" in text
+    assert "! pg-main test make pg-main/two: wanted" in text
+    assert "- pg-main test report-thing pg-main/r: seen" in text
+    once = make_operator(Recorder()).run_cycle(apply=True).render()
+    assert "+ pg-main test make pg-main/one: wanted -> done (made pg-main/one)" in once
+    data = make_operator(Recorder()).run_cycle(apply=True).as_dict()
+    assert data["clusters"][0]["outcomes"][0]["status"] == "done"
+    assert data["actions"][0] == {"cluster": "pg-main", "reconciler": "test", "kind": "make",
+                                  "target": "pg-main/one", "reason": "wanted", "destructive": False,
+                                  "changes": True, "detail": {}}
+
+
+# --------------------------------------------------------------------------- watch and leadership
+
+
+class Standby:
+    held = False
+    holder = "dbfleet-operator-leader other:1 from 10.0.0.9 (pid 42)"
+
+    def __init__(self) -> None:
+        self.released = False
+
+    def acquire(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        self.released = True
+
+
+def test_watch_without_the_lock_only_observes_and_releases_on_exit():
+    rec, leader, reports = Recorder(), Standby(), []
+    assert watch(make_operator(rec), leader, 0.01, reports.append, max_cycles=2) == 0
+    assert rec.applied == [] and len(reports) == 2 and leader.released
+    assert reports[0].leader.startswith("standby: dbfleet-operator-leader other:1")
+
+
+def test_watch_as_leader_acts_and_stops_when_told(tmp_path):
+    stop = threading.Event()
+    rec, reports = Recorder(), []
+    op = make_operator(rec, stop=stop)
+    lock = FileLeaderLock(tmp_path / "leader.lock")
+
+    def on_cycle(report):
+        reports.append(report)
+        stop.set()
+
+    assert watch(op, lock, 60, on_cycle) == 0  # returns at once although the interval is a minute
+    assert len(reports) == 1 and reports[0].leader == "this process leads" and reports[0].applied
+    assert not lock.held
+
+
+def test_the_file_lock_admits_one_holder(tmp_path):
+    a, b = FileLeaderLock(tmp_path / "l"), FileLeaderLock(tmp_path / "l")
+    assert a.acquire() and a.acquire()
+    assert not b.acquire() and "holding" in b.holder
+    a.release()
+    assert b.acquire()
+    b.release()
+
+
+# --------------------------------------------------------------------------- retry primitives
+
+
+def test_call_with_retry_backs_off_exponentially():
+    delays: list[float] = []
+    calls = iter([TemporaryError("a"), TemporaryError("b"), "ok"])
+
+    def fn():
+        item = next(calls)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    assert call_with_retry(fn, "x", RetryPolicy(attempts=3, base_delay=1, max_delay=10), delays.append) == ("ok", 3)
+    assert delays == [1, 2]
+
+
+def test_call_with_retry_gives_up_and_never_retries_permanent():
+    with pytest.raises(TemporaryError):
+        call_with_retry(lambda: (_ for _ in ()).throw(TemporaryError("t")), "x", RetryPolicy(attempts=2),
+                        lambda s: None)
+    attempts = []
+
+    def permanent():
+        attempts.append(1)
+        raise PermanentError("p")
+
+    with pytest.raises(PermanentError):
+        call_with_retry(permanent, "x", RetryPolicy(attempts=5), lambda s: None)
+    assert attempts == [1]
+
+
+def test_cluster_backoff_grows_and_resets():
+    backoff = ClusterBackoff(RetryPolicy(base_delay=10, max_delay=40))
+    assert [backoff.failed("c", 0) for _ in range(4)] == [10, 20, 40, 40]
+    assert not backoff.ready("c", 39) and backoff.ready("c", 40)
+    backoff.succeeded("c")
+    assert backoff.ready("c", 0)
+
+
+# --------------------------------------------------------------------------- status rows and state
+
+
+def test_status_rows_come_from_providers_and_the_state_file(tmp_path):
+    op = make_operator(Recorder())
+    state = tmp_path / "state.json"
+    record_cycle(state, op.run_cycle(apply=True))
+    assert load_state(state)["pg-main"]["done"] == 2
+    register_status_provider("test-extra", lambda ctx: {"extra": f"x-{ctx.cluster.name}"})
+    try:
+        rows = status_rows(op.fleet, op.run_cycle(apply=False), load_state(state))
+    finally:
+        from dbfleet.reconcile import status
+
+        status._PROVIDERS.pop("test-extra")
+    assert [r["cluster"] for r in rows] == ["pg-main", "mongo-main", "cache"]
+    assert rows[0]["primary"] == "h1" and rows[0]["members_up"] == "1/1" and rows[0]["pending"] == 2
+    assert rows[0]["last_reconcile"].startswith("ok ") and rows[0]["extra"] == "x-pg-main"
+    assert status_columns(rows)[:4] == ["cluster", "engine", "primary", "members_up"]
+    assert status_columns(rows)[-1] == "extra"
+
+
+def test_state_survives_a_corrupt_file(tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text("{not json")
+    assert load_state(state) == {}
