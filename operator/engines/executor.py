@@ -10,6 +10,7 @@ they do not show up in a process list or a log line.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import shlex
@@ -88,6 +89,15 @@ class Executor(ABC):
         return result
 
 
+    def write_text(self, host: str, path: str, text: str, *, mode: str = "0600", owner: str | None = None) -> None:
+        """Write a small file on host; its content travels in the environment, not argv."""
+        script = 'umask 077; printf "%s" "$DBFLEET_CONTENT" > "$1" && chmod "$2" "$1"'
+        if owner:
+            script += ' && chown "$3" "$1"'
+        self.check(host, ["sh", "-c", script, "write", path, mode, owner or ""], env={"DBFLEET_CONTENT": text},
+                   action=f"write {path}")
+
+
 class DockerExecutor(Executor):
     """`docker exec` through the Docker SDK; `containers` maps host name to container name."""
 
@@ -164,12 +174,13 @@ class SshExecutor(Executor):
         names = sorted(env or {})
         # The remote shell reads one value per line from stdin and exports it, then execs the command,
         # so secrets never appear on any command line.
-        prelude = "".join(f"IFS= read -r {n}; export {n}; " for n in names)
+        # Values are base64 on stdin, so a multi-line value (a config file) survives `read`.
+        prelude = "".join(f'IFS= read -r {n}; {n}=$(printf %s "${n}" | base64 -d); export {n}; ' for n in names)
         # An EC2 login user is not root: like Ansible's become, sudo keeps the exported values (-E).
         login = self.hostvars.get(host, {}).get("ansible_user")
         sudo = "sudo -E " if login not in (None, "root") else ""
         remote = prelude + "exec " + sudo + shlex.join(as_user(user, argv))
-        stdin = "".join(f"{(env or {})[n]}\n" for n in names)
+        stdin = "".join(base64.b64encode((env or {})[n].encode()).decode() + "\n" for n in names)
         return [self.ssh, *opts, target, "sh -c " + shlex.quote(remote)], stdin
 
     def run(self, host: str, argv: Sequence[str], *, user: str | None = None, env: Mapping[str, str] | None = None,

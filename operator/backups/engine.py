@@ -1,0 +1,97 @@
+"""The one small interface each engine's backup adapter fills: take, delete, restore into scratch, verify.
+
+`postgres.py` drives pgBackRest, `mongo.py` mongodump/mongorestore, `redis.py`
+`redis-cli --rdb`. The flows that are the same for all three (manifests,
+locks, orphans, drills, metrics) live in runner.py and drills.py.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from dbfleet.backups.access import BackupAccess
+from dbfleet.backups.manifest import Check, Manifest, backup_prefix, new_backup_id
+from dbfleet.backups.retention import Expiry
+
+if TYPE_CHECKING:
+    from dbfleet.lab.scratch import Scratch
+
+
+@dataclass(frozen=True)
+class RestoreTarget:
+    """How far to recover: the end of the backup's own WAL/oplog ('latest'), a time, or a named point."""
+
+    kind: str = "latest"
+    """'latest', 'time' or 'name'."""
+    value: str | None = None
+
+    def describe(self) -> str:
+        return self.kind if self.value is None else f"{self.kind} {self.value}"
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A server running in a scratch container from a backup."""
+
+    backup_id: str
+    recovered_to: datetime | None
+    """The newest point the restored server holds: its last replayed commit, or the snapshot time."""
+    detail: str = ""
+
+
+class EngineBackups(ABC):
+    """Backup adapter of one engine."""
+
+    engine: str = ""
+    tool: str = ""
+
+    @abstractmethod
+    def tool_version(self, access: BackupAccess) -> str:
+        """The version string of the tool that takes the backup, from the host that runs it."""
+
+    def new_manifest(self, access: BackupAccess, kind: str, now: datetime, version: str) -> Manifest:
+        """The pending manifest written before the tool starts."""
+        from dbfleet.backups.manifest import PENDING, iso
+
+        return Manifest(cluster=access.name, engine=self.engine, id=new_backup_id(kind, now), kind=kind,
+                        status=PENDING, tool=self.tool, tool_version=version, started_at=iso(now) or "")
+
+    @abstractmethod
+    def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
+        """Run the tool and return the completed manifest (files measured). Raise on failure."""
+
+    def delete(self, access: BackupAccess, expiries: list[Expiry]) -> list[str]:
+        """Delete the chosen backups' files and manifests; return what was deleted, one line each."""
+        done = []
+        for expiry in expiries:
+            count = access.storage.delete_prefix(backup_prefix(access.name, expiry.backup.id))
+            done.append(f"{expiry.backup.id}: {count} files")
+        return done
+
+    @abstractmethod
+    def restore(self, access: BackupAccess, backup: Manifest, scratch: Scratch, target: RestoreTarget) -> Restored:
+        """Restore `backup` into the scratch container and start a server there, ready for queries."""
+
+    @abstractmethod
+    def verify(self, access: BackupAccess, backup: Manifest, scratch: Scratch, restored: Restored) -> list[Check]:
+        """The engine's own checks of the restored server (and repository)."""
+
+
+def adapter_for(engine: str) -> EngineBackups:
+    """The backup adapter of an engine: 'postgres', 'mongo' or 'redis'."""
+    if engine == "postgres":
+        from dbfleet.backups.postgres import PostgresBackups
+
+        return PostgresBackups()
+    if engine == "redis":
+        from dbfleet.backups.redis import RedisBackups
+
+        return RedisBackups()
+    if engine == "mongo":
+        from dbfleet.backups.mongo import MongoBackups
+
+        return MongoBackups()
+    raise ValueError(f"no backup adapter for engine {engine!r}")

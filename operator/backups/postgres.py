@@ -1,0 +1,358 @@
+"""PostgreSQL backups through pgBackRest: backup, info, expire, restore into scratch, verify.
+
+pgBackRest is configured on every PostgreSQL host by the playbooks (stanza =
+cluster name, repo1-path = <target>/pgbackrest/<cluster>, WAL archived by
+archive_command). The operator only runs its commands, as the postgres user,
+on the current primary: `backup --annotation=dbfleet-id=<id>` ties pgBackRest's
+label to our manifest; `info --output=json` gives type, LSNs, WAL range and
+sizes; the repository files of the set (and the WAL it needs to be
+consistent) are then hashed into the manifest.
+
+A restore never touches the live cluster: a scratch container from the lab's
+PostgreSQL image mounts the repository read-only, `pgbackrest restore` writes
+a fresh data directory there with pgBackRest's restore_command, and PostgreSQL
+replays WAL up to the target and promotes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from dbfleet.backups.access import BackupAccess
+from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored
+from dbfleet.backups.manifest import GOOD, Check, Manifest, newest_first, parse_time, utcnow
+from dbfleet.backups.retention import Expiry
+from dbfleet.engines.executor import CommandFailed, ExecResult
+from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
+from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.spec import PostgresCluster, S3Target
+
+log = logging.getLogger(__name__)
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+SCRATCH_PGDATA = "/var/lib/postgresql/dbfleet-restore"
+SCRATCH_SOCKET = "/tmp"
+MAX_RETENTION = "9999999"
+"""pgBackRest's maximum retention: set while expiring by hand so nothing else expires with it."""
+S3_CA_ENV = "DBFLEET_S3_CA_FILE"
+"""A CA certificate the scratch's pgBackRest trusts for an S3 endpoint with a private CA (the test server)."""
+RECOVERY_TIMEOUT = float(os.environ.get("DBFLEET_RECOVERY_TIMEOUT", "1800"))
+
+
+def repo_prefix(cluster: str) -> str:
+    """Where the cluster's pgBackRest repository sits inside the backup target."""
+    return f"pgbackrest/{cluster}/"
+
+
+def _pg(cluster: PostgresCluster) -> PostgresCluster:
+    if not isinstance(cluster, PostgresCluster):
+        raise PermanentError(f"{cluster.name} is not a PostgreSQL cluster")
+    return cluster
+
+
+def canary_location(cluster: PostgresCluster) -> tuple[str, str] | None:
+    """(database, schema.table) of the spec's canary: 'db.schema.table', or 'schema.table' in the first database."""
+    canary = cluster.backup.drill.canary
+    if not canary:
+        return None
+    parts = canary.split(".")
+    if len(parts) == 3:
+        return parts[0], f"{parts[1]}.{parts[2]}"
+    return cluster.databases[0], canary
+
+
+def psql(access: BackupAccess, host: str, sql: str, database: str = "postgres", port: int | None = None,
+         socket: str | None = None) -> ExecResult:
+    argv = ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql]
+    if port is not None:
+        argv[1:1] = ["-p", str(port)]
+    if socket is not None:
+        argv[1:1] = ["-h", socket]
+    return access.executor.run(host, argv, user="postgres", timeout=600)
+
+
+def find_primary(access: BackupAccess) -> str:
+    """The host that is not in recovery right now (a switchover may have moved it from the spec's first host)."""
+    cluster = _pg(access.cluster)
+    seen = []
+    for host in cluster.host_names():
+        try:
+            result = psql(access, host, "select pg_is_in_recovery()", port=cluster.port)
+        except TemporaryError as exc:
+            seen.append(f"{host}: {exc.message}")
+            continue
+        if result.ok and result.out.strip() == "f":
+            return host
+        seen.append(f"{host}: {'replica' if result.ok else result.tail(1)}")
+    raise TemporaryError("no primary answers: " + "; ".join(seen), cluster=cluster.name, action="find primary")
+
+
+def pgbackrest(access: BackupAccess, host: str, *args: str, env: dict[str, str] | None = None,
+               timeout: float = 6 * 3600) -> ExecResult:
+    argv = ["pgbackrest", f"--stanza={access.name}", *args]
+    return access.executor.check(host, argv, user="postgres", env=env, timeout=timeout,
+                                 action=f"pgbackrest {args[-1]}")
+
+
+def stanza_info(access: BackupAccess, host: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    out = pgbackrest(access, host, "--output=json", "info", env=env, timeout=600).out
+    stanzas = json.loads(out)
+    stanza = next((s for s in stanzas if s.get("name") == access.name), None)
+    if stanza is None:
+        raise PermanentError(f"pgbackrest info has no stanza {access.name}", cluster=access.name)
+    return stanza
+
+
+def count_rows(access: BackupAccess, host: str, port: int | None = None, socket: str | None = None) -> int | None:
+    """Rows in the spec's canary table, or None when the spec names none or the table is absent."""
+    where = canary_location(_pg(access.cluster))
+    if where is None:
+        return None
+    database, table = where
+    result = psql(access, host, f"select count(*) from {table}", database, port=port, socket=socket)
+    return int(result.out.strip()) if result.ok else None
+
+
+def _wal_between(access: BackupAccess, archive_id: str, start: str, stop: str) -> list[str]:
+    """Keys of the archived WAL segments a backup needs to be consistent (start..stop inclusive)."""
+    prefix = f"{repo_prefix(access.name)}archive/{access.name}/{archive_id}/{start[:16]}"
+    keys = []
+    for obj in access.storage.list(prefix):
+        name = obj.key.rsplit("/", 1)[-1]
+        segment = name[:24]
+        if len(segment) == 24 and start <= segment <= stop and not name.endswith(".backup"):
+            keys.append(obj.key)
+    return keys
+
+
+class PostgresBackups(EngineBackups):
+    engine = "postgres"
+    tool = "pgbackrest"
+
+    def tool_version(self, access: BackupAccess) -> str:
+        host = find_primary(access)
+        return access.executor.check(host, ["pgbackrest", "version"], action="pgbackrest version").out.strip()
+
+    def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
+        cluster = _pg(access.cluster)
+        host = find_primary(access)
+        before = count_rows(access, host, port=cluster.port)
+        pgbackrest(access, host, f"--type={pending.kind}", "--no-expire-auto",
+                   f"--annotation=dbfleet-id={pending.id}", "backup")
+        stanza = stanza_info(access, host)
+        entry = next((b for b in stanza.get("backup", []) if (b.get("annotation") or {}).get("dbfleet-id")
+                      == pending.id), None)
+        if entry is None:
+            raise PermanentError(f"pgbackrest reports no backup annotated dbfleet-id={pending.id}",
+                                 cluster=cluster.name, host=host, action="backup")
+        label = entry["label"]
+        archive_id = next((a["id"] for a in stanza.get("archive", [])
+                           if a.get("database", {}).get("id") == entry["database"]["id"]), None)
+        set_prefix = f"{repo_prefix(cluster.name)}backup/{cluster.name}/{label}/"
+        keys = [o.key for o in access.storage.list(set_prefix)]
+        if archive_id:
+            keys += _wal_between(access, archive_id, entry["archive"]["start"], entry["archive"]["stop"])
+        if not keys:
+            raise PermanentError(f"backup set {label} has no files under {set_prefix} in "
+                                 f"{access.storage.description}; is repo1-path <target>/{repo_prefix(cluster.name)}?",
+                                 cluster=cluster.name, action="backup")
+        files = [access.storage.measure(k) for k in keys]
+        after = count_rows(access, host, port=cluster.port)
+        parent = self._parent_id(access, entry.get("prior"))
+        stop = datetime.fromtimestamp(entry["timestamp"]["stop"], timezone.utc)
+        done = pending.completed(
+            utcnow(), files, host=host, label=label, type=entry["type"], prior=entry.get("prior"),
+            lsn_start=entry["lsn"]["start"], lsn_stop=entry["lsn"]["stop"],
+            wal_start=entry["archive"]["start"], wal_stop=entry["archive"]["stop"], archive_id=archive_id,
+            pgbackrest_start=entry["timestamp"]["start"], pgbackrest_stop=entry["timestamp"]["stop"],
+            recoverable_to=stop.isoformat(), database_size=entry["info"]["size"],
+            repo_size=entry["info"]["repository"]["size"], canary_rows_before=before, canary_rows_after=after,
+        )
+        return replace(done, host=host, parent=parent)
+
+    @staticmethod
+    def _parent_id(access: BackupAccess, prior_label: str | None) -> str | None:
+        if not prior_label:
+            return None
+        for m in access.storage.manifests(access.name):
+            if m.detail.get("label") == prior_label:
+                return m.id
+        return None
+
+    def delete(self, access: BackupAccess, expiries: list[Expiry]) -> list[str]:
+        """`pgbackrest expire --set` for each chosen root, then WAL older than the oldest remaining full."""
+        host = find_primary(access)
+        labels: set[str] = set()
+        stanza = stanza_info(access, host)
+        present = {b["label"] for b in stanza.get("backup", [])}
+        done = []
+        for expiry in expiries:
+            label = expiry.backup.detail.get("label")
+            if expiry.root == expiry.backup.id and label in present:
+                pgbackrest(access, host, f"--set={label}", f"--repo1-retention-full={MAX_RETENTION}",
+                           f"--repo1-retention-archive={MAX_RETENTION}", "expire")
+                labels.add(label)
+        remaining_fulls = [b for b in stanza_info(access, host).get("backup", []) if b["type"] == "full"]
+        if labels and remaining_fulls:
+            # Counting exactly the fulls left expires no backup, only WAL no remaining backup needs.
+            pgbackrest(access, host, f"--repo1-retention-full={len(remaining_fulls)}", "expire")
+        for expiry in expiries:
+            count = access.storage.delete_prefix(f"dbfleet/{access.name}/{expiry.backup.id}/")
+            label = expiry.backup.detail.get("label") or "-"
+            done.append(f"{expiry.backup.id} (pgbackrest {label}): expired, {count} dbfleet files")
+        return done
+
+    # -- restore -----------------------------------------------------------------
+
+    def choose_backup(self, manifests: list[Manifest], target: RestoreTarget) -> Manifest:
+        """The backup a restore starts from: for a time, the newest good one that finished before it."""
+        good = [m for m in newest_first(manifests) if m.status in GOOD]
+        if target.kind == "time" and target.value:
+            when = parse_time(target.value)
+            assert when is not None
+            good = [m for m in good if m.finished and m.finished <= when]
+        if not good:
+            raise PermanentError(f"no good backup to restore {target.describe()} from")
+        return good[0]
+
+    def repo_config(self, access: BackupAccess, scratch: Scratch) -> tuple[str, dict[str, str]]:
+        """pgbackrest.conf for the scratch container, and the environment carrying any S3 credentials."""
+        target = access.cluster.backup.target
+        lines = ["[global]"]
+        env: dict[str, str] = {}
+        if isinstance(target, S3Target):
+            url = urlparse(target.endpoint or f"https://s3.{target.region}.amazonaws.com")
+            path = "/" + "/".join(p for p in (target.prefix.strip("/"), f"pgbackrest/{access.name}") if p)
+            lines += ["repo1-type=s3", f"repo1-s3-bucket={target.bucket}", f"repo1-s3-region={target.region}",
+                      f"repo1-s3-endpoint={url.hostname}", f"repo1-path={path}"]
+            if url.port:
+                lines.append(f"repo1-storage-port={url.port}")
+            if target.endpoint:
+                lines.append("repo1-s3-uri-style=path")
+            ca = os.environ.get(S3_CA_ENV) or os.environ.get("AWS_CA_BUNDLE")
+            if ca:
+                scratch.put_file(Path(ca), "/tmp/s3-ca.pem", owner="postgres", mode=0o644)
+                lines.append("repo1-s3-ca-file=/tmp/s3-ca.pem")
+            env = access.tool_s3_env("PGBACKREST_REPO1_S3_")
+        else:
+            lines.append(f"repo1-path={target.path.rstrip('/')}/pgbackrest/{access.name}")
+        lines += ["log-path=/tmp", "lock-path=/tmp/pgbackrest-lock", "spool-path=/tmp", "log-level-console=warn",
+                  "log-level-file=off", "", f"[{access.name}]", f"pg1-path={SCRATCH_PGDATA}",
+                  f"pg1-socket-path={SCRATCH_SOCKET}", ""]
+        return "\n".join(lines), env
+
+    def restore(self, access: BackupAccess, backup: Manifest, scratch: Scratch, target: RestoreTarget) -> Restored:
+        ex = scratch.executor
+        config, env = self.repo_config(access, scratch)
+        ex.check(SCRATCH_HOST, ["mkdir", "-p", "/etc/pgbackrest"])
+        ex.write_text(SCRATCH_HOST, "/etc/pgbackrest/pgbackrest.conf", config, mode="0644")
+        ex.check(SCRATCH_HOST, ["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", SCRATCH_PGDATA])
+        args = [f"--set={backup.detail['label']}"]
+        if target.kind in ("time", "name"):
+            args += [f"--type={target.kind}", f"--target={target.value}", "--target-action=promote"]
+        self._scratch_pgbackrest(access, scratch, *args, "restore", env=env)
+        # Debian keeps postgresql.conf in /etc, so the restored directory has none: give it a minimal one.
+        ex.write_text(SCRATCH_HOST, f"{SCRATCH_PGDATA}/postgresql.conf",
+                      f"port = 5432\nlisten_addresses = 'localhost'\nunix_socket_directories = '{SCRATCH_SOCKET}'\n"
+                      "archive_mode = off\nssl = off\nhot_standby = on\n", owner="postgres")
+        ex.write_text(SCRATCH_HOST, f"{SCRATCH_PGDATA}/pg_hba.conf", "local all all trust\n", owner="postgres")
+        ex.write_text(SCRATCH_HOST, f"{SCRATCH_PGDATA}/pg_ident.conf", "", owner="postgres")
+        # Command-line settings beat postgresql.auto.conf, which may carry the source's ALTER SYSTEM values.
+        opts = f"-c port=5432 -c unix_socket_directories={SCRATCH_SOCKET} -c ssl=off -c archive_mode=off"
+        started = ex.run(SCRATCH_HOST, [f"{PG_BIN}/pg_ctl", "-D", SCRATCH_PGDATA, "-l", "/tmp/postgres.log", "-w",
+                                        "-t", str(int(RECOVERY_TIMEOUT)), "-o", opts, "start"],
+                         user="postgres", env=env, timeout=RECOVERY_TIMEOUT + 30)
+        if not started.ok:
+            raise PermanentError("restored server did not start: " + self._server_log(scratch),
+                                 cluster=access.name, action="restore")
+        self._wait_promoted(access, scratch)
+        replayed = psql(access_for_scratch(access, scratch), SCRATCH_HOST,
+                        "select coalesce(extract(epoch from pg_last_xact_replay_timestamp()), 0)",
+                        socket=SCRATCH_SOCKET)
+        stop = parse_time(backup.detail.get("recoverable_to")) or backup.finished
+        points = [p for p in (stop, _epoch(replayed.out)) if p is not None]
+        return Restored(backup.id, max(points) if points else None,
+                        f"pgbackrest set {backup.detail['label']}, {target.describe()}")
+
+    def _scratch_pgbackrest(self, access: BackupAccess, scratch: Scratch, *args: str,
+                            env: dict[str, str] | None = None, timeout: float = 6 * 3600) -> ExecResult:
+        return scratch.executor.check(SCRATCH_HOST, ["pgbackrest", f"--stanza={access.name}", *args],
+                                      user="postgres", env=env, timeout=timeout, action=f"pgbackrest {args[-1]}")
+
+    def _server_log(self, scratch: Scratch) -> str:
+        tail = scratch.executor.run(SCRATCH_HOST, ["tail", "-n", "15", "/tmp/postgres.log"])
+        return tail.out.strip()
+
+    def _wait_promoted(self, access: BackupAccess, scratch: Scratch) -> None:
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
+        while time.monotonic() < deadline:
+            result = psql(access_for_scratch(access, scratch), SCRATCH_HOST, "select pg_is_in_recovery()",
+                          socket=SCRATCH_SOCKET)
+            if result.ok and result.out.strip() == "f":
+                return
+            alive = scratch.executor.run(SCRATCH_HOST, [f"{PG_BIN}/pg_ctl", "-D", SCRATCH_PGDATA, "status"],
+                                         user="postgres")
+            if not alive.ok:
+                raise PermanentError("recovery stopped the server: " + self._server_log(scratch),
+                                     cluster=access.name, action="restore")
+            time.sleep(0.5)
+        raise PermanentError(f"recovery did not finish within {RECOVERY_TIMEOUT:.0f}s", cluster=access.name,
+                             action="restore")
+
+    # -- verification --------------------------------------------------------------
+
+    def verify(self, access: BackupAccess, backup: Manifest, scratch: Scratch, restored: Restored) -> list[Check]:
+        checks = []
+        try:
+            out = self._scratch_pgbackrest(access, scratch, "--output=text", "verify")
+            checks.append(Check("pgbackrest verify", True, out.out.strip()[-300:] or "repository verified"))
+        except CommandFailed as exc:
+            checks.append(Check("pgbackrest verify", False, exc.result.tail(12) if exc.result else exc.message))
+        amcheck = scratch.executor.run(SCRATCH_HOST, [f"{PG_BIN}/pg_amcheck", "-h", SCRATCH_SOCKET, "-p", "5432",
+                                                      "--all", "--install-missing", "--heapallindexed"],
+                                       user="postgres", timeout=6 * 3600)
+        checks.append(Check("pg_amcheck", amcheck.ok, amcheck.tail(12) or "no corruption found"))
+        where = canary_location(_pg(access.cluster))
+        if where is not None:
+            rows = count_rows(access_for_scratch(access, scratch), SCRATCH_HOST, socket=SCRATCH_SOCKET)
+            before = backup.detail.get("canary_rows_before")
+            if rows is None:
+                checks.append(Check(f"canary {where[0]}.{where[1]}", False, "table missing in the restored server"))
+            else:
+                ok = before is None or rows >= before
+                checks.append(Check(f"canary {where[0]}.{where[1]}", ok,
+                                    f"{rows} rows; the live table had {before} when the backup started"))
+        return checks
+
+    # -- named restore points ----------------------------------------------------------
+
+    def create_restore_point(self, access: BackupAccess, name: str) -> str:
+        """pg_create_restore_point on the primary, then a WAL switch so the point is archived."""
+        host = find_primary(access)
+        cluster = _pg(access.cluster)
+        lit = "'" + name.replace("'", "''") + "'"
+        result = psql(access, host, f"select pg_create_restore_point({lit}); select pg_switch_wal()", port=cluster.port)
+        if not result.ok:
+            raise PermanentError(f"pg_create_restore_point: {result.tail(3)}", cluster=cluster.name, host=host)
+        return result.out.strip().splitlines()[0]
+
+
+def _epoch(text: str) -> datetime | None:
+    try:
+        value = float(text.strip() or 0)
+    except ValueError:
+        return None
+    return datetime.fromtimestamp(value, timezone.utc) if value > 0 else None
+
+
+def access_for_scratch(access: BackupAccess, scratch: Scratch) -> BackupAccess:
+    """The same cluster, with commands going to the scratch container."""
+    return replace(access, executor=scratch.executor)

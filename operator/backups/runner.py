@@ -1,0 +1,82 @@
+"""Take and prune backups for one cluster: the manifest life cycle around whichever tool the engine drives.
+
+A backup runs under the cluster's lock. Before it starts, manifests still
+`pending` from an earlier, interrupted run are marked `orphaned` (the lock
+proves nothing else is writing them). The new manifest is saved `pending`,
+the tool runs, and only then is it saved `complete` with its checksums. A tool
+failure saves it `failed`; a killed operator leaves it `pending`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from dbfleet.backups.access import BackupAccess, backup_lock
+from dbfleet.backups.engine import EngineBackups, adapter_for
+from dbfleet.backups.manifest import PENDING, Manifest, utcnow
+from dbfleet.backups.plan import BackupObservation
+from dbfleet.backups.retention import Expiry, expired_backups
+from dbfleet.reconcile.errors import ReconcileError
+
+log = logging.getLogger(__name__)
+
+
+def mark_orphans(access: BackupAccess) -> list[Manifest]:
+    """Mark every pending manifest orphaned; call only while holding the cluster's backup lock."""
+    marked = []
+    for m in access.storage.manifests(access.name):
+        if m.status == PENDING:
+            orphan = m.orphaned(f"interrupted: still pending when a later run started at {utcnow():%Y-%m-%dT%H:%M}Z")
+            access.storage.save_manifest(orphan)
+            marked.append(orphan)
+            log.warning("%s: backup %s never finished; marked orphaned", access.name, m.id)
+    return marked
+
+
+def take_backup(access: BackupAccess, kind: str, adapter: EngineBackups | None = None,
+                now: datetime | None = None) -> Manifest:
+    """Take one backup of `kind` now; return its complete manifest or raise (manifest saved failed)."""
+    from dbfleet.monitoring.metrics import record_action, record_backup
+
+    adapter = adapter or adapter_for(access.cluster.engine)
+    with backup_lock(access.name):
+        mark_orphans(access)
+        version = adapter.tool_version(access)
+        pending = adapter.new_manifest(access, kind, now or utcnow(), version)
+        access.storage.save_manifest(pending)
+        try:
+            with access.progress.step(f"{access.name}: {kind} backup {pending.id} with {adapter.tool}"):
+                done = adapter.take(access, pending)
+        except Exception as exc:
+            message = exc.render() if isinstance(exc, ReconcileError) else f"{type(exc).__name__}: {exc}"
+            access.storage.save_manifest(pending.aborted(message, utcnow()))
+            raise
+        access.storage.save_manifest(done)
+    finished = done.finished or utcnow()
+    record_backup(access.name, done.kind, finished.timestamp(), done.size_bytes,
+                  (finished - done.started).total_seconds())
+    record_action(access.name, "backup")
+    return done
+
+
+def plan_prune(access: BackupAccess, now: datetime | None = None) -> list[Expiry]:
+    return expired_backups(access.storage.manifests(access.name), access.cluster.backup.retention, now or utcnow())
+
+
+def prune(access: BackupAccess, adapter: EngineBackups | None = None, now: datetime | None = None) -> list[str]:
+    """Delete what retention allows (only backups a newer verified one supersedes); return what went."""
+    adapter = adapter or adapter_for(access.cluster.engine)
+    expiries = plan_prune(access, now)
+    if not expiries:
+        return []
+    with backup_lock(access.name):
+        return adapter.delete(access, expiries)
+
+
+def observe(access: BackupAccess) -> BackupObservation:
+    """What the target holds for the planner."""
+    from dbfleet.backups.access import backup_running
+
+    return BackupObservation(access.storage.manifests(access.name), access.storage.last_drill(access.name),
+                             backup_running(access.name))

@@ -1,0 +1,117 @@
+"""Throwaway containers for restores and drills: started from an engine's lab image, always removed after.
+
+A scratch container joins the lab network, carries the lab's label (so
+`lab down` removes it even if a drill was killed), and mounts the lab's
+shared backup volume read-only at the target path, so a restore can read the
+repository but never change it. It runs no systemd and no service: the
+restore code starts exactly the server it needs, as the engine's own user.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import docker
+from docker.errors import NotFound
+
+from dbfleet.engines.executor import DockerExecutor
+from dbfleet.lab.lifecycle import LABEL, LabError
+from dbfleet.lab.topology import backup_volume_name, network_name
+
+SCRATCH_LABEL = "dbfleet.scratch"
+SCRATCH_HOST = "scratch"
+"""The host name a scratch container answers to in its executor."""
+
+
+@dataclass
+class Scratch:
+    """A running scratch container and an executor whose one host, 'scratch', is it."""
+
+    name: str
+    container: Any
+    executor: DockerExecutor
+    address: str
+
+    def put_file(self, source: Path, dest: str, owner: str | None = None, mode: int = 0o600) -> None:
+        """Copy one local file into the container (its directory must exist)."""
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            info = tar.gettarinfo(str(source), arcname=Path(dest).name)
+            info.mode = mode
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            with source.open("rb") as handle:
+                tar.addfile(info, handle)
+        self.container.put_archive(str(Path(dest).parent), data.getvalue())
+        if owner:
+            self.executor.check(SCRATCH_HOST, ["chown", owner, dest])
+
+
+def lab_image(client: docker.DockerClient, lab: str, engine: str) -> str:
+    """The image id the lab's running hosts of `engine` use."""
+    found = client.containers.list(filters={"label": [f"{LABEL}={lab}", f"dbfleet.engine={engine}"]})
+    hosts = [c for c in found if SCRATCH_LABEL not in c.labels]
+    if not hosts:
+        raise LabError(f"lab {lab!r} runs no {engine} host to take a scratch image from; `dbfleet lab up` first")
+    return str(hosts[0].image.id)
+
+
+def backup_volume_mountpoint(lab: str, client: docker.DockerClient | None = None) -> Path:
+    """Where this machine sees the lab's shared backup volume (the operator's view of a local target)."""
+    client = client or docker.from_env()
+    try:
+        return Path(client.volumes.get(backup_volume_name(lab)).attrs["Mountpoint"])
+    except NotFound:
+        raise LabError(f"lab {lab!r} has no backup volume {backup_volume_name(lab)}; `dbfleet lab up` first") from None
+
+
+@contextmanager
+def scratch_container(lab: str, engine: str, purpose: str, backup_path: str | None = None,
+                      env: dict[str, str] | None = None, client: docker.DockerClient | None = None,
+                      keep: bool = False) -> Iterator[Scratch]:
+    """A scratch container of `engine`'s lab image; removed on leaving the block, whatever happened,
+    unless `keep` (a restore the user wants to inspect: `lab down` still removes it)."""
+    client = client or docker.from_env()
+    image = lab_image(client, lab, engine)
+    name = f"dbfleet-{lab}-scratch-{purpose}-{uuid.uuid4().hex[:6]}"
+    volumes = {backup_volume_name(lab): {"bind": backup_path, "mode": "ro"}} if backup_path else {}
+    container = client.containers.create(
+        image, command=["sleep", "infinity"], name=name, hostname=f"scratch-{purpose}", detach=True,
+        labels={LABEL: lab, SCRATCH_LABEL: purpose, "dbfleet.scratch.engine": engine},
+        network=network_name(lab), volumes=volumes, environment=env or {}, shm_size="256m",
+        tmpfs={"/tmp": "rw,exec"},
+    )
+    failed = True
+    try:
+        container.start()
+        deadline = time.monotonic() + 30
+        container.reload()
+        while container.status != "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            container.reload()
+        if container.status != "running":
+            raise LabError(f"scratch container {name} did not start (status {container.status})")
+        nets = container.attrs["NetworkSettings"]["Networks"]
+        address = next((n["IPAddress"] for n in nets.values() if n.get("IPAddress")), "")
+        yield Scratch(name, container, DockerExecutor({SCRATCH_HOST: name}, client), address)
+        failed = False
+    finally:
+        if failed or not keep:
+            try:
+                container.remove(force=True, v=True)
+            except NotFound:
+                pass
+
+
+def leftover_scratch(lab: str, client: docker.DockerClient | None = None) -> list[str]:
+    """Names of scratch containers of this lab still present (there should be none after a drill)."""
+    client = client or docker.from_env()
+    found = client.containers.list(all=True, filters={"label": [f"{LABEL}={lab}", SCRATCH_LABEL]})
+    return sorted(c.name for c in found)
