@@ -1,0 +1,109 @@
+"""The backups reconciler for the operator loop: observe the target, plan (plan.py), and act.
+
+Registered with the loop when imported (the `backup` CLI module imports it).
+A drill that fails raises a PermanentError, so the loop reports it once and
+never retries it into green; a backup whose host is unreachable raises a
+TemporaryError and is retried by the loop's backoff.
+"""
+
+from __future__ import annotations
+
+from datetime import timezone
+from typing import Any
+
+from dbfleet.backups.access import BackupAccess, open_access
+from dbfleet.backups.drills import run_drill
+from dbfleet.backups.manifest import PENDING, newest_good, utcnow
+from dbfleet.backups.plan import RECONCILER, BackupObservation, planned_backup_actions
+from dbfleet.backups.retention import expired_backups
+from dbfleet.backups.runner import mark_orphans, observe, take_backup
+from dbfleet.backups.engine import adapter_for
+from dbfleet.reconcile.actions import Action
+from dbfleet.reconcile.errors import PermanentError
+from dbfleet.spec import Fleet
+
+
+class BackupReconciler:
+    """Takes scheduled backups, runs due drills, prunes what retention allows, marks orphans."""
+
+    name = RECONCILER
+
+    def __init__(self) -> None:
+        self._access: dict[str, BackupAccess] = {}
+
+    def applies_to(self, cluster: Any) -> bool:
+        return bool(cluster.backup.enabled)
+
+    def _access_for(self, cluster: Any, session: Any) -> BackupAccess:
+        if cluster.name not in self._access:
+            fleet_access = session.access
+            if fleet_access.inventory is None:
+                raise PermanentError("backups need the inventory path", cluster=cluster.name)
+            self._access[cluster.name] = open_access(cluster, fleet_access.inventory)
+        return self._access[cluster.name]
+
+    def observe(self, cluster: Any, session: Any) -> tuple[Any, BackupObservation]:
+        access = self._access_for(cluster, session)
+        return cluster, observe(access)
+
+    def diff(self, cluster: Any, observed: tuple[Any, BackupObservation]) -> list[Action]:
+        _, obs = observed
+        fleet = Fleet.model_construct(clusters=[cluster])
+        return planned_backup_actions(fleet, {cluster.name: obs})
+
+    def act(self, action: Action, session: Any) -> str:
+        access = self._access[action.cluster]
+        if action.kind == "backup":
+            done = take_backup(access, action.detail["kind"])
+            return f"{done.kind} backup {done.id} complete, {done.size_bytes} bytes"
+        if action.kind == "drill":
+            record = run_drill(access)
+            if not record.ok:
+                raise PermanentError(f"restore drill {record.id} of {record.backup_id} failed: {record.message}",
+                                     cluster=action.cluster, action="drill")
+            return f"drill {record.id}: RTO {record.rto_seconds}s, RPO {record.rpo_seconds}s"
+        if action.kind == "mark-orphaned":
+            from dbfleet.backups.access import backup_lock
+
+            with backup_lock(action.cluster):
+                return f"marked {len(mark_orphans(access))} orphaned"
+        if action.kind == "prune":
+            # Re-plan under the current state: only the chosen backup, and only if still allowed.
+            manifests = access.storage.manifests(access.name)
+            expiries = [e for e in expired_backups(manifests, access.cluster.backup.retention, utcnow())
+                        if e.root == action.detail.get("root")]
+            if not expiries:
+                return "nothing to prune any more"
+            return "; ".join(adapter_for(access.cluster.engine).delete(access, expiries))
+        raise PermanentError(f"unknown backup action {action.kind}", cluster=action.cluster)
+
+    def notes(self, observed: tuple[Any, BackupObservation]) -> list[str]:
+        _, obs = observed
+        pending = [m.id for m in obs.manifests if m.status == PENDING]
+        return [f"backup {', '.join(pending)} in progress"] if pending and obs.running else []
+
+    def status(self, cluster: Any, observed: tuple[Any, BackupObservation], actions: list[Action]) -> dict[str, Any]:
+        return {"backups": backup_status(observed[1])}
+
+
+def backup_status(obs: BackupObservation) -> dict[str, Any]:
+    """The figures `status` shows: newest good backup, last drill with RTO and RPO."""
+    good = newest_good(obs.manifests)
+    drill = obs.last_drill
+    now = utcnow()
+    return {
+        "count": len(obs.manifests),
+        "newest_good": good.id if good else None,
+        "newest_good_age_s": round((now - (good.finished or good.started)).total_seconds())
+        if good else None,
+        "last_drill": None if drill is None else {
+            "id": drill.id, "backup": drill.backup_id, "ok": drill.ok, "rto_s": drill.rto_seconds,
+            "rpo_s": drill.rpo_seconds, "finished": drill.finished.astimezone(timezone.utc).isoformat(),
+            "message": drill.message},
+    }
+
+
+def register() -> None:
+    from dbfleet.reconcile.loop import register_reconciler
+
+    register_reconciler(BackupReconciler)

@@ -1,0 +1,141 @@
+"""Redis backups: an RDB snapshot with `redis-cli --rdb` from a replica, restored into a scratch redis-server.
+
+`redis-cli --rdb` asks the server for a full sync, so the snapshot comes from
+a replica's fork and the primary does no extra work. It runs on the replica's
+own host as the operator's ACL user (`dbfleet_admin`, password
+`redis_admin_password`, passed in REDISCLI_AUTH, never argv). DBSIZE and the
+spec's canary key are read on the same replica around the snapshot and kept in
+the manifest, so a drill can tell whether the restored server holds them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from dbfleet.backups.access import BackupAccess
+from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored
+from dbfleet.backups.manifest import Check, Manifest, utcnow
+from dbfleet.backups.spool import measured, spool_file, staged_locally
+from dbfleet.engines.executor import ExecResult
+from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
+from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.spec import RedisCluster
+
+ADMIN_USER = "dbfleet_admin"
+ADMIN_SECRET = "redis_admin_password"
+RDB_NAME = "dump.rdb"
+SCRATCH_DIR = "/tmp/redis-restore"
+LOAD_TIMEOUT = 600.0
+
+
+def _redis(cluster: Any) -> RedisCluster:
+    if not isinstance(cluster, RedisCluster):
+        raise PermanentError(f"{cluster.name} is not a Redis cluster")
+    return cluster
+
+
+def cli(access: BackupAccess, host: str, *args: str, timeout: float = 60) -> ExecResult:
+    """redis-cli on `host` against its own server, as the admin ACL user."""
+    cluster = _redis(access.cluster)
+    argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(cluster.port), "--user", ADMIN_USER, "--no-auth-warning",
+            *args]
+    return access.executor.run(host, argv, env={"REDISCLI_AUTH": access.secret(ADMIN_SECRET)}, timeout=timeout)
+
+
+def pick_replica(access: BackupAccess) -> str:
+    """A replica whose link to the primary is up; the primary only when no replica is."""
+    cluster = _redis(access.cluster)
+    answered = []
+    for host in [h.name for h in cluster.data_hosts()]:
+        try:
+            info = cli(access, host, "INFO", "replication")
+        except TemporaryError:
+            continue
+        if not info.ok:
+            continue
+        fields = dict(line.split(":", 1) for line in info.out.splitlines() if ":" in line)
+        answered.append((host, fields.get("role", "").strip(), fields.get("master_link_status", "").strip()))
+    for host, role, link in answered:
+        if role == "slave" and link == "up":
+            return host
+    for host, role, _ in answered:
+        if role == "master":
+            return host
+    raise TemporaryError("no Redis data node answers", cluster=cluster.name, action="backup")
+
+
+def _dbsize(result: ExecResult) -> int | None:
+    text = result.out.strip()
+    return int(text) if result.ok and text.isdigit() else None
+
+
+class RedisBackups(EngineBackups):
+    engine = "redis"
+    tool = "redis-cli --rdb"
+
+    def tool_version(self, access: BackupAccess) -> str:
+        host = _redis(access.cluster).primary
+        return access.executor.check(host, ["redis-cli", "--version"], action="redis-cli --version").out.strip()
+
+    def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
+        cluster = _redis(access.cluster)
+        host = pick_replica(access)
+        canary_key = cluster.backup.drill.canary
+        before = _dbsize(cli(access, host, "DBSIZE"))
+        canary = cli(access, host, "--raw", "GET", canary_key).out.rstrip("\n") if canary_key else None
+        snapshot_at = utcnow()
+        with spool_file(access, host, pending.id, RDB_NAME) as spool:
+            result = cli(access, host, "--rdb", spool.remote_path, timeout=3600)
+            if not result.ok:
+                raise PermanentError(f"redis-cli --rdb: {result.tail(5)}", cluster=cluster.name, host=host,
+                                     action="backup")
+        after = _dbsize(cli(access, host, "DBSIZE"))
+        return pending.completed(utcnow(), measured(access, [spool.key]), replica=host,
+                                 snapshot_at=snapshot_at.isoformat(), dbsize_before=before, dbsize_after=after,
+                                 canary_key=canary_key, canary_value=canary or None)
+
+    def restore(self, access: BackupAccess, backup: Manifest, scratch: Scratch, target: RestoreTarget) -> Restored:
+        if target.kind != "latest":
+            raise PermanentError("Redis restores a snapshot as it is; --to-time and --to-name are PostgreSQL's",
+                                 cluster=access.name, action="restore")
+        ex = scratch.executor
+        ex.check(SCRATCH_HOST, ["install", "-d", "-o", "redis", "-g", "redis", "-m", "0750", SCRATCH_DIR])
+        key = backup.files[0].key
+        if access.target_path is not None:
+            ex.check(SCRATCH_HOST, ["cp", f"{access.target_path.rstrip('/')}/{key}", f"{SCRATCH_DIR}/{RDB_NAME}"])
+            ex.check(SCRATCH_HOST, ["chown", "redis:redis", f"{SCRATCH_DIR}/{RDB_NAME}"])
+        else:
+            with staged_locally(access, key) as local:
+                scratch.put_file(local, f"{SCRATCH_DIR}/{RDB_NAME}", owner="redis:redis")
+        ex.check(SCRATCH_HOST, ["redis-server", "--port", "6379", "--bind", "127.0.0.1", "--dir", SCRATCH_DIR,
+                                "--dbfilename", RDB_NAME, "--appendonly", "no", "--save", "", "--daemonize", "yes",
+                                "--logfile", f"{SCRATCH_DIR}/redis.log"], user="redis", action="redis-server")
+        deadline = time.monotonic() + LOAD_TIMEOUT
+        while time.monotonic() < deadline:
+            info = ex.run(SCRATCH_HOST, ["redis-cli", "-p", "6379", "INFO", "persistence"])
+            if info.ok and "loading:0" in info.out:
+                break
+            time.sleep(0.2)
+        else:
+            log = ex.run(SCRATCH_HOST, ["tail", "-n", "10", f"{SCRATCH_DIR}/redis.log"]).out
+            raise PermanentError(f"the restored redis-server did not load the RDB: {log.strip()}",
+                                 cluster=access.name, action="restore")
+        return Restored(backup.id, backup.started, f"RDB {key} from {backup.detail.get('replica')}")
+
+    def verify(self, access: BackupAccess, backup: Manifest, scratch: Scratch, restored: Restored) -> list[Check]:
+        ex = scratch.executor
+        size = _dbsize(ex.run(SCRATCH_HOST, ["redis-cli", "-p", "6379", "DBSIZE"]))
+        bounds = [b for b in (backup.detail.get("dbsize_before"), backup.detail.get("dbsize_after")) if b is not None]
+        ok = size is not None and (not bounds or min(bounds) <= size <= max(bounds))
+        checks = [Check("DBSIZE", ok, f"{size} keys; the replica had {'..'.join(map(str, bounds)) or '?'} "
+                                      "around the snapshot")]
+        key = backup.detail.get("canary_key")
+        if key:
+            want = backup.detail.get("canary_value")
+            got = ex.run(SCRATCH_HOST, ["redis-cli", "-p", "6379", "--raw", "GET", key]).out.rstrip("\n") or None
+            if want is None:
+                checks.append(Check(f"canary {key}", False, "the key did not exist on the source at backup time"))
+            else:
+                checks.append(Check(f"canary {key}", got == want, f"restored {got!r}, source had {want!r}"))
+        return checks

@@ -1,0 +1,190 @@
+"""`dbfleet backup run|list|prune|mark`, `dbfleet restore` and `dbfleet drill`: backups on demand.
+
+Exit codes: 0 ok, 1 the backup, restore or drill failed, 2 bad options or spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from dbfleet.backups import reconciler
+from dbfleet.backups.access import BackupAccess, open_access
+from dbfleet.backups.drills import restore, run_drill
+from dbfleet.backups.engine import RestoreTarget, adapter_for
+from dbfleet.backups.manifest import newest_first, parse_time
+from dbfleet.backups.runner import plan_prune, prune, take_backup
+from dbfleet.backups.scheduler import engine_kind
+from dbfleet.commands.common import add_json_option, add_lab_options, emit, fleet_of, inventory_path, table
+from dbfleet.progress import Progress
+from dbfleet.reconcile.errors import ReconcileError
+from dbfleet.secrets import SecretsError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+reconciler.register()
+
+
+def _common(p: argparse.ArgumentParser, cluster_required: bool = True) -> None:
+    add_lab_options(p)
+    p.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
+    p.add_argument("--secrets", type=Path, help="secrets file (default: beside the inventory)")
+    p.add_argument("--cluster", required=cluster_required, help="cluster name from the spec"
+                   + ("" if cluster_required else " (default: every cluster with backups enabled)"))
+    add_json_option(p)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("backup", help="take, list and prune backups")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    run_p = verbs.add_parser("run", help="take a backup now (pgBackRest, mongodump or redis-cli --rdb)")
+    _common(run_p)
+    run_p.add_argument("--type", choices=["full", "diff", "incr", "snapshot"],
+                       help="backup kind (default: full; Redis always takes a snapshot)")
+    run_p.add_argument("--dry-run", action="store_true", help="say what would be taken, take nothing")
+    run_p.set_defaults(handler=lambda a: _guard(run_backup, a))
+    list_p = verbs.add_parser("list", help="backups in the target with their manifest status")
+    _common(list_p, cluster_required=False)
+    list_p.set_defaults(handler=lambda a: _guard(run_list, a))
+    prune_p = verbs.add_parser("prune", help="delete what retention allows and a newer verified backup supersedes")
+    _common(prune_p, cluster_required=False)
+    prune_p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    prune_p.set_defaults(handler=lambda a: _guard(run_prune, a))
+    mark_p = verbs.add_parser("mark", help="PostgreSQL: create a named restore point for `restore --to-name`")
+    _common(mark_p)
+    mark_p.add_argument("--name", required=True, help="restore point name")
+    mark_p.set_defaults(handler=lambda a: _guard(run_mark, a))
+
+    r = sub.add_parser("restore", help="restore a backup into a scratch container (the live cluster is untouched)")
+    _common(r)
+    to = r.add_mutually_exclusive_group()
+    to.add_argument("--to-time", metavar="TS", help="recover to this time (ISO 8601, e.g. 2026-11-25T02:00:00Z)")
+    to.add_argument("--to-name", metavar="NAME", help="recover to this named restore point")
+    r.add_argument("--backup", metavar="ID", help="start from this backup (id or pgBackRest label)")
+    r.add_argument("--keep", action="store_true", help="leave the scratch container running for inspection")
+    r.add_argument("--dry-run", action="store_true", help="say which backup would be restored, restore nothing")
+    r.set_defaults(handler=lambda a: _guard(run_restore, a))
+
+    d = sub.add_parser("drill", help="restore the newest backup into scratch and verify it; records RTO and RPO")
+    _common(d)
+    d.set_defaults(handler=lambda a: _guard(run_drill_command, a))
+
+
+def _guard(handler: Any, args: argparse.Namespace) -> int:
+    try:
+        return int(handler(args))
+    except (SecretsError, KeyError) as exc:
+        print(f"dbfleet {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ReconcileError as exc:
+        print(f"dbfleet {args.command}: {exc.render()}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _clusters(args: argparse.Namespace) -> list[Any]:
+    fleet = fleet_of(args)
+    if args.cluster:
+        return [fleet.cluster(args.cluster)]
+    return [c for c in fleet.clusters if c.backup.enabled]
+
+
+def _access(args: argparse.Namespace, cluster: Any) -> BackupAccess:
+    return open_access(cluster, inventory_path(args), args.secrets, Progress("backup", quiet=args.json))
+
+
+def run_backup(args: argparse.Namespace) -> int:
+    cluster = _clusters(args)[0]
+    kind = engine_kind(cluster.engine, args.type or "full")
+    tool = adapter_for(cluster.engine).tool
+    if args.dry_run:
+        target = cluster.backup.target
+        where = getattr(target, "path", None) or f"s3://{getattr(target, 'bucket', '')}"
+        emit(args, {"cluster": cluster.name, "kind": kind, "tool": tool, "target": where, "dry_run": True},
+             f"would take one {kind} backup of {cluster.name} with {tool} into {where}")
+        return EXIT_OK
+    done = take_backup(_access(args, cluster), kind)
+    emit(args, done.summary(), f"{cluster.name}: {done.kind} backup {done.id} {done.status}: "
+                               f"{done.size_bytes} bytes in {len(done.files)} files")
+    return EXIT_OK
+
+
+def run_list(args: argparse.Namespace) -> int:
+    rows = []
+    for cluster in _clusters(args):
+        rows += [m.summary() for m in newest_first(_access(args, cluster).storage.manifests(cluster.name))]
+    emit(args, rows, table(rows, ["cluster", "id", "kind", "status", "started", "finished", "size", "files",
+                                  "verified"]))
+    return EXIT_OK
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
+    for cluster in _clusters(args):
+        access = _access(args, cluster)
+        if args.dry_run:
+            rows += [{"cluster": cluster.name, "backup": e.backup.id, "why": e.describe()}
+                     for e in plan_prune(access)]
+        else:
+            rows += [{"cluster": cluster.name, "deleted": line} for line in prune(access)]
+    columns = ["cluster", "backup", "why"] if args.dry_run else ["cluster", "deleted"]
+    emit(args, rows, table(rows, columns))
+    return EXIT_OK
+
+
+def run_mark(args: argparse.Namespace) -> int:
+    cluster = _clusters(args)[0]
+    adapter = adapter_for(cluster.engine)
+    if not hasattr(adapter, "create_restore_point"):
+        print(f"dbfleet backup mark: named restore points are a PostgreSQL feature; {cluster.name} is "
+              f"{cluster.engine}", file=sys.stderr)
+        return EXIT_USAGE
+    lsn = adapter.create_restore_point(_access(args, cluster), args.name)
+    emit(args, {"cluster": cluster.name, "name": args.name, "lsn": lsn}, f"{cluster.name}: restore point "
+                                                                          f"{args.name!r} at {lsn}")
+    return EXIT_OK
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    cluster = _clusters(args)[0]
+    if args.to_time:
+        if parse_time(args.to_time) is None:
+            raise KeyError(f"--to-time {args.to_time!r} is not a time")
+        target = RestoreTarget("time", args.to_time)
+    elif args.to_name:
+        target = RestoreTarget("name", args.to_name)
+    else:
+        target = RestoreTarget("latest")
+    access = _access(args, cluster)
+    if args.dry_run:
+        from dbfleet.backups.drills import choose_backup
+
+        manifests = access.storage.manifests(cluster.name)
+        chosen = [m for m in manifests if m.id == args.backup] if args.backup else \
+            [choose_backup(adapter_for(cluster.engine), manifests, target)]
+        emit(args, {"cluster": cluster.name, "backup": chosen[0].id if chosen else None,
+                    "target": target.describe(), "dry_run": True},
+             f"would restore {cluster.name} from {chosen[0].id if chosen else '?'} to {target.describe()} "
+             "into a scratch container")
+        return EXIT_OK
+    backup, restored, checks, kept = restore(access, target, args.backup, keep=args.keep)
+    ok = all(c.ok for c in checks)
+    data = {"cluster": cluster.name, "backup": backup.id, "target": target.describe(), "ok": ok,
+            "recovered_to": restored.recovered_to.isoformat() if restored.recovered_to else None,
+            "checks": [c.__dict__ for c in checks], "container": kept or None}
+    lines = [f"{cluster.name}: restored {backup.id} to {target.describe()} in scratch"
+             + (f" (kept: {kept})" if kept else " (removed)")]
+    lines += [f"  {'ok' if c.ok else 'FAILED'}  {c.name}: {c.detail}" for c in checks]
+    emit(args, data, "\n".join(lines))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def run_drill_command(args: argparse.Namespace) -> int:
+    cluster = _clusters(args)[0]
+    record = run_drill(_access(args, cluster))
+    lines = [f"{cluster.name}: drill {record.id} of {record.backup_id}: {'ok' if record.ok else 'FAILED'}; "
+             f"RTO {record.rto_seconds}s, RPO {record.rpo_seconds}s"]
+    lines += [f"  {'ok' if c.ok else 'FAILED'}  {c.name}: {c.detail}" for c in record.checks]
+    emit(args, record.summary() | {"checks": [c.__dict__ for c in record.checks]}, "\n".join(lines))
+    return EXIT_OK if record.ok else EXIT_FAILED
