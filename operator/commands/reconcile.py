@@ -19,7 +19,7 @@ from dbfleet.engines.base import FleetAccess
 from dbfleet.monitoring import metrics
 from dbfleet.reconcile.errors import ReconcileError
 from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
-from dbfleet.reconcile.loop import CycleReport, Leader, Operator, watch
+from dbfleet.reconcile.loop import CycleReport, Leader, Operator, default_reconcilers, watch
 from dbfleet.reconcile.status import record_cycle
 from dbfleet.secrets import SecretsError
 from dbfleet.spec import PostgresCluster
@@ -37,6 +37,8 @@ def add_operator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--secrets", type=Path,
                         help="secrets file (default: group_vars/all/secrets.yml beside the inventory)")
     parser.add_argument("--cluster", action="append", metavar="NAME", help="only this cluster (repeatable)")
+    parser.add_argument("--reconciler", action="append", metavar="NAME",
+                        help="only this reconciler, say indexes or backups (repeatable; default: all)")
     add_json_option(parser)
 
 
@@ -54,11 +56,19 @@ def build_operator(args: argparse.Namespace, stop: threading.Event | None = None
     unknown = sorted(set(args.cluster or ()) - names)
     if unknown:
         raise UsageError(f"--cluster: no cluster named {', '.join(unknown)}; the spec has {', '.join(sorted(names))}")
+    reconcilers = default_reconcilers()
+    if args.reconciler:
+        known = [r.name for r in reconcilers]
+        unknown = sorted(set(args.reconciler) - set(known))
+        if unknown:
+            raise UsageError(f"--reconciler: no reconciler named {', '.join(unknown)}; there are {', '.join(known)}")
+        reconcilers = [r for r in reconcilers if r.name in args.reconciler]
     try:
         access = FleetAccess.load(inventory_path(args), secrets_path(args))
     except (ReconcileError, SecretsError) as exc:
         raise UsageError(str(exc)) from None
-    return Operator(fleet, access, stop=stop, clusters=set(args.cluster) if args.cluster else None)
+    return Operator(fleet, access, reconcilers=reconcilers, stop=stop,
+                    clusters=set(args.cluster) if args.cluster else None)
 
 
 def leader_lock(operator: Operator, args: argparse.Namespace) -> Leader:

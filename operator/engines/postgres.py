@@ -12,6 +12,7 @@ for long; a lock timeout is a TemporaryError and is retried.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -304,8 +305,13 @@ class PostgresSession(EngineSession):
                      hot: dict[str, TableStats]) -> list[tuple[str, str, set[str] | None]]:
         names = sorted({split_table(scope)[1] for scope in hot})
         pattern = r"\m(" + "|".join(names) + r")\M"
+        try:
+            rows = self.run(primary, database.name, STATEMENTS_SQL, [pattern])
+        except PermanentError as exc:  # say, the extension exists but is not in shared_preload_libraries
+            database.notes.append(f"pg_stat_statements unreadable ({exc.message}); hot tables not explained")
+            return []
         found = []
-        for row in self.run(primary, database.name, STATEMENTS_SQL, [pattern]):
+        for row in rows:
             query = row["query"]
             if not plans.is_read_query(query):
                 continue
@@ -357,23 +363,22 @@ class PostgresSession(EngineSession):
         primary = self.primary()
         detail = action.detail
         dbname = detail["database"]
+        verbs = {"create-index": "created", "rebuild-index": "rebuilt", "drop-index": "dropped"}
+        if action.kind not in verbs:
+            raise PermanentError(f"the postgres adapter cannot apply {action.kind}")
+        if action.kind == "drop-index":
+            self._refuse_constraint_index(primary, dbname, detail)
         self.run(primary, dbname, "SET statement_timeout = 0")  # a concurrent build takes as long as it takes
         try:
-            if action.kind == "create-index":
-                self.run(primary, dbname, detail["sql"])
+            for statement in detail["statements"]:
+                self.run(primary, dbname, statement)
+            if detail.get("tag"):
                 self.run(primary, dbname, sql.SQL("COMMENT ON INDEX {}.{} IS {}").format(
                     sql.Identifier(detail["schema"]), sql.Identifier(detail["name"]), sql.Literal(detail["tag"])))
-                return f"created {action.target} on {primary}"
-            if action.kind == "rebuild-index":
-                self.run(primary, dbname, detail["sql"])
-                return f"rebuilt {action.target} on {primary}"
-            if action.kind == "drop-index":
-                self._refuse_constraint_index(primary, dbname, detail)
-                self.run(primary, dbname, detail["sql"])
-                return f"dropped {action.target} on {primary}"
         finally:
-            self.run(primary, dbname, "RESET statement_timeout")
-        raise PermanentError(f"the postgres adapter cannot apply {action.kind}")
+            with contextlib.suppress(ReconcileError):  # a broken connection resets everything anyway
+                self.run(primary, dbname, "RESET statement_timeout")
+        return f"{verbs[action.kind]} {action.target} on {primary}"
 
     def _refuse_constraint_index(self, primary: str, dbname: str, detail: dict[str, Any]) -> None:
         """Checked again right before a drop: the diff may be a cycle old, and a constraint index is never dropped."""

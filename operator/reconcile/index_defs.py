@@ -162,8 +162,13 @@ def desired_pg(spec: PgIndex) -> DesiredIndex:
         predicate=normalize_expr(spec.where) if spec.where else None, tag=tag,
         shown=create_sql.replace(" CONCURRENTLY", "", 1),
         create={"database": spec.database, "schema": schema, "table": table, "name": spec.name,
-                "sql": create_sql, "tag": tag},
+                "statements": [create_sql], "tag": tag},
     )
+
+
+def concurrent_create(definition: str) -> str:
+    """pg_get_indexdef output made concurrent: 'CREATE UNIQUE INDEX i ON ...' -> 'CREATE UNIQUE INDEX CONCURRENTLY i ON ...'."""
+    return re.sub(r"^CREATE (UNIQUE )?INDEX ", r"CREATE \1INDEX CONCURRENTLY ", definition, count=1)
 
 
 def observed_pg(database: str, row: dict[str, Any], scans_by_member: dict[str, int]) -> ObservedIndex:

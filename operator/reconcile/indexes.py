@@ -21,6 +21,7 @@ from dbfleet.reconcile.index_defs import (
     DesiredIndex,
     IndexShape,
     ObservedIndex,
+    concurrent_create,
     desired_mongo,
     desired_pg,
     quote_ident,
@@ -172,15 +173,22 @@ class _Plan:
         self.actions.append(Action(self.cluster, RECONCILER, kind, target, reason, destructive, detail))
 
 
-def _index_detail(engine: str, index: IndexShape, verb: str) -> dict[str, Any]:
+def _index_detail(engine: str, index: ObservedIndex, verb: str, declared: DesiredIndex | None = None
+                  ) -> dict[str, Any]:
+    """What the adapter needs to drop or rebuild an index; for PostgreSQL, the statements themselves."""
     detail: dict[str, Any] = {"database": index.database, "name": index.name, "scope": index.scope}
-    if engine == "postgres":
-        qualified = f"{quote_ident(index.namespace)}.{quote_ident(index.name)}"
-        detail["schema"] = index.namespace
-        detail["sql"] = {"drop": f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}",
-                         "rebuild": f"REINDEX INDEX CONCURRENTLY {qualified}"}[verb]
-    else:
+    if engine != "postgres":
         detail["collection"] = index.namespace
+        return detail
+    detail["schema"] = index.namespace
+    drop = f"DROP INDEX CONCURRENTLY IF EXISTS {quote_ident(index.namespace)}.{quote_ident(index.name)}"
+    if verb == "drop":
+        detail["statements"] = [drop]
+    elif declared is not None:  # rebuilt as declared, and tagged again
+        detail["statements"] = [drop, *declared.create["statements"]]
+        detail["tag"] = declared.tag
+    else:
+        detail["statements"] = [drop, concurrent_create(index.definition)]
     return detail
 
 
@@ -192,6 +200,7 @@ def diff_indexes(cluster: str, declared: Sequence[PgIndex | MongoIndex], observe
     desired = desired_indexes(declared)
     declared_idents = {d.ident for d in desired}
     found = {i.ident: i for i in observed.all_indexes()}
+    by_ident = {d.ident: d for d in desired}
     conflicts = {d.ident for d in desired if d.ident in found and not matches(d, found[d.ident])}
 
     for index in sorted(found.values(), key=lambda i: i.ident):
@@ -203,7 +212,8 @@ def diff_indexes(cluster: str, declared: Sequence[PgIndex | MongoIndex], observe
                          f"on {index.scope}; drop it by hand once no rebuild is running", definition=index.definition)
         elif policy.invalid.rebuild:
             plan.add("rebuild-index", index.ident, f"INVALID (a failed or interrupted concurrent build) on "
-                     f"{index.scope}; rebuilding it concurrently", **_index_detail(engine, index, "rebuild"))
+                     f"{index.scope}; dropping and building it again, concurrently",
+                     **_index_detail(engine, index, "rebuild", by_ident.get(index.ident)))
         elif policy.invalid.report:
             plan.add("report-invalid", index.ident, f"INVALID on {index.scope}; invalid.rebuild is off",
                      definition=index.definition)
@@ -276,7 +286,7 @@ def _diff_advice(plan: _Plan, database: ObservedDatabase, policy: IndexPolicy) -
         plan.add("advise-index", target,
                  f"{advice.source}: planner cost {advice.cost_before:.0f} -> {advice.cost_after:.0f} "
                  f"(-{advice.reduction:.0%}) with a hypothetical index",
-                 sql=advice.sql, query=advice.query[:500], database=database.name)
+                 statements=[advice.sql], query=advice.query[:500], database=database.name)
 
 
 # --------------------------------------------------------------------------- the reconciler

@@ -140,8 +140,8 @@ class CycleReport:
             for action in c.actions:
                 outcome = by_action.get(action)
                 lines.append("  " + (outcome.render() if outcome else action.render()))
-                if action.changes and "sql" in action.detail and not outcome:
-                    lines.append(f"      {action.detail['sql']}")
+                if not outcome:
+                    lines += [f"      {statement}" for statement in action.detail.get("statements", ())]
             lines += [f"  note: {n}" for n in c.notes]
         if any(c.actions for c in self.clusters):
             lines.append("(+ change, ! destructive change, - report only)")

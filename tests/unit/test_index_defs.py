@@ -77,8 +77,8 @@ def test_the_create_statement_is_concurrent_quoted_and_complete():
     spec = PgIndex(database="app", table="sales.Orders", name="o_idx", columns=["lower(email)", "id DESC"],
                    unique=True, where="deleted_at IS NULL")
     want = desired_pg(spec)
-    assert want.create["sql"] == ('CREATE UNIQUE INDEX CONCURRENTLY "o_idx" ON "sales"."Orders" USING btree '
-                                  "(lower(email), id DESC) WHERE deleted_at IS NULL")
+    assert want.create["statements"] == [('CREATE UNIQUE INDEX CONCURRENTLY "o_idx" ON "sales"."Orders" USING btree '
+                                  "(lower(email), id DESC) WHERE deleted_at IS NULL")]
     assert (want.namespace, want.scope, want.ident) == ("sales", "sales.Orders", "app/sales.o_idx")
     assert want.create["tag"] == want.tag
 

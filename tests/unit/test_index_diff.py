@@ -27,8 +27,9 @@ COMPOSITE = PgIndex(database="app", table="orders", name="orders_customer_create
 
 
 def idx(name, keys, table="orders", *, db="app", scans=0, **kw) -> ObservedIndex:
+    kw.setdefault("definition", f"CREATE INDEX {name} ON public.{table} USING btree ({', '.join(keys)})")
     return ObservedIndex(database=db, namespace="public", scope=f"public.{table}", name=name, keys=tuple(keys),
-                         scans=scans, definition=f"CREATE INDEX {name} ...", **kw)
+                         scans=scans, **kw)
 
 
 def as_observed(want) -> ObservedIndex:
@@ -61,7 +62,7 @@ def test_missing_declared_indexes_are_created_concurrently():
     assert kinds(actions) == [("create-index", "app/public.users_email_lower_idx"),
                               ("create-index", "app/public.orders_open_idx")]
     assert all(a.changes and not a.destructive and a.reason for a in actions)
-    assert "CONCURRENTLY" in actions[0].detail["sql"] and actions[0].detail["tag"].startswith("dbfleet:")
+    assert "CONCURRENTLY" in actions[0].detail["statements"][0] and actions[0].detail["tag"].startswith("dbfleet:")
 
 
 def test_in_sync_gives_nothing_to_do():
@@ -116,7 +117,18 @@ def test_an_invalid_declared_index_is_rebuilt():
     broken = replace(as_observed(desired_pg(EMAIL)), valid=False)
     actions = diff_indexes("pg-main", [EMAIL], observed(broken), policy())
     assert kinds(actions) == [("rebuild-index", "app/public.users_email_lower_idx")]
-    assert actions[0].detail["sql"] == 'REINDEX INDEX CONCURRENTLY "public"."users_email_lower_idx"'
+    want = desired_pg(EMAIL)
+    assert actions[0].detail["statements"] == [
+        'DROP INDEX CONCURRENTLY IF EXISTS "public"."users_email_lower_idx"', *want.create["statements"]]
+    assert actions[0].detail["tag"] == want.tag
+
+
+def test_an_invalid_undeclared_index_is_rebuilt_from_its_own_definition():
+    broken = idx("x", ["a"], valid=False, definition="CREATE UNIQUE INDEX x ON public.orders USING btree (a)")
+    (action,) = diff_indexes("pg-main", [], observed(broken), policy())
+    assert action.detail["statements"] == ['DROP INDEX CONCURRENTLY IF EXISTS "public"."x"',
+                                           "CREATE UNIQUE INDEX CONCURRENTLY x ON public.orders USING btree (a)"]
+    assert "tag" not in action.detail
 
 
 def test_invalid_is_only_reported_when_rebuild_is_off():
@@ -157,7 +169,7 @@ def test_a_duplicate_is_dropped_only_when_the_policy_allows():
     actions = diff_indexes("pg-main", [], observed(a, b), policy(duplicate={"drop": True}))
     assert kinds(actions) == [("drop-index", "app/public.b_idx")]
     assert actions[0].destructive
-    assert actions[0].detail["sql"] == 'DROP INDEX CONCURRENTLY IF EXISTS "public"."b_idx"'
+    assert actions[0].detail["statements"] == ['DROP INDEX CONCURRENTLY IF EXISTS "public"."b_idx"']
 
 
 def test_a_key_prefix_is_redundant():
@@ -372,7 +384,7 @@ def test_mongo_prefix_duplicates_but_not_ttl_or_id():
     actions = diff_indexes("mongo-main", [EVENTS, TTL], mongo(ident, user, declared, ttl, wider),
                            policy(duplicate={"drop": True}))
     assert kinds(actions) == [("drop-index", "app/events.user_1")]
-    assert actions[0].detail["collection"] == "events" and "sql" not in actions[0].detail
+    assert actions[0].detail["collection"] == "events" and "statements" not in actions[0].detail
 
 
 def test_mongo_unused_never_names_the_id_index():

@@ -35,6 +35,11 @@ def test_an_unknown_cluster_is_a_usage_error(capsys, tmp_path):
     assert "no cluster named nope" in capsys.readouterr().err
 
 
+def test_an_unknown_reconciler_is_a_usage_error(capsys, tmp_path):
+    assert main(["--spec", SPEC, "plan", "--reconciler", "nope", "--inventory", str(tmp_path / "h.yml")]) == 2
+    assert "no reconciler named nope; there are indexes" in capsys.readouterr().err
+
+
 def test_a_missing_inventory_is_a_usage_error(capsys, tmp_path):
     assert main(["--spec", SPEC, "status", "--inventory", str(tmp_path / "none.yml")]) == 2
     assert "no such inventory" in capsys.readouterr().err

@@ -1,0 +1,99 @@
+"""The operator process against the lab's PostgreSQL: one leader acts, --watch stops on SIGTERM, status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import pytest
+
+from dbfleet.engines.base import FleetAccess
+from dbfleet.engines.postgres import find_primary
+from dbfleet.reconcile.leader import LOCK_KEY, AdvisoryLeaderLock
+from test_indexes import CLUSTER, REPO, PgEnv, changes, outcomes, pgenv, target  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.lab
+
+LOCK_HOLDERS = (f"SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                f"WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {LOCK_KEY >> 32} "
+                f"AND l.objid = {LOCK_KEY & 0xFFFFFFFF}")
+
+
+def lock_holders(env: PgEnv) -> list[str]:
+    return [row[0] for row in env.sql(LOCK_HOLDERS, dbname="postgres")]
+
+
+def test_only_the_lock_holder_acts(pgenv: PgEnv):
+    assert pgenv.dbfleet("reconcile", "--once")[0] == 0
+    pgenv.sql("DROP INDEX orders_open_idx")
+    access = FleetAccess.load(pgenv.lab.inventory_path, pgenv.lab.state.secrets)
+    other = AdvisoryLeaderLock(lambda: find_primary(pgenv.cluster, access, "postgres", "other-operator")[1])
+    with other:
+        assert other.acquire()
+        assert lock_holders(pgenv) == ["other-operator"]
+        code, standby = pgenv.dbfleet("reconcile", "--once")
+        assert code == 0 and standby["leader"].startswith("not leader, observed only: other-operator")
+        assert changes(standby) == [("create-index", target("orders_open_idx"))] and outcomes(standby) == {}
+        assert pgenv.index_valid("orders_open_idx") is None  # planned, not done
+    assert lock_holders(pgenv) == []  # released on exit
+    code, leader = pgenv.dbfleet("reconcile", "--once")
+    assert code == 0 and leader["leader"] == "this process leads"
+    assert outcomes(leader)[target("orders_open_idx")]["status"] == "done"
+    assert lock_holders(pgenv) == []  # --once lets go of the lock when it is done
+
+
+def test_watch_acts_each_cycle_and_stops_cleanly_on_sigterm(pgenv: PgEnv):
+    spec = pgenv.write_spec()
+    argv = [sys.executable, "-m", "dbfleet", "-v", "--spec", str(spec), "reconcile", "--watch", "--interval", "1",
+            "--cluster", CLUSTER, "--reconciler", "indexes", "--no-metrics",
+            "--inventory", str(pgenv.lab.inventory_path), "--secrets", str(pgenv.lab.state.secrets),
+            "--state", str(pgenv.workdir / "watch-state.json")]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not any(h.startswith("dbfleet-operator-leader") for h in lock_holders(pgenv)):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the watching operator never took the leader lock"
+            time.sleep(0.5)
+        pgenv.sql("DROP INDEX orders_ref_desc_idx")  # the next cycle puts it back
+        while pgenv.index_valid("orders_ref_desc_idx") is not True:
+            assert time.monotonic() < deadline, "the watching operator did not restore the index"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err[-3000:]
+    assert "created idxtest/public.orders_ref_desc_idx" in out
+    assert f"leader lock {LOCK_KEY} released" in err  # released by the operator, not by a dropped connection
+    assert "create-index idxtest/public.orders_ref_desc_idx: declared in the spec and absent" in err  # logged
+    assert lock_holders(pgenv) == []
+
+
+def test_status_reports_the_cluster(pgenv: PgEnv):
+    assert pgenv.dbfleet("reconcile", "--once")[0] == 0
+    code, data = pgenv.dbfleet("status")
+    (row,) = data["clusters"]
+    members = len(pgenv.cluster.all_hosts())
+    assert code == 0
+    assert (row["cluster"], row["engine"], row["primary"]) == (CLUSTER, "postgres", pgenv.primary)
+    assert row["members_up"] == f"{members}/{members}"
+    assert row["declared"] == "4/4" and row["invalid"] == 0 and row["pending"] == 0
+    assert row["last_reconcile"].startswith("ok ")
+
+
+def test_plan_needs_no_lock_and_changes_nothing(pgenv: PgEnv):
+    pgenv.sql("DROP INDEX orders_open_idx")
+    access = FleetAccess.load(pgenv.lab.inventory_path, pgenv.lab.state.secrets)
+    with AdvisoryLeaderLock(lambda: find_primary(pgenv.cluster, access, "postgres", "other-operator")[1]) as other:
+        assert other.acquire()
+        code, plan = pgenv.dbfleet("plan")
+        assert code == 0 and changes(plan) == [("create-index", target("orders_open_idx"))]
+    assert pgenv.index_valid("orders_open_idx") is None
+    assert pgenv.dbfleet("reconcile", "--once")[0] == 0
+    assert pgenv.index_valid("orders_open_idx") is True
