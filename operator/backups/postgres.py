@@ -257,7 +257,13 @@ class PostgresBackups(EngineBackups):
         ex.check(SCRATCH_HOST, ["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", SCRATCH_PGDATA])
         args = [f"--set={backup.detail['label']}"]
         if target.kind in ("time", "name"):
-            args += [f"--type={target.kind}", f"--target={target.value}", "--target-action=promote"]
+            value = target.value or ""
+            if target.kind == "time":
+                # PostgreSQL's recovery_target_time wants '2026-11-25 02:00:00.5+00', not ISO's T and Z.
+                when = parse_time(value)
+                assert when is not None
+                value = when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+            args += [f"--type={target.kind}", f"--target={value}", "--target-action=promote"]
         self._scratch_pgbackrest(access, scratch, *args, "restore", env=env)
         # Debian keeps postgresql.conf in /etc, so the restored directory has none: give it a minimal one.
         ex.write_text(SCRATCH_HOST, f"{SCRATCH_PGDATA}/postgresql.conf",
