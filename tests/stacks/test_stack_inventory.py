@@ -1,0 +1,86 @@
+"""inventories/aws/stack_inventory.py: stack outputs become an inventory with exactly the lab's groups."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import REPO, SPEC, Run
+
+from dbfleet.inventory import HostAccess, build_inventory, host_roles
+from dbfleet.spec import Fleet
+
+SCRIPT = REPO / "inventories" / "aws" / "stack_inventory.py"
+
+
+def _load_script() -> ModuleType:
+    loaded = importlib.util.spec_from_file_location("stack_inventory", SCRIPT)
+    assert loaded and loaded.loader
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module
+
+
+stack_inventory = _load_script()
+
+
+def _memberships(inventory: dict[str, Any]) -> dict[str, set[str]]:
+    return {group: set(body["hosts"]) for group, body in inventory["all"]["children"].items()}
+
+
+def test_outputs_give_the_lab_groups_and_ssm_connections(example_fleet: Fleet, example_run: Run) -> None:
+    inventory = stack_inventory.aws_inventory(example_fleet, example_run.outputs)
+    lab_shape = build_inventory(example_fleet, {h: HostAccess("10.0.0.1") for h in host_roles(example_fleet)})
+    assert _memberships(inventory) == _memberships(lab_shape)
+    pg = inventory["all"]["hosts"]["pg-1"]
+    outputs = example_run.outputs["hosts"]["pg-1"]
+    assert pg["ansible_host"] == outputs["instance_id"] and pg["dbfleet_address"] == outputs["address"]
+    assert "aws ssm start-session --region us-east-1 --target %h" in pg["ansible_ssh_common_args"]
+    assert pg["ansible_user"] == "admin" and pg["ansible_become"] is True
+    everyone = inventory["all"]["vars"]
+    assert everyone["dbfleet_operator_address"] == example_run.outputs["hosts"]["monitor-1"]["address"]
+    assert everyone["dbfleet_aws"]["backups"]["pg-main"]["prefix"] == "pg-main/"
+    assert inventory["all"]["children"]["cluster_pg_main"]["vars"]["cluster"]["replicas"] == 2
+
+
+def test_bastion_connections_use_private_addresses(example_fleet: Fleet, example_run: Run) -> None:
+    inventory = stack_inventory.aws_inventory(example_fleet, example_run.outputs, bastion="admin@203.0.113.7")
+    redis = inventory["all"]["hosts"]["redis-2"]
+    assert redis["ansible_host"] == example_run.outputs["hosts"]["redis-2"]["address"]
+    assert redis["ansible_ssh_common_args"] == "-o ProxyJump=admin@203.0.113.7"
+
+
+def test_a_spec_the_stack_was_not_built_from_is_refused(example_fleet: Fleet, example_run: Run) -> None:
+    hosts = {k: v for k, v in example_run.outputs["hosts"].items() if k != "pg-3"}
+    hosts["pg-9"] = hosts["pg-2"]
+    with pytest.raises(stack_inventory.InventoryError, match=r"spec only: pg-3; in the stack only: pg-9.*pulumi up"):
+        stack_inventory.aws_inventory(example_fleet, {**example_run.outputs, "hosts": hosts})
+
+
+@pytest.mark.skipif(not shutil.which("ansible-inventory"), reason="ansible-inventory is not installed")
+def test_ansible_reads_both_the_written_file_and_the_script(example_fleet: Fleet, example_run: Run,
+                                                              tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(example_run.outputs))
+    assert stack_inventory.main(["--outputs", str(outputs), "--spec", str(SPEC), "--out", str(tmp_path)]) == 0
+    env = {**os.environ, "DBFLEET_STACK_OUTPUTS": str(outputs), "DBFLEET_SPEC": str(SPEC)}
+    seen = {}
+    for source in (tmp_path / "hosts.yml", SCRIPT):
+        done = subprocess.run(["ansible-inventory", "-i", str(source), "--list"], capture_output=True, text=True,
+                              env=env, cwd=REPO, timeout=120)
+        assert done.returncode == 0, done.stderr
+        listed = json.loads(done.stdout)
+        assert "Unable to parse" not in done.stderr, done.stderr
+        seen[source.name] = {g: set(listed[g].get("hosts", [])) for g in listed
+                             if g not in ("_meta", "all", "ungrouped")}
+        assert listed["_meta"]["hostvars"]["sentinel-2"]["dbfleet_cluster"] == "cache"
+    assert seen["hosts.yml"] == seen["stack_inventory.py"] == {
+        g: hosts for g, hosts in _memberships(build_inventory(
+            example_fleet, {h: HostAccess("x") for h in host_roles(example_fleet)})).items()}
