@@ -43,11 +43,11 @@ class FleetGroups(pulumi.ComponentResource):
             for role in FLEET_GROUPS
         }
         allow_ingress(self.groups["operator"], f"{name}-operator-from-monitoring-{operator_metrics_port}",
-                      operator_metrics_port, "Prometheus scrapes the operator's /metrics", self,
+                      operator_metrics_port, "Prometheus scrapes the operator /metrics", self,
                       source_group=self.groups["monitoring"].id)
         egress = self.groups["egress"]
         aws.vpc.SecurityGroupEgressRule(f"{name}-egress-vpc", security_group_id=egress.id, ip_protocol="-1",
-                                        cidr_ipv4=vpc_cidr, description="Anything inside the fleet's VPC", opts=child)
+                                        cidr_ipv4=vpc_cidr, description="Anything inside the fleet VPC", opts=child)
         for port, why in ((443, "HTTPS: Debian mirrors, the SSM agent, S3"), (80, "HTTP: Debian mirrors")):
             aws.vpc.SecurityGroupEgressRule(f"{name}-egress-{port}", security_group_id=egress.id, ip_protocol="tcp",
                                             from_port=port, to_port=port, cidr_ipv4="0.0.0.0/0", description=why,

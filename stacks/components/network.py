@@ -50,39 +50,34 @@ class Network(pulumi.ComponentResource):
         private_cidrs, public_cidrs = subnet_cidrs(vpc_cidr)
 
         igw = aws.ec2.InternetGateway(name, vpc_id=self.vpc.id, tags={"Name": name}, opts=child)
-        public_rt = aws.ec2.RouteTable(f"{name}-public", vpc_id=self.vpc.id, tags={"Name": f"{name}-public"},
-                                       opts=child)
+        public_rt, public_ids = self._tier(name, "public", public_cidrs)
         aws.ec2.Route(f"{name}-public-internet", route_table_id=public_rt.id, destination_cidr_block="0.0.0.0/0",
                       gateway_id=igw.id, opts=child)
-        public_ids = []
-        for i, cidr in enumerate(public_cidrs):
-            subnet = aws.ec2.Subnet(f"{name}-public-{i}", vpc_id=self.vpc.id, cidr_block=cidr,
-                                    availability_zone=self.zone_names[i], map_public_ip_on_launch=False,
-                                    tags={"Name": f"{name}-public-{i}", "dbfleet:tier": "public"}, opts=child)
-            aws.ec2.RouteTableAssociation(f"{name}-public-{i}", subnet_id=subnet.id, route_table_id=public_rt.id,
-                                          opts=child)
-            public_ids.append(subnet.id)
-
         # One NAT gateway: hosts need egress only for packages and the SSM agent, so
         # losing it for a zone outage stops installs, never the databases.
         nat_ip = aws.ec2.Eip(f"{name}-nat", domain="vpc", tags={"Name": f"{name}-nat"}, opts=child)
         nat = aws.ec2.NatGateway(f"{name}-nat", allocation_id=nat_ip.id, subnet_id=public_ids[0],
                                  tags={"Name": f"{name}-nat"},
                                  opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]))
-        private_rt = aws.ec2.RouteTable(f"{name}-private", vpc_id=self.vpc.id, tags={"Name": f"{name}-private"},
-                                        opts=child)
+        private_rt, self.private_subnet_ids = self._tier(name, "private", private_cidrs)
         self.egress_route = aws.ec2.Route(f"{name}-private-nat", route_table_id=private_rt.id,
                                           destination_cidr_block="0.0.0.0/0", nat_gateway_id=nat.id, opts=child)
-        self.private_subnet_ids = []
-        for i, cidr in enumerate(private_cidrs):
-            subnet = aws.ec2.Subnet(f"{name}-private-{i}", vpc_id=self.vpc.id, cidr_block=cidr,
-                                    availability_zone=self.zone_names[i], map_public_ip_on_launch=False,
-                                    tags={"Name": f"{name}-private-{i}", "dbfleet:tier": "private"}, opts=child)
-            aws.ec2.RouteTableAssociation(f"{name}-private-{i}", subnet_id=subnet.id, route_table_id=private_rt.id,
-                                          opts=child)
-            self.private_subnet_ids.append(subnet.id)
         # Backups go to S3 through a gateway endpoint: free, and off the NAT gateway's bill.
         aws.ec2.VpcEndpoint(f"{name}-s3", vpc_id=self.vpc.id, service_name=f"com.amazonaws.{region}.s3",
                             vpc_endpoint_type="Gateway", route_table_ids=[private_rt.id],
                             tags={"Name": f"{name}-s3"}, opts=child)
         self.register_outputs({"vpc_id": self.vpc.id, "private_subnet_ids": self.private_subnet_ids})
+
+    def _tier(self, name: str, tier: str, cidrs: list[str]) -> tuple[aws.ec2.RouteTable, list[pulumi.Output[str]]]:
+        """A route table and one subnet per zone sharing it; returns the table and the subnet ids."""
+        child = pulumi.ResourceOptions(parent=self)
+        table = aws.ec2.RouteTable(f"{name}-{tier}", vpc_id=self.vpc.id, tags={"Name": f"{name}-{tier}"}, opts=child)
+        ids = []
+        for i, cidr in enumerate(cidrs):
+            subnet = aws.ec2.Subnet(f"{name}-{tier}-{i}", vpc_id=self.vpc.id, cidr_block=cidr,
+                                    availability_zone=self.zone_names[i], map_public_ip_on_launch=False,
+                                    tags={"Name": f"{name}-{tier}-{i}", "dbfleet:tier": tier}, opts=child)
+            aws.ec2.RouteTableAssociation(f"{name}-{tier}-{i}", subnet_id=subnet.id, route_table_id=table.id,
+                                          opts=child)
+            ids.append(subnet.id)
+        return table, ids

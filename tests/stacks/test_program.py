@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -19,6 +20,8 @@ GROUP = "aws:ec2/securityGroup:SecurityGroup"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 KEY = "aws:kms/key:Key"
+EC2_TEXT = re.compile(r"^[a-zA-Z0-9. _\-:/()#,@\[\]+=&;{}!$*]{1,255}$")
+"""What EC2 accepts in security group and rule descriptions."""
 
 
 def _zones(run: Run) -> dict[str, str]:
@@ -80,6 +83,14 @@ def test_nothing_is_open_to_everyone(example_run: Run) -> None:
         assert not group.inputs.get("ingress"), f"{group.name} has inline ingress"
     default = example_run.of_type("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")[0]
     assert not default.inputs.get("ingress") and not default.inputs.get("egress")
+
+
+def test_group_and_rule_descriptions_are_ones_ec2_accepts(example_run: Run) -> None:
+    described = [*example_run.of_type(GROUP), *example_run.of_type(INGRESS),
+                 *example_run.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")]
+    assert len(described) == 45
+    for resource in described:
+        assert EC2_TEXT.match(resource.inputs["description"]), (resource.name, resource.inputs["description"])
 
 
 def test_each_role_accepts_only_the_roles_that_need_it(example_run: Run) -> None:
