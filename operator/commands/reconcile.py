@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--interval must be positive")
     stop = threading.Event()
     operator = build_operator(args, stop)
+    operator.keep_sessions = args.watch  # a watching operator keeps its connections between cycles
     leader = leader_lock(operator, args)
     state = state_path(args)
     if args.once:

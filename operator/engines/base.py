@@ -1,9 +1,10 @@
 """What every engine adapter shares: how to reach hosts, the topology it reports, the session interface.
 
 Addresses and roles come from the Ansible inventory (the same file for the
-lab and AWS); credentials from the secrets file. An EngineSession lives for
-one reconcile cycle of one cluster: it opens connections on demand, counts
-the queries it sends, and closes everything at the end.
+lab and AWS); credentials from the secrets file. An EngineSession serves one
+cluster: it opens connections on demand and counts the queries it sends.
+`reconcile --once` closes it after the cycle; `--watch` keeps it for the next
+cycle (begin_cycle forgets the last observation) until a failure.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class EngineSession(ABC):
     @abstractmethod
     def observe_topology(self) -> Topology:
         """Which members answer, and which one is primary now (a switchover may have moved it)."""
+
+    def begin_cycle(self) -> None:
+        """Forget what the last cycle observed (the session may be kept open between cycles)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -48,6 +48,9 @@ PERMANENT_CONNECT_MESSAGES = ("does not exist", "password authentication failed"
 _NOT_SYSTEM = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'"
 
 CATALOG_SQL = f"""
+WITH building AS (SELECT coalesce(array_agg(index_relid), '{{}}') AS ids FROM pg_stat_progress_create_index),
+backing AS (SELECT conindid, string_agg(format('constraint %s', conname), ', ' ORDER BY conname) AS names
+            FROM pg_constraint WHERE conindid <> 0 GROUP BY conindid)
 SELECT json_build_object(
   'window_days', (SELECT extract(epoch FROM now() - coalesce(stats_reset, pg_postmaster_start_time())) / 86400
                   FROM pg_stat_database WHERE datname = current_database()),
@@ -63,8 +66,7 @@ SELECT json_build_object(
   'indexes', (SELECT coalesce(json_agg(json_build_object(
                 'oid', i.indexrelid, 'schema', n.nspname, 'table', t.relname, 'name', c.relname,
                 'method', am.amname, 'unique', i.indisunique, 'valid', i.indisvalid AND i.indisready,
-                'building', EXISTS (SELECT 1 FROM pg_stat_progress_create_index p
-                                    WHERE p.index_relid = i.indexrelid),
+                'building', i.indexrelid = ANY ((SELECT ids FROM building)::oid[]),
                 'definition', pg_get_indexdef(i.indexrelid),
                 'keys', ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true)
                                      || CASE i.indoption[k - 1] & 3 WHEN 1 THEN ' DESC NULLS LAST'
@@ -73,8 +75,7 @@ SELECT json_build_object(
                 'include', ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true)
                                  FROM generate_series(i.indnkeyatts + 1, i.indnatts) AS k ORDER BY k),
                 'predicate', pg_get_expr(i.indpred, i.indrelid, true),
-                'constraint', (SELECT string_agg(format('constraint %s', co.conname), ', ' ORDER BY co.conname)
-                               FROM pg_constraint co WHERE co.conindid = i.indexrelid),
+                'constraint', b.names,
                 'comment', obj_description(i.indexrelid, 'pg_class'),
                 'scans', coalesce(s.idx_scan, 0),
                 'size_bytes', pg_relation_size(i.indexrelid)
@@ -85,6 +86,7 @@ SELECT json_build_object(
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_am am ON am.oid = c.relam
              LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = i.indexrelid
+             LEFT JOIN backing b ON b.conindid = i.indexrelid
              WHERE {_NOT_SYSTEM})
 ) AS doc
 """
@@ -188,6 +190,9 @@ class PostgresSession(EngineSession):
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
+
+    def begin_cycle(self) -> None:
+        self._topology = None  # the primary may have moved since the last cycle
 
     # -- topology ------------------------------------------------------------
 

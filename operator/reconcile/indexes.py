@@ -90,8 +90,18 @@ class ObservedIndexes:
         return notes + [f"{db.name}: {n}" for db in self.databases.values() for n in db.notes]
 
 
+_LAST_DESIRED: list[tuple[Sequence[Any], list[DesiredIndex]]] = []
+
+
 def desired_indexes(declared: Sequence[PgIndex | MongoIndex]) -> list[DesiredIndex]:
-    return [desired_pg(d) if isinstance(d, PgIndex) else desired_mongo(d) for d in declared]
+    """The declared indexes normalized; the last few results are kept, as each cycle asks twice per cluster."""
+    for seen, result in _LAST_DESIRED:
+        if seen is declared:
+            return result
+    result = [desired_pg(d) if isinstance(d, PgIndex) else desired_mongo(d) for d in declared]
+    _LAST_DESIRED.insert(0, (declared, result))
+    del _LAST_DESIRED[8:]
+    return result
 
 
 def matches(desired: DesiredIndex, found: ObservedIndex) -> bool:
@@ -132,17 +142,23 @@ def _keep_rank(index: ObservedIndex, declared: Collection[str]) -> tuple[bool, b
 
 def find_redundant(indexes: Sequence[ObservedIndex], declared: Collection[str] = frozenset()) -> list[Redundancy]:
     """Indexes made redundant by another on the same table or collection: an exact copy or a key prefix."""
-    usable = [i for i in indexes if i.valid and not i.building]
+    groups: dict[tuple[Any, ...], list[ObservedIndex]] = {}
+    for index in indexes:
+        if index.valid and not index.building:  # only indexes on one table can cover each other
+            groups.setdefault((index.database, index.scope, index.method, index.predicate), []).append(index)
     found: dict[str, Redundancy] = {}
-    for small in sorted(usable, key=lambda i: i.ident):
-        for big in sorted(usable, key=lambda i: (len(i.keys), i.ident)):
-            if big is small or not covers(big, small):
-                continue
-            exact = covers(small, big)
-            if exact and _keep_rank(small, declared) < _keep_rank(big, declared):
-                continue  # `small` is the one to keep; `big` is reported on its own turn
-            if small.ident not in found or (exact and not found[small.ident].exact):
-                found[small.ident] = Redundancy(small, big, exact)
+    for group in groups.values():
+        smalls = sorted(group, key=lambda i: i.ident)
+        bigs = sorted(group, key=lambda i: (len(i.keys), i.ident))
+        for small in smalls:
+            for big in bigs:
+                if big is small or not covers(big, small):
+                    continue
+                exact = covers(small, big)
+                if exact and _keep_rank(small, declared) < _keep_rank(big, declared):
+                    continue  # `small` is the one to keep; `big` is reported on its own turn
+                if small.ident not in found or (exact and not found[small.ident].exact):
+                    found[small.ident] = Redundancy(small, big, exact)
     return [found[k] for k in sorted(found)]
 
 

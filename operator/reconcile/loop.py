@@ -72,6 +72,9 @@ class ClusterReport:
     notes: list[str] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    queries: int = 0
+    """Statements the engine session sent this cycle (the reconcile benchmark counts them)."""
+    connections: int = 0
     skipped: str | None = None
     """Why the cluster was not looked at this cycle (backoff after failures)."""
     seconds: float = 0.0
@@ -108,7 +111,7 @@ class ClusterReport:
             "actions": [a.as_dict() for a in self.actions],
             "outcomes": [o.as_dict() for o in self.outcomes],
             "notes": self.notes, "status": self.status, "error": self.error, "skipped": self.skipped,
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), "queries": self.queries, "connections": self.connections,
         }
 
 
@@ -119,11 +122,18 @@ class CycleReport:
     leader: str = ""
     started: float = field(default_factory=time.time)
     seconds: float = 0.0
-    queries: int = 0
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.clusters)
+
+    @property
+    def queries(self) -> int:
+        return sum(c.queries for c in self.clusters)
+
+    @property
+    def connections(self) -> int:
+        return sum(c.connections for c in self.clusters)
 
     def actions(self) -> list[Action]:
         return [a for c in self.clusters for a in c.actions]
@@ -149,7 +159,7 @@ class CycleReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"applied": self.applied, "ok": self.ok, "leader": self.leader, "started": self.started,
-                "seconds": round(self.seconds, 3), "queries": self.queries,
+                "seconds": round(self.seconds, 3), "queries": self.queries, "connections": self.connections,
                 "actions": [a.as_dict() for a in self.actions()],
                 "clusters": [c.as_dict() for c in self.clusters]}
 
@@ -163,7 +173,7 @@ class Operator:
     def __init__(self, fleet: Fleet, access: FleetAccess, *, reconcilers: list[Reconciler] | None = None,
                  retry: RetryPolicy = RetryPolicy(), session_factory: SessionFactory = open_session,
                  sleep: Callable[[float], None] = time.sleep, stop: threading.Event | None = None,
-                 clusters: set[str] | None = None):
+                 clusters: set[str] | None = None, keep_sessions: bool = False):
         self.fleet = fleet
         self.access = access
         self.reconcilers = default_reconcilers() if reconcilers is None else reconcilers
@@ -173,6 +183,15 @@ class Operator:
         self.stop = stop or threading.Event()
         self.only = clusters
         self.backoff = ClusterBackoff()
+        self.keep_sessions = keep_sessions
+        """Keep each cluster's connections open from one cycle to the next (--watch); dropped after a failure."""
+        self._sessions: dict[str, EngineSession] = {}
+
+    def close(self) -> None:
+        """Close the sessions kept between cycles."""
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
 
     def run_cycle(self, apply: bool, respect_backoff: bool = False) -> CycleReport:
         """Observe and diff every cluster; act on the diffs when `apply`. Never raises for one cluster."""
@@ -187,8 +206,7 @@ class Operator:
                 report.clusters.append(ClusterReport(cluster.name, cluster.engine,
                                                      skipped=f"retrying in {wait:.0f}s after failures"))
                 continue
-            result, queries = self._cluster_cycle(cluster, apply)
-            report.queries += queries
+            result = self._cluster_cycle(cluster, apply)
             report.clusters.append(result)
             if result.error:
                 delay = self.backoff.failed(cluster.name, time.monotonic())
@@ -199,13 +217,17 @@ class Operator:
         report.seconds = time.monotonic() - start
         return report
 
-    def _cluster_cycle(self, cluster: Any, apply: bool) -> tuple[ClusterReport, int]:
+    def _cluster_cycle(self, cluster: Any, apply: bool) -> ClusterReport:
         result = ClusterReport(cluster.name, cluster.engine)
         start = time.monotonic()
-        session: EngineSession | None = None
+        session = self._sessions.pop(cluster.name, None)
+        queries = connections = 0
         current: tuple[str, float] | None = None
         try:
-            session = self.session_factory(cluster, self.access)
+            if session is None:
+                session = self.session_factory(cluster, self.access)
+            queries, connections = session.queries, session.connections
+            session.begin_cycle()
             result.topology, _ = call_with_retry(session.observe_topology, f"{cluster.name} topology",
                                                  self.retry, self.sleep)
             for reconciler in self.reconcilers:
@@ -222,11 +244,16 @@ class Operator:
             result.error = f"cluster {cluster.name}: unexpected {type(exc).__name__}: {exc}"
         finally:
             if session is not None:
-                session.close()
+                result.queries = session.queries - queries
+                result.connections = session.connections - connections
+                if self.keep_sessions and result.error is None:
+                    self._sessions[cluster.name] = session
+                else:
+                    session.close()
         if current is not None:
             metrics.record_reconcile(cluster.name, current[0], time.monotonic() - current[1], error=True)
         result.seconds = time.monotonic() - start
-        return result, session.queries if session is not None else 0
+        return result
 
     def _reconcile(self, cluster: Any, reconciler: Reconciler, session: EngineSession, apply: bool,
                    result: ClusterReport) -> None:
@@ -297,4 +324,5 @@ def watch(operator: Operator, leader: Leader, interval: float,
             operator.stop.wait(interval)
     finally:
         leader.release()
+        operator.close()
     return 0
