@@ -203,7 +203,8 @@ class S3Storage(Storage):
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = client or boto3.client("s3", region_name=region, endpoint_url=endpoint)
+        # A session of its own: the default one caches the credentials it first resolved.
+        self.client = client or boto3.session.Session().client("s3", region_name=region, endpoint_url=endpoint)
         self.description = f"s3://{bucket}/{self.prefix}".rstrip("/")
 
     def _key(self, key: str) -> str:

@@ -85,8 +85,8 @@ def scratch_container(lab: str, engine: str, purpose: str, backup_path: str | No
     container = client.containers.create(
         image, command=["sleep", "infinity"], name=name, hostname=f"scratch-{purpose}", detach=True,
         labels={LABEL: lab, SCRATCH_LABEL: purpose, "dbfleet.scratch.engine": engine},
+        # No tmpfs: files are copied in with put_archive, which cannot see into a tmpfs.
         network=network_name(lab), volumes=volumes, environment=env or {}, shm_size="256m",
-        tmpfs={"/tmp": "rw,exec"},
     )
     failed = True
     try:

@@ -21,7 +21,7 @@ from dbfleet.backups.runner import observe, prune, take_backup
 from dbfleet.lab.scratch import SCRATCH_HOST, leftover_scratch
 from dbfleet.monitoring import metrics
 from dbfleet.spec import Retention
-from tests.integration.backup_support import converged_lab, fresh_access, require_pgbackrest
+from backup_support import converged_lab, fresh_access, require_pgbackrest
 
 pytestmark = pytest.mark.lab
 CLUSTER = "pg-main"
