@@ -1,0 +1,81 @@
+"""The manifest life cycle around any tool: pending, complete, failed, and orphaned after an interruption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dbfleet.backups.access import BackupAccess, backup_lock, backup_running
+from dbfleet.backups.engine import EngineBackups
+from dbfleet.backups.manifest import Manifest, utcnow
+from dbfleet.backups.runner import take_backup
+from dbfleet.backups.storage import LocalStorage
+from dbfleet.progress import Progress
+from dbfleet.reconcile.errors import TemporaryError
+from dbfleet.spec import load_fleet
+
+FLEET = load_fleet(Path(__file__).resolve().parents[2] / "fleet.example.yaml")
+
+
+class FileTool(EngineBackups):
+    """A stand-in tool that writes one file into the target, or fails, or is interrupted."""
+
+    engine, tool = "redis", "cp"
+
+    def __init__(self, fail: BaseException | None = None):
+        self.fail = fail
+
+    def tool_version(self, access: BackupAccess) -> str:
+        return "1.0"
+
+    def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
+        if self.fail is not None:
+            raise self.fail
+        key = f"dbfleet/cache/{pending.id}/dump.rdb"
+        access.storage.put_bytes(key, b"REDIS0011")
+        return pending.completed(utcnow(), [access.storage.measure(key)])
+
+    def restore(self, *a):  # type: ignore[override]
+        raise NotImplementedError
+
+    def verify(self, *a):  # type: ignore[override]
+        raise NotImplementedError
+
+
+@pytest.fixture()
+def access(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BackupAccess:
+    monkeypatch.setenv("DBFLEET_LOCK_DIR", str(tmp_path))
+    return BackupAccess(FLEET.cluster("cache"), None, LocalStorage(tmp_path / "target"),  # type: ignore[arg-type]
+                        progress=Progress("test", quiet=True))
+
+
+def test_complete_backup_has_checksums(access: BackupAccess) -> None:
+    done = take_backup(access, "snapshot", FileTool())
+    assert done.status == "complete" and done.files[0].size == 9 and done.tool_version == "1.0"
+    assert access.storage.manifests("cache") == [done]
+
+
+def test_tool_failure_is_saved_failed(access: BackupAccess) -> None:
+    with pytest.raises(RuntimeError):
+        take_backup(access, "snapshot", FileTool(RuntimeError("disk full")))
+    [m] = access.storage.manifests("cache")
+    assert m.status == "failed" and "disk full" in m.error and not m.good
+
+
+def test_interrupted_backup_stays_pending_then_is_orphaned(access: BackupAccess) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        take_backup(access, "snapshot", FileTool(KeyboardInterrupt()))
+    [m] = access.storage.manifests("cache")
+    assert m.status == "pending"
+    done = take_backup(access, "snapshot", FileTool(), now=utcnow().replace(year=2099))
+    statuses = {x.id: x.status for x in access.storage.manifests("cache")}
+    assert statuses == {m.id: "orphaned", done.id: "complete"}
+
+
+def test_one_backup_at_a_time(access: BackupAccess) -> None:
+    with backup_lock("cache"):
+        assert backup_running("cache")
+        with pytest.raises(TemporaryError, match="another backup"):
+            take_backup(access, "snapshot", FileTool())
+    assert not backup_running("cache")
