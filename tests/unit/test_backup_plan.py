@@ -90,3 +90,20 @@ def test_a_failed_drill_is_reported_and_not_redrilled() -> None:
 
 def test_clusters_without_observation_or_disabled_are_skipped() -> None:
     assert planned_backup_actions(FLEET, {}, SUNDAY_0205) == []
+
+
+def test_the_loop_reconciler_plans_and_reports_status() -> None:
+    from dbfleet.backups.reconciler import BackupReconciler
+    from dbfleet.reconcile.loop import default_reconcilers
+
+    cluster = FLEET.cluster("pg-main")
+    reconciler = BackupReconciler()
+    assert reconciler.applies_to(cluster)
+    obs = BackupObservation([m("F1", "full", SUNDAY_0205 - timedelta(days=1))])
+    actions = reconciler.diff(cluster, (cluster, obs))
+    assert actions and all(a.reconciler == "backups" and a.cluster == "pg-main" for a in actions)
+    status = reconciler.status(cluster, (cluster, obs), actions)["backups"]
+    assert status["newest_good"] == "F1" and status["last_drill"] is None
+    import dbfleet.commands.backup  # noqa: F401  (registers the reconciler with the loop)
+
+    assert any(r.name == "backups" for r in default_reconcilers())
