@@ -17,14 +17,14 @@ import statistics
 from typing import Any
 
 import psycopg
-
-from bench.common import REPO, SPEC, Result, timed
 from dbfleet.engines.base import FleetAccess
 from dbfleet.lab import lifecycle
 from dbfleet.playbook import run_playbook
 from dbfleet.reconcile.indexes import IndexReconciler
 from dbfleet.reconcile.loop import Operator
 from dbfleet.spec import Fleet, PgIndex, PostgresCluster, load_fleet
+
+from bench.common import REPO, SPEC, Result, timed
 
 LAB = os.environ.get("DBFLEET_BENCH_LAB", "bench")
 CLUSTER = "pg-main"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from dbfleet.inventory import read_inventory_hosts
 from dbfleet.reconcile.errors import PermanentError
@@ -105,7 +105,7 @@ class EngineSession(ABC):
     def close(self) -> None:
         """Close every connection this session opened."""
 
-    def __enter__(self) -> EngineSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,15 +14,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pymongo import MongoClient
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
-
 from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
 from dbfleet.reconcile.actions import Action
 from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.reconcile.index_defs import observed_mongo
 from dbfleet.reconcile.indexes import ObservedDatabase, ObservedIndexes, TableStats
 from dbfleet.spec import MongoCluster
+from pymongo import MongoClient
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 ADMIN_USER = "admin"
 ADMIN_SECRET = "mongo_admin_password"

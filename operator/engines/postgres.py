@@ -17,9 +17,6 @@ import logging
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.rows import dict_row
-
 from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
 from dbfleet.reconcile import advice as plans
 from dbfleet.reconcile.actions import Action
@@ -27,6 +24,8 @@ from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryEr
 from dbfleet.reconcile.index_defs import observed_pg, quote_ident, split_table
 from dbfleet.reconcile.indexes import IndexAdvice, ObservedDatabase, ObservedIndexes, TableStats
 from dbfleet.spec import PostgresCluster
+from psycopg import sql
+from psycopg.rows import dict_row
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +314,7 @@ class PostgresSession(EngineSession):
         except PermanentError as exc:  # say, the extension exists but is not in shared_preload_libraries
             database.notes.append(f"pg_stat_statements unreadable ({exc.message}); hot tables not explained")
             return []
-        found = []
+        found: list[tuple[str, str, set[str] | None]] = []
         for row in rows:
             query = row["query"]
             if not plans.is_read_query(query):

@@ -12,7 +12,6 @@ from collections import Counter
 from typing import Any
 
 import redis
-
 from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
 from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.spec import RedisCluster

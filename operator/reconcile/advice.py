@@ -8,8 +8,9 @@ diff reports a candidate only when the planner cost falls far enough.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from dbfleet.reconcile.index_defs import CAST, quote_ident
 

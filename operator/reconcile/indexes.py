@@ -12,8 +12,9 @@ backs a constraint or is declared in the spec.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Collection, Sequence
+from typing import Any
 
 from dbfleet.monitoring import metrics
 from dbfleet.reconcile.actions import Action

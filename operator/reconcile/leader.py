@@ -15,11 +15,11 @@ import fcntl
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Self
 
 import psycopg
-
 from dbfleet.reconcile.errors import ReconcileError
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class AdvisoryLeaderLock:
             self._conn.close()
         self._conn = None
 
-    def __enter__(self) -> AdvisoryLeaderLock:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -134,7 +134,7 @@ class FileLeaderLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> FileLeaderLock:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

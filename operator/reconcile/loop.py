@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from dbfleet.engines import open_session
 from dbfleet.engines.base import EngineSession, FleetAccess, Topology
@@ -23,7 +24,7 @@ from dbfleet.monitoring import metrics
 from dbfleet.reconcile.actions import Action, Outcome
 from dbfleet.reconcile.errors import ReconcileError, TemporaryError
 from dbfleet.reconcile.indexes import IndexReconciler
-from dbfleet.reconcile.retry import ClusterBackoff, RetryPolicy, call_with_retry
+from dbfleet.reconcile.retry import DEFAULT_RETRY, ClusterBackoff, RetryPolicy, call_with_retry
 from dbfleet.spec import Fleet
 
 log = logging.getLogger("dbfleet.reconcile")
@@ -171,7 +172,7 @@ class Operator:
     """Runs cycles over a fleet. Stateless between cycles except for the per-cluster backoff."""
 
     def __init__(self, fleet: Fleet, access: FleetAccess, *, reconcilers: list[Reconciler] | None = None,
-                 retry: RetryPolicy = RetryPolicy(), session_factory: SessionFactory = open_session,
+                 retry: RetryPolicy = DEFAULT_RETRY, session_factory: SessionFactory = open_session,
                  sleep: Callable[[float], None] = time.sleep, stop: threading.Event | None = None,
                  clusters: set[str] | None = None, keep_sessions: bool = False):
         self.fleet = fleet

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from dbfleet.reconcile.errors import TemporaryError
 
@@ -29,7 +30,10 @@ class RetryPolicy:
         return min(self.max_delay, self.base_delay * (2 ** max(0, failures - 1)))
 
 
-def call_with_retry(fn: Callable[[], T], what: str, policy: RetryPolicy = RetryPolicy(),
+DEFAULT_RETRY = RetryPolicy()
+
+
+def call_with_retry(fn: Callable[[], T], what: str, policy: RetryPolicy = DEFAULT_RETRY,
                     sleep: Callable[[float], None] = time.sleep) -> tuple[T, int]:
     """Run fn, retrying TemporaryError with backoff; return (result, attempts used)."""
     attempt = 0

@@ -12,14 +12,14 @@ import contextlib
 import io
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 import yaml
-
 from dbfleet.cli import main
 
 pytestmark = pytest.mark.lab
@@ -99,8 +99,8 @@ class PgEnv:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
-    def dbfleet(self, *args: str, spec: Path | None = None) -> tuple[int, dict[str, Any]]:
-        """Run a dbfleet command in-process with --json; return its exit code and output."""
+    def dbfleet(self, *args: str, spec: Path | None = None, expect: int = 0) -> dict[str, Any]:
+        """Run a dbfleet command in-process with --json, check its exit code, return its output."""
         argv = ["--spec", str(spec or self.write_spec()), *args, "--json", "--cluster", CLUSTER, "--reconciler", "indexes",
                 "--inventory", str(self.lab.inventory_path), "--secrets", str(self.lab.state.secrets)]
         if args[0] in ("reconcile", "status"):
@@ -108,7 +108,9 @@ class PgEnv:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             code = main(argv)
-        return code, json.loads(out.getvalue())
+        data = json.loads(out.getvalue())
+        assert code == expect, f"dbfleet {' '.join(args)} exited {code}, not {expect}: {data}"
+        return data
 
     def index_valid(self, name: str, host: str | None = None) -> bool | None:
         rows = self.sql(f"SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('public.{name}')", host)
@@ -139,11 +141,11 @@ def target(name: str) -> str:
     return f"{DB}/public.{name}"
 
 
-@pytest.fixture(scope="module")
-def pgenv(configured: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgEnv]:
-    if not configured.has("postgres"):
+def scratch_database(lab: Any, workdir: Path) -> Iterator[PgEnv]:
+    """idxtest with its tables, fresh; dropped afterwards. Shared with test_operator.py."""
+    if not lab.has("postgres"):
         pytest.skip("no PostgreSQL hosts in this lab (DBFLEET_TEST_ENGINES)")
-    env = PgEnv(configured, tmp_path_factory.mktemp("indexes"))
+    env = PgEnv(lab, workdir)
     env.sql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", dbname="postgres")
     env.sql(f"CREATE DATABASE {DB}", dbname="postgres")
     env.sql("CREATE EXTENSION IF NOT EXISTS hypopg")
@@ -155,11 +157,14 @@ def pgenv(configured: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.fixture(scope="module")
+def pgenv(configured: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgEnv]:
+    yield from scratch_database(configured, tmp_path_factory.mktemp("indexes"))
+
+
+@pytest.fixture(scope="module")
 def reconciled(pgenv: PgEnv) -> dict[str, Any]:
     """The first reconcile of the module: it creates every declared index."""
-    code, data = pgenv.dbfleet("reconcile", "--once")
-    assert code == 0, data
-    return data
+    return pgenv.dbfleet("reconcile", "--once")
 
 
 def test_declared_indexes_appear_and_a_second_reconcile_does_nothing(pgenv: PgEnv, reconciled: dict[str, Any]):
@@ -173,18 +178,16 @@ def test_declared_indexes_appear_and_a_second_reconcile_does_nothing(pgenv: PgEn
     assert "WHERE (status = 'open'::text)" in definition
     assert "lower(email)" in pgenv.sql("SELECT indexdef FROM pg_indexes WHERE indexname = "
                                        "'users_email_lower_idx'")[0][0]
-    code, again = pgenv.dbfleet("reconcile", "--once")
-    assert code == 0 and changes(again) == [] and outcomes(again) == {}
+    again = pgenv.dbfleet("reconcile", "--once")
+    assert changes(again) == [] and outcomes(again) == {}
 
 
 def test_an_index_dropped_by_hand_comes_back_and_plan_shows_exactly_what_once_does(pgenv: PgEnv, reconciled):
     pgenv.sql("DROP INDEX orders_open_idx")
     pgenv.sql("DROP INDEX orders_ref_desc_idx")
-    code, plan = pgenv.dbfleet("plan")
-    assert code == 0
+    plan = pgenv.dbfleet("plan")
     assert changes(plan) == [("create-index", target("orders_open_idx")), ("create-index", target("orders_ref_desc_idx"))]
-    code, once = pgenv.dbfleet("reconcile", "--once")
-    assert code == 0
+    once = pgenv.dbfleet("reconcile", "--once")
     assert [(a["kind"], a["target"]) for a in once["actions"]] == [(a["kind"], a["target"]) for a in plan["actions"]]
     assert [a["reason"] for a in once["actions"] if a["changes"]] == [a["reason"] for a in plan["actions"]
                                                                       if a["changes"]]
@@ -196,12 +199,12 @@ def test_a_same_named_index_of_another_definition_is_a_conflict(pgenv: PgEnv, re
     pgenv.sql("DROP INDEX orders_ref_desc_idx")
     pgenv.sql("CREATE INDEX orders_ref_desc_idx ON orders (ref)")  # ascending: not what the spec says
     try:
-        code, plan = pgenv.dbfleet("plan")
+        plan = pgenv.dbfleet("plan")
         conflict = findings(plan, "report-conflict")[target("orders_ref_desc_idx")]
         assert "another definition" in conflict["reason"] and changes(plan) == []
     finally:
         pgenv.sql("DROP INDEX orders_ref_desc_idx")
-    assert pgenv.dbfleet("reconcile", "--once")[0] == 0
+    pgenv.dbfleet("reconcile", "--once")
 
 
 def test_an_invalid_index_is_rebuilt_once_the_data_allows(pgenv: PgEnv, reconciled):
@@ -211,39 +214,39 @@ def test_an_invalid_index_is_rebuilt_once_the_data_allows(pgenv: PgEnv, reconcil
         pgenv.sql("CREATE UNIQUE INDEX CONCURRENTLY users_email_lower_idx ON users (lower(email))")
     assert pgenv.index_valid("users_email_lower_idx") is False  # left INVALID by the failed build
 
-    code, plan = pgenv.dbfleet("plan")
+    plan = pgenv.dbfleet("plan")
     assert changes(plan) == [("rebuild-index", target("users_email_lower_idx"))]
-    code, blocked = pgenv.dbfleet("reconcile", "--once")
+    blocked = pgenv.dbfleet("reconcile", "--once", expect=1)
     failed = outcomes(blocked)[target("users_email_lower_idx")]
-    assert code == 1 and failed["status"] == "failed" and failed["attempts"] == 1  # permanent: not retried
+    assert failed["status"] == "failed" and failed["attempts"] == 1  # permanent: not retried
     assert "could not create unique index" in failed["message"]
 
     pgenv.sql("DELETE FROM users WHERE email = 'Twin@example.com'")
-    code, fixed = pgenv.dbfleet("reconcile", "--once")
-    assert code == 0 and outcomes(fixed)[target("users_email_lower_idx")]["status"] == "done"
+    fixed = pgenv.dbfleet("reconcile", "--once")
+    assert outcomes(fixed)[target("users_email_lower_idx")]["status"] == "done"
     assert pgenv.index_valid("users_email_lower_idx") is True
-    assert pgenv.dbfleet("plan")[1]["actions"] and changes(pgenv.dbfleet("plan")[1]) == []
+    assert changes(pgenv.dbfleet("plan")) == []
 
 
 def test_a_duplicate_index_is_reported_and_dropped_only_when_allowed(pgenv: PgEnv, reconciled):
     pgenv.sql("CREATE INDEX orders_copy_idx ON orders (customer_id, created_at)")  # the declared one, again
     pgenv.sql("CREATE INDEX orders_customer_idx ON orders (customer_id)")  # a prefix of it
     pgenv.sql("ALTER TABLE users ADD CONSTRAINT users_id_key UNIQUE (id)")  # a copy of the primary key
-    code, plan = pgenv.dbfleet("plan")
+    plan = pgenv.dbfleet("plan")
     dups = findings(plan, "report-duplicate")
     assert "a duplicate of orders_customer_created_idx" in dups[target("orders_copy_idx")]["reason"]
     assert "prefix" in dups[target("orders_customer_idx")]["reason"]
     assert target("users_id_key") in dups or target("users_pkey") in dups
-    assert pgenv.dbfleet("reconcile", "--once")[0] == 0
+    pgenv.dbfleet("reconcile", "--once")
     assert pgenv.index_valid("orders_copy_idx") and pgenv.index_valid("orders_customer_idx")
 
     allow = pgenv.write_spec(duplicate={"report": True, "drop": True})
-    code, plan = pgenv.dbfleet("plan", spec=allow)
+    plan = pgenv.dbfleet("plan", spec=allow)
     drops = {t: a for t, a in findings(plan, "drop-index").items()}
     assert set(drops) == {target("orders_copy_idx"), target("orders_customer_idx")}
     assert all(a["destructive"] for a in drops.values())
-    code, once = pgenv.dbfleet("reconcile", "--once", spec=allow)
-    assert code == 0 and {t for t, o in outcomes(once).items() if o["status"] == "done"} == set(drops)
+    once = pgenv.dbfleet("reconcile", "--once", spec=allow)
+    assert {t for t, o in outcomes(once).items() if o["status"] == "done"} == set(drops)
     assert pgenv.index_valid("orders_copy_idx") is None and pgenv.index_valid("orders_customer_idx") is None
     assert pgenv.index_valid("orders_customer_created_idx") is True
     assert pgenv.index_valid("users_pkey") and pgenv.index_valid("users_id_key")  # constraints are never dropped
@@ -268,7 +271,7 @@ def test_an_index_used_only_on_a_replica_is_not_called_unused(pgenv: PgEnv, reco
         time.sleep(0.5)
     assert pgenv.sql(count_sql)[0][0] == 0  # the primary never used it
 
-    code, plan = pgenv.dbfleet("plan")
+    plan = pgenv.dbfleet("plan")
     unused = findings(plan, "report-unused")
     assert target("events_payload_idx") in unused
     assert target("events_ref_idx") not in unused
@@ -279,7 +282,7 @@ def test_hypopg_advice_for_a_seeded_slow_query(pgenv: PgEnv, reconciled):
     with pgenv.connect(pgenv.primary) as conn:
         for kind in range(60):  # a hot sequential scan on a large table, named by pg_stat_statements
             conn.execute("SELECT count(*) FROM hot WHERE kind = %s", [kind]).fetchall()
-    code, plan = pgenv.dbfleet("plan")
+    plan = pgenv.dbfleet("plan")
     advice = findings(plan, "advise-index")
     named = advice[f"{DB}/public.hot(code)"]
     assert "a query named in the spec" in named["reason"]

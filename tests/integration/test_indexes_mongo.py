@@ -10,13 +10,13 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from pymongo import MongoClient
-
 from dbfleet.cli import main
+from pymongo import MongoClient
 
 pytestmark = [
     pytest.mark.lab,
@@ -72,6 +72,7 @@ def test_a_same_named_index_with_another_key_is_a_conflict(configured, mongos):
     mongos["app"]["sessions"].create_index([("created_at", -1)], name="sessions_ttl")
     try:
         code, plan = dbfleet(configured, "plan")
+        assert code == 0
         conflicts = [a for a in plan["actions"] if a["kind"] == "report-conflict"]
         assert [a["target"] for a in conflicts] == ["app/sessions.sessions_ttl"]
         assert not [a for a in plan["actions"] if a["changes"]]

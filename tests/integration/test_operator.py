@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-import pytest
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 from dbfleet.engines.base import FleetAccess
 from dbfleet.engines.postgres import find_primary
 from dbfleet.reconcile.leader import LOCK_KEY, AdvisoryLeaderLock
-from test_indexes import CLUSTER, REPO, PgEnv, changes, outcomes, pgenv, target  # noqa: F401 (fixture)
+from test_indexes import CLUSTER, REPO, PgEnv, changes, outcomes, scratch_database, target
 
 pytestmark = pytest.mark.lab
 
@@ -21,25 +23,30 @@ LOCK_HOLDERS = (f"SELECT a.application_name FROM pg_locks l JOIN pg_stat_activit
                 f"AND l.objid = {LOCK_KEY & 0xFFFFFFFF}")
 
 
+@pytest.fixture(scope="module")
+def pgenv(configured: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgEnv]:
+    yield from scratch_database(configured, tmp_path_factory.mktemp("operator"))
+
+
 def lock_holders(env: PgEnv) -> list[str]:
     return [row[0] for row in env.sql(LOCK_HOLDERS, dbname="postgres")]
 
 
 def test_only_the_lock_holder_acts(pgenv: PgEnv):
-    assert pgenv.dbfleet("reconcile", "--once")[0] == 0
+    pgenv.dbfleet("reconcile", "--once")
     pgenv.sql("DROP INDEX orders_open_idx")
     access = FleetAccess.load(pgenv.lab.inventory_path, pgenv.lab.state.secrets)
     other = AdvisoryLeaderLock(lambda: find_primary(pgenv.cluster, access, "postgres", "other-operator")[1])
     with other:
         assert other.acquire()
         assert lock_holders(pgenv) == ["other-operator"]
-        code, standby = pgenv.dbfleet("reconcile", "--once")
-        assert code == 0 and standby["leader"].startswith("not leader, observed only: other-operator")
+        standby = pgenv.dbfleet("reconcile", "--once")
+        assert standby["leader"].startswith("not leader, observed only: other-operator")
         assert changes(standby) == [("create-index", target("orders_open_idx"))] and outcomes(standby) == {}
         assert pgenv.index_valid("orders_open_idx") is None  # planned, not done
     assert lock_holders(pgenv) == []  # released on exit
-    code, leader = pgenv.dbfleet("reconcile", "--once")
-    assert code == 0 and leader["leader"] == "this process leads"
+    leader = pgenv.dbfleet("reconcile", "--once")
+    assert leader["leader"] == "this process leads"
     assert outcomes(leader)[target("orders_open_idx")]["status"] == "done"
     assert lock_holders(pgenv) == []  # --once lets go of the lock when it is done
 
@@ -76,11 +83,10 @@ def test_watch_acts_each_cycle_and_stops_cleanly_on_sigterm(pgenv: PgEnv):
 
 
 def test_status_reports_the_cluster(pgenv: PgEnv):
-    assert pgenv.dbfleet("reconcile", "--once")[0] == 0
-    code, data = pgenv.dbfleet("status")
+    pgenv.dbfleet("reconcile", "--once")
+    data = pgenv.dbfleet("status")
     (row,) = data["clusters"]
     members = len(pgenv.cluster.all_hosts())
-    assert code == 0
     assert (row["cluster"], row["engine"], row["primary"]) == (CLUSTER, "postgres", pgenv.primary)
     assert row["members_up"] == f"{members}/{members}"
     assert row["declared"] == "4/4" and row["invalid"] == 0 and row["pending"] == 0
@@ -92,8 +98,8 @@ def test_plan_needs_no_lock_and_changes_nothing(pgenv: PgEnv):
     access = FleetAccess.load(pgenv.lab.inventory_path, pgenv.lab.state.secrets)
     with AdvisoryLeaderLock(lambda: find_primary(pgenv.cluster, access, "postgres", "other-operator")[1]) as other:
         assert other.acquire()
-        code, plan = pgenv.dbfleet("plan")
-        assert code == 0 and changes(plan) == [("create-index", target("orders_open_idx"))]
+        plan = pgenv.dbfleet("plan")
+        assert changes(plan) == [("create-index", target("orders_open_idx"))]
     assert pgenv.index_valid("orders_open_idx") is None
-    assert pgenv.dbfleet("reconcile", "--once")[0] == 0
+    pgenv.dbfleet("reconcile", "--once")
     assert pgenv.index_valid("orders_open_idx") is True

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from dbfleet.cli import build_parser, main
 from dbfleet.engines.postgres import classify
 from dbfleet.reconcile.errors import PermanentError, TemporaryError

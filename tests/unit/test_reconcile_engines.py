@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-
 from dbfleet.engines.base import FleetAccess, Member, Topology
 from dbfleet.engines.mongo import stats_window_days
 from dbfleet.engines.redis import _agreed_primary
@@ -27,9 +26,9 @@ def test_redis_sentinels_naming_a_node_that_is_not_master_are_not_believed():
 
 
 def test_mongo_counter_window_starts_at_the_newest_since():
-    now = datetime(2026, 1, 10, tzinfo=timezone.utc).timestamp()
-    stats = [{"accesses": {"ops": 1, "since": datetime(2026, 1, 1, tzinfo=timezone.utc)}},
-             {"accesses": {"ops": 0, "since": datetime(2026, 1, 8, tzinfo=timezone.utc)}}]
+    now = datetime(2026, 1, 10, tzinfo=UTC).timestamp()
+    stats = [{"accesses": {"ops": 1, "since": datetime(2026, 1, 1, tzinfo=UTC)}},
+             {"accesses": {"ops": 0, "since": datetime(2026, 1, 8, tzinfo=UTC)}}]
     assert stats_window_days(stats, now) == pytest.approx(2.0)
     assert stats_window_days([], now) is None
 

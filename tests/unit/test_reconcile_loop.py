@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-
 from dbfleet.engines.base import EngineSession, FleetAccess, Member, Topology
 from dbfleet.reconcile.actions import Action
 from dbfleet.reconcile.errors import PermanentError, TemporaryError
@@ -24,7 +23,7 @@ ACCESS = FleetAccess({}, {})
 
 class Session(EngineSession):
     engine = "test"
-    topology_failures: dict[str, list[Exception]] = {}
+    topology_failures: ClassVar[dict[str, list[Exception]]] = {}
 
     def observe_topology(self) -> Topology:
         self.queries += 1
