@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
 
 from dbfleet import spec
@@ -37,14 +38,13 @@ def fleet_spread_groups(fleet: spec.Fleet) -> list[list[spec.Host]]:
 def assign_zones(groups: Iterable[Sequence[spec.Host]], zones: int = ZONES) -> dict[str, int]:
     """Zone index per host: pinned hosts keep their zone; the others go where their group is thinnest.
 
-    Ties go to the zone the whole fleet uses least, then the lowest index, so
-    single-member replica sets spread over the zones too. The result depends
-    only on the spec, so a second run places every host where the first did.
+    Each group is placed on its own, starting from a zone picked by a hash of its
+    first host's name. A change to one cluster therefore never moves another
+    cluster's hosts, and the same spec always gives the same placement.
     """
     placed: dict[str, int] = {}
-    fleet_use = [0] * zones
     for group in groups:
-        group_use = [0] * zones
+        use = [0] * zones
         for host in group:
             if host.zone is not None:
                 if host.zone >= zones:
@@ -52,14 +52,12 @@ def assign_zones(groups: Iterable[Sequence[spec.Host]], zones: int = ZONES) -> d
                         f"host {host.name}: zone {host.zone} is outside the stack's {zones} "
                         f"availability zones (0 to {zones - 1})"
                     )
-                group_use[host.zone] += 1
+                use[host.zone] += 1
+        start = zlib.crc32(group[0].name.encode()) % zones if group else 0
         for host in group:
-            if host.name in placed:
-                continue
             zone = host.zone
             if zone is None:
-                zone = min(range(zones), key=lambda z: (group_use[z], fleet_use[z], z))
-                group_use[zone] += 1
+                zone = min(range(zones), key=lambda z: (use[z], (z - start) % zones))
+                use[zone] += 1
             placed[host.name] = zone
-            fleet_use[zone] += 1
     return placed

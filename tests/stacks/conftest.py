@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -49,19 +49,20 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     resources: list[Registered] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        n = next(self._ids)
+        # Ids and addresses derive from the name alone, so a resource looks the same
+        # to its dependents whatever else the spec adds.
+        digest = hashlib.sha256(f"{args.typ}/{args.name}".encode()).digest()
         state = {**args.inputs}
         service = args.typ.split(":")[1].split("/")[0] if ":" in args.typ else "pulumi"
         state.setdefault("arn", f"arn:aws:{service}:us-east-1:{ACCOUNT}:{args.name}")
         rid = f"{args.name}-id"
         if args.typ == "aws:ec2/instance:Instance":
-            rid = f"i-{n:017x}"
-            state["privateIp"] = f"10.40.{n // 250}.{n % 250 + 4}"
+            rid = f"i-{digest.hex()[:17]}"
+            state["privateIp"] = f"10.40.{digest[0]}.{digest[1] % 250 + 4}"
         elif args.typ == "aws:ebs/volume:Volume":
-            rid = f"vol-{n:017x}"
+            rid = f"vol-{digest.hex()[:17]}"
         elif args.typ == "aws:kms/key:Key":
             state.update(arn=f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{args.name}", keyId=args.name)
         elif args.typ == "aws:s3/bucket:Bucket":

@@ -22,9 +22,11 @@ def test_unpinned_members_take_distinct_zones_and_pins_are_kept() -> None:
     assert assign_zones([group]) == {"db-a": 1, "db-b": 0, "db-c": 2}
 
 
-def test_single_member_sets_spread_over_the_fleet() -> None:
-    groups = [[Host(name=n)] for n in ("cfg", "shard-a", "shard-b", "mongos")]
-    assert list(assign_zones(groups).values()) == [0, 1, 2, 0]
+def test_each_group_is_placed_on_its_own() -> None:
+    shard = [Host(name="shard-1"), Host(name="shard-2"), Host(name="shard-3")]
+    alone = assign_zones([shard])
+    assert sorted(alone.values()) == [0, 1, 2]
+    assert {h: z for h, z in assign_zones([[Host(name="pg-1")], shard]).items() if h in alone} == alone
 
 
 def test_a_zone_outside_the_stack_is_refused() -> None:
