@@ -8,7 +8,7 @@ from typing import Any
 
 import pulumi
 import pytest
-from conftest import REPO, RecordingMocks, fleet_variant
+from pulumi_mocks import REPO, RecordingMocks, fleet_variant
 
 from components.backups import plan_backup_targets, standalone_interval_days
 from components.errors import StackError

@@ -7,7 +7,7 @@ import re
 from collections import Counter, defaultdict
 from typing import Any
 
-from conftest import Run, fleet_variant, run_program
+from pulumi_mocks import Run, fleet_variant, run_program
 
 from components.fleet import StackSettings
 from dbfleet.inventory import host_roles

@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import REPO, SPEC, Run
+from pulumi_mocks import REPO, SPEC, Run
 
 from dbfleet.inventory import HostAccess, build_inventory, host_roles
 from dbfleet.spec import Fleet
