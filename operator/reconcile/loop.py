@@ -201,6 +201,11 @@ class Operator:
         for cluster in self.fleet.clusters:
             if self.only is not None and cluster.name not in self.only:
                 continue
+            if not any(h.name in self.access.addresses for h in cluster.all_hosts()):
+                # The lab starts no MongoDB without a server image: such a cluster is not deployed here.
+                report.clusters.append(ClusterReport(cluster.name, cluster.engine,
+                                                     skipped="none of its hosts is in the inventory"))
+                continue
             now = time.monotonic()
             if respect_backoff and not self.backoff.ready(cluster.name, now):
                 wait = self.backoff.not_before[cluster.name] - now

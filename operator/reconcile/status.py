@@ -41,9 +41,10 @@ def register_status_provider(name: str, provider: StatusProvider) -> None:
 def _topology(ctx: StatusContext) -> dict[str, Any]:
     topo = ctx.report.topology
     row: dict[str, Any] = {"cluster": ctx.cluster.name, "engine": ctx.cluster.engine}
+    if ctx.report.skipped:
+        return {**row, "primary": "-", "members_up": "-", "observed": f"skipped: {ctx.report.skipped}"}
     if topo is None:
-        return {**row, "primary": "?", "members_up": "?",
-                "observed": "FAILED: " + (ctx.report.error or ctx.report.skipped or "")}
+        return {**row, "primary": "?", "members_up": "?", "observed": f"FAILED: {ctx.report.error}"}
     return {**row, "primary": topo.primary or "NONE", "members_up": f"{topo.members_up}/{len(topo.members)}",
             "observed": "ok" if ctx.report.ok else f"FAILED: {ctx.report.error}"}
 

@@ -18,7 +18,7 @@ from dbfleet.reconcile.status import load_state, record_cycle, register_status_p
 from dbfleet.spec import load_fleet
 
 SPEC = Path(__file__).resolve().parents[2] / "fleet.example.yaml"
-ACCESS = FleetAccess({}, {})
+ACCESS = FleetAccess({h.name: "10.0.0.1" for c in load_fleet(SPEC).clusters for h in c.all_hosts()}, {})
 
 
 class Session(EngineSession):
@@ -158,6 +158,16 @@ def test_stopping_finishes_the_action_in_flight_and_skips_the_rest():
     assert rec.applied == ["pg-main/one"]
     statuses = [o.status for c in report.clusters for o in c.outcomes]
     assert statuses[0] == "done" and set(statuses[1:]) == {"skipped"}
+
+
+def test_a_cluster_with_no_host_in_the_inventory_is_skipped_not_failed():
+    mongo_hosts = {h.name for h in load_fleet(SPEC).cluster("mongo-main").all_hosts()}
+    access = FleetAccess({h: a for h, a in ACCESS.addresses.items() if h not in mongo_hosts}, {})
+    rec = Recorder()
+    report = Operator(load_fleet(SPEC), access, reconcilers=[rec], session_factory=Session).run_cycle(apply=True)
+    mongo = report.clusters[1]
+    assert mongo.skipped == "none of its hosts is in the inventory" and report.ok
+    assert not any(t.startswith("mongo-main") for t in rec.applied)
 
 
 def test_the_cluster_filter():
