@@ -97,18 +97,27 @@ class MongoSession(EngineSession):
         members = []
         try:
             self.command("admin", {"ping": 1})
-            router = self.client().address
             shards = self.command("admin", {"listShards": 1}).get("shards", [])
         except ReconcileError as exc:
             names = [h if isinstance(h, str) else h.name for h in cluster.mongos]
             return Topology(cluster.name, self.engine, None,
                             tuple(Member(n, "mongos", False, exc.message) for n in names))
-        by_address = {f"{a}:{cluster.port}": h for h, a in self.access.addresses.items()}
-        router_host = by_address.get(f"{router[0]}:{router[1]}", f"{router[0]}:{router[1]}") if router else None
-        members.append(Member(router_host or "?", "mongos", True, "answering router"))
+        router_host = self._router()
+        members.append(Member(router_host, "mongos", True, "answering router"))
         for shard in shards:
             members.append(Member(shard["_id"], "shard", shard.get("state", 1) == 1, shard.get("host", "")))
         return Topology(cluster.name, self.engine, router_host, tuple(members))
+
+    def _router(self) -> str:
+        """The mongos host the client talks to (with several, pymongo balances and names none: the first)."""
+        first = self.cluster.mongos[0]
+        fallback = first if isinstance(first, str) else first.name
+        try:
+            address = self.client().address
+        except PyMongoError:
+            return fallback
+        by_address = {(a, self.cluster.port): h for h, a in self.access.addresses.items()}
+        return by_address.get(address, fallback) if address else fallback
 
     # -- indexes -------------------------------------------------------------
 
