@@ -74,6 +74,7 @@ def measure(fleet, inventory) -> list[Result]:
 
     # Alternate tool and operator twice, so neither always runs on a warm cache.
     tool_times, op_times, op_size = [], [], 0
+    in_run: list[float] = []
     for round_ in range(2):
         say(f"round {round_ + 1}: pgbackrest full backup by hand")
         with timed() as t:
@@ -83,6 +84,8 @@ def measure(fleet, inventory) -> list[Result]:
         with timed() as t:
             manifest = take_backup(access, "full")
         op_times.append(t.seconds)
+        # The same run's own split: pgBackRest's seconds against the whole call (immune to load from others).
+        in_run.append(t.seconds / manifest.detail["tool_seconds"] - 1)
         op_size = manifest.size_bytes
     tool_s, op_s = min(tool_times), min(op_times)
 
@@ -106,11 +109,13 @@ def measure(fleet, inventory) -> list[Result]:
             PostgresBackups().restore(access, manifest, scratch, RestoreTarget("latest"))
     sh(f"rm -rf {base}", user=None)
     overhead = op_s / tool_s - 1
-    say(f"operator overhead over pgbackrest: {overhead * 100:+.1f}% (target < 5%)")
+    say(f"operator overhead over pgbackrest: {overhead * 100:+.1f}% between runs, "
+        f"{min(in_run) * 100:+.1f}% within a run (target < 5%)")
     extra = {"scale": SCALE, "database_bytes": db_bytes}
     return [
         Result("backup", "operator full backup (pgBackRest)", op_s, "s", tool_s, "pgbackrest backup by hand",
-               extra={**extra, "overhead_percent": round(overhead * 100, 2), "runs": [tool_times, op_times]}),
+               extra={**extra, "overhead_percent": round(overhead * 100, 2), "runs": [tool_times, op_times],
+                      "in_run_overhead_percent": [round(x * 100, 2) for x in in_run]}),
         Result("backup", "pg_dump -Fd -j2", dump.seconds, "s", op_s, "operator full backup", extra=extra),
         Result("backup", "pg_basebackup -Ft -z", basebackup.seconds, "s", op_s, "operator full backup", extra=extra),
         Result("backup", "size: operator backup (repo)", op_size / 2**20, "MiB", db_bytes / 2**20, "database size"),

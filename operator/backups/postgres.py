@@ -145,8 +145,8 @@ class PostgresBackups(EngineBackups):
         cluster = _pg(access.cluster)
         host = find_primary(access)
         before = count_rows(access, host, port=cluster.port)
-        pgbackrest(access, host, f"--type={pending.kind}", "--no-expire-auto",
-                   f"--annotation=dbfleet-id={pending.id}", "backup")
+        ran = pgbackrest(access, host, f"--type={pending.kind}", "--no-expire-auto",
+                         f"--annotation=dbfleet-id={pending.id}", "backup")
         stanza = stanza_info(access, host)
         entry = next((b for b in stanza.get("backup", []) if (b.get("annotation") or {}).get("dbfleet-id")
                       == pending.id), None)
@@ -175,6 +175,7 @@ class PostgresBackups(EngineBackups):
             pgbackrest_start=entry["timestamp"]["start"], pgbackrest_stop=entry["timestamp"]["stop"],
             recoverable_to=stop.isoformat(), database_size=entry["info"]["size"],
             repo_size=entry["info"]["repository"]["size"], canary_rows_before=before, canary_rows_after=after,
+            tool_seconds=round(ran.seconds, 3),
         )
         return replace(done, host=host, parent=parent)
 
