@@ -23,6 +23,7 @@ PASSWORD_KEYS = (
     "redis_replication_password",
     "redis_sentinel_password",
     "redis_monitor_password",
+    "redis_admin_password",
     "mongo_admin_password",
     "mongo_app_password",
     "mongo_monitor_password",

@@ -1,0 +1,119 @@
+#!/usr/bin/python
+"""Ansible module: make one Sentinel monitor a named master with the wanted settings.
+
+Sentinel owns its config file and rewrites it at run time (peers, replicas,
+epochs, the master's address after a failover), so this module works through
+Sentinel's commands instead of a template: SENTINEL MONITOR when the master is
+unknown, SENTINEL SET for settings that differ. It never moves a monitored
+master: where the master is, is Sentinel's decision after the first start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    import redis
+except ImportError:  # reported by main(), so the pure logic stays importable
+    redis = None  # type: ignore[assignment]
+
+DOCUMENTATION = r"""
+module: redis_sentinel_monitor
+short_description: Ensure a Sentinel monitors a master with the given settings
+options:
+  name: {description: Master name, type: str, required: true}
+  master_host: {description: Master address, used only when the master is not monitored yet, type: str, required: true}
+  master_port: {description: Master port, type: int, default: 6379}
+  quorum: {description: Sentinels that must agree the master is down, type: int, required: true}
+  settings:
+    description: SENTINEL SET options, e.g. down-after-milliseconds, failover-timeout, parallel-syncs.
+    type: dict
+    default: {}
+  auth_user: {description: ACL user Sentinel uses on the data nodes, type: str}
+  auth_pass: {description: Its password; set when the monitor is created, type: str, no_log: true}
+  login_host: {type: str, default: 127.0.0.1}
+  login_port: {type: int, default: 26379}
+  login_password: {description: The Sentinel's requirepass, type: str, no_log: true}
+"""
+
+RETURN = r"""
+created: {description: Whether SENTINEL MONITOR was issued, type: bool, returned: always}
+changes: {description: Settings set, name -> [old, new], type: dict, returned: always}
+master: {description: Address and port the Sentinel now reports for the master, type: list, returned: always}
+"""
+
+
+def parse_master(reply: list) -> dict[str, str]:
+    """SENTINEL MASTER's flat [key, value, ...] reply as a dict of strings."""
+    items = [str(x) for x in reply]
+    return dict(zip(items[0::2], items[1::2]))
+
+
+def settings_to_change(observed: dict[str, str], quorum: int, settings: dict[str, object]) -> dict[str, tuple[str | None, str]]:
+    """Wanted settings whose observed value differs: name -> (observed, wanted)."""
+    wanted = {"quorum": str(quorum), **{k: str(v) for k, v in settings.items()}}
+    return {k: (observed.get(k), v) for k, v in wanted.items() if observed.get(k) != v}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "master_host": {"type": "str", "required": True},
+            "master_port": {"type": "int", "default": 6379},
+            "quorum": {"type": "int", "required": True},
+            "settings": {"type": "dict", "default": {}},
+            "auth_user": {"type": "str"},
+            "auth_pass": {"type": "str", "no_log": True},
+            "login_host": {"type": "str", "default": "127.0.0.1"},
+            "login_port": {"type": "int", "default": 26379},
+            "login_password": {"type": "str", "no_log": True},
+        },
+        supports_check_mode=True,
+    )
+    if redis is None:
+        module.fail_json(msg=missing_required_lib("redis (Debian: python3-redis)"))
+    p = module.params
+    client = redis.Redis(host=p["login_host"], port=p["login_port"], password=p["login_password"],
+                         socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
+    name = p["name"]
+
+    def sentinel(*args: object) -> Any:
+        try:
+            return client.execute_command("SENTINEL", *args)
+        except redis.RedisError as exc:
+            module.fail_json(msg=f"sentinel {p['login_host']}:{p['login_port']}: SENTINEL {args[0]} {name}: {exc}")
+        return None
+
+    try:
+        observed = parse_master(client.execute_command("SENTINEL", "MASTER", name))
+        created = False
+    except redis.ResponseError as exc:
+        if "no such master" not in str(exc).lower():
+            module.fail_json(msg=f"sentinel {p['login_host']}:{p['login_port']}: SENTINEL MASTER {name}: {exc}")
+        observed, created = {}, True
+    except redis.RedisError as exc:
+        module.fail_json(msg=f"sentinel {p['login_host']}:{p['login_port']}: unreachable: {exc}")
+
+    changes = settings_to_change(observed, p["quorum"], p["settings"])
+    if module.check_mode or not (created or changes):
+        module.exit_json(changed=created or bool(changes), created=created, changes=changes,
+                         master=[observed.get("ip"), observed.get("port")])
+
+    if created:
+        sentinel("MONITOR", name, p["master_host"], p["master_port"], p["quorum"])
+        if p["auth_user"]:
+            sentinel("SET", name, "auth-user", p["auth_user"])
+        if p["auth_pass"]:
+            sentinel("SET", name, "auth-pass", p["auth_pass"])
+    for key, (_, value) in changes.items():
+        if not (created and key == "quorum"):
+            sentinel("SET", name, key, value)
+    master = sentinel("GET-MASTER-ADDR-BY-NAME", name) or [None, None]
+    module.exit_json(changed=True, created=created, changes=changes, master=list(master))
+
+
+if __name__ == "__main__":
+    main()

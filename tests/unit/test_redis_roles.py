@@ -1,0 +1,165 @@
+"""The Redis roles' pure parts: master discovery, live-config and Sentinel diffs, and the rendered files."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
+from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
+from dbfleet.spec import load_fleet
+
+REPO = Path(__file__).resolve().parents[2]
+ROLES = REPO / "playbooks" / "roles"
+SECRET_KEYS = ("redis_admin_password", "redis_app_password", "redis_replication_password",
+               "redis_sentinel_password", "redis_monitor_password")
+
+
+def _module(role: str, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROLES / role / "library" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+discovery = _module("redis_common", "redis_current_master")
+live_config = _module("redis_server", "redis_live_config")
+monitor = _module("redis_sentinel", "redis_sentinel_monitor")
+
+
+# --------------------------------------------------------------------------- master discovery
+
+
+def test_sentinels_outvote_the_inventory() -> None:
+    answers = {"s1": "10.0.0.2", "s2": "10.0.0.2", "s3": None}
+    assert discovery.choose_master(answers, {}, "10.0.0.1") == ("10.0.0.2", "sentinel")
+
+
+def test_sentinel_majority_wins_a_split() -> None:
+    answers = {"s1": "10.0.0.2", "s2": "10.0.0.3", "s3": "10.0.0.3"}
+    assert discovery.choose_master(answers, {}, "10.0.0.1") == ("10.0.0.3", "sentinel")
+
+
+def test_replication_state_names_the_master_when_no_sentinel_answers() -> None:
+    roles = {"10.0.0.1": {"role": "slave", "master_host": "10.0.0.3"},
+             "10.0.0.2": {"role": "slave", "master_host": "10.0.0.3"},
+             "10.0.0.3": {"role": "master", "replicas": 2}}
+    assert discovery.choose_master({"s1": None}, roles, "10.0.0.1") == ("10.0.0.3", "replication")
+
+
+def test_replicas_of_an_unreachable_master_still_name_it() -> None:
+    roles = {"10.0.0.1": {"role": "slave", "master_host": "10.0.0.3"},
+             "10.0.0.2": {"role": "master", "replicas": 0}}
+    assert discovery.choose_master({}, roles, "10.0.0.1") == ("10.0.0.3", "replication")
+
+
+def test_fresh_standalone_nodes_fall_back_to_the_spec() -> None:
+    roles = {a: {"role": "master", "replicas": 0} for a in ("10.0.0.1", "10.0.0.2")}
+    assert discovery.choose_master({"s1": None}, roles, "10.0.0.1") == ("10.0.0.1", "spec")
+
+
+# --------------------------------------------------------------------------- live config
+
+
+@pytest.mark.parametrize("written, reported", [("128mb", "134217728"), ("1gb", "1073741824"), ("0", "0"),
+                                                ("yes", "yes"), ("", ""), ("3600 1 300 100", "3600 1 300 100")])
+def test_settings_compare_in_config_get_form(written: str, reported: str) -> None:
+    assert live_config.settings_to_set({"x": reported}, {"x": written}) == {}
+
+
+def test_only_differing_settings_are_set() -> None:
+    observed = {"maxmemory": "134217728", "maxmemory-policy": "noeviction", "appendonly": "yes"}
+    wanted = {"maxmemory": "128mb", "maxmemory-policy": "allkeys-lru", "appendonly": "yes"}
+    assert live_config.settings_to_set(observed, wanted) == {"maxmemory-policy": ("noeviction", "allkeys-lru")}
+
+
+# --------------------------------------------------------------------------- sentinel
+
+
+def test_sentinel_master_reply_and_changes() -> None:
+    observed = monitor.parse_master(["name", "cache", "quorum", "2", "down-after-milliseconds", "30000",
+                                     "failover-timeout", "10000", "parallel-syncs", "1"])
+    changes = monitor.settings_to_change(observed, 2, {"down-after-milliseconds": 2000, "failover-timeout": 10000,
+                                                       "parallel-syncs": 1})
+    assert changes == {"down-after-milliseconds": ("30000", "2000")}
+    assert monitor.settings_to_change(observed, 3, {}) == {"quorum": ("2", "3")}
+
+
+# --------------------------------------------------------------------------- rendered files
+
+
+def _trusted(value: Any) -> Any:
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, dict):
+        return {k: _trusted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_trusted(v) for v in value]
+    return value
+
+
+def _render(role: str, template: str, host: str, **cluster_overrides: Any) -> str:
+    """Render a role template with the role defaults and the inventory's vars for `host`."""
+    fleet = load_fleet(REPO / "fleet.example.yaml")
+    access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
+    inventory = build_inventory(fleet, access)["all"]
+    variables: dict[str, Any] = {}
+    for defaults in ("redis_common", role):
+        variables.update(_trusted(yaml.safe_load((ROLES / defaults / "defaults" / "main.yml").read_text())))
+    cluster = {**inventory["children"][cluster_group("cache")]["vars"]["cluster"], **cluster_overrides}
+    variables.update(inventory["vars"], **inventory["hosts"][host], cluster=cluster,
+                     dbfleet_secrets={k: f"secret-{k}" for k in SECRET_KEYS})
+    text = (ROLES / role / "templates" / template).read_text()
+    return str(Templar(loader=DataLoader(), variables=variables).template(trust_as_template(text)))
+
+
+def _settings(conf: str) -> dict[str, str]:
+    pairs = (line.split(" ", 1) for line in conf.splitlines() if line and not line.startswith("#"))
+    return {k: v for k, v in pairs}
+
+
+@pytest.mark.parametrize("persistence, save, appendonly", [
+    ("rdb", "3600 1 300 100 60 10000", "no"), ("aof", '""', "yes"),
+    ("rdb+aof", "3600 1 300 100 60 10000", "yes"), ("none", '""', "no")])
+def test_persistence_follows_the_spec(persistence: str, save: str, appendonly: str) -> None:
+    conf = _settings(_render("redis_server", "dbfleet.conf.j2", "redis-2", persistence=persistence))
+    assert (conf["save"], conf["appendonly"]) == (save, appendonly)
+
+
+def test_data_node_binds_loopback_and_its_own_address_only() -> None:
+    conf = _settings(_render("redis_server", "dbfleet.conf.j2", "redis-2"))
+    fleet = load_fleet(REPO / "fleet.example.yaml")
+    address = f"10.0.0.{list(host_roles(fleet)).index('redis-2') + 1}"
+    assert conf["bind"] == f"127.0.0.1 {address}"
+    assert conf["protected-mode"] == "yes"
+    assert (conf["maxmemory"], conf["maxmemory-policy"]) == ("128mb", "allkeys-lru")
+    assert (conf["min-replicas-to-write"], conf["min-replicas-max-lag"]) == ("1", "5")
+    assert conf["masteruser"] == "replicator"
+
+
+def test_acl_file_switches_default_off_and_stores_only_hashes() -> None:
+    acl = _render("redis_server", "users.acl.j2", "redis-1")
+    users = {line.split()[1]: line for line in acl.splitlines() if line}
+    assert set(users) == {"default", "dbfleet_admin", "app", "replicator", "sentinel", "dbfleet_monitor"}
+    assert " off " in users["default"] and " on " not in users["default"]
+    assert "secret-" not in acl
+    digest = hashlib.sha256(b"secret-redis_app_password").hexdigest()
+    assert f"#{digest}" in users["app"] and "-@dangerous" in users["app"]
+    assert all(line.startswith("user ") for line in acl.splitlines() if line), "ACL files take no comments"
+
+
+def test_sentinel_base_binds_its_address_and_requires_a_password() -> None:
+    conf = _render("redis_sentinel", "sentinel.conf.j2", "sentinel-1")
+    assert conf.startswith("# dbfleet: Sentinel base config")
+    lines = conf.splitlines()
+    assert "port 26379" in lines and "protected-mode yes" in lines
+    assert any(line.startswith("bind 127.0.0.1 10.0.0.") and len(line.split()) == 3 for line in lines)
+    assert 'requirepass "secret-redis_sentinel_password"' in lines
+    assert not any(line.startswith("sentinel monitor") for line in lines), "the monitor is set with SENTINEL MONITOR"
