@@ -131,7 +131,8 @@ def measure(fleet: Fleet, access: FleetAccess, connect: Any) -> list[Result]:
 def run() -> list[Result]:
     fleet = load_fleet(SPEC)
     inventories = REPO / "inventories"
-    state = lifecycle.up(fleet, LAB, inventories, {"postgres"})
+    running = {row["engine"] for row in lifecycle.status(LAB) if row["engine"]}
+    state = lifecycle.up(fleet, LAB, inventories, running | {"postgres"})  # the inventory keeps what runs
     try:
         converge = run_playbook("postgres.yml", state.inventory, echo=False)
         if not converge.ok:
