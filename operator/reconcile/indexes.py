@@ -264,14 +264,16 @@ def diff_indexes(cluster: str, declared: Sequence[PgIndex | MongoIndex], observe
             kept = f"; not dropped: {guard}" if guard and policy.duplicate.drop else ""
             plan.add("report-duplicate", ident, reason + kept, covered_by=red.covered_by.ident)
 
+    # An index that stands in for a redundant one takes over its lookups: never call it unused.
+    covering = {r.covered_by.ident for r in redundant_by.values()}
     for database in observed.databases.values():
-        _diff_unused(plan, engine, database, policy, declared_idents)
+        _diff_unused(plan, engine, database, policy, declared_idents, covering)
         _diff_advice(plan, database, policy)
     return plan.actions
 
 
 def _diff_unused(plan: _Plan, engine: str, database: ObservedDatabase, policy: IndexPolicy,
-                 declared: set[str]) -> None:
+                 declared: set[str], covering: set[str]) -> None:
     rule = policy.unused
     if not (rule.report or rule.drop) or database.members_missing:
         return
@@ -280,7 +282,8 @@ def _diff_unused(plan: _Plan, engine: str, database: ObservedDatabase, policy: I
         return
     where = ", ".join(database.members_counted) or "the servers"
     for index in sorted(database.indexes, key=lambda i: i.ident):
-        if index.scans or not index.valid or index.building or index.unique or index.constraint:
+        if index.scans or not index.valid or index.building or index.unique or index.constraint \
+                or index.ident in covering:
             continue
         reason = f"0 scans in {window:.1f} days, summed over {where}"
         guard = protection(index, declared)

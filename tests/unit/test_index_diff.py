@@ -296,6 +296,14 @@ def test_unused_indexes_are_dropped_only_when_allowed_and_never_declared_ones():
     assert "declared in the spec" in by_target["app/public.orders_open_idx"].reason
 
 
+def test_the_cover_of_a_dropped_prefix_is_never_dropped_as_unused():
+    small = idx("c", ["customer_id"], scans=40)  # used, but redundant
+    big = idx("cc", ["customer_id", "created_at"], scans=0)  # unused so far: it takes over small's lookups
+    actions = diff_indexes("pg-main", [], observed(small, big), policy(duplicate={"drop": True},
+                                                                       unused={"drop": True}))
+    assert kinds(actions) == [("drop-index", "app/public.c")]
+
+
 def test_nothing_is_reported_when_the_class_is_off():
     lonely = idx("lonely", ["note"])
     copy = idx("copy", ["note"])
