@@ -3,8 +3,8 @@
 Indexes are listed per collection (listIndexes) with their usage ($indexStats,
 one entry per shard, summed) and created with createIndexes, which mongos
 sends to every shard. Counters come from the member of each shard that
-mongos reads from, so usage on other secondaries is not counted; the unused
-check is therefore report-first by default (unused.drop is false).
+mongos reads from, so usage on other secondaries is not counted: unused
+MongoDB indexes are reported, never dropped.
 TLS follows the cluster spec: with no CA file given the server certificate
 is not verified, like PostgreSQL's sslmode=require.
 """
@@ -129,7 +129,8 @@ class MongoSession(EngineSession):
         for name in databases:
             collections = self.command(name, {"listCollections": 1, "filter": {"type": "collection"},
                                               "nameOnly": True})["cursor"]["firstBatch"]
-            database = ObservedDatabase(name, members_counted=("one member per shard, through mongos",))
+            database = ObservedDatabase(name, members_counted=("one member per shard, through mongos",),
+                                        every_member_counted=False)
             windows = []
             for coll in sorted(c["name"] for c in collections if not c["name"].startswith("system.")):
                 docs = self.command(name, {"listIndexes": coll})["cursor"]["firstBatch"]

@@ -73,6 +73,8 @@ class ObservedDatabase:
     """Members whose counters could not be read: no index is called unused while any is missing."""
     advice: list[IndexAdvice] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    every_member_counted: bool = True
+    """False when some members' usage cannot be read at all (MongoDB secondaries): unused is then only reported."""
 
 
 @dataclass
@@ -287,6 +289,8 @@ def _diff_unused(plan: _Plan, engine: str, database: ObservedDatabase, policy: I
             continue
         reason = f"0 scans in {window:.1f} days, summed over {where}"
         guard = protection(index, declared)
+        if guard is None and not database.every_member_counted:
+            guard = "usage on secondaries is not counted"
         if rule.drop and guard is None:
             plan.add("drop-index", index.ident, reason, destructive=True, policy="unused",
                      **_index_detail(engine, index, "drop"))

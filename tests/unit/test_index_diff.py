@@ -394,6 +394,14 @@ def test_mongo_prefix_duplicates_but_not_ttl_or_id():
     assert actions[0].detail["collection"] == "events" and "statements" not in actions[0].detail
 
 
+def test_mongo_unused_indexes_are_reported_never_dropped():
+    lonely = midx("events", "lonely", ["x 1"], scans=0)
+    obs = mongo(lonely)
+    obs.databases["app"].every_member_counted = False
+    (action,) = diff_indexes("mongo-main", [], obs, policy(unused={"drop": True}))
+    assert action.kind == "report-unused" and "usage on secondaries is not counted" in action.reason
+
+
 def test_mongo_unused_never_names_the_id_index():
     ident = midx("events", "_id_", ["_id 1"], constraint="the _id index", scans=0)
     lonely = midx("events", "lonely", ["x 1"], scans=0)
