@@ -46,8 +46,28 @@ def ensure_host_tools(progress: Progress) -> None:
         _apt_install(missing, progress)
 
 
+# Each systemd container holds several inotify instances; Debian's default of 128
+# per user stops new containers (exit 255) once a lab and a test lab run together.
+KERNEL_MINIMUMS = {"fs/inotify/max_user_instances": 1024, "fs/inotify/max_user_watches": 524288}
+
+
+def ensure_kernel_limits(progress: Progress) -> None:
+    """Raise the inotify limits that systemd containers need, when below them and allowed to."""
+    for key, minimum in KERNEL_MINIMUMS.items():
+        path = Path("/proc/sys") / key
+        try:
+            if int(path.read_text()) >= minimum:
+                continue
+            path.write_text(str(minimum))
+            progress.say(f"raised {key.replace('/', '.')} to {minimum} for systemd containers")
+        except (OSError, ValueError) as exc:
+            progress.say(f"could not raise {key.replace('/', '.')} to {minimum} ({exc}); "
+                          "many lab containers may fail to start")
+
+
 def ensure_engine(progress: Progress, wait_seconds: float = 90) -> docker.DockerClient:
     """Return a client to a running engine, starting dockerd in the background if needed."""
+    ensure_kernel_limits(progress)
     client = _client()
     if client is not None:
         return client
