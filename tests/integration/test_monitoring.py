@@ -1,0 +1,185 @@
+"""The lab's real Prometheus: every exporter and the operator scraped, sane figures, and a replica-down alert.
+
+The operator runs here as `reconcile --watch` serving /metrics on the lab
+network's gateway (where the Prometheus config expects it), bounded to this
+module and stopped at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from dbfleet.spec import PostgresCluster, duration_seconds
+
+pytestmark = pytest.mark.lab
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    pytest.fail(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+
+
+class Prometheus:
+    def __init__(self, address: str, port: int):
+        self.base = f"http://{address}:{port}"
+
+    def get(self, path: str, **params: str) -> Any:
+        url = f"{self.base}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> dict[str, float]:
+        """Instant query: value by the series' host label (or the whole label set when there is none)."""
+        result = self.get("/api/v1/query", query=expr)["result"]
+        return {r["metric"].get("host", json.dumps(r["metric"], sort_keys=True)): float(r["value"][1]) for r in result}
+
+    def targets(self) -> list[dict[str, Any]]:
+        return self.get("/api/v1/targets", state="active")["activeTargets"]
+
+    def firing(self, alert: str) -> list[dict[str, Any]]:
+        return [a for a in self.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == alert
+                and a["state"] == "firing"]
+
+
+@pytest.fixture(scope="module")
+def prom(configured: Any) -> Iterator[tuple[Any, Prometheus]]:
+    lab = configured
+    monitor = lab.fleet.monitoring.host
+    if monitor not in lab.hostvars:
+        pytest.skip("the lab runs no monitoring host")
+    gateway = lab.state.gateway
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "dbfleet", "--spec", os.path.join(REPO, "fleet.example.yaml"), "reconcile", "--watch", "--interval", "5",
+         "--reconciler", "indexes", "--metrics-address", gateway,
+         "--metrics-port", str(lab.fleet.monitoring.operator_metrics_port), "--inventory", str(lab.inventory_path),
+         "--secrets", str(lab.state.secrets), "--state", str(lab.inventory_path.parent / "monitoring-test-state.json")],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield lab, Prometheus(lab.address(monitor), lab.fleet.monitoring.prometheus_port)
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+
+
+def test_every_target_is_up_including_the_operator(prom: tuple[Any, Prometheus]) -> None:
+    lab, p = prom
+    deadline = time.monotonic() + 60
+    while down := [f"{t['scrapeUrl']}: {t['health']} {t['lastError']}" for t in p.targets() if t["health"] != "up"]:
+        assert time.monotonic() < deadline, f"targets not up within 60s: {down}"
+        time.sleep(1)
+    jobs = {t["labels"]["job"] for t in p.targets()}
+    expected = {"prometheus", "node", "dbfleet-operator"}
+    expected |= {"postgres"} if lab.has("postgres") else set()
+    expected |= {"redis", "sentinel"} if lab.has("redis") else set()
+    assert expected <= jobs, f"jobs scraped: {sorted(jobs)}"
+    hosts = {t["labels"].get("host") for t in p.targets() if t["labels"]["job"] == "node"}
+    assert hosts == set(lab.hostvars), "a node exporter on every lab host"
+
+
+def test_figures_are_sane(prom: tuple[Any, Prometheus]) -> None:
+    lab, p = prom
+    wait_for("operator reconcile metrics", lambda: p.query("dbfleet_reconcile_duration_seconds_count"), timeout=60)
+    assert p.query('dbfleet_indexes{state="declared"}'), "index counts published"
+    # Disk usage of every host's data directory, as the rules compute it.
+    disk = wait_for("data directory disk usage", lambda: p.query("dbfleet:data_dir_used_ratio"), timeout=30)
+    assert disk and all(0 < v < 1 for v in disk.values()), disk
+    if lab.has("postgres"):
+        used = wait_for("pg connections", lambda: p.query("dbfleet_pg_connections_used / dbfleet_pg_connections_max"),
+                        timeout=30)
+        assert all(0 < v < 1 for v in used.values()), used
+        hit = p.query("dbfleet_pg_cache_hit_ratio")
+        assert hit and all(0 <= v <= 1 for v in hit.values()), hit
+        assert p.query("dbfleet_pg_statements_mean_seconds"), "mean query time"
+        assert p.query("dbfleet_pg_statements_p95_seconds"), "p95 query time"
+    if lab.has("redis"):
+        memory = p.query("redis_memory_used_bytes / redis_memory_max_bytes")
+        assert memory and all(0 < v < 1 for v in memory.values()), memory
+        assert p.query("redis_evicted_keys_total"), "evictions"
+
+
+def _pg(lab: Any) -> PostgresCluster:
+    return lab.fleet.of_engine("postgres")[0]
+
+
+def _sql(lab: Any, host: str, statement: str) -> list[tuple[Any, ...]]:
+    cluster = _pg(lab)
+    with psycopg.connect(host=lab.address(host), port=cluster.port, dbname="postgres", user="postgres",
+                         password=lab.secrets["postgres_superuser_password"], sslmode="require", connect_timeout=5,
+                         autocommit=True) as conn:
+        cur = conn.execute(statement)
+        return cur.fetchall() if cur.description else []
+
+
+def _replicas(lab: Any) -> tuple[str, list[str]]:
+    states = {h: _sql(lab, h, "select pg_is_in_recovery()")[0][0] for h in _pg(lab).host_names()}
+    return next(h for h, s in states.items() if not s), [h for h, s in states.items() if s]
+
+
+def test_paused_replay_makes_the_replica_lag_grow(prom: tuple[Any, Prometheus]) -> None:
+    lab, p = prom
+    if not lab.has("postgres"):
+        pytest.skip("no PostgreSQL hosts in this lab")
+    primary, replicas = _replicas(lab)
+    replica = replicas[0]
+    _sql(lab, replica, "select pg_wal_replay_pause()")
+    try:
+        _sql(lab, primary, "create table if not exists lag_probe (pad text)")
+        _sql(lab, primary, "insert into lag_probe select repeat('x', 1000) from generate_series(1, 20000)")
+        lag = wait_for(f"{replica}'s lag metric above 1 MB",
+                       lambda: {h: v for h, v in p.query("dbfleet_pg_recovery_lag_bytes").items()
+                                if h == replica and v > 1_000_000}, timeout=30)
+        print(f"\n{replica} lag with replay paused: {lag[replica]:.0f} bytes")
+    finally:
+        _sql(lab, replica, "select pg_wal_replay_resume()")
+        _sql(lab, primary, "drop table if exists lag_probe")
+    wait_for(f"{replica}'s lag back to 0", lambda: p.query("dbfleet_pg_recovery_lag_bytes").get(replica) == 0,
+             timeout=30)
+
+
+def test_stopping_a_replica_fires_the_replica_down_alert(prom: tuple[Any, Prometheus]) -> None:
+    lab, p = prom
+    if not lab.has("postgres"):
+        pytest.skip("no PostgreSQL hosts in this lab")
+    cluster = _pg(lab)
+    _, replicas = _replicas(lab)
+    replica = replicas[-1]
+    window = (duration_seconds(cluster.monitoring.alerts.replica_down_for)
+              + 2 * duration_seconds(cluster.monitoring.scrape_interval) + 10)
+    assert not p.firing("PostgresReplicaDown"), "no replica-down alert before the fault"
+    service = lab.host(replica).service("postgresql@15-main")
+    stopped = time.monotonic()
+    assert lab.host(replica).run("systemctl stop postgresql@15-main").rc == 0
+    try:
+        wait_for("PostgresReplicaDown firing", lambda: p.firing("PostgresReplicaDown"), timeout=window)
+        print(f"\nPostgresReplicaDown fired {time.monotonic() - stopped:.1f}s after {replica} stopped "
+              f"(for: {cluster.monitoring.alerts.replica_down_for}, bound {window:.0f}s)")
+    finally:
+        assert lab.host(replica).run("systemctl start postgresql@15-main").rc == 0
+    assert service.is_running
+    wait_for("the replica streaming again",
+             lambda: len(_sql(lab, _replicas(lab)[0],
+                              "select 1 from pg_stat_replication where state = 'streaming'")) == cluster.replicas,
+             timeout=60)
+    wait_for("PostgresReplicaDown resolved", lambda: not p.firing("PostgresReplicaDown"), timeout=window)
