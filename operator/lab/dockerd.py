@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import docker
-from docker.errors import DockerException
-
 from dbfleet.progress import Progress
+from docker.errors import DockerException
 
 DOCKERD_LOG = Path("/var/log/dbfleet-dockerd.log")
 

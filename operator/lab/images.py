@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import docker
-from docker.errors import ImageNotFound
-
 from dbfleet.progress import Progress
+from docker.errors import ImageNotFound
 
 RECIPES = Path(__file__).parent / "images"
 SUITE = "bookworm"
@@ -147,6 +148,22 @@ def mongo_source() -> tuple[str, str] | None:
     return None
 
 
+def _binaries_from_image(client: docker.DockerClient, image: str, dest: Path) -> None:
+    """Pack an image's mongod and mongos as a tarball laid out like the official one (<dir>/bin/...)."""
+    container = client.containers.create(image, command="true")
+    try:
+        with tarfile.open(dest, "w:gz") as out:
+            for binary in ("mongod", "mongos"):
+                stream, _ = container.get_archive(f"/usr/bin/{binary}")
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as single:
+                    member = single.getmember(binary)
+                    content = single.extractfile(member)
+                    member.name = f"mongodb-from-image/bin/{binary}"
+                    out.addfile(member, content)
+    finally:
+        container.remove(force=True)
+
+
 def _ensure_mongo(client: docker.DockerClient, base: str, progress: Progress) -> Built:
     source = mongo_source()
     assert source is not None
@@ -165,8 +182,7 @@ def _ensure_mongo(client: docker.DockerClient, base: str, progress: Progress) ->
         else:
             if not _exists(client, where):
                 raise ImageError(f"{MONGO_IMAGE_ENV}={where}: no such local image (docker pull or load it first)")
-            args["MONGO_IMAGE"] = where
-            (ctx / "mongodb.tgz").write_bytes(b"")
+            _binaries_from_image(client, where, ctx / "mongodb.tgz")
         return _build(client, "mongo", ctx, args, progress)
 
 

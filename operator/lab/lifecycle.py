@@ -187,7 +187,9 @@ def up(fleet: Fleet, lab: str, inventories: Path, engines: set[str] | None = Non
         })
         for h in hosts
     }
-    extra = {"dbfleet_lab": lab, "dbfleet_operator_address": gateway, "dbfleet_lab_subnet": str(subnet)}
+    # The lab's MongoDB image carries mongod and mongos already (see images.py).
+    extra = {"dbfleet_lab": lab, "dbfleet_operator_address": gateway, "dbfleet_lab_subnet": str(subnet),
+             "mongo_install_source": "present"}
     path = write_inventory(build_inventory(fleet, access, extra), directory)
     for engine, why in skipped.items():
         progress.say(f"{engine}: skipped — {why}")

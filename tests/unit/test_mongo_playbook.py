@@ -1,0 +1,94 @@
+"""MongoDB play without a server: topology filters, the sharding module's key logic, and syntax with Mongo hosts."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+from dbfleet.inventory import HostAccess, build_inventory, host_roles
+from dbfleet.spec import load_fleet, parse_fleet
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+topology = load(REPO / "playbooks/filter_plugins/dbfleet_mongo.py")
+sharding = load(REPO / "playbooks/roles/mongos/library/mongodb_sharded_collection.py")
+
+
+@pytest.fixture(scope="module")
+def mongo() -> dict:
+    fleet = load_fleet(REPO / "fleet.example.yaml")
+    return fleet.cluster("mongo-main").model_dump(mode="json")
+
+
+ADDRESSES = {"mongo-cfg-1": "10.0.0.1", "mongo-a-1": "10.0.0.2", "mongo-b-1": "10.0.0.3", "mongos-1": "10.0.0.4"}
+
+
+def test_each_host_knows_its_part_and_replica_set(mongo: dict) -> None:
+    cfg = topology.mongo_topology(mongo, "mongo-cfg-1", ADDRESSES)
+    assert (cfg["role"], cfg["replset"], cfg["members"]) == ("configsvr", "cfg", ["10.0.0.1:27017"])
+    shard = topology.mongo_topology(mongo, "mongo-b-1", ADDRESSES)
+    assert (shard["role"], shard["replset"], shard["first_member"]) == ("shardsvr", "shard-b", "mongo-b-1")
+    router = topology.mongo_topology(mongo, "mongos-1", ADDRESSES)
+    assert router["role"] == "mongos" and router["replset"] is None
+    assert router["config_db"] == "cfg/10.0.0.1:27017"
+    assert router["shards"] == [{"name": "shard-a", "connection": "shard-a/10.0.0.2:27017"},
+                                {"name": "shard-b", "connection": "shard-b/10.0.0.3:27017"}]
+
+
+def test_a_host_outside_the_cluster_is_an_error(mongo: dict) -> None:
+    with pytest.raises(ValueError, match="pg-1 is not a member of MongoDB cluster mongo-main"):
+        topology.mongo_topology(mongo, "pg-1", ADDRESSES)
+
+
+def test_zone_ranges_come_from_the_sharded_collections(mongo: dict) -> None:
+    spec = {**mongo, "zones": [{"name": "eu", "shards": ["shard-a"]}],
+            "sharded_collections": [{"database": "app", "collection": "users", "key": {"region": 1},
+                                     "zones": {"eu": [{"region": "eu"}, {"region": "eu~"}]}}]}
+    assert topology.mongo_zone_ranges(spec) == [
+        {"name": "eu", "shards": ["shard-a"],
+         "ranges": [{"namespace": "app.users", "min": {"region": "eu"}, "max": {"region": "eu~"}}]}]
+    spec["sharded_collections"][0]["zones"]["eu"] = [{"region": "eu"}]
+    with pytest.raises(ValueError, match=r"zone eu needs \[min, max\]"):
+        topology.mongo_zone_ranges(spec)
+
+
+def test_shard_key_comparison_tells_hashed_from_ranged() -> None:
+    assert sharding.normalise({"user_id": "hashed"}) == [("user_id", "hashed")]
+    assert sharding.normalise({"a": 1, "b": 1.0}) == [("a", 1), ("b", 1)]
+    assert sharding.normalise({"user_id": 1}) != sharding.normalise({"user_id": "hashed"})
+
+
+def test_unknown_zone_shard_is_a_located_spec_error() -> None:
+    text = (REPO / "fleet.example.yaml").read_text().replace(
+        "    balancer_window:", "    zones: [{name: eu, shards: [shard-z]}]\n    balancer_window:")
+    with pytest.raises(Exception, match=r"zones.eu: unknown shards \['shard-z'\]"):
+        parse_fleet(text, "fleet.yaml")
+
+
+def test_site_playbook_parses_with_mongo_hosts_present(tmp_path: Path) -> None:
+    fleet = load_fleet(REPO / "fleet.example.yaml")
+    access = {h: HostAccess(f"10.0.0.{i + 10}", {"ansible_connection": "local"})
+              for i, h in enumerate(host_roles(fleet))}
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump(build_inventory(fleet, access, {"mongo_install_source": "present"})))
+    result = subprocess.run(["ansible-playbook", "--syntax-check", "-i", str(inventory), "playbooks/site.yml"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = subprocess.run(["ansible-playbook", "--list-hosts", "-i", str(inventory), "playbooks/mongo.yml"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for host in ("mongo-cfg-1", "mongo-a-1", "mongo-b-1", "mongos-1"):
+        assert host in listed.stdout
