@@ -1,8 +1,9 @@
-"""`dbfleet status`: one row per cluster (engine, primary, members up, index counts, last reconcile)."""
+"""`dbfleet status`: one row per cluster (engine, primary, members up, indexes, last reconcile, Prometheus figures)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from dbfleet.commands.common import emit, table
@@ -14,6 +15,7 @@ from dbfleet.commands.reconcile import (
     run_guarded,
     state_path,
 )
+from dbfleet.monitoring.figures import add_figures
 from dbfleet.reconcile.status import load_state, status_columns, status_rows
 
 
@@ -31,5 +33,7 @@ def run(args: argparse.Namespace) -> int:
     operator = build_operator(args)
     report = operator.run_cycle(apply=False)
     rows = status_rows(operator.fleet, report, load_state(state_path(args)))
+    rows = add_figures(rows, operator.fleet, operator.access.addresses,
+                       lambda message: print(message, file=sys.stderr))
     emit(args, {"clusters": rows}, table(rows, status_columns(rows)))
     return EXIT_OK if report.ok else EXIT_FAILED
