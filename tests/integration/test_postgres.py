@@ -119,6 +119,9 @@ def test_every_replica_streams_through_its_own_active_slot(pg: tuple[Any, Postgr
             break
         assert time.monotonic() < deadline, f"streaming {streaming}, slots {slots}, expected {expected}"
         time.sleep(0.5)
+    if cluster.synchronous.enabled:
+        sync = dict(query(lab, cluster, primary, "select application_name, sync_state from pg_stat_replication"))
+        assert set(sync.values()) == {"quorum"}, f"ANY {cluster.synchronous.num_sync} quorum expected: {sync}"
     for replica in replicas:
         conninfo = query(lab, cluster, replica, "select conninfo from pg_stat_wal_receiver")[0][0]
         assert f"host={lab.address(primary)}" in conninfo and "sslmode=verify-full" in conninfo, conninfo
