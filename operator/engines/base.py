@@ -69,6 +69,8 @@ class Topology:
     engine: str
     primary: str | None
     members: tuple[Member, ...]
+    facts: dict[str, Any] = field(default_factory=dict, compare=False)
+    """What the capacity check needs: PostgreSQL `standbys` streaming, Redis `used_memory` on the primary."""
 
     @property
     def members_up(self) -> int:

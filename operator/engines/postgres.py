@@ -205,8 +205,12 @@ class PostgresSession(EngineSession):
                 except ReconcileError as exc:
                     members.append(Member(host, "unknown", False, exc.message))
             primaries = [m.host for m in members if m.role == "primary"]
+            facts: dict[str, Any] = {}
+            if len(primaries) == 1:
+                rows = self.run(primaries[0], "postgres", "SELECT application_name FROM pg_stat_replication")
+                facts["standbys"] = sorted(r["application_name"] for r in rows)
             self._topology = Topology(self.cluster.name, self.engine,
-                                      primaries[0] if len(primaries) == 1 else None, tuple(members))
+                                      primaries[0] if len(primaries) == 1 else None, tuple(members), facts)
         return self._topology
 
     def primary(self) -> str:
