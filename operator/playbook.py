@@ -53,12 +53,25 @@ def parse_recap(output: str) -> dict[str, HostStats]:
     return stats
 
 
+def ansible_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every Ansible run gets: the project's ansible.cfg, no colour, unbuffered."""
+    return {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
+            "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
+def run_shell(host: str, inventory: Path, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """One shell command on one inventory host through Ansible (its connection and become settings).
+
+    Raises subprocess.TimeoutExpired after `timeout` seconds."""
+    cmd = ["ansible", host, "-i", str(inventory), "-m", "ansible.builtin.shell", "-a", command]
+    return subprocess.run(cmd, cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def run_playbook(playbook: str, inventory: Path, extra: list[str] | None = None, echo: bool = True,
                  env: dict[str, str] | None = None, timeout: float = 1800) -> PlaybookResult:
     """Run playbooks/<playbook> against `inventory`, streaming output when `echo`."""
     cmd = ["ansible-playbook", "-i", str(inventory), str(REPO / "playbooks" / playbook), *(extra or [])]
-    full_env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
-                "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = ansible_env(env)
     proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     assert proc.stdout is not None

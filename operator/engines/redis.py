@@ -12,6 +12,8 @@ from collections import Counter
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
 from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.spec import RedisCluster
@@ -31,7 +33,10 @@ class RedisSession(EngineSession):
     def _client(self, host: str, port: int, username: str | None, secret: str) -> redis.Redis:
         client = redis.Redis(host=self.access.address(host), port=port, username=username,
                              password=self.access.secret(secret), socket_connect_timeout=CONNECT_TIMEOUT,
-                             socket_timeout=CONNECT_TIMEOUT, decode_responses=True)
+                             socket_timeout=CONNECT_TIMEOUT, decode_responses=True,
+                             # The loop retries with its own backoff; redis-py's default 3 retries would
+                             # make a frozen cluster cost 20 s per command.
+                             retry=Retry(NoBackoff(), 0))
         self._clients.append(client)
         self.connections += 1
         return client
@@ -74,7 +79,11 @@ class RedisSession(EngineSession):
             votes[named] += 1
             members.append(Member(host.name, "sentinel", True, f"names {named} master"))
         primary = _agreed_primary(votes, masters, cluster.effective_quorum)
-        return Topology(cluster.name, self.engine, primary, tuple(members))
+        facts: dict[str, Any] = {}
+        if primary is not None:
+            memory = self.command(primary, cluster.port, MONITOR_USER, MONITOR_SECRET, "INFO", "memory")
+            facts["used_memory"] = int(memory.get("used_memory", 0))
+        return Topology(cluster.name, self.engine, primary, tuple(members), facts)
 
     def close(self) -> None:
         for client in self._clients:

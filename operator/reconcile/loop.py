@@ -22,8 +22,10 @@ from dbfleet.engines import open_session
 from dbfleet.engines.base import EngineSession, FleetAccess, Topology
 from dbfleet.monitoring import metrics
 from dbfleet.reconcile.actions import Action, Outcome
-from dbfleet.reconcile.errors import ReconcileError, TemporaryError
+from dbfleet.reconcile.capacity import shrink_problems, unreachable
+from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.reconcile.indexes import IndexReconciler
+from dbfleet.reconcile.members import MemberReconciler
 from dbfleet.reconcile.retry import DEFAULT_RETRY, ClusterBackoff, RetryPolicy, call_with_retry
 from dbfleet.spec import Fleet
 
@@ -48,7 +50,7 @@ class Reconciler(Protocol):
     def status(self, cluster: Any, observed: Any, actions: list[Action]) -> dict[str, Any]: ...
 
 
-_FACTORIES: list[Callable[[], Reconciler]] = [IndexReconciler]
+_FACTORIES: list[Callable[[], Reconciler]] = [MemberReconciler, IndexReconciler]
 
 
 def register_reconciler(factory: Callable[[], Reconciler]) -> None:
@@ -236,6 +238,13 @@ class Operator:
             session.begin_cycle()
             result.topology, _ = call_with_retry(session.observe_topology, f"{cluster.name} topology",
                                                  self.retry, self.sleep)
+            down = unreachable(result.topology)
+            if down:
+                # Reconcilers that read only the backup target would otherwise report this cluster green.
+                raise TemporaryError(down, cluster=cluster.name, action="observe")
+            problems = shrink_problems(cluster, result.topology)
+            if problems:
+                raise PermanentError("; ".join(problems), cluster=cluster.name, action="check the spec")
             for reconciler in self.reconcilers:
                 if not reconciler.applies_to(cluster):
                     continue

@@ -131,6 +131,24 @@ def test_one_unreachable_cluster_never_stops_the_others():
     assert "cache/one" in rec.applied
 
 
+def test_a_cluster_whose_members_all_fail_to_answer_is_an_error_and_nothing_acts():
+    class Silent(Session):
+        def observe_topology(self) -> Topology:
+            if self.cluster.name != "cache":
+                return super().observe_topology()
+            return Topology("cache", "redis", None, tuple(Member(h.name, "unknown", False, "timeout")
+                                                          for h in self.cluster.all_hosts()))
+
+    recorder = Recorder()
+    operator = Operator(load_fleet(SPEC), ACCESS, reconcilers=[recorder], session_factory=Silent,
+                        sleep=lambda s: None, retry=RetryPolicy(attempts=3, base_delay=0.01))
+    report = operator.run_cycle(apply=True)
+    errors = {c.cluster: c.error for c in report.clusters}
+    assert errors["cache"].startswith("cluster cache, action observe: no member answers: redis-1: timeout")
+    assert [t for t in recorder.applied if t.startswith("cache/")] == []
+    assert "pg-main/one" in recorder.applied
+
+
 def test_a_bug_in_a_reconciler_is_contained_to_its_cluster():
     class Buggy(Recorder):
         def observe(self, cluster, session):

@@ -1,0 +1,102 @@
+"""The members reconciler: a replica or Sentinel the spec lists whose server stopped is started again.
+
+observe reads the topology the loop already has; diff is pure; act starts the
+host's service through Ansible with the same inventory the playbooks use, so
+it works on lab containers and EC2 hosts alike.
+
+It never starts a lone old primary: a PostgreSQL host is started only when it
+holds standby.signal (the act checks on the host), because a former primary
+beside the promoted one would split the cluster. Redis data nodes and
+Sentinels are safe to start: the Sentinels turn an old master into a replica.
+Nothing is started while the cluster has no primary: that is a failover for
+the HA tooling or a human, not for a restart loop.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+from dbfleet.engines.base import Topology
+from dbfleet.playbook import run_shell
+from dbfleet.reconcile.actions import Action
+from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.spec import PostgresCluster, RedisCluster
+
+RECONCILER = "members"
+START_TIMEOUT = 120
+NOT_A_STANDBY = 3
+"""Exit code of the PostgreSQL start command when the host holds no standby.signal."""
+
+
+def postgres_start_command(version: str) -> str:
+    data = f"/var/lib/postgresql/{version}/main"
+    return (f"test -f {data}/standby.signal || {{ echo 'no standby.signal in {data}: this host was a primary; "
+            f"starting it beside the promoted one would split the cluster'; exit {NOT_A_STANDBY}; }}; "
+            f"systemctl start postgresql@{version}-main")
+
+
+def planned_starts(cluster: Any, topology: Topology) -> list[Action]:
+    """A `start` per listed member that does not answer, while the cluster's primary does."""
+    if topology.primary is None or not isinstance(cluster, (PostgresCluster, RedisCluster)):
+        return []
+    actions: list[Action] = []
+    for member in topology.members:
+        if member.up or member.host == topology.primary:
+            continue
+        if isinstance(cluster, PostgresCluster):
+            unit, command = f"postgresql@{cluster.version}-main", postgres_start_command(str(cluster.version))
+        elif member.role == "sentinel":
+            unit = "redis-sentinel"
+            command = f"systemctl start {unit}"
+        else:
+            unit = "redis-server"
+            command = f"systemctl start {unit}"
+        actions.append(Action(cluster.name, RECONCILER, "start", member.host,
+                              f"{member.host} does not answer ({member.detail or 'down'}) while primary "
+                              f"{topology.primary} does: start {unit}", detail={"unit": unit, "command": command}))
+    return actions
+
+
+class MemberReconciler:
+    """Starts stopped replicas and Sentinels of PostgreSQL and Redis clusters."""
+
+    name = RECONCILER
+
+    def applies_to(self, cluster: Any) -> bool:
+        return isinstance(cluster, (PostgresCluster, RedisCluster))
+
+    def observe(self, cluster: Any, session: Any) -> Topology:
+        return session.observe_topology()
+
+    def diff(self, cluster: Any, observed: Topology) -> list[Action]:
+        return planned_starts(cluster, observed)
+
+    def act(self, action: Action, session: Any) -> str:
+        inventory = session.access.inventory
+        if inventory is None:
+            raise PermanentError("starting a member needs the inventory path", cluster=action.cluster,
+                                 host=action.target)
+        try:
+            done = run_shell(action.target, inventory, action.detail["command"], START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise TemporaryError(f"ansible did not finish starting {action.detail['unit']} within "
+                                 f"{START_TIMEOUT}s", cluster=action.cluster, host=action.target) from None
+        if done.returncode == 0:
+            return f"started {action.detail['unit']}"
+        tail = (done.stdout.strip().splitlines() or done.stderr.strip().splitlines() or ["no output"])
+        if "no standby.signal" in done.stdout:
+            raise PermanentError("no standby.signal: this host was a primary; run playbooks/pg_switchover.yml "
+                                 "or rebuild it as a replica with postgres.yml", cluster=action.cluster,
+                                 host=action.target, action="start")
+        if done.returncode == 4:  # ansible: host unreachable
+            raise TemporaryError(f"unreachable for Ansible: {tail[-1][:300]}", cluster=action.cluster,
+                                 host=action.target, action="start")
+        raise TemporaryError(f"start {action.detail['unit']} failed: {tail[-1][:300]}", cluster=action.cluster,
+                             host=action.target, action="start")
+
+    def notes(self, observed: Topology) -> list[str]:
+        return []
+
+    def status(self, cluster: Any, observed: Topology, actions: list[Action]) -> dict[str, Any]:
+        return {"members_down": [a.target for a in actions]}

@@ -1,0 +1,43 @@
+"""The members reconciler's pure diff: which stopped servers it would start, and which it must leave alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dbfleet.engines.base import Member, Topology
+from dbfleet.reconcile.members import planned_starts, postgres_start_command
+from dbfleet.spec import load_fleet
+
+FLEET = load_fleet(Path(__file__).resolve().parents[2] / "fleet.example.yaml")
+PG = FLEET.cluster("pg-main")
+CACHE = FLEET.of_engine("redis")[0]
+
+
+def pg(primary: str | None, *down: str) -> Topology:
+    return Topology("pg-main", "postgres", primary,
+                    tuple(Member(h, "unknown" if h in down else ("primary" if h == primary else "replica"),
+                                 h not in down, "connection refused" if h in down else "")
+                          for h in PG.host_names()))
+
+
+def test_a_stopped_replica_is_started_with_the_standby_guard() -> None:
+    [start] = planned_starts(PG, pg("pg-1", "pg-3"))
+    assert (start.kind, start.target, start.destructive, start.changes) == ("start", "pg-3", False, True)
+    assert "pg-3 does not answer (connection refused) while primary pg-1 does" in start.reason
+    assert start.detail["command"] == postgres_start_command(PG.version)
+    assert "test -f /var/lib/postgresql/15/main/standby.signal ||" in start.detail["command"]
+    assert start.detail["command"].endswith("systemctl start postgresql@15-main")
+
+
+def test_nothing_is_started_without_a_primary_or_when_all_answer() -> None:
+    assert planned_starts(PG, pg(None, "pg-1")) == []
+    assert planned_starts(PG, pg("pg-1")) == []
+
+
+def test_redis_nodes_and_sentinels_get_their_own_units() -> None:
+    members = [Member(h.name, "primary" if h.name == "redis-1" else "replica", h.name != "redis-2")
+               for h in CACHE.data_hosts()]
+    members += [Member(h.name, "sentinel", h.name != "sentinel-3") for h in CACHE.sentinel_hosts()]
+    starts = planned_starts(CACHE, Topology(CACHE.name, "redis", "redis-1", tuple(members)))
+    assert [(a.target, a.detail["unit"]) for a in starts] == [("redis-2", "redis-server"),
+                                                             ("sentinel-3", "redis-sentinel")]
