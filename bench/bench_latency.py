@@ -28,11 +28,9 @@ from typing import Any
 import psycopg
 import yaml
 from dbfleet.engines.base import FleetAccess
-from dbfleet.lab import lifecycle
-from dbfleet.playbook import run_playbook
 from dbfleet.spec import load_fleet
 
-from bench.common import REPO, SPEC, Result
+from bench.common import REPO, SPEC, Result, converged_postgres_lab
 
 LAB = os.environ.get("DBFLEET_BENCH_LAB", "bench")
 CLUSTER = "pg-main"
@@ -130,21 +128,9 @@ def measure(state: Any, access: FleetAccess, workdir: Path) -> list[Result]:
 
 
 def run() -> list[Result]:
-    fleet = load_fleet(SPEC)
-    inventories = REPO / "inventories"
-    running = {row["engine"] for row in lifecycle.status(LAB) if row["engine"]}
-    state = lifecycle.up(fleet, LAB, inventories, running | {"postgres"})
-    try:
-        converge = run_playbook("postgres.yml", state.inventory, echo=False)
-        if not converge.ok:
-            raise RuntimeError("postgres.yml converge failed:\n" + converge.output[-3000:])
-        access = FleetAccess.load(state.inventory, state.secrets)
-        with tempfile.TemporaryDirectory(prefix="dbfleet-latency-") as workdir:
-            return measure(state, access, Path(workdir))
-    finally:
-        if os.environ.get("DBFLEET_KEEP_LAB") != "1":
-            lifecycle.down(LAB, inventories)
-
+    with converged_postgres_lab(LAB) as (state, access), \
+            tempfile.TemporaryDirectory(prefix="dbfleet-latency-") as workdir:
+        return measure(state, access, Path(workdir))
 
 if __name__ == "__main__":
     for result in run():

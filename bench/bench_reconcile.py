@@ -18,13 +18,11 @@ from typing import Any
 
 import psycopg
 from dbfleet.engines.base import FleetAccess
-from dbfleet.lab import lifecycle
-from dbfleet.playbook import run_playbook
 from dbfleet.reconcile.indexes import IndexReconciler
 from dbfleet.reconcile.loop import Operator
 from dbfleet.spec import Fleet, PgIndex, PostgresCluster, load_fleet
 
-from bench.common import REPO, SPEC, Result, timed
+from bench.common import SPEC, Result, converged_postgres_lab, timed
 
 LAB = os.environ.get("DBFLEET_BENCH_LAB", "bench")
 CLUSTER = "pg-main"
@@ -130,14 +128,7 @@ def measure(fleet: Fleet, access: FleetAccess, connect: Any) -> list[Result]:
 
 def run() -> list[Result]:
     fleet = load_fleet(SPEC)
-    inventories = REPO / "inventories"
-    running = {row["engine"] for row in lifecycle.status(LAB) if row["engine"]}
-    state = lifecycle.up(fleet, LAB, inventories, running | {"postgres"})  # the inventory keeps what runs
-    try:
-        converge = run_playbook("postgres.yml", state.inventory, echo=False)
-        if not converge.ok:
-            raise RuntimeError("postgres.yml converge failed:\n" + converge.output[-3000:])
-        access = FleetAccess.load(state.inventory, state.secrets)
+    with converged_postgres_lab(LAB) as (_, access):
         pg = fleet.cluster(CLUSTER)
 
         def connect(db: str) -> psycopg.Connection[Any]:
@@ -146,10 +137,6 @@ def run() -> list[Result]:
                                    autocommit=True)
 
         return measure(fleet, access, connect)
-    finally:
-        if os.environ.get("DBFLEET_KEEP_LAB") != "1":
-            lifecycle.down(LAB, inventories)
-
 
 if __name__ == "__main__":
     for result in run():

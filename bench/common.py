@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "fleet.example.yaml"
@@ -47,3 +49,26 @@ def timed() -> Iterator[Timer]:
         yield t
     finally:
         t.seconds = time.perf_counter() - start
+
+
+@contextmanager
+def converged_postgres_lab(lab: str) -> Iterator[tuple[Any, Any]]:
+    """The lab named `lab` with its PostgreSQL hosts up and postgres.yml converged: (lab state, FleetAccess).
+
+    Engines already running are kept in the inventory; the lab goes down afterwards unless DBFLEET_KEEP_LAB=1."""
+    from dbfleet.engines.base import FleetAccess
+    from dbfleet.lab import lifecycle
+    from dbfleet.playbook import run_playbook
+    from dbfleet.spec import load_fleet
+
+    inventories = REPO / "inventories"
+    running = {row["engine"] for row in lifecycle.status(lab) if row["engine"]}
+    state = lifecycle.up(load_fleet(SPEC), lab, inventories, running | {"postgres"})
+    try:
+        converge = run_playbook("postgres.yml", state.inventory, echo=False)
+        if not converge.ok:
+            raise RuntimeError("postgres.yml converge failed:\n" + converge.output[-3000:])
+        yield state, FleetAccess.load(state.inventory, state.secrets)
+    finally:
+        if os.environ.get("DBFLEET_KEEP_LAB") != "1":
+            lifecycle.down(lab, inventories)

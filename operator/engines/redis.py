@@ -12,11 +12,11 @@ from collections import Counter
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
 from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.spec import RedisCluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 MONITOR_USER = "dbfleet_monitor"
 MONITOR_SECRET = "redis_monitor_password"

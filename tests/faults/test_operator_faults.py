@@ -191,7 +191,7 @@ def test_killed_mid_backup_the_next_run_marks_it_orphaned_and_never_counts_it(pg
     primary = lab.container(lab.fleet.cluster(CLUSTER).primary)
 
     def pgbackrest_running() -> bool:
-        found = subprocess.run(["docker", "exec", primary, "pgrep", "-f", "pgbackrest.* backup"],
+        found = subprocess.run(["docker", "exec", primary, "pgrep", "-f", "pgbackrest.* backup"], check=False,
                                capture_output=True, text=True, timeout=30)
         return found.returncode == 0
 
