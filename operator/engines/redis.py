@@ -29,6 +29,10 @@ class RedisSession(EngineSession):
     def __init__(self, cluster: RedisCluster, access: FleetAccess):
         super().__init__(cluster, access)
         self._clients: list[redis.Redis] = []
+        self._topology: Topology | None = None
+
+    def begin_cycle(self) -> None:
+        self._topology = None  # Sentinel may have failed over since the last cycle
 
     def _client(self, host: str, port: int, username: str | None, secret: str) -> redis.Redis:
         client = redis.Redis(host=self.access.address(host), port=port, username=username,
@@ -51,6 +55,12 @@ class RedisSession(EngineSession):
             raise PermanentError(f"{args[0]}: {exc}", host=host) from None
 
     def observe_topology(self) -> Topology:
+        """Read once per cycle: the loop, the capacity check and the members reconciler share it."""
+        if self._topology is None:
+            self._topology = self._read_topology()
+        return self._topology
+
+    def _read_topology(self) -> Topology:
         cluster: RedisCluster = self.cluster
         members: list[Member] = []
         masters: list[str] = []
