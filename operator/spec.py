@@ -312,6 +312,13 @@ class PostgresCluster(ClusterBase):
                 raise ValueError(
                     f"indexes.declared.{i}.database: {idx.database!r} is not one of databases {self.databases}"
                 )
+        canary = self.backup.drill.canary
+        if canary is not None:
+            parts = canary.split(".")
+            if len(parts) > 3 or not all(re.fullmatch(IDENT, part) for part in parts):
+                raise ValueError(f"backup.drill.canary: {canary!r} is not 'table', 'schema.table' or 'database.schema.table'")
+            if len(parts) == 3 and parts[0] not in self.databases:
+                raise ValueError(f"backup.drill.canary: database {parts[0]!r} is not one of databases {self.databases}")
         protected = {"listen_addresses", "port", "ssl", "wal_level", "archive_command", "primary_conninfo"}
         clash = protected.intersection(self.parameters)
         if clash:
@@ -375,6 +382,9 @@ class MongoCluster(ClusterBase):
                 raise ValueError(f"zones.{zone.name}: unknown shards {sorted(unknown)}")
         if self.indexes.declared and not isinstance(self.indexes.declared[0], MongoIndex):
             raise ValueError("indexes.declared: MongoDB indexes take collection and keys")
+        canary = self.backup.drill.canary
+        if canary is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,62}\.[^$\s][^$]{0,119}", canary):
+            raise ValueError(f"backup.drill.canary: {canary!r} is not 'database.collection'")
         return self
 
     def all_hosts(self) -> list[Host]:

@@ -121,6 +121,29 @@ def count_rows(access: BackupAccess, host: str, port: int | None = None, socket:
     return int(result.out.strip()) if result.ok else None
 
 
+def ensure_canary(access: BackupAccess, host: str, port: int) -> None:
+    """Create the spec's canary table, with one row, when it does not exist yet.
+
+    The drill counts its rows in the restored server, so a fresh cluster whose
+    application has not made it yet still gets a provable backup. A table that
+    exists is never written to: its rows are the application's.
+    """
+    where = canary_location(_pg(access.cluster))
+    if where is None or count_rows(access, host, port=port) is not None:
+        return
+    database, table = where
+    schema = f"create schema if not exists {table.split('.')[0]}; " if "." in table else ""
+    result = psql(access, host, f"{schema}create table if not exists {table} (id bigserial primary key, "
+                  "written_at timestamptz not null default now(), note text); "
+                  f"insert into {table}(note) select 'dbfleet restore-drill canary' "
+                  f"where not exists (select 1 from {table})", database, port=port)
+    if result.ok:
+        log.info("%s: created the canary table %s.%s with one row for restore drills", access.name, database, table)
+    else:
+        log.warning("%s: the canary table %s.%s is absent and could not be created: %s", access.name, database,
+                    table, result.tail(2))
+
+
 def _wal_between(access: BackupAccess, archive_id: str, start: str, stop: str) -> list[str]:
     """Keys of the archived WAL segments a backup needs to be consistent (start..stop inclusive)."""
     prefix = f"{repo_prefix(access.name)}archive/{access.name}/{archive_id}/{start[:16]}"
@@ -144,6 +167,7 @@ class PostgresBackups(EngineBackups):
     def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
         cluster = _pg(access.cluster)
         host = find_primary(access)
+        ensure_canary(access, host, cluster.port)
         before = count_rows(access, host, port=cluster.port)
         ran = pgbackrest(access, host, f"--type={pending.kind}", "--no-expire-auto",
                          f"--annotation=dbfleet-id={pending.id}", "backup")

@@ -20,6 +20,7 @@ from dbfleet.backups.runner import mark_orphans, observe, take_backup
 from dbfleet.backups.engine import adapter_for
 from dbfleet.reconcile.actions import Action
 from dbfleet.reconcile.errors import PermanentError
+from dbfleet.reconcile.status import StatusContext, age, register_status_provider
 from dbfleet.spec import Fleet
 
 
@@ -94,6 +95,7 @@ def backup_status(obs: BackupObservation) -> dict[str, Any]:
     return {
         "count": len(obs.manifests),
         "newest_good": good.id if good else None,
+        "newest_good_kind": good.kind if good else None,
         "newest_good_age_s": round((now - (good.finished or good.started)).total_seconds())
         if good else None,
         "last_drill": None if drill is None else {
@@ -103,7 +105,25 @@ def backup_status(obs: BackupObservation) -> dict[str, Any]:
     }
 
 
+def backup_columns(ctx: StatusContext) -> dict[str, Any]:
+    """`status` columns from `backup_status`: newest good backup and its age, the last drill with RTO and RPO."""
+    figures = ctx.report.status.get("backups")
+    if not ctx.cluster.backup.enabled:
+        return {"last_backup": "disabled"}
+    if figures is None:
+        return {}
+    row = {"last_backup": "none" if figures["newest_good"] is None
+           else f"{figures['newest_good_kind']} {age(figures['newest_good_age_s'])} ago"}
+    drill = figures["last_drill"]
+    if drill is None:
+        return {**row, "last_drill": "never", "rto": "-", "rpo": "-"}
+    return {**row, "last_drill": "ok" if drill["ok"] else f"FAILED ({drill['backup']})",
+            "rto": f"{drill['rto_s']:.1f}s" if drill["rto_s"] is not None else "-",
+            "rpo": age(drill["rpo_s"]) if drill["rpo_s"] is not None else "-"}
+
+
 def register() -> None:
     from dbfleet.reconcile.loop import register_reconciler
 
     register_reconciler(BackupReconciler)
+    register_status_provider("backups", backup_columns)

@@ -10,6 +10,7 @@ the manifest, so a drill can tell whether the restored server holds them.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -28,6 +29,8 @@ RDB_NAME = "dump.rdb"
 SCRATCH_DIR = "/tmp/redis-restore"
 LOAD_TIMEOUT = 600.0
 
+log = logging.getLogger(__name__)
+
 
 def _redis(cluster: Any) -> RedisCluster:
     if not isinstance(cluster, RedisCluster):
@@ -43,8 +46,8 @@ def cli(access: BackupAccess, host: str, *args: str, timeout: float = 60) -> Exe
     return access.executor.run(host, argv, env={"REDISCLI_AUTH": access.secret(ADMIN_SECRET)}, timeout=timeout)
 
 
-def pick_replica(access: BackupAccess) -> str:
-    """A replica whose link to the primary is up; the primary only when no replica is."""
+def _roles(access: BackupAccess) -> list[tuple[str, str, str]]:
+    """(host, role, master_link_status) of every data node that answers."""
     cluster = _redis(access.cluster)
     answered = []
     for host in [h.name for h in cluster.data_hosts()]:
@@ -56,6 +59,13 @@ def pick_replica(access: BackupAccess) -> str:
             continue
         fields = dict(line.split(":", 1) for line in info.out.splitlines() if ":" in line)
         answered.append((host, fields.get("role", "").strip(), fields.get("master_link_status", "").strip()))
+    return answered
+
+
+def pick_replica(access: BackupAccess) -> str:
+    """A replica whose link to the primary is up; the primary only when no replica is."""
+    cluster = _redis(access.cluster)
+    answered = _roles(access)
     for host, role, link in answered:
         if role == "slave" and link == "up":
             return host
@@ -63,6 +73,30 @@ def pick_replica(access: BackupAccess) -> str:
         if role == "master":
             return host
     raise TemporaryError("no Redis data node answers", cluster=cluster.name, action="backup")
+
+
+def ensure_canary(access: BackupAccess, replica: str, timeout: float = 10.0) -> None:
+    """Set the spec's canary key on the primary when it is absent (SET NX), then wait until `replica` has it.
+
+    The drill compares the key in the restored server with its value at backup
+    time, so a fresh cluster still gets a provable snapshot. A key that exists
+    is never overwritten.
+    """
+    cluster = _redis(access.cluster)
+    key = cluster.backup.drill.canary
+    if not key or cli(access, replica, "EXISTS", key).out.strip() == "1":
+        return
+    primary = next((host for host, role, _ in _roles(access) if role == "master"), None)
+    if primary is None:
+        return
+    value = f"dbfleet restore-drill canary, set {utcnow().isoformat(timespec='seconds')}"
+    if not cli(access, primary, "SET", key, value, "NX").ok:
+        log.warning("%s: the canary key %s is absent and could not be set", access.name, key)
+        return
+    log.info("%s: set the canary key %s for restore drills", access.name, key)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and cli(access, replica, "EXISTS", key).out.strip() != "1":
+        time.sleep(0.2)
 
 
 def _dbsize(result: ExecResult) -> int | None:
@@ -81,6 +115,7 @@ class RedisBackups(EngineBackups):
     def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
         cluster = _redis(access.cluster)
         host = pick_replica(access)
+        ensure_canary(access, host)
         canary_key = cluster.backup.drill.canary
         before = _dbsize(cli(access, host, "DBSIZE"))
         canary = cli(access, host, "--raw", "GET", canary_key).out.rstrip("\n") if canary_key else None

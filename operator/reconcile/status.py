@@ -57,9 +57,9 @@ def _pending(ctx: StatusContext) -> dict[str, Any]:
 def _last_reconcile(ctx: StatusContext) -> dict[str, Any]:
     if not ctx.last:
         return {"last_reconcile": "never"}
-    age = time.time() - float(ctx.last.get("at", 0))
+    seconds = time.time() - float(ctx.last.get("at", 0))
     result = "ok" if ctx.last.get("ok") else "FAILED"
-    return {"last_reconcile": f"{result} {_age(age)} ago ({ctx.last.get('done', 0)} changes)"}
+    return {"last_reconcile": f"{result} {age(seconds)} ago ({ctx.last.get('done', 0)} changes)"}
 
 
 def _indexes(ctx: StatusContext) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def _indexes(ctx: StatusContext) -> dict[str, Any]:
     return {k: ctx.report.status[k] for k in keys if k in ctx.report.status}
 
 
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"

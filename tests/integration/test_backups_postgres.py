@@ -147,3 +147,17 @@ def test_corrupted_backup_file_fails_the_drill_and_names_it(pg: dict) -> None:
     # Never retried into green: the next drill reports the failed backup again instead of restoring it.
     again = run_drill(access)
     assert not again.ok and again.backup_id == backup.id and "already failed" in again.message
+
+
+def test_a_missing_canary_table_is_created_with_one_row_before_the_backup(pg: dict) -> None:
+    """A fresh cluster whose application has not made the canary yet still gets a backup a drill can prove."""
+    name = f"public.canary_{uuid.uuid4().hex[:8]}"
+    drill = pg["access"].cluster.backup.drill.model_copy(update={"canary": name})
+    policy = pg["access"].cluster.backup.model_copy(update={"drill": drill})
+    access = replace(pg["access"], cluster=pg["access"].cluster.model_copy(update={"backup": policy}))
+    try:
+        backup = take_backup(access, "full")
+        assert backup.detail["canary_rows_before"] == 1
+        assert sql(pg, f"select note from {name}") == "dbfleet restore-drill canary"
+    finally:
+        sql(pg, f"drop table if exists {name}")

@@ -54,3 +54,17 @@ def test_redis_round_trips(redis_access) -> None:
     assert [m.status for m in access.storage.manifests(CLUSTER)] == ["verified"]
     assert leftover_scratch(lab.name) == []
     cli(access, primary, "DEL", *values)
+
+
+def test_a_missing_canary_key_is_set_before_the_snapshot_and_proven(redis_access) -> None:
+    """SET NX on the primary, seen by the replica before its snapshot; the drill then finds it restored."""
+    lab, access = redis_access
+    canary = access.cluster.backup.drill.canary
+    cli(access, access.cluster.primary, "DEL", canary)
+    assert int(cli(access, access.cluster.primary, "WAIT", "2", "5000").out.strip()) >= 1
+    backup = take_backup(access, "snapshot")
+    assert str(backup.detail["canary_value"]).startswith("dbfleet restore-drill canary")
+    record = run_drill(access)
+    assert record.ok, record.message
+    check = next(c for c in record.checks if c.name == f"canary {canary}")
+    assert check.ok and "dbfleet restore-drill canary" in check.detail

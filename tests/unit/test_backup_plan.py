@@ -107,3 +107,24 @@ def test_the_loop_reconciler_plans_and_reports_status() -> None:
     import dbfleet.commands.backup  # noqa: F401  (registers the reconciler with the loop)
 
     assert any(r.name == "backups" for r in default_reconcilers())
+
+
+def test_status_shows_the_newest_good_backup_and_the_last_drill() -> None:
+    from dbfleet.backups.reconciler import BackupReconciler, backup_columns
+    from dbfleet.reconcile.loop import ClusterReport
+    from dbfleet.reconcile.status import StatusContext
+
+    cluster = FLEET.cluster("pg-main")
+    full = m("F1", "full", datetime.now(timezone.utc) - timedelta(hours=3))
+    drill = DrillRecord(id="d1", cluster="pg-main", backup_id="F1", started_at=iso(SUNDAY_0205) or "",
+                        finished_at=iso(SUNDAY_0205) or "", ok=True, message="", rto_seconds=12.34,
+                        rpo_seconds=7200)
+    report = ClusterReport("pg-main", "postgres")
+    report.status = BackupReconciler().status(cluster, (cluster, BackupObservation([full], drill)), [])
+    row = backup_columns(StatusContext(cluster, report, {}))
+    assert row == {"last_backup": "full 3h ago", "last_drill": "ok", "rto": "12.3s", "rpo": "2h"}
+    failed = DrillRecord(id="d2", cluster="pg-main", backup_id="F1", started_at=iso(SUNDAY_0205) or "",
+                         finished_at=iso(SUNDAY_0205) or "", ok=False, message="checksum")
+    report.status = BackupReconciler().status(cluster, (cluster, BackupObservation([], failed)), [])
+    row = backup_columns(StatusContext(cluster, report, {}))
+    assert row["last_backup"] == "none" and row["last_drill"] == "FAILED (F1)"

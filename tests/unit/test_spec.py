@@ -57,6 +57,12 @@ BAD_INPUTS = [
      "clusters.0.parameters", "managed by dbfleet"),
     ("min replicas to write above replicas", ("min_replicas_to_write: 1", "min_replicas_to_write: 3"),
      "clusters.2.min_replicas_to_write", "never accept a write"),
+    ("canary not a table", ("canary: public.canary}", "canary: 'public.canary; drop table x'}"),
+     "clusters.0.backup.drill.canary", "'schema.table'"),
+    ("canary in an undeclared database", ("canary: public.canary}", "canary: other.public.canary}"),
+     "clusters.0.backup.drill.canary", "not one of databases"),
+    ("mongo canary without a database", ("canary: app.events}", "canary: events}"),
+     "clusters.1.backup.drill.canary", "'database.collection'"),
     ("wrong api version", ("apiVersion: dbfleet/v1", "apiVersion: dbfleet/v9"), "apiVersion", "dbfleet/v1"),
 ]
 
