@@ -285,6 +285,7 @@ class PostgresCluster(ClusterBase):
     engine: Literal["postgres"]
     version: str = "15"
     ha: Literal["manual", "patroni"] = "manual"
+    """manual: switchover with playbooks/pg_switchover.yml. patroni is reserved and refused at load."""
     hosts: Annotated[list[HostRef], Field(min_length=1)]
     """The first host is the initial primary."""
     replicas: Annotated[int, Field(ge=0)]
@@ -312,6 +313,8 @@ class PostgresCluster(ClusterBase):
                 raise ValueError(
                     f"indexes.declared.{i}.database: {idx.database!r} is not one of databases {self.databases}"
                 )
+        if self.ha == "patroni":
+            raise ValueError("ha: patroni is not implemented yet; use ha: manual and playbooks/pg_switchover.yml")
         canary = self.backup.drill.canary
         if canary is not None:
             parts = canary.split(".")

@@ -63,6 +63,7 @@ BAD_INPUTS = [
      "clusters.0.backup.drill.canary", "not one of databases"),
     ("mongo canary without a database", ("canary: app.events}", "canary: events}"),
      "clusters.1.backup.drill.canary", "'database.collection'"),
+    ("patroni not implemented", ("    ha: manual\n", "    ha: patroni\n"), "clusters.0.ha", "not implemented yet"),
     ("wrong api version", ("apiVersion: dbfleet/v1", "apiVersion: dbfleet/v9"), "apiVersion", "dbfleet/v1"),
 ]
 
