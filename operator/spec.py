@@ -319,9 +319,11 @@ class PostgresCluster(ClusterBase):
         if canary is not None:
             parts = canary.split(".")
             if len(parts) > 3 or not all(re.fullmatch(IDENT, part) for part in parts):
-                raise ValueError(f"backup.drill.canary: {canary!r} is not 'table', 'schema.table' or 'database.schema.table'")
+                raise ValueError(f"backup.drill.canary: {canary!r} is not 'table', 'schema.table' "
+                                 "or 'database.schema.table'")
             if len(parts) == 3 and parts[0] not in self.databases:
-                raise ValueError(f"backup.drill.canary: database {parts[0]!r} is not one of databases {self.databases}")
+                raise ValueError(f"backup.drill.canary: database {parts[0]!r} is not one of databases "
+                                 f"{self.databases}")
         protected = {"listen_addresses", "port", "ssl", "wal_level", "archive_command", "primary_conninfo"}
         clash = protected.intersection(self.parameters)
         if clash:

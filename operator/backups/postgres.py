@@ -121,16 +121,17 @@ def count_rows(access: BackupAccess, host: str, port: int | None = None, socket:
     return int(result.out.strip()) if result.ok else None
 
 
-def ensure_canary(access: BackupAccess, host: str, port: int) -> None:
-    """Create the spec's canary table, with one row, when it does not exist yet.
+def ensure_canary(access: BackupAccess, host: str, port: int) -> int | None:
+    """The canary table's row count, after creating the table with one row when it does not exist yet.
 
     The drill counts its rows in the restored server, so a fresh cluster whose
     application has not made it yet still gets a provable backup. A table that
     exists is never written to: its rows are the application's.
     """
     where = canary_location(_pg(access.cluster))
-    if where is None or count_rows(access, host, port=port) is not None:
-        return
+    rows = count_rows(access, host, port=port)
+    if where is None or rows is not None:
+        return rows
     database, table = where
     schema = f"create schema if not exists {table.split('.')[0]}; " if "." in table else ""
     result = psql(access, host, f"{schema}create table if not exists {table} (id bigserial primary key, "
@@ -139,9 +140,10 @@ def ensure_canary(access: BackupAccess, host: str, port: int) -> None:
                   f"where not exists (select 1 from {table})", database, port=port)
     if result.ok:
         log.info("%s: created the canary table %s.%s with one row for restore drills", access.name, database, table)
-    else:
-        log.warning("%s: the canary table %s.%s is absent and could not be created: %s", access.name, database,
-                    table, result.tail(2))
+        return count_rows(access, host, port=port)
+    log.warning("%s: the canary table %s.%s is absent and could not be created: %s", access.name, database,
+                table, result.tail(2))
+    return None
 
 
 def _wal_between(access: BackupAccess, archive_id: str, start: str, stop: str) -> list[str]:
@@ -167,8 +169,7 @@ class PostgresBackups(EngineBackups):
     def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
         cluster = _pg(access.cluster)
         host = find_primary(access)
-        ensure_canary(access, host, cluster.port)
-        before = count_rows(access, host, port=cluster.port)
+        before = ensure_canary(access, host, cluster.port)
         ran = pgbackrest(access, host, f"--type={pending.kind}", "--no-expire-auto",
                          f"--annotation=dbfleet-id={pending.id}", "backup")
         stanza = stanza_info(access, host)
