@@ -25,7 +25,7 @@ from typing import Any, Callable
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored
 from dbfleet.backups.manifest import Check, Manifest, utcnow
-from dbfleet.backups.spool import measured, spool_file, staged_locally
+from dbfleet.backups.spool import spool_file, staged_locally
 from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
 from dbfleet.reconcile.errors import PermanentError, TemporaryError
 from dbfleet.spec import MongoCluster, ReplicaSet
@@ -152,7 +152,7 @@ class MongoBackups(EngineBackups):
             after = collection_counts(client)
         finally:
             client.close()
-        return pending.completed(utcnow(), measured(access, [k for k, _ in dumps]), oplog=True,
+        return pending.completed(utcnow(), access.storage.measure_many([k for k, _ in dumps]), oplog=True,
                                  dumps=[d for _, d in dumps], counts_before=before, counts_after=after)
 
     def restore(self, access: BackupAccess, backup: Manifest, scratch: Scratch, target: RestoreTarget) -> Restored:

@@ -189,7 +189,7 @@ class PostgresBackups(EngineBackups):
             raise PermanentError(f"backup set {label} has no files under {set_prefix} in "
                                  f"{access.storage.description}; is repo1-path <target>/{repo_prefix(cluster.name)}?",
                                  cluster=cluster.name, action="backup")
-        files = [access.storage.measure(k) for k in keys]
+        files = access.storage.measure_many(keys)
         after = count_rows(access, host, port=cluster.port)
         parent = self._parent_id(access, entry.get("prior"))
         stop = datetime.fromtimestamp(entry["timestamp"]["stop"], timezone.utc)

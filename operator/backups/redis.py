@@ -17,7 +17,7 @@ from typing import Any
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored
 from dbfleet.backups.manifest import Check, Manifest, utcnow
-from dbfleet.backups.spool import measured, spool_file, staged_locally
+from dbfleet.backups.spool import spool_file, staged_locally
 from dbfleet.engines.executor import ExecResult
 from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
 from dbfleet.reconcile.errors import PermanentError, TemporaryError
@@ -126,7 +126,7 @@ class RedisBackups(EngineBackups):
                 raise PermanentError(f"redis-cli --rdb: {result.tail(5)}", cluster=cluster.name, host=host,
                                      action="backup")
         after = _dbsize(cli(access, host, "DBSIZE"))
-        return pending.completed(utcnow(), measured(access, [spool.key]), replica=host,
+        return pending.completed(utcnow(), access.storage.measure_many([spool.key]), replica=host,
                                  snapshot_at=snapshot_at.isoformat(), dbsize_before=before, dbsize_after=after,
                                  canary_key=canary_key, canary_value=canary or None)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.manifest import FileEntry, backup_prefix
+from dbfleet.backups.manifest import backup_prefix
 
 SPOOL_DIR = "/var/tmp/dbfleet-spool"
 
@@ -52,10 +52,6 @@ def spool_file(access: BackupAccess, host: str, backup_id: str, name: str) -> It
     finally:
         if not spool.direct:
             access.executor.run(host, ["rm", "-f", spool.remote_path])
-
-
-def measured(access: BackupAccess, keys: list[str]) -> list[FileEntry]:
-    return [access.storage.measure(k) for k in keys]
 
 
 @contextmanager

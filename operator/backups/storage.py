@@ -12,7 +12,9 @@ import hashlib
 import os
 import shutil
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,6 +30,8 @@ from dbfleet.reconcile.errors import PermanentError, TemporaryError
 from dbfleet.spec import LocalTarget, S3Target
 
 CHUNK = 1 << 20
+MEASURE_THREADS = 4
+"""Files hashed at once: reads and sha256 release the GIL, so a backup set of many files measures in parallel."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,21 @@ class Storage(ABC):
             size += len(chunk)
         return FileEntry(key, size, digest.hexdigest())
 
+    def measure_many(self, keys: list[str]) -> list[FileEntry]:
+        """`measure` of every key, in order, on a few threads."""
+        if len(keys) < 2:
+            return [self.measure(k) for k in keys]
+        with ThreadPoolExecutor(max_workers=MEASURE_THREADS) as pool:
+            return list(pool.map(self.measure, keys))
+
+    def _measure_if_present(self, key: str) -> FileEntry | None:
+        try:
+            return self.measure(key)
+        except FileNotFoundError:
+            return None
+
     def measure_prefix(self, prefix: str, exclude: tuple[str, ...] = ()) -> list[FileEntry]:
-        return [self.measure(o.key) for o in self.list(prefix) if not o.key.endswith(exclude)]
+        return self.measure_many([o.key for o in self.list(prefix) if not o.key.endswith(exclude)])
 
     # -- manifests ---------------------------------------------------------------
 
@@ -122,17 +139,21 @@ class Storage(ABC):
     def verify_files(self, manifest: Manifest) -> list[str]:
         """Each stored file whose size or sha256 differs from the manifest, as 'key: why'. Empty when intact."""
         problems = []
-        for entry in manifest.files:
-            try:
-                now = self.measure(entry.key)
-            except FileNotFoundError:
+        with ThreadPoolExecutor(max_workers=MEASURE_THREADS) as pool:
+            found = list(pool.map(self._measure_if_present, [entry.key for entry in manifest.files]))
+        for entry, now in zip(manifest.files, found):
+            if now is None:
                 problems.append(f"{entry.key}: missing")
-                continue
-            if now.size != entry.size:
+            elif now.size != entry.size:
                 problems.append(f"{entry.key}: size {now.size}, manifest says {entry.size}")
             elif now.sha256 != entry.sha256:
                 problems.append(f"{entry.key}: sha256 {now.sha256[:12]}..., manifest says {entry.sha256[:12]}...")
         return problems
+
+
+@lru_cache(maxsize=4096)
+def _resolved_dir(path: str) -> Path:
+    return Path(path).resolve()
 
 
 class LocalStorage(Storage):
@@ -143,8 +164,13 @@ class LocalStorage(Storage):
         self.description = str(self.root)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents and path != self.root:
+        # Resolving every component of every file is what measuring a backup set of thousands of files spent
+        # its time on: resolve each directory once (cached), and the last component only when it is a link.
+        parent, _, name = (self.root / key).as_posix().rpartition("/")
+        path = _resolved_dir(parent) / name
+        if name in ("", ".", "..") or path.is_symlink():
+            path = path.resolve()
+        if not path.is_relative_to(self.root):
             raise PermanentError(f"key {key!r} leaves the backup root {self.root}")
         return path
 

@@ -69,8 +69,21 @@ def test_unreadable_manifest_is_a_located_error(tmp_path: Path) -> None:
 
 
 def test_keys_cannot_leave_the_root(tmp_path: Path) -> None:
-    with pytest.raises(PermanentError):
-        LocalStorage(tmp_path / "root").put_bytes("../escape", b"x")
+    store = LocalStorage(tmp_path / "root")
+    for key in ("../escape", "a/../../escape", "a/../.."):
+        with pytest.raises(PermanentError):
+            store.put_bytes(key, b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    (tmp_path / "root" / "dir").mkdir(parents=True)
+    (tmp_path / "root" / "dir" / "file-link").symlink_to(outside / "secret")
+    (tmp_path / "root" / "dir-link").symlink_to(outside)
+    for key in ("dir/file-link", "dir-link/secret"):  # a link, as the file or as a directory on the way
+        with pytest.raises(PermanentError, match="leaves the backup root"):
+            store.measure(key)
+    store.put_bytes("dir/inside", b"ok")
+    assert store.measure("dir/inside").size == 2
 
 
 def test_delete_prefix_removes_empty_dirs(tmp_path: Path) -> None:
