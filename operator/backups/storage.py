@@ -14,9 +14,8 @@ import shutil
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from dbfleet.backups.manifest import (
     DrillRecord,
@@ -30,6 +29,7 @@ from dbfleet.reconcile.errors import PermanentError, TemporaryError
 from dbfleet.spec import LocalTarget, S3Target
 
 CHUNK = 1 << 20
+T = TypeVar("T")
 MEASURE_THREADS = 4
 """Files hashed at once: reads and sha256 release the GIL, so a backup set of many files measures in parallel."""
 
@@ -86,12 +86,16 @@ class Storage(ABC):
             size += len(chunk)
         return FileEntry(key, size, digest.hexdigest())
 
-    def measure_many(self, keys: list[str]) -> list[FileEntry]:
-        """`measure` of every key, in order, on a few threads."""
+    def _on_threads(self, fn: Callable[[str], T], keys: list[str]) -> list[T]:
+        """fn of every key, in order, on a few threads."""
         if len(keys) < 2:
-            return [self.measure(k) for k in keys]
+            return [fn(k) for k in keys]
         with ThreadPoolExecutor(max_workers=MEASURE_THREADS) as pool:
-            return list(pool.map(self.measure, keys))
+            return list(pool.map(fn, keys))
+
+    def measure_many(self, keys: list[str]) -> list[FileEntry]:
+        """`measure` of every key, in order."""
+        return self._on_threads(self.measure, keys)
 
     def _measure_if_present(self, key: str) -> FileEntry | None:
         try:
@@ -139,8 +143,7 @@ class Storage(ABC):
     def verify_files(self, manifest: Manifest) -> list[str]:
         """Each stored file whose size or sha256 differs from the manifest, as 'key: why'. Empty when intact."""
         problems = []
-        with ThreadPoolExecutor(max_workers=MEASURE_THREADS) as pool:
-            found = list(pool.map(self._measure_if_present, [entry.key for entry in manifest.files]))
+        found = self._on_threads(self._measure_if_present, [entry.key for entry in manifest.files])
         for entry, now in zip(manifest.files, found):
             if now is None:
                 problems.append(f"{entry.key}: missing")
@@ -151,23 +154,32 @@ class Storage(ABC):
         return problems
 
 
-@lru_cache(maxsize=4096)
-def _resolved_dir(path: str) -> Path:
-    return Path(path).resolve()
-
-
 class LocalStorage(Storage):
     """A directory on the operator's machine: in the lab, the shared backup volume's mountpoint."""
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self.description = str(self.root)
+        self._dirs: dict[str, Path] | None = None
+        """Directories resolved during one bulk operation; None outside one, so every call resolves afresh."""
+
+    def _on_threads(self, fn: Callable[[str], T], keys: list[str]) -> list[T]:
+        # Resolving every component of every file is what measuring a backup set of thousands of files spent
+        # its time on: within one bulk operation, each directory is resolved once.
+        self._dirs = {}
+        try:
+            return super()._on_threads(fn, keys)
+        finally:
+            self._dirs = None
 
     def _path(self, key: str) -> Path:
-        # Resolving every component of every file is what measuring a backup set of thousands of files spent
-        # its time on: resolve each directory once (cached), and the last component only when it is a link.
         parent, _, name = (self.root / key).as_posix().rpartition("/")
-        path = _resolved_dir(parent) / name
+        dirs = self._dirs
+        if dirs is None:
+            resolved = Path(parent).resolve()
+        elif (resolved := dirs.get(parent)) is None:
+            resolved = dirs.setdefault(parent, Path(parent).resolve())
+        path = resolved / name
         if name in ("", ".", "..") or path.is_symlink():
             path = path.resolve()
         if not path.is_relative_to(self.root):

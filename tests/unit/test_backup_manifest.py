@@ -84,6 +84,9 @@ def test_keys_cannot_leave_the_root(tmp_path: Path) -> None:
             store.measure(key)
     store.put_bytes("dir/inside", b"ok")
     assert store.measure("dir/inside").size == 2
+    with pytest.raises(PermanentError, match="leaves the backup root"):  # directories resolved once per batch
+        store.measure_many(["dir/inside", "dir/file-link", "dir-link/secret"])
+    assert [e.size for e in store.measure_many(["dir/inside", "dir/inside"])] == [2, 2]
 
 
 def test_delete_prefix_removes_empty_dirs(tmp_path: Path) -> None:
