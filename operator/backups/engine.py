@@ -8,9 +8,9 @@ locks, orphans, drills, metrics) live in runner.py and drills.py.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.manifest import Check, Manifest, backup_prefix, new_backup_id
@@ -42,6 +42,19 @@ class Restored:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What is found before the pending manifest is written: the tool's version, and facts take() reuses.
+
+    An engine whose source host and canary can be read in the same round trip
+    as the version (PostgreSQL: one call finds the primary, the pgBackRest
+    version and the canary's rows) hands them on here instead of asking again.
+    """
+
+    tool_version: str
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+
 class EngineBackups(ABC):
     """Backup adapter of one engine."""
 
@@ -52,6 +65,10 @@ class EngineBackups(ABC):
     def tool_version(self, access: BackupAccess) -> str:
         """The version string of the tool that takes the backup, from the host that runs it."""
 
+    def prepare(self, access: BackupAccess) -> Prepared:
+        """Everything the backup needs to know before it starts; by default only the tool's version."""
+        return Prepared(self.tool_version(access))
+
     def new_manifest(self, access: BackupAccess, kind: str, now: datetime, version: str) -> Manifest:
         """The pending manifest written before the tool starts."""
         from dbfleet.backups.manifest import PENDING, iso
@@ -60,8 +77,11 @@ class EngineBackups(ABC):
                         status=PENDING, tool=self.tool, tool_version=version, started_at=iso(now) or "")
 
     @abstractmethod
-    def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
-        """Run the tool and return the completed manifest (files measured). Raise on failure."""
+    def take(self, access: BackupAccess, pending: Manifest, prepared: Prepared | None = None) -> Manifest:
+        """Run the tool and return the completed manifest (files measured). Raise on failure.
+
+        `prepared` is what prepare() found just before, when the caller ran it.
+        """
 
     def delete(self, access: BackupAccess, expiries: list[Expiry]) -> list[str]:
         """Delete the chosen backups' files and manifests; return what was deleted, one line each."""

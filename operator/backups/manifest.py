@@ -10,7 +10,7 @@ Manifests live at `dbfleet/<cluster>/<backup id>/manifest.json` in the target.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -159,8 +159,9 @@ class Manifest:
     # -- serialisation -----------------------------------------------------------
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["files"] = [asdict(f) for f in self.files]
+        data = asdict(replace(self, files=()))  # asdict deep-copies: thousands of file entries twice otherwise
+        names = [f.name for f in fields(FileEntry)]
+        data["files"] = [{name: getattr(f, name) for name in names} for f in self.files]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod

@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored
+from dbfleet.backups.engine import EngineBackups, Prepared, RestoreTarget, Restored
 from dbfleet.backups.manifest import Check, Manifest, utcnow
 from dbfleet.backups.spool import spool_file, staged_locally
 from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
@@ -129,7 +129,7 @@ class MongoBackups(EngineBackups):
                                   action=f"mongodump {rs.name}")
         return spool.key, {"replica_set": rs.name, "host": host}
 
-    def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
+    def take(self, access: BackupAccess, pending: Manifest, prepared: Prepared | None = None) -> Manifest:
         cluster = _mongo(access.cluster)
         client = self.client_factory(access)
         sets = [cluster.config_servers, *cluster.shards]

@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored
+from dbfleet.backups.engine import EngineBackups, Prepared, RestoreTarget, Restored
 from dbfleet.backups.manifest import GOOD, Check, Manifest, newest_first, parse_time, utcnow
 from dbfleet.backups.retention import Expiry
 from dbfleet.engines.executor import CommandFailed, ExecResult
@@ -103,8 +105,14 @@ def pgbackrest(access: BackupAccess, host: str, *args: str, env: dict[str, str] 
 
 
 def stanza_info(access: BackupAccess, host: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    out = pgbackrest(access, host, "--output=json", "info", env=env, timeout=600).out
-    stanzas = json.loads(out)
+    return _stanza(access, pgbackrest(access, host, "--output=json", "info", env=env, timeout=600).out)
+
+
+def _stanza(access: BackupAccess, out: str) -> dict[str, Any]:
+    try:
+        stanzas = json.loads(out)
+    except json.JSONDecodeError as exc:
+        raise PermanentError(f"pgbackrest info printed no JSON ({exc}): {out[:200]}", cluster=access.name) from None
     stanza = next((s for s in stanzas if s.get("name") == access.name), None)
     if stanza is None:
         raise PermanentError(f"pgbackrest info has no stanza {access.name}", cluster=access.name)
@@ -121,15 +129,73 @@ def count_rows(access: BackupAccess, host: str, port: int | None = None, socket:
     return int(result.out.strip()) if result.ok else None
 
 
-def ensure_canary(access: BackupAccess, host: str, port: int) -> int | None:
+def canary_count_sql(cluster: PostgresCluster) -> tuple[str, str] | None:
+    """(database, query) counting the canary's rows, or None when the spec names no canary."""
+    where = canary_location(cluster)
+    return None if where is None else (where[0], f"select count(*) from {where[1]}")
+
+
+PROBE_SCRIPT = r"""
+version=$(pgbackrest version) || exit 3
+state=$(psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d postgres -c "select pg_is_in_recovery()") || exit 4
+printf '%s\n%s\n' "$version" "$state"
+[ "$state" = f ] && [ -n "$3" ] || exit 0
+psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d "$2" -c "$3" 2>/dev/null || echo absent
+"""
+"""One round trip per host: pgBackRest's version, whether the server is in recovery and, on the primary,
+the canary's rows ('absent' when the table is not there). Arguments: port, database, count query."""
+
+INFO_SCRIPT = r"""
+pgbackrest --stanza="$1" --output=json info || exit $?
+[ -n "$4" ] || exit 0
+printf '\n%s\n' "$5"
+psql -XAtq -v ON_ERROR_STOP=1 -p "$2" -d "$3" -c "$4" 2>/dev/null || echo absent
+"""
+"""pgbackrest info and the canary's rows in one round trip. Arguments: stanza, port, database, query, marker."""
+INFO_MARK = "--dbfleet-canary-rows--"
+
+
+def _rows(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+def probe_primary(access: BackupAccess) -> tuple[str, str, int | None]:
+    """(primary host, pgBackRest version, canary rows or None): the hosts in spec order, one call each."""
+    cluster = _pg(access.cluster)
+    database, query = canary_count_sql(cluster) or ("postgres", "")
+    seen = []
+    for host in cluster.host_names():
+        try:
+            result = access.executor.run(host, ["sh", "-c", PROBE_SCRIPT, "probe", str(cluster.port), database,
+                                                query], user="postgres", timeout=600)
+        except TemporaryError as exc:
+            seen.append(f"{host}: {exc.message}")
+            continue
+        lines = result.out.strip().splitlines()
+        if result.rc == 3:
+            seen.append(f"{host}: pgbackrest version failed: {result.tail(1)}")
+        elif not result.ok or len(lines) < 2:
+            seen.append(f"{host}: {result.tail(1)}")
+        elif lines[1] == "f":
+            return host, lines[0].strip(), _rows(lines[2]) if len(lines) > 2 else None
+        else:
+            seen.append(f"{host}: replica")
+    raise TemporaryError("no primary answers: " + "; ".join(seen), cluster=cluster.name, action="find primary")
+
+
+def ensure_canary(access: BackupAccess, host: str, port: int, rows: int | None = None, *,
+                  counted: bool = False) -> int | None:
     """The canary table's row count, after creating the table with one row when it does not exist yet.
 
     The drill counts its rows in the restored server, so a fresh cluster whose
     application has not made it yet still gets a provable backup. A table that
-    exists is never written to: its rows are the application's.
+    exists is never written to: its rows are the application's. `counted`
+    says `rows` was read just before (None then means the table is absent).
     """
     where = canary_location(_pg(access.cluster))
-    rows = count_rows(access, host, port=port)
+    if not counted:
+        rows = count_rows(access, host, port=port)
     if where is None or rows is not None:
         return rows
     database, table = where
@@ -144,6 +210,27 @@ def ensure_canary(access: BackupAccess, host: str, port: int) -> int | None:
     log.warning("%s: the canary table %s.%s is absent and could not be created: %s", access.name, database,
                 table, result.tail(2))
     return None
+
+
+def info_and_rows(access: BackupAccess, host: str) -> tuple[dict[str, Any], int | None]:
+    """The stanza's `pgbackrest info` and the canary's rows now, in one call."""
+    cluster = _pg(access.cluster)
+    database, query = canary_count_sql(cluster) or ("postgres", "")
+    out = access.executor.check(host, ["sh", "-c", INFO_SCRIPT, "info", access.name, str(cluster.port), database,
+                                       query, INFO_MARK], user="postgres", timeout=600, action="pgbackrest info").out
+    info, _, rows = out.partition(f"\n{INFO_MARK}\n")
+    return _stanza(access, info), _rows(rows) if query else None
+
+
+def set_prefix(cluster: str, label: str) -> str:
+    """Where one backup set's files sit in the target."""
+    return f"{repo_prefix(cluster)}backup/{cluster}/{label}/"
+
+
+def backup_label(output: str) -> str | None:
+    """The label `pgbackrest backup` logs at console level info ('new backup label = 20261129-201500F')."""
+    match = re.search(r"new backup label = (\S+)", output)
+    return match.group(1) if match else None
 
 
 def _wal_between(access: BackupAccess, archive_id: str, start: str, stop: str) -> list[str]:
@@ -163,34 +250,42 @@ class PostgresBackups(EngineBackups):
     tool = "pgbackrest"
 
     def tool_version(self, access: BackupAccess) -> str:
-        host = find_primary(access)
-        return access.executor.check(host, ["pgbackrest", "version"], action="pgbackrest version").out.strip()
+        return probe_primary(access)[1]
 
-    def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
+    def prepare(self, access: BackupAccess) -> Prepared:
+        host, version, rows = probe_primary(access)
+        return Prepared(version, {"host": host, "canary_rows": rows})
+
+    def take(self, access: BackupAccess, pending: Manifest, prepared: Prepared | None = None) -> Manifest:
         cluster = _pg(access.cluster)
-        host = find_primary(access)
-        before = ensure_canary(access, host, cluster.port)
-        ran = pgbackrest(access, host, f"--type={pending.kind}", "--no-expire-auto",
+        prepared = prepared or self.prepare(access)
+        host = prepared.facts["host"]
+        before = ensure_canary(access, host, cluster.port, prepared.facts["canary_rows"], counted=True)
+        ran = pgbackrest(access, host, f"--type={pending.kind}", "--no-expire-auto", "--log-level-console=info",
                          f"--annotation=dbfleet-id={pending.id}", "backup")
-        stanza = stanza_info(access, host)
+        printed = backup_label(ran.out)
+        # pgbackrest info runs on the host while the set it printed is hashed here: one round trip hidden.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            asked = pool.submit(info_and_rows, access, host)
+            early = access.storage.measure_prefix(set_prefix(cluster.name, printed)) if printed else []
+            stanza, after = asked.result()
         entry = next((b for b in stanza.get("backup", []) if (b.get("annotation") or {}).get("dbfleet-id")
                       == pending.id), None)
         if entry is None:
             raise PermanentError(f"pgbackrest reports no backup annotated dbfleet-id={pending.id}",
                                  cluster=cluster.name, host=host, action="backup")
         label = entry["label"]
-        archive_id = next((a["id"] for a in stanza.get("archive", [])
-                           if a.get("database", {}).get("id") == entry["database"]["id"]), None)
-        set_prefix = f"{repo_prefix(cluster.name)}backup/{cluster.name}/{label}/"
-        keys = [o.key for o in access.storage.list(set_prefix)]
-        if archive_id:
-            keys += _wal_between(access, archive_id, entry["archive"]["start"], entry["archive"]["stop"])
-        if not keys:
-            raise PermanentError(f"backup set {label} has no files under {set_prefix} in "
+        prefix = set_prefix(cluster.name, label)
+        files = early if label == printed and early else access.storage.measure_prefix(prefix)
+        if not files:
+            raise PermanentError(f"backup set {label} has no files under {prefix} in "
                                  f"{access.storage.description}; is repo1-path <target>/{repo_prefix(cluster.name)}?",
                                  cluster=cluster.name, action="backup")
-        files = access.storage.measure_many(keys)
-        after = count_rows(access, host, port=cluster.port)
+        archive_id = next((a["id"] for a in stanza.get("archive", [])
+                           if a.get("database", {}).get("id") == entry["database"]["id"]), None)
+        if archive_id:
+            files += access.storage.measure_many(_wal_between(access, archive_id, entry["archive"]["start"],
+                                                              entry["archive"]["stop"]))
         parent = self._parent_id(access, entry.get("prior"))
         stop = datetime.fromtimestamp(entry["timestamp"]["stop"], timezone.utc)
         done = pending.completed(

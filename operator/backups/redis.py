@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored
+from dbfleet.backups.engine import EngineBackups, Prepared, RestoreTarget, Restored
 from dbfleet.backups.manifest import Check, Manifest, utcnow
 from dbfleet.backups.spool import spool_file, staged_locally
 from dbfleet.engines.executor import ExecResult
@@ -112,7 +112,7 @@ class RedisBackups(EngineBackups):
         host = _redis(access.cluster).primary
         return access.executor.check(host, ["redis-cli", "--version"], action="redis-cli --version").out.strip()
 
-    def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
+    def take(self, access: BackupAccess, pending: Manifest, prepared: Prepared | None = None) -> Manifest:
         cluster = _redis(access.cluster)
         host = pick_replica(access)
         ensure_canary(access, host)

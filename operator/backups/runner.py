@@ -42,12 +42,12 @@ def take_backup(access: BackupAccess, kind: str, adapter: EngineBackups | None =
     adapter = adapter or adapter_for(access.cluster.engine)
     with backup_lock(access.name):
         mark_orphans(access)
-        version = adapter.tool_version(access)
-        pending = adapter.new_manifest(access, kind, now or utcnow(), version)
+        prepared = adapter.prepare(access)
+        pending = adapter.new_manifest(access, kind, now or utcnow(), prepared.tool_version)
         access.storage.save_manifest(pending)
         try:
             with access.progress.step(f"{access.name}: {kind} backup {pending.id} with {adapter.tool}"):
-                done = adapter.take(access, pending)
+                done = adapter.take(access, pending, prepared)
         except Exception as exc:
             message = exc.render() if isinstance(exc, ReconcileError) else f"{type(exc).__name__}: {exc}"
             access.storage.save_manifest(pending.aborted(message, utcnow()))

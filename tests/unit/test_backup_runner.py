@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dbfleet.backups.access import BackupAccess, backup_lock, backup_running
-from dbfleet.backups.engine import EngineBackups
+from dbfleet.backups.engine import EngineBackups, Prepared
 from dbfleet.backups.manifest import Manifest, utcnow
 from dbfleet.backups.runner import take_backup
 from dbfleet.backups.storage import LocalStorage
@@ -29,7 +29,7 @@ class FileTool(EngineBackups):
     def tool_version(self, access: BackupAccess) -> str:
         return "1.0"
 
-    def take(self, access: BackupAccess, pending: Manifest) -> Manifest:
+    def take(self, access: BackupAccess, pending: Manifest, prepared: Prepared | None = None) -> Manifest:
         if self.fail is not None:
             raise self.fail
         key = f"dbfleet/cache/{pending.id}/dump.rdb"
