@@ -21,8 +21,7 @@ import logging
 import os
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -139,20 +138,48 @@ PROBE_SCRIPT = r"""
 version=$(pgbackrest version) || exit 3
 state=$(psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d postgres -c "select pg_is_in_recovery()") || exit 4
 printf '%s\n%s\n' "$version" "$state"
-[ "$state" = f ] && [ -n "$3" ] || exit 0
-psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d "$2" -c "$3" 2>/dev/null || echo absent
 """
-"""One round trip per host: pgBackRest's version, whether the server is in recovery and, on the primary,
-the canary's rows ('absent' when the table is not there). Arguments: port, database, count query."""
+"""One round trip per host: pgBackRest's version and whether the server is in recovery. Argument: port."""
 
-INFO_SCRIPT = r"""
-pgbackrest --stanza="$1" --output=json info || exit $?
-[ -n "$4" ] || exit 0
-printf '\n%s\n' "$5"
-psql -XAtq -v ON_ERROR_STOP=1 -p "$2" -d "$3" -c "$4" 2>/dev/null || echo absent
+BACKUP_SCRIPT = r"""
+state=$(psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d postgres -c "select pg_is_in_recovery()" 2>&1) || {
+  echo "dbfleet-refused: the server does not answer: $state"; exit 3; }
+[ "$state" = f ] || { echo "dbfleet-refused: in recovery"; exit 3; }
+count() { psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d "$2" -c "$3" 2>/dev/null; }
+if [ -n "$3" ]; then
+  rows=$(count "$@") || { echo "dbfleet-refused: canary absent"; exit 3; }
+  echo "dbfleet-rows-before: $rows"
+fi
+port=$1 database=$2 query=$3 stanza=$4
+shift 4
+start=$(date +%s%N)
+pgbackrest --stanza="$stanza" "$@" || exit $?
+echo "dbfleet-tool-ms: $(( ($(date +%s%N) - start) / 1000000 ))"
+if [ -n "$query" ]; then echo "dbfleet-rows-after: $(count "$port" "$database" "$query" || echo absent)"; fi
+echo "dbfleet-info:"
+exec pgbackrest --stanza="$stanza" --output=json info
 """
-"""pgbackrest info and the canary's rows in one round trip. Arguments: stanza, port, database, query, marker."""
-INFO_MARK = "--dbfleet-canary-rows--"
+"""The backup in one round trip: on the primary only, the canary's rows, `pgbackrest backup` with the
+remaining arguments and how long it ran, the rows after, and `pgbackrest info` last. Arguments: port,
+database, count query ('' for none), stanza, pgbackrest's arguments. A refusal prints 'dbfleet-refused: why'
+before pgbackrest has run."""
+REFUSED = "dbfleet-refused: "
+CANARY_ABSENT = "canary absent"
+INFO_MARK = "dbfleet-info:\n"
+
+
+@dataclass(frozen=True)
+class BackupRun:
+    """What the backup script printed, parsed."""
+
+    result: ExecResult
+    host: str
+    stanza: dict[str, Any]
+    """`pgbackrest info` of the stanza, right after the backup."""
+    rows_before: int | None
+    rows_after: int | None
+    tool_seconds: float
+    """pgBackRest's own run, timed on the host."""
 
 
 def _rows(text: str) -> int | None:
@@ -160,15 +187,14 @@ def _rows(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def probe_primary(access: BackupAccess) -> tuple[str, str, int | None]:
-    """(primary host, pgBackRest version, canary rows or None): the hosts in spec order, one call each."""
+def probe_primary(access: BackupAccess) -> tuple[str, str]:
+    """(primary host, pgBackRest version): the hosts in spec order, one call each, up to the primary."""
     cluster = _pg(access.cluster)
-    database, query = canary_count_sql(cluster) or ("postgres", "")
     seen = []
     for host in cluster.host_names():
         try:
-            result = access.executor.run(host, ["sh", "-c", PROBE_SCRIPT, "probe", str(cluster.port), database,
-                                                query], user="postgres", timeout=600)
+            result = access.executor.run(host, ["sh", "-c", PROBE_SCRIPT, "probe", str(cluster.port)],
+                                         user="postgres", timeout=600)
         except TemporaryError as exc:
             seen.append(f"{host}: {exc.message}")
             continue
@@ -178,26 +204,69 @@ def probe_primary(access: BackupAccess) -> tuple[str, str, int | None]:
         elif not result.ok or len(lines) < 2:
             seen.append(f"{host}: {result.tail(1)}")
         elif lines[1] == "f":
-            return host, lines[0].strip(), _rows(lines[2]) if len(lines) > 2 else None
+            return host, lines[0].strip()
         else:
             seen.append(f"{host}: replica")
     raise TemporaryError("no primary answers: " + "; ".join(seen), cluster=cluster.name, action="find primary")
 
 
-def ensure_canary(access: BackupAccess, host: str, port: int, rows: int | None = None, *,
-                  counted: bool = False) -> int | None:
-    """The canary table's row count, after creating the table with one row when it does not exist yet.
+def backup_on_primary(access: BackupAccess, host: str, args: list[str]) -> BackupRun:
+    """Run `pgbackrest --stanza=<cluster> <args>` on the primary in one call, from `host` (the last known primary).
+
+    When `host` is not the primary any more, the hosts are probed and the
+    backup starts on the one that is; a missing canary table is created first.
+    """
+    cluster = _pg(access.cluster)
+    database, query = canary_count_sql(cluster) or ("postgres", "")
+    why = ""
+    for _ in range(3):
+        argv = ["sh", "-c", BACKUP_SCRIPT, "backup", str(cluster.port), database, query, cluster.name, *args]
+        try:
+            ran = access.executor.run(host, argv, user="postgres", timeout=6 * 3600)
+        except TemporaryError as exc:
+            why = f"{host}: {exc.message}"
+            host = probe_primary(access)[0]
+            continue
+        first = ran.out.lstrip().partition("\n")[0]
+        if not first.startswith(REFUSED):
+            return _parsed(access, ran, host)
+        why = f"{host}: {first[len(REFUSED):]}"
+        if first.endswith(CANARY_ABSENT):
+            if not create_canary(access, host, cluster.port):
+                query = ""  # back up without the canary rather than not at all; the drill then says it is missing
+        else:
+            log.info("%s: %s; looking for the primary", cluster.name, why)
+            host = probe_primary(access)[0]
+    raise TemporaryError(f"could not start the backup on the primary ({why})", cluster=cluster.name,
+                         action="backup")
+
+
+def _parsed(access: BackupAccess, ran: ExecResult, host: str) -> BackupRun:
+    log_text, marked, info = ran.out.partition(INFO_MARK)
+    timed = re.search(r"^dbfleet-tool-ms: (\d+)$", log_text, re.M)
+    if not ran.ok or not marked:
+        action = "pgbackrest info" if timed else "pgbackrest backup"
+        raise CommandFailed(f"{action} exited {ran.rc}: {ran.tail()}", result=ran, host=host, cluster=access.name,
+                            action=action)
+
+    def rows(label: str) -> int | None:
+        found = re.search(rf"^dbfleet-rows-{label}: (\d+)$", log_text, re.M)
+        return int(found.group(1)) if found else None
+
+    return BackupRun(ran, host, _stanza(access, info), rows("before"), rows("after"),
+                     int(timed.group(1)) / 1000 if timed else ran.seconds)
+
+
+def create_canary(access: BackupAccess, host: str, port: int) -> bool:
+    """Create the canary table with one row when it does not exist yet; False when it could not be made.
 
     The drill counts its rows in the restored server, so a fresh cluster whose
     application has not made it yet still gets a provable backup. A table that
-    exists is never written to: its rows are the application's. `counted`
-    says `rows` was read just before (None then means the table is absent).
+    exists is never written to: its rows are the application's.
     """
     where = canary_location(_pg(access.cluster))
-    if not counted:
-        rows = count_rows(access, host, port=port)
-    if where is None or rows is not None:
-        return rows
+    if where is None:
+        return False
     database, table = where
     schema = f"create schema if not exists {table.split('.')[0]}; " if "." in table else ""
     result = psql(access, host, f"{schema}create table if not exists {table} (id bigserial primary key, "
@@ -206,31 +275,15 @@ def ensure_canary(access: BackupAccess, host: str, port: int, rows: int | None =
                   f"where not exists (select 1 from {table})", database, port=port)
     if result.ok:
         log.info("%s: created the canary table %s.%s with one row for restore drills", access.name, database, table)
-        return count_rows(access, host, port=port)
+        return True
     log.warning("%s: the canary table %s.%s is absent and could not be created: %s", access.name, database,
                 table, result.tail(2))
-    return None
-
-
-def info_and_rows(access: BackupAccess, host: str) -> tuple[dict[str, Any], int | None]:
-    """The stanza's `pgbackrest info` and the canary's rows now, in one call."""
-    cluster = _pg(access.cluster)
-    database, query = canary_count_sql(cluster) or ("postgres", "")
-    out = access.executor.check(host, ["sh", "-c", INFO_SCRIPT, "info", access.name, str(cluster.port), database,
-                                       query, INFO_MARK], user="postgres", timeout=600, action="pgbackrest info").out
-    info, _, rows = out.partition(f"\n{INFO_MARK}\n")
-    return _stanza(access, info), _rows(rows) if query else None
+    return False
 
 
 def set_prefix(cluster: str, label: str) -> str:
     """Where one backup set's files sit in the target."""
     return f"{repo_prefix(cluster)}backup/{cluster}/{label}/"
-
-
-def backup_label(output: str) -> str | None:
-    """The label `pgbackrest backup` logs at console level info ('new backup label = 20261129-201500F')."""
-    match = re.search(r"new backup label = (\S+)", output)
-    return match.group(1) if match else None
 
 
 def _wal_between(access: BackupAccess, archive_id: str, start: str, stop: str) -> list[str]:
@@ -253,22 +306,22 @@ class PostgresBackups(EngineBackups):
         return probe_primary(access)[1]
 
     def prepare(self, access: BackupAccess) -> Prepared:
-        host, version, rows = probe_primary(access)
-        return Prepared(version, {"host": host, "canary_rows": rows})
+        """The last backup's host and pgBackRest version, without a call; the hosts are probed only before
+        the first backup. take() moves on to the real primary when that host is not it any more, and the
+        completed manifest carries the version pgBackRest reports for the backup itself."""
+        last = next((m for m in newest_first(access.storage.manifests(access.name)) if m.host and m.tool_version
+                     and m.status in GOOD), None)
+        if last is not None:
+            return Prepared(last.tool_version, {"host": last.host})
+        host, version = probe_primary(access)
+        return Prepared(version, {"host": host})
 
     def take(self, access: BackupAccess, pending: Manifest, prepared: Prepared | None = None) -> Manifest:
         cluster = _pg(access.cluster)
-        prepared = prepared or self.prepare(access)
-        host = prepared.facts["host"]
-        before = ensure_canary(access, host, cluster.port, prepared.facts["canary_rows"], counted=True)
-        ran = pgbackrest(access, host, f"--type={pending.kind}", "--no-expire-auto", "--log-level-console=info",
-                         f"--annotation=dbfleet-id={pending.id}", "backup")
-        printed = backup_label(ran.out)
-        # pgbackrest info runs on the host while the set it printed is hashed here: one round trip hidden.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            asked = pool.submit(info_and_rows, access, host)
-            early = access.storage.measure_prefix(set_prefix(cluster.name, printed)) if printed else []
-            stanza, after = asked.result()
+        start = (prepared or self.prepare(access)).facts["host"]
+        run = backup_on_primary(access, start, [f"--type={pending.kind}", "--no-expire-auto",
+                                                 f"--annotation=dbfleet-id={pending.id}", "backup"])
+        host, stanza = run.host, run.stanza
         entry = next((b for b in stanza.get("backup", []) if (b.get("annotation") or {}).get("dbfleet-id")
                       == pending.id), None)
         if entry is None:
@@ -276,7 +329,7 @@ class PostgresBackups(EngineBackups):
                                  cluster=cluster.name, host=host, action="backup")
         label = entry["label"]
         prefix = set_prefix(cluster.name, label)
-        files = early if label == printed and early else access.storage.measure_prefix(prefix)
+        files = access.storage.measure_prefix(prefix)
         if not files:
             raise PermanentError(f"backup set {label} has no files under {prefix} in "
                                  f"{access.storage.description}; is repo1-path <target>/{repo_prefix(cluster.name)}?",
@@ -294,10 +347,12 @@ class PostgresBackups(EngineBackups):
             wal_start=entry["archive"]["start"], wal_stop=entry["archive"]["stop"], archive_id=archive_id,
             pgbackrest_start=entry["timestamp"]["start"], pgbackrest_stop=entry["timestamp"]["stop"],
             recoverable_to=stop.isoformat(), database_size=entry["info"]["size"],
-            repo_size=entry["info"]["repository"]["size"], canary_rows_before=before, canary_rows_after=after,
-            tool_seconds=round(ran.seconds, 3),
+            repo_size=entry["info"]["repository"]["size"], canary_rows_before=run.rows_before,
+            canary_rows_after=run.rows_after, tool_seconds=round(run.tool_seconds, 3),
         )
-        return replace(done, host=host, parent=parent)
+        version = (entry.get("backrest") or {}).get("version")
+        return replace(done, host=host, parent=parent,
+                       tool_version=f"pgBackRest {version}" if version else pending.tool_version)
 
     @staticmethod
     def _parent_id(access: BackupAccess, prior_label: str | None) -> str | None:

@@ -2,8 +2,9 @@
 
 The scripts run for real in a local `sh`, with `psql` and `pgbackrest` on PATH
 replaced by small scripts that answer as each host would (down, replica,
-primary with or without the canary table). What is tested is the scripts'
-control flow and the parsing of what they print, not a server.
+primary with or without the canary table; a host's state is its environment
+and a directory). What is tested is the scripts' control flow and the parsing
+of what they print, not a server: the real runs are in tests/integration.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Mapping, Sequence
 import pytest
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.postgres import backup_label, info_and_rows, probe_primary
+from dbfleet.backups.postgres import backup_on_primary, probe_primary
 from dbfleet.backups.storage import LocalStorage
 from dbfleet.engines.executor import CommandFailed, ExecResult, Executor
 from dbfleet.reconcile.errors import TemporaryError
@@ -27,14 +28,19 @@ REPO = Path(__file__).resolve().parents[2]
 PSQL = """#!/bin/sh
 case "$*" in
   *pg_is_in_recovery*) [ "$STATE" = down ] && { echo "psql: connection refused" >&2; exit 2; }; echo "$STATE" ;;
-  *"count(*) from public.canary"*) [ "$ROWS" = absent ] && { echo 'relation does not exist' >&2; exit 1; }
-                                   echo "$ROWS" ;;
+  *"create table if not exists public.canary"*) [ "$CREATE" = fail ] && { echo "permission denied" >&2; exit 1; }
+                                                echo 1 > "$HOSTDIR/canary" ;;
+  *"count(*) from public.canary"*) [ -f "$HOSTDIR/canary" ] || { echo 'relation does not exist' >&2; exit 1; }
+                                   cat "$HOSTDIR/canary" ;;
   *) echo "unexpected psql $*" >&2; exit 9 ;;
 esac
 """
 PGBACKREST = """#!/bin/sh
 case "$*" in
   version) echo "pgBackRest 2.45" ;;
+  *" backup") echo "$*" > "$HOSTDIR/backup-args"; [ "$BACKUP" = fail ] && { echo "ERROR: [082]: WAL timeout" >&2
+              exit 82; }
+              [ -f "$HOSTDIR/canary" ] && echo $(( $(cat "$HOSTDIR/canary") + 1 )) > "$HOSTDIR/canary"; true ;;
   "--stanza=pg-main --output=json info") [ "$INFO" = fail ] && { echo "stanza missing" >&2; exit 55; }
       echo '[{"name": "pg-main", "backup": [{"label": "20261129-000000F"}]}]' ;;
   *) echo "unexpected pgbackrest $*" >&2; exit 9 ;;
@@ -49,13 +55,21 @@ class LocalHosts(Executor):
         self.bin_dir = bin_dir
         self.hosts = hosts
         self.calls: list[str] = []
+        for host, state in hosts.items():
+            self.dir(host).mkdir()
+            if state.get("ROWS", "absent") != "absent":
+                (self.dir(host) / "canary").write_text(state["ROWS"] + "\n")
+
+    def dir(self, host: str) -> Path:
+        return self.bin_dir.parent / host
 
     def run(self, host: str, argv: Sequence[str], *, user: str | None = None, env: Mapping[str, str] | None = None,
             timeout: float | None = 3600) -> ExecResult:
         self.calls.append(host)
         if self.hosts[host].get("STATE") == "gone":
             raise TemporaryError("container is not running", host=host)
-        environ = {"PATH": f"{self.bin_dir}:{os.environ['PATH']}", **self.hosts[host]}
+        environ = {"PATH": f"{self.bin_dir}:{os.environ['PATH']}", "HOSTDIR": str(self.dir(host)),
+                   **self.hosts[host]}
         proc = subprocess.run(list(argv), capture_output=True, text=True, env=environ, timeout=timeout)
         return ExecResult(proc.returncode, proc.stdout, proc.stderr)
 
@@ -78,23 +92,17 @@ def access_with(bin_dir: Path, tmp_path: Path, hosts: Mapping[str, Mapping[str, 
     return BackupAccess(fleet.cluster("pg-main"), LocalHosts(bin_dir, hosts), LocalStorage(tmp_path / "target"))
 
 
-def test_probe_skips_a_stopped_host_and_a_replica_and_reads_version_and_rows(bin_dir: Path, tmp_path: Path) -> None:
+def test_probe_skips_a_stopped_host_and_a_replica(bin_dir: Path, tmp_path: Path) -> None:
     access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "gone"}, "pg-2": {"STATE": "t"},
-                                             "pg-3": {"STATE": "f", "ROWS": "42"}})
-    assert probe_primary(access) == ("pg-3", "pgBackRest 2.45", 42)
+                                             "pg-3": {"STATE": "f"}})
+    assert probe_primary(access) == ("pg-3", "pgBackRest 2.45")
     assert access.executor.calls == ["pg-1", "pg-2", "pg-3"]  # type: ignore[attr-defined]
 
 
 def test_probe_stops_at_the_first_primary(bin_dir: Path, tmp_path: Path) -> None:
-    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f", "ROWS": "0"}, "pg-2": {"STATE": "t"},
-                                             "pg-3": {"STATE": "t"}})
-    assert probe_primary(access) == ("pg-1", "pgBackRest 2.45", 0)
+    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f"}, "pg-2": {"STATE": "t"}, "pg-3": {"STATE": "t"}})
+    assert probe_primary(access) == ("pg-1", "pgBackRest 2.45")
     assert access.executor.calls == ["pg-1"]  # type: ignore[attr-defined]
-
-
-def test_probe_says_an_absent_canary_table_is_none(bin_dir: Path, tmp_path: Path) -> None:
-    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f", "ROWS": "absent"}, "pg-2": {}, "pg-3": {}})
-    assert probe_primary(access) == ("pg-1", "pgBackRest 2.45", None)
 
 
 def test_no_primary_is_a_temporary_error_naming_every_host(bin_dir: Path, tmp_path: Path) -> None:
@@ -106,22 +114,63 @@ def test_no_primary_is_a_temporary_error_naming_every_host(bin_dir: Path, tmp_pa
     assert "pg-1: psql: connection refused" in text and "pg-2: replica" in text and "pg-3: container" in text
 
 
-def test_info_and_rows_in_one_call(bin_dir: Path, tmp_path: Path) -> None:
-    access = access_with(bin_dir, tmp_path, {"pg-1": {"ROWS": "7"}})
-    stanza, rows = info_and_rows(access, "pg-1")
-    assert stanza["backup"][0]["label"] == "20261129-000000F" and rows == 7
+ARGS = ["--type=full", "--annotation=dbfleet-id=full-1", "backup"]
+
+
+def ran_on(bin_dir: Path, host: str) -> list[str] | None:
+    path = bin_dir.parent / host / "backup-args"
+    return path.read_text().split() if path.exists() else None
+
+
+def test_backup_on_the_last_primary_is_one_call(bin_dir: Path, tmp_path: Path) -> None:
+    """Rows before and after (the fake backup adds one), pgbackrest info, and the tool's own time."""
+    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f", "ROWS": "42"}, "pg-2": {"STATE": "t"},
+                                             "pg-3": {"STATE": "t"}})
+    run = backup_on_primary(access, "pg-1", ARGS)
+    assert (run.host, run.rows_before, run.rows_after) == ("pg-1", 42, 43)
+    assert run.stanza["backup"][0]["label"] == "20261129-000000F" and 0 <= run.tool_seconds < 5
+    assert access.executor.calls == ["pg-1"]  # type: ignore[attr-defined]
+    assert ran_on(bin_dir, "pg-1") == ["--stanza=pg-main", *ARGS]
+
+
+def test_backup_moves_to_the_new_primary_after_a_switchover(bin_dir: Path, tmp_path: Path) -> None:
+    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "t"}, "pg-2": {"STATE": "f", "ROWS": "3"},
+                                             "pg-3": {"STATE": "t"}})
+    run = backup_on_primary(access, "pg-1", ARGS)
+    assert (run.host, run.rows_before) == ("pg-2", 3)
+    assert ran_on(bin_dir, "pg-1") is None  # never ran pgbackrest on the replica
+    assert access.executor.calls == ["pg-1", "pg-1", "pg-2", "pg-2"]  # type: ignore[attr-defined]
+
+
+def test_backup_moves_on_from_a_stopped_container(bin_dir: Path, tmp_path: Path) -> None:
+    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "gone"}, "pg-2": {"STATE": "t"},
+                                             "pg-3": {"STATE": "f", "ROWS": "0"}})
+    run = backup_on_primary(access, "pg-1", ARGS)
+    assert (run.host, run.rows_before) == ("pg-3", 0)
+
+
+def test_a_missing_canary_is_created_before_the_backup(bin_dir: Path, tmp_path: Path) -> None:
+    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f"}, "pg-2": {}, "pg-3": {}})
+    run = backup_on_primary(access, "pg-1", ARGS)
+    assert (run.host, run.rows_before, run.rows_after) == ("pg-1", 1, 2)
+
+
+def test_a_canary_that_cannot_be_made_does_not_stop_the_backup(bin_dir: Path, tmp_path: Path) -> None:
+    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f", "CREATE": "fail"}, "pg-2": {}, "pg-3": {}})
+    run = backup_on_primary(access, "pg-1", ARGS)
+    assert (run.rows_before, run.rows_after) == (None, None) and ran_on(bin_dir, "pg-1") is not None
+
+
+def test_a_failing_backup_raises_with_pgbackrests_error_and_is_not_retried(bin_dir: Path, tmp_path: Path) -> None:
+    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f", "ROWS": "1", "BACKUP": "fail"}, "pg-2": {},
+                                             "pg-3": {}})
+    with pytest.raises(CommandFailed, match=r"pgbackrest backup exited 82: ERROR: \[082\]: WAL timeout"):
+        backup_on_primary(access, "pg-1", ARGS)
     assert access.executor.calls == ["pg-1"]  # type: ignore[attr-defined]
 
 
-def test_info_failing_raises_with_pgbackrests_message(bin_dir: Path, tmp_path: Path) -> None:
-    access = access_with(bin_dir, tmp_path, {"pg-1": {"INFO": "fail", "ROWS": "7"}})
-    with pytest.raises(CommandFailed, match="stanza missing"):
-        info_and_rows(access, "pg-1")
-
-
-def test_the_label_pgbackrest_logs_at_info() -> None:
-    out = ("2026-11-29 20:15:01.123 P00   INFO: backup command begin 2.45: --annotation=dbfleet-id=full-1 ...\n"
-           "2026-11-29 20:15:04.456 P00   INFO: new backup label = 20261129-201501F\n"
-           "2026-11-29 20:15:04.460 P00   INFO: full backup size = 22.5MB, file total = 1262\n")
-    assert backup_label(out) == "20261129-201501F"
-    assert backup_label("") is None
+def test_a_failing_info_after_the_backup_is_named(bin_dir: Path, tmp_path: Path) -> None:
+    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f", "ROWS": "1", "INFO": "fail"}, "pg-2": {},
+                                             "pg-3": {}})
+    with pytest.raises(CommandFailed, match="pgbackrest info exited 55: stanza missing"):
+        backup_on_primary(access, "pg-1", ARGS)
