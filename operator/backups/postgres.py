@@ -142,27 +142,38 @@ printf '%s\n%s\n' "$version" "$state"
 """One round trip per host: pgBackRest's version and whether the server is in recovery. Argument: port."""
 
 BACKUP_SCRIPT = r"""
-state=$(psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d postgres -c "select pg_is_in_recovery()" 2>&1) || {
-  echo "dbfleet-refused: the server does not answer: $state"; exit 3; }
-[ "$state" = f ] || { echo "dbfleet-refused: in recovery"; exit 3; }
-count() { psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d "$2" -c "$3" 2>/dev/null; }
-if [ -n "$3" ]; then
-  rows=$(count "$@") || { echo "dbfleet-refused: canary absent"; exit 3; }
-  echo "dbfleet-rows-before: $rows"
-fi
+out=$(psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d "$2" -c "select pg_is_in_recovery()" ${3:+-c "$3"} 2>&1); rc=$?
+case $(printf '%s\n' "$out" | sed -n 1p) in
+  t) echo "dbfleet-refused: in recovery"; exit 3 ;;
+  f) if [ -n "$3" ]; then
+       [ $rc = 0 ] || { echo "dbfleet-refused: canary absent"; exit 3; }
+       echo "dbfleet-rows-before: $(printf '%s\n' "$out" | sed -n 2p)"
+     fi ;;
+  *) state=$(psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d postgres -c "select pg_is_in_recovery()" 2>&1) || {
+       echo "dbfleet-refused: the server does not answer: $state"; exit 3; }
+     [ "$state" = f ] || { echo "dbfleet-refused: in recovery"; exit 3; }
+     [ -z "$3" ] || { echo "dbfleet-refused: canary absent"; exit 3; } ;;
+esac
 port=$1 database=$2 query=$3 stanza=$4
 shift 4
 start=$(date +%s%N)
 pgbackrest --stanza="$stanza" "$@" || exit $?
 echo "dbfleet-tool-ms: $(( ($(date +%s%N) - start) / 1000000 ))"
-if [ -n "$query" ]; then echo "dbfleet-rows-after: $(count "$port" "$database" "$query" || echo absent)"; fi
+if [ -n "$query" ]; then
+  after=$(mktemp) || exit 1
+  trap 'rm -f "$after"' EXIT
+  psql -XAtq -v ON_ERROR_STOP=1 -p "$port" -d "$database" -c "$query" > "$after" 2>/dev/null &
+fi
+info=$(pgbackrest --stanza="$stanza" --output=json info); rc=$?
+if [ -n "$query" ]; then wait; echo "dbfleet-rows-after: $(cat "$after")"; fi
+[ $rc = 0 ] || exit $rc
 echo "dbfleet-info:"
-exec pgbackrest --stanza="$stanza" --output=json info
+printf '%s\n' "$info"
 """
-"""The backup in one round trip: on the primary only, the canary's rows, `pgbackrest backup` with the
-remaining arguments and how long it ran, the rows after, and `pgbackrest info` last. Arguments: port,
-database, count query ('' for none), stanza, pgbackrest's arguments. A refusal prints 'dbfleet-refused: why'
-before pgbackrest has run."""
+"""The backup in one round trip: on the primary only (one psql call also counts the canary), pgbackrest
+with the remaining arguments, timed on the host, then the canary's rows again beside `pgbackrest info`.
+Arguments: port, canary database, count query ('' for none), stanza, pgbackrest's arguments. A refusal
+prints 'dbfleet-refused: why' before pgbackrest has run."""
 REFUSED = "dbfleet-refused: "
 CANARY_ABSENT = "canary absent"
 INFO_MARK = "dbfleet-info:\n"
@@ -233,7 +244,8 @@ def backup_on_primary(access: BackupAccess, host: str, args: list[str]) -> Backu
         why = f"{host}: {first[len(REFUSED):]}"
         if first.endswith(CANARY_ABSENT):
             if not create_canary(access, host, cluster.port):
-                query = ""  # back up without the canary rather than not at all; the drill then says it is missing
+                # Back up without the canary rather than not at all; the drill then says it is missing.
+                database, query = "postgres", ""
         else:
             log.info("%s: %s; looking for the primary", cluster.name, why)
             host = probe_primary(access)[0]

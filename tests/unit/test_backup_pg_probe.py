@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import pytest
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.postgres import backup_on_primary, probe_primary
+from dbfleet.backups.postgres import PostgresBackups, backup_on_primary, probe_primary
 from dbfleet.backups.storage import LocalStorage
 from dbfleet.engines.executor import CommandFailed, ExecResult, Executor
 from dbfleet.reconcile.errors import TemporaryError
@@ -26,14 +28,22 @@ from dbfleet.spec import load_fleet
 REPO = Path(__file__).resolve().parents[2]
 
 PSQL = """#!/bin/sh
-case "$*" in
-  *pg_is_in_recovery*) [ "$STATE" = down ] && { echo "psql: connection refused" >&2; exit 2; }; echo "$STATE" ;;
-  *"create table if not exists public.canary"*) [ "$CREATE" = fail ] && { echo "permission denied" >&2; exit 1; }
-                                                echo 1 > "$HOSTDIR/canary" ;;
-  *"count(*) from public.canary"*) [ -f "$HOSTDIR/canary" ] || { echo 'relation does not exist' >&2; exit 1; }
-                                   cat "$HOSTDIR/canary" ;;
-  *) echo "unexpected psql $*" >&2; exit 9 ;;
-esac
+[ "$STATE" = down ] && { echo "psql: connection refused" >&2; exit 2; }
+case " $* " in *" -d $NODB "*) echo "FATAL: database \"$NODB\" does not exist" >&2; exit 2 ;; esac
+while [ $# -gt 0 ]; do
+  if [ "$1" = -c ]; then
+    case "$2" in
+      *pg_is_in_recovery*) echo "$STATE" ;;
+      *"create table if not exists public.canary"*) [ "$CREATE" = fail ] && { echo "permission denied" >&2; exit 1; }
+                                                  echo 1 > "$HOSTDIR/canary" ;;
+      *"count(*) from public.canary"*) [ -f "$HOSTDIR/canary" ] || { echo 'relation does not exist' >&2; exit 1; }
+                                       cat "$HOSTDIR/canary" ;;
+      *) echo "unexpected psql $2" >&2; exit 9 ;;
+    esac
+    shift
+  fi
+  shift
+done
 """
 PGBACKREST = """#!/bin/sh
 case "$*" in
@@ -161,6 +171,14 @@ def test_a_canary_that_cannot_be_made_does_not_stop_the_backup(bin_dir: Path, tm
     assert (run.rows_before, run.rows_after) == (None, None) and ran_on(bin_dir, "pg-1") is not None
 
 
+def test_a_missing_canary_database_backs_up_without_the_canary(bin_dir: Path, tmp_path: Path) -> None:
+    """The spec's database is not there yet: the backup still runs, and its drill will say the canary is missing."""
+    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f", "NODB": "app"}, "pg-2": {}, "pg-3": {}})
+    run = backup_on_primary(access, "pg-1", ARGS)
+    assert (run.host, run.rows_before, run.rows_after) == ("pg-1", None, None)
+    assert ran_on(bin_dir, "pg-1") == ["--stanza=pg-main", *ARGS]
+
+
 def test_a_failing_backup_raises_with_pgbackrests_error_and_is_not_retried(bin_dir: Path, tmp_path: Path) -> None:
     access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f", "ROWS": "1", "BACKUP": "fail"}, "pg-2": {},
                                              "pg-3": {}})
@@ -174,3 +192,22 @@ def test_a_failing_info_after_the_backup_is_named(bin_dir: Path, tmp_path: Path)
                                              "pg-3": {}})
     with pytest.raises(CommandFailed, match="pgbackrest info exited 55: stanza missing"):
         backup_on_primary(access, "pg-1", ARGS)
+
+
+def test_prepare_probes_only_before_the_first_backup(bin_dir: Path, tmp_path: Path) -> None:
+    """Later backups start from the last good backup's host and version, without a call of their own."""
+    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "t"}, "pg-2": {"STATE": "f"}, "pg-3": {}})
+    adapter = PostgresBackups()
+    first = adapter.prepare(access)
+    assert (first.tool_version, first.facts["host"]) == ("pgBackRest 2.45", "pg-2")
+    assert access.executor.calls == ["pg-1", "pg-2"]  # type: ignore[attr-defined]
+    pending = adapter.new_manifest(access, "full", datetime(2026, 11, 29, tzinfo=timezone.utc), first.tool_version)
+    access.storage.save_manifest(pending)
+    assert adapter.prepare(access).facts["host"] == "pg-2"  # a pending backup is no evidence: probed again
+    assert access.executor.calls == ["pg-1", "pg-2"] * 2  # type: ignore[attr-defined]
+    access.storage.save_manifest(replace(pending.completed(datetime(2026, 11, 29, 0, 1, tzinfo=timezone.utc), []),
+                                         host="pg-2", tool_version="pgBackRest 2.46"))
+    calls = len(access.executor.calls)  # type: ignore[attr-defined]
+    later = adapter.prepare(access)
+    assert (later.tool_version, later.facts["host"]) == ("pgBackRest 2.46", "pg-2")
+    assert len(access.executor.calls) == calls  # type: ignore[attr-defined]
