@@ -9,7 +9,7 @@ Compares, on the PostgreSQL primary of the lab and into the same backup volume:
 - `pg_dump -Fd -j2` and `pg_basebackup -Ft -z` (time and size);
 - the operator's restore into a scratch container (RTO) against `pg_restore -j2`.
 
-Environment: DBFLEET_BENCH_LAB (default "benchbk"), DBFLEET_BENCH_SCALE (50),
+Environment: DBFLEET_BENCH_LAB (default "benchbk"), DBFLEET_BENCH_SCALE (50), DBFLEET_BENCH_ROUNDS (4),
 DBFLEET_BENCH_NO_CONVERGE=1 to use a lab already configured, DBFLEET_KEEP_LAB=1
 to leave the lab up. The lab needs playbooks/postgres.yml with pgBackRest.
 """
@@ -32,6 +32,7 @@ from dbfleet.spec import load_fleet
 
 LAB = os.environ.get("DBFLEET_BENCH_LAB", "benchbk")
 SCALE = int(os.environ.get("DBFLEET_BENCH_SCALE", "50"))
+ROUNDS = int(os.environ.get("DBFLEET_BENCH_ROUNDS", "4"))
 CLUSTER = "pg-main"
 DB = "bench"
 
@@ -72,10 +73,11 @@ def measure(fleet, inventory) -> list[Result]:
     db_bytes = int(psql(access, host, f"select pg_database_size('{DB}')", port=access.cluster.port).out.strip())
     sh(f"rm -rf {base} && mkdir -p {base} && chown postgres {base}", user=None)
 
-    # Alternate tool and operator twice, so neither always runs on a warm cache.
+    # Alternate tool and operator, so neither always runs on a warm cache; the fastest of each is compared
+    # (a few seconds' runs on a shared machine differ by more than the 5% being measured).
     tool_times, op_times, op_size = [], [], 0
     in_run: list[float] = []
-    for round_ in range(2):
+    for round_ in range(ROUNDS):
         say(f"round {round_ + 1}: pgbackrest full backup by hand")
         with timed() as t:
             sh(f"pgbackrest --stanza={CLUSTER} --type=full --no-expire-auto backup")
@@ -84,7 +86,8 @@ def measure(fleet, inventory) -> list[Result]:
         with timed() as t:
             manifest = take_backup(access, "full")
         op_times.append(t.seconds)
-        # The same run's own split: pgBackRest's seconds against the whole call (immune to load from others).
+        # The same run's own split: the whole call against pgBackRest's own seconds, timed on the host (immune to
+        # load from others; an upper bound, since it also counts the docker exec round trip a run by hand pays).
         in_run.append(t.seconds / manifest.detail["tool_seconds"] - 1)
         op_size = manifest.size_bytes
     tool_s, op_s = min(tool_times), min(op_times)
