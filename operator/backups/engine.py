@@ -46,9 +46,8 @@ class Restored:
 class Prepared:
     """What is found before the pending manifest is written: the tool's version, and facts take() reuses.
 
-    An engine whose source host and canary can be read in the same round trip
-    as the version (PostgreSQL: one call finds the primary, the pgBackRest
-    version and the canary's rows) hands them on here instead of asking again.
+    PostgreSQL hands on the host to start from (the last good backup's, so a
+    backup is one round trip), instead of asking for it again in take().
     """
 
     tool_version: str

@@ -82,18 +82,7 @@ def psql(access: BackupAccess, host: str, sql: str, database: str = "postgres", 
 
 def find_primary(access: BackupAccess) -> str:
     """The host that is not in recovery right now (a switchover may have moved it from the spec's first host)."""
-    cluster = _pg(access.cluster)
-    seen = []
-    for host in cluster.host_names():
-        try:
-            result = psql(access, host, "select pg_is_in_recovery()", port=cluster.port)
-        except TemporaryError as exc:
-            seen.append(f"{host}: {exc.message}")
-            continue
-        if result.ok and result.out.strip() == "f":
-            return host
-        seen.append(f"{host}: {'replica' if result.ok else result.tail(1)}")
-    raise TemporaryError("no primary answers: " + "; ".join(seen), cluster=cluster.name, action="find primary")
+    return probe_primary(access)[0]
 
 
 def pgbackrest(access: BackupAccess, host: str, *args: str, env: dict[str, str] | None = None,
@@ -191,11 +180,6 @@ class BackupRun:
     rows_after: int | None
     tool_seconds: float
     """pgBackRest's own run, timed on the host."""
-
-
-def _rows(text: str) -> int | None:
-    text = text.strip()
-    return int(text) if text.isdigit() else None
 
 
 def probe_primary(access: BackupAccess) -> tuple[str, str]:
