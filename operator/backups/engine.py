@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.manifest import Check, Manifest, backup_prefix, new_backup_id
@@ -52,6 +52,8 @@ class Prepared:
 
     tool_version: str
     facts: Mapping[str, Any] = field(default_factory=dict)
+    history: tuple[Manifest, ...] = ()
+    """The cluster's manifests as read once before the backup (on S3 each one is a GET)."""
 
 
 class EngineBackups(ABC):
@@ -64,9 +66,12 @@ class EngineBackups(ABC):
     def tool_version(self, access: BackupAccess) -> str:
         """The version string of the tool that takes the backup, from the host that runs it."""
 
-    def prepare(self, access: BackupAccess) -> Prepared:
-        """Everything the backup needs to know before it starts; by default only the tool's version."""
-        return Prepared(self.tool_version(access))
+    def prepare(self, access: BackupAccess, history: Sequence[Manifest] | None = None) -> Prepared:
+        """Everything the backup needs to know before it starts; by default the tool's version.
+
+        `history` is the cluster's manifests when the caller has just read them.
+        """
+        return Prepared(self.tool_version(access), history=tuple(history or ()))
 
     def new_manifest(self, access: BackupAccess, kind: str, now: datetime, version: str) -> Manifest:
         """The pending manifest written before the tool starts."""

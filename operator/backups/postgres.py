@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlparse
 
 from dbfleet.backups.access import BackupAccess
@@ -301,21 +301,21 @@ class PostgresBackups(EngineBackups):
     def tool_version(self, access: BackupAccess) -> str:
         return probe_primary(access)[1]
 
-    def prepare(self, access: BackupAccess) -> Prepared:
+    def prepare(self, access: BackupAccess, history: Sequence[Manifest] | None = None) -> Prepared:
         """The last backup's host and pgBackRest version, without a call; the hosts are probed only before
         the first backup. take() moves on to the real primary when that host is not it any more, and the
         completed manifest carries the version pgBackRest reports for the backup itself."""
-        last = next((m for m in newest_first(access.storage.manifests(access.name)) if m.host and m.tool_version
-                     and m.status in GOOD), None)
+        known = tuple(access.storage.manifests(access.name) if history is None else history)
+        last = next((m for m in newest_first(known) if m.host and m.tool_version and m.status in GOOD), None)
         if last is not None:
-            return Prepared(last.tool_version, {"host": last.host})
+            return Prepared(last.tool_version, {"host": last.host}, known)
         host, version = probe_primary(access)
-        return Prepared(version, {"host": host})
+        return Prepared(version, {"host": host}, known)
 
     def take(self, access: BackupAccess, pending: Manifest, prepared: Prepared | None = None) -> Manifest:
         cluster = _pg(access.cluster)
-        start = (prepared or self.prepare(access)).facts["host"]
-        run = backup_on_primary(access, start, [f"--type={pending.kind}", "--no-expire-auto",
+        prepared = prepared or self.prepare(access)
+        run = backup_on_primary(access, prepared.facts["host"], [f"--type={pending.kind}", "--no-expire-auto",
                                                  f"--annotation=dbfleet-id={pending.id}", "backup"])
         host, stanza = run.host, run.stanza
         entry = next((b for b in stanza.get("backup", []) if (b.get("annotation") or {}).get("dbfleet-id")
@@ -335,7 +335,7 @@ class PostgresBackups(EngineBackups):
         if archive_id:
             files += access.storage.measure_many(_wal_between(access, archive_id, entry["archive"]["start"],
                                                               entry["archive"]["stop"]))
-        parent = self._parent_id(access, entry.get("prior"))
+        parent = self._parent_id(prepared.history, entry.get("prior"))
         stop = datetime.fromtimestamp(entry["timestamp"]["stop"], timezone.utc)
         done = pending.completed(
             utcnow(), files, host=host, label=label, type=entry["type"], prior=entry.get("prior"),
@@ -351,13 +351,9 @@ class PostgresBackups(EngineBackups):
                        tool_version=f"pgBackRest {version}" if version else pending.tool_version)
 
     @staticmethod
-    def _parent_id(access: BackupAccess, prior_label: str | None) -> str | None:
-        if not prior_label:
-            return None
-        for m in access.storage.manifests(access.name):
-            if m.detail.get("label") == prior_label:
-                return m.id
-        return None
+    def _parent_id(history: Sequence[Manifest], prior_label: str | None) -> str | None:
+        """Our id of the backup pgBackRest names as this one's prior (diff and incr)."""
+        return next((m.id for m in history if prior_label and m.detail.get("label") == prior_label), None)
 
     def delete(self, access: BackupAccess, expiries: list[Expiry]) -> list[str]:
         """`pgbackrest expire --set` for each chosen root, then WAL older than the oldest remaining full."""

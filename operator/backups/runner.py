@@ -22,10 +22,11 @@ from dbfleet.reconcile.errors import ReconcileError
 log = logging.getLogger(__name__)
 
 
-def mark_orphans(access: BackupAccess) -> list[Manifest]:
-    """Mark every pending manifest orphaned; call only while holding the cluster's backup lock."""
+def mark_orphans(access: BackupAccess, manifests: list[Manifest] | None = None) -> list[Manifest]:
+    """Mark every pending manifest orphaned (of `manifests`, when just read); call only while holding the
+    cluster's backup lock."""
     marked = []
-    for m in access.storage.manifests(access.name):
+    for m in access.storage.manifests(access.name) if manifests is None else manifests:
         if m.status == PENDING:
             orphan = m.orphaned(f"interrupted: still pending when a later run started at {utcnow():%Y-%m-%dT%H:%M}Z")
             access.storage.save_manifest(orphan)
@@ -41,8 +42,9 @@ def take_backup(access: BackupAccess, kind: str, adapter: EngineBackups | None =
 
     adapter = adapter or adapter_for(access.cluster.engine)
     with backup_lock(access.name):
-        mark_orphans(access)
-        prepared = adapter.prepare(access)
+        history = access.storage.manifests(access.name)
+        mark_orphans(access, history)
+        prepared = adapter.prepare(access, history)
         pending = adapter.new_manifest(access, kind, now or utcnow(), prepared.tool_version)
         access.storage.save_manifest(pending)
         try:
