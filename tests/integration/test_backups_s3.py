@@ -73,7 +73,7 @@ def test_s3_storage_round_trip(s3: S3Server, tmp_path: Path) -> None:
 
 def test_wrong_credentials_are_refused(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-    from dbfleet.reconcile.errors import PermanentError
+    from dbfleet.errors import PermanentError
 
     with pytest.raises(PermanentError, match="S3 list"):
         S3Storage(BUCKET, "x", endpoint=s3.endpoint).list("")

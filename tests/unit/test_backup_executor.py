@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from dbfleet.engines.executor import InventoryExecutor, SshExecutor, as_user
-from dbfleet.reconcile.errors import PermanentError
+from dbfleet.errors import PermanentError
 
 
 def test_as_user_uses_runuser_for_non_root() -> None:

@@ -17,7 +17,7 @@ from dbfleet.backups.manifest import (
     new_backup_id,
 )
 from dbfleet.backups.storage import LocalStorage, storage_for
-from dbfleet.reconcile.errors import PermanentError
+from dbfleet.errors import PermanentError
 from dbfleet.spec import LocalTarget
 
 T0 = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)

@@ -16,7 +16,7 @@ from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.mongo import MongoBackups, stop_balancer, with_balancer_stopped
 from dbfleet.backups.storage import LocalStorage
 from dbfleet.engines.executor import CommandFailed, ExecResult
-from dbfleet.reconcile.errors import TemporaryError
+from dbfleet.errors import TemporaryError
 from dbfleet.spec import load_fleet
 
 

@@ -22,7 +22,7 @@ from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.postgres import PostgresBackups, backup_on_primary, probe_primary
 from dbfleet.backups.storage import LocalStorage
 from dbfleet.engines.executor import CommandFailed, ExecResult, Executor
-from dbfleet.reconcile.errors import TemporaryError
+from dbfleet.errors import TemporaryError
 from dbfleet.spec import load_fleet
 
 REPO = Path(__file__).resolve().parents[2]

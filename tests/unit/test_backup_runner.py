@@ -12,7 +12,7 @@ from dbfleet.backups.manifest import Manifest, utcnow
 from dbfleet.backups.runner import take_backup
 from dbfleet.backups.storage import LocalStorage
 from dbfleet.progress import Progress
-from dbfleet.reconcile.errors import TemporaryError
+from dbfleet.errors import TemporaryError
 from dbfleet.spec import load_fleet
 
 FLEET = load_fleet(Path(__file__).resolve().parents[2] / "fleet.example.yaml")

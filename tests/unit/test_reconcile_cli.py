@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from dbfleet.cli import build_parser, main
 from dbfleet.engines.postgres import classify
-from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.errors import PermanentError, TemporaryError
 
 SPEC = str(Path(__file__).resolve().parents[2] / "fleet.example.yaml")
 

@@ -9,7 +9,7 @@ import pytest
 from dbfleet.engines.base import FleetAccess, Member, Topology
 from dbfleet.engines.mongo import stats_window_days
 from dbfleet.engines.redis import _agreed_primary
-from dbfleet.reconcile.errors import PermanentError
+from dbfleet.errors import PermanentError
 
 
 def test_redis_primary_is_what_a_quorum_of_sentinels_names():

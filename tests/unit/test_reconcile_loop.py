@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 
 import pytest
 from dbfleet.engines.base import EngineSession, FleetAccess, Member, Topology
-from dbfleet.reconcile.actions import Action
-from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.actions import Action
+from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.reconcile.leader import FileLeaderLock
 from dbfleet.reconcile.loop import Operator, watch
 from dbfleet.reconcile.retry import ClusterBackoff, RetryPolicy, call_with_retry

@@ -20,7 +20,7 @@ from dbfleet.backups.manifest import Check, Manifest, utcnow
 from dbfleet.backups.spool import spool_file, staged_locally
 from dbfleet.engines.executor import ExecResult
 from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
-from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import RedisCluster
 
 ADMIN_USER = "dbfleet_admin"

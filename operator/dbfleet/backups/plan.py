@@ -15,7 +15,7 @@ from typing import Mapping
 from dbfleet.backups.manifest import FAILED, PENDING, DrillRecord, Manifest, newest_first, utcnow
 from dbfleet.backups.retention import expired_backups
 from dbfleet.backups.scheduler import drill_due, due_backup
-from dbfleet.reconcile.actions import Action
+from dbfleet.actions import Action
 from dbfleet.spec import Fleet
 
 RECONCILER = "backups"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbfleet.monitoring import metrics
-from dbfleet.reconcile.actions import Action
+from dbfleet.actions import Action
 from dbfleet.reconcile.index_defs import (
     DesiredIndex,
     IndexShape,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dbfleet.inventory import read_inventory_hosts
-from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.errors import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dbfleet.backups.engine import EngineBackups, Prepared, RestoreTarget, Resto
 from dbfleet.backups.manifest import Check, Manifest, utcnow
 from dbfleet.backups.spool import spool_file, staged_locally
 from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
-from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import MongoCluster, ReplicaSet
 
 log = logging.getLogger(__name__)

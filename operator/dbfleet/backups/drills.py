@@ -25,7 +25,7 @@ from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored, adapt
 from dbfleet.backups.manifest import FAILED, Check, DrillRecord, Manifest, iso, utcnow
 from dbfleet.backups.plan import drill_candidate
 from dbfleet.lab.scratch import Scratch, scratch_container
-from dbfleet.reconcile.errors import PermanentError, ReconcileError
+from dbfleet.errors import PermanentError, ReconcileError
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
 from dbfleet.reconcile import advice as plans
-from dbfleet.reconcile.actions import Action
-from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryError
+from dbfleet.actions import Action
+from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.reconcile.index_defs import observed_pg, quote_ident, split_table
 from dbfleet.reconcile.indexes import IndexAdvice, ObservedDatabase, ObservedIndexes, TableStats
 from dbfleet.spec import PostgresCluster

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from dbfleet.inventory import read_inventory_hosts
-from dbfleet.reconcile.errors import PermanentError
+from dbfleet.errors import PermanentError
 from dbfleet.secrets import load_secrets
 
 CONNECT_TIMEOUT = 5

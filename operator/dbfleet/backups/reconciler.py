@@ -18,8 +18,8 @@ from dbfleet.backups.plan import RECONCILER, BackupObservation, planned_backup_a
 from dbfleet.backups.retention import expired_backups
 from dbfleet.backups.runner import mark_orphans, observe, take_backup
 from dbfleet.backups.engine import adapter_for
-from dbfleet.reconcile.actions import Action
-from dbfleet.reconcile.errors import PermanentError
+from dbfleet.actions import Action
+from dbfleet.errors import PermanentError
 from dbfleet.reconcile.status import StatusContext, age, register_status_provider
 from dbfleet.spec import Fleet
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from dbfleet.engines.base import Topology
 from dbfleet.playbook import run_shell
-from dbfleet.reconcile.actions import Action
-from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.actions import Action
+from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import PostgresCluster, RedisCluster
 
 RECONCILER = "members"

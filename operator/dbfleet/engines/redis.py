@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
-from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryError
+from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.spec import RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry

@@ -17,7 +17,7 @@ from typing import Any
 from dbfleet.commands.common import add_json_option, add_lab_options, emit, fleet_of, inventory_path
 from dbfleet.engines.base import FleetAccess
 from dbfleet.monitoring import metrics
-from dbfleet.reconcile.errors import ReconcileError
+from dbfleet.errors import ReconcileError
 from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
 from dbfleet.reconcile.loop import CycleReport, Leader, Operator, default_reconcilers, watch
 from dbfleet.reconcile.status import record_cycle

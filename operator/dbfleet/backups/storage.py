@@ -25,7 +25,7 @@ from dbfleet.backups.manifest import (
     cluster_prefix,
     drill_key,
 )
-from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import LocalTarget, S3Target
 
 CHUNK = 1 << 20

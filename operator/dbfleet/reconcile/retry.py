@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dbfleet.reconcile.errors import TemporaryError
+from dbfleet.errors import TemporaryError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 from dbfleet.engines import open_session
 from dbfleet.engines.base import EngineSession, FleetAccess, Topology
 from dbfleet.monitoring import metrics
-from dbfleet.reconcile.actions import Action, Outcome
+from dbfleet.actions import Action, Outcome
 from dbfleet.reconcile.capacity import shrink_problems, unreachable
-from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryError
+from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.reconcile.indexes import IndexReconciler
 from dbfleet.reconcile.members import MemberReconciler
 from dbfleet.reconcile.retry import DEFAULT_RETRY, ClusterBackoff, RetryPolicy, call_with_retry

@@ -33,7 +33,7 @@ from dbfleet.backups.manifest import GOOD, Check, Manifest, newest_first, parse_
 from dbfleet.backups.retention import Expiry
 from dbfleet.engines.executor import CommandFailed, ExecResult
 from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
-from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import PostgresCluster, S3Target
 
 log = logging.getLogger(__name__)

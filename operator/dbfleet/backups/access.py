@@ -19,7 +19,7 @@ from dbfleet.backups.storage import Storage, storage_for
 from dbfleet.engines.executor import Executor, executor_for
 from dbfleet.inventory import read_inventory_hosts
 from dbfleet.progress import Progress
-from dbfleet.reconcile.errors import PermanentError, TemporaryError
+from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.secrets import load_secrets
 from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster, S3Target
 

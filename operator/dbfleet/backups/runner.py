@@ -17,7 +17,7 @@ from dbfleet.backups.engine import EngineBackups, adapter_for
 from dbfleet.backups.manifest import PENDING, Manifest, utcnow
 from dbfleet.backups.plan import BackupObservation
 from dbfleet.backups.retention import Expiry, expired_backups
-from dbfleet.reconcile.errors import ReconcileError
+from dbfleet.errors import ReconcileError
 
 log = logging.getLogger(__name__)
 

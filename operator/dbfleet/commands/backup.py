@@ -19,7 +19,7 @@ from dbfleet.backups.runner import plan_prune, prune, take_backup
 from dbfleet.backups.scheduler import engine_kind
 from dbfleet.commands.common import add_json_option, add_lab_options, emit, fleet_of, inventory_path, table
 from dbfleet.progress import Progress
-from dbfleet.reconcile.errors import ReconcileError
+from dbfleet.errors import ReconcileError
 from dbfleet.secrets import SecretsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

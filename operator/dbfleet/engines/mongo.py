@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
-from dbfleet.reconcile.actions import Action
-from dbfleet.reconcile.errors import PermanentError, ReconcileError, TemporaryError
+from dbfleet.actions import Action
+from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.reconcile.index_defs import observed_mongo
 from dbfleet.reconcile.indexes import ObservedDatabase, ObservedIndexes, TableStats
 from dbfleet.spec import MongoCluster
