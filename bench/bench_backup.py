@@ -20,7 +20,7 @@ import os
 import sys
 
 from bench.common import REPO, SPEC, Result, timed
-from dbfleet.backups.access import open_access
+from dbfleet.wiring import open_access
 from dbfleet.backups.drills import scratch_for
 from dbfleet.backups.engine import RestoreTarget
 from dbfleet.backups.postgres import PostgresBackups, find_primary, psql

@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 import yaml
-from dbfleet.engines.base import FleetAccess
+from dbfleet.engines.access import FleetAccess
 from dbfleet.spec import load_fleet
 
 from bench.common import REPO, SPEC, Result, converged_postgres_lab

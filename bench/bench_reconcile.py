@@ -17,8 +17,8 @@ import statistics
 from typing import Any
 
 import psycopg
-from dbfleet.engines.base import FleetAccess
-from dbfleet.reconcile.indexes import IndexReconciler
+from dbfleet.engines.access import FleetAccess
+from dbfleet.reconcile.index_reconciler import IndexReconciler
 from dbfleet.reconcile.loop import Operator
 from dbfleet.spec import Fleet, PgIndex, PostgresCluster, load_fleet
 

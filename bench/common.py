@@ -56,7 +56,7 @@ def converged_postgres_lab(lab: str) -> Iterator[tuple[Any, Any]]:
     """The lab named `lab` with its PostgreSQL hosts up and postgres.yml converged: (lab state, FleetAccess).
 
     Engines already running are kept in the inventory; the lab goes down afterwards unless DBFLEET_KEEP_LAB=1."""
-    from dbfleet.engines.base import FleetAccess
+    from dbfleet.engines.access import FleetAccess
     from dbfleet.lab import lifecycle
     from dbfleet.playbook import run_playbook
     from dbfleet.spec import load_fleet

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dbfleet.inventory import read_inventory_hosts
+from dbfleet.engines.access import read_inventory_hosts
 from dbfleet.lab import lifecycle
 from dbfleet.lab.topology import container_name
 from dbfleet.playbook import PlaybookResult, run_playbook

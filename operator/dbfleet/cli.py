@@ -10,9 +10,8 @@ from importlib import import_module
 
 from dbfleet import __version__
 from dbfleet.commands import COMMAND_MODULES
+from dbfleet.commands.common import EXIT_OK, EXIT_USAGE
 from dbfleet.spec import SpecError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:

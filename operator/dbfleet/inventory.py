@@ -3,7 +3,8 @@
 The lab writes it from container addresses; inventories/aws/ builds it from
 Pulumi stack outputs. Both call build_inventory, so the playbooks see one shape.
 Each cluster's validated spec is rendered into its group's vars as `cluster`,
-which is how the roles read the spec without parsing YAML themselves.
+which is how the roles read the spec without parsing YAML themselves; files
+dbfleet renders itself from the spec (pgbackrest.conf) travel beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from dbfleet.engines import pgbackrest
+from dbfleet.engines.base import AnyCluster
 from dbfleet.spec import Fleet, MongoCluster, PostgresCluster, RedisCluster
 
 
@@ -82,7 +85,7 @@ def build_inventory(fleet: Fleet, access: dict[str, HostAccess], extra_vars: dic
     for c in fleet.clusters:
         group = cluster_group(c.name)
         if group in children:
-            children[group]["vars"] = {"cluster": c.model_dump(mode="json")}
+            children[group]["vars"] = cluster_vars(c)
     all_vars: dict[str, Any] = {
         "dbfleet_fleet": fleet.fleet.model_dump(mode="json"),
         "dbfleet_monitoring": fleet.monitoring.model_dump(mode="json"),
@@ -90,6 +93,16 @@ def build_inventory(fleet: Fleet, access: dict[str, HostAccess], extra_vars: dic
         **(extra_vars or {}),
     }
     return {"all": {"vars": all_vars, "hosts": hostvars_group["hosts"], "children": children}}
+
+
+def cluster_vars(cluster: AnyCluster) -> dict[str, Any]:
+    """A cluster group's vars: the spec as `cluster`, and the config files dbfleet renders for the roles."""
+    found: dict[str, Any] = {"cluster": cluster.model_dump(mode="json")}
+    if isinstance(cluster, PostgresCluster):
+        found["dbfleet_pgbackrest"] = {"conf": pgbackrest.host_config(cluster),
+                                       "repo_path": pgbackrest.repo_path(cluster),
+                                       "log_path": pgbackrest.HOST_LOG_PATH}
+    return found
 
 
 def write_inventory(inventory: dict[str, Any], directory: Path) -> Path:
@@ -101,8 +114,3 @@ def write_inventory(inventory: dict[str, Any], directory: Path) -> Path:
         path.write_text(text)
     return path
 
-
-def read_inventory_hosts(path: Path) -> dict[str, dict[str, Any]]:
-    """Host vars by host name from a hosts.yml written by write_inventory."""
-    data = yaml.safe_load(path.read_text())
-    return dict(data["all"].get("hosts") or {})

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from dbfleet.backups.access import BackupAccess, open_access
+from dbfleet.backups.access import BackupAccess
+from dbfleet.wiring import open_access
 from dbfleet.backups.manifest import ROOT
 from dbfleet.progress import Progress
 

@@ -11,7 +11,8 @@ from dbfleet.backups.drills import run_drill, scratch_for
 from dbfleet.backups.engine import RestoreTarget
 from dbfleet.backups.redis import RedisBackups, cli
 from dbfleet.backups.runner import take_backup
-from dbfleet.lab.scratch import SCRATCH_HOST, leftover_scratch
+from dbfleet.backups.scratch import SCRATCH_HOST
+from dbfleet.lab.scratch import leftover_scratch
 
 pytestmark = pytest.mark.lab
 CLUSTER = "cache"

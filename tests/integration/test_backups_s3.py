@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from backup_support import converged_lab
-from dbfleet.backups.access import open_access
+from dbfleet.wiring import open_access
 from dbfleet.backups.drills import run_drill
 from dbfleet.backups.manifest import Manifest
 from dbfleet.backups.redis import cli

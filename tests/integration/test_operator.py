@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dbfleet.engines.base import FleetAccess
-from dbfleet.engines.postgres import find_primary
+import psycopg
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.postgres import PostgresSession, connect
 from dbfleet.reconcile.leader import LOCK_KEY, AdvisoryLeaderLock
 from test_indexes import CLUSTER, REPO, PgEnv, changes, outcomes, scratch_database, target
 
@@ -32,12 +33,22 @@ def lock_holders(env: PgEnv) -> list[str]:
     return [row[0] for row in env.sql(LOCK_HOLDERS, dbname="postgres")]
 
 
+def other_operator(env: PgEnv) -> AdvisoryLeaderLock:
+    """A second operator's leader lock, on the primary the engine session finds."""
+    access = FleetAccess.load(env.lab.inventory_path, env.lab.state.secrets)
+
+    def lock_connection() -> psycopg.Connection[Any]:
+        with PostgresSession(env.cluster, access) as session:
+            host = session.primary()
+        return connect(env.cluster, access, host, "postgres", "other-operator")
+
+    return AdvisoryLeaderLock(lock_connection)
+
+
 def test_only_the_lock_holder_acts(pgenv: PgEnv):
     pgenv.dbfleet("reconcile", "--once")
     pgenv.sql("DROP INDEX orders_open_idx")
-    access = FleetAccess.load(pgenv.lab.inventory_path, pgenv.lab.state.secrets)
-    other = AdvisoryLeaderLock(lambda: find_primary(pgenv.cluster, access, "postgres", "other-operator")[1])
-    with other:
+    with other_operator(pgenv) as other:
         assert other.acquire()
         assert lock_holders(pgenv) == ["other-operator"]
         standby = pgenv.dbfleet("reconcile", "--once")
@@ -95,8 +106,7 @@ def test_status_reports_the_cluster(pgenv: PgEnv):
 
 def test_plan_needs_no_lock_and_changes_nothing(pgenv: PgEnv):
     pgenv.sql("DROP INDEX orders_open_idx")
-    access = FleetAccess.load(pgenv.lab.inventory_path, pgenv.lab.state.secrets)
-    with AdvisoryLeaderLock(lambda: find_primary(pgenv.cluster, access, "postgres", "other-operator")[1]) as other:
+    with other_operator(pgenv) as other:
         assert other.acquire()
         plan = pgenv.dbfleet("plan")
         assert changes(plan) == [("create-index", target("orders_open_idx"))]

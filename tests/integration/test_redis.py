@@ -191,3 +191,32 @@ def test_second_converge_changes_nothing(cache: tuple[Any, RedisCluster]) -> Non
     assert result.ok, result.output[-4000:]
     assert result.changed == {}, f"a second run changed {result.changed}"
     assert current_master(lab, cluster) == master
+
+
+def test_a_watching_operator_holds_a_fixed_number_of_redis_connections(
+        cache: tuple[Any, RedisCluster], tmp_path: Any) -> None:
+    """Issue: RedisSession made a client per command and kept them all while the session lived, so under
+    --watch the master's connections grew every cycle. Counted on the master after 2 and after 20 cycles."""
+    from dbfleet.engines.access import FleetAccess
+    from dbfleet.engines.redis import CLIENT_NAME
+    from dbfleet.reconcile.leader import FileLeaderLock
+    from dbfleet.reconcile.loop import Operator, watch
+
+    lab, cluster = cache
+    master = node(lab, current_master(lab, cluster), cluster)
+    access = FleetAccess.load(lab.inventory_path, lab.state.secrets)
+    operator = Operator(lab.fleet, access, reconcilers=[], clusters={cluster.name}, keep_sessions=True)
+    seen: dict[int, tuple[int, int]] = {}
+
+    def count(report: Any) -> None:
+        assert report.ok, report.render()
+        cycle = len(seen) + 1
+        named = sum(c.get("name") == CLIENT_NAME for c in master.client_list())
+        seen[cycle] = (named, int(master.info("clients")["connected_clients"]))
+
+    watch(operator, FileLeaderLock(tmp_path / "leader.lock"), 0.05, count, max_cycles=20)
+    assert len(seen) == 20
+    (named_2, clients_2), (named_20, clients_20) = seen[2], seen[20]
+    assert 1 <= named_2 == named_20, seen
+    # The exporter and the Sentinels reconnect now and then: allow one connection of noise, not 18 cycles' worth.
+    assert clients_20 - clients_2 <= 1, seen

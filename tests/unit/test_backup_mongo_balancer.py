@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from dbfleet.backups.access import BackupAccess
+from dbfleet.engines.access import FleetAccess
 from dbfleet.backups.mongo import MongoBackups, stop_balancer, with_balancer_stopped
 from dbfleet.backups.storage import LocalStorage
 from dbfleet.engines.executor import CommandFailed, ExecResult
@@ -92,7 +93,7 @@ def test_a_failing_shard_dump_still_restarts_the_balancer(tmp_path: Path) -> Non
             return ExecResult(0, "", "")
 
     access = BackupAccess(fleet.cluster("mongo-main"), Hosts(), LocalStorage(tmp_path),  # type: ignore[arg-type]
-                          {"mongo_admin_password": "pw"})
+                          FleetAccess({}, {"mongo_admin_password": "pw"}))
     adapter = MongoBackups()
     adapter.client_factory = lambda a: client  # type: ignore[method-assign]
     pending = adapter.new_manifest(access, "full", datetime(2026, 11, 25, tzinfo=timezone.utc), "100.9")

@@ -1,10 +1,12 @@
-"""The PostgreSQL backup's round trips: the shell scripts that find the primary and read pgbackrest info.
+"""The PostgreSQL backup's round trips: the primary from the engine session, the script that backs up.
 
-The scripts run for real in a local `sh`, with `psql` and `pgbackrest` on PATH
-replaced by small scripts that answer as each host would (down, replica,
-primary with or without the canary table; a host's state is its environment
-and a directory). What is tested is the scripts' control flow and the parsing
-of what they print, not a server: the real runs are in tests/integration.
+The backup script runs for real in a local `sh`, with `psql` and `pgbackrest`
+on PATH replaced by small scripts that answer as each host would (down,
+replica, primary with or without the canary table; a host's state is its
+environment and a directory). The engine session is a stand-in whose topology
+reads the same states, the way the real one asks each member
+pg_is_in_recovery(). What is tested is the control flow and the parsing of
+what the script prints, not a server: the real runs are in tests/integration.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import pytest
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.postgres import PostgresBackups, backup_on_primary, probe_primary
 from dbfleet.backups.storage import LocalStorage
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.base import EngineSession, Member, Topology
 from dbfleet.engines.executor import CommandFailed, ExecResult, Executor
 from dbfleet.errors import TemporaryError
-from dbfleet.spec import load_fleet
+from dbfleet.spec import PostgresCluster, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,31 +101,59 @@ def bin_dir(tmp_path: Path) -> Path:
     return path
 
 
+class StateSession(EngineSession[PostgresCluster]):
+    """The engine session's topology from the hosts' STATE: f is the primary, t a replica, down or gone down."""
+
+    engine = "postgres"
+
+    def __init__(self, cluster: PostgresCluster, hosts: Mapping[str, Mapping[str, str]]):
+        super().__init__(cluster, FleetAccess({}, {}))
+        self.hosts = hosts
+        self.reads = 0
+
+    def read_topology(self) -> Topology:
+        self.reads += 1
+        members = []
+        for host in self.cluster.host_names():
+            state = self.hosts[host].get("STATE")
+            if state in ("down", "gone"):
+                members.append(Member(host, "unknown", False, f"{state}"))
+            else:
+                members.append(Member(host, "primary" if state == "f" else "replica", True))
+        primaries = [m.host for m in members if m.role == "primary"]
+        return Topology(self.cluster.name, self.engine, primaries[0] if len(primaries) == 1 else None, tuple(members))
+
+    def close(self) -> None:
+        pass
+
+
 def access_with(bin_dir: Path, tmp_path: Path, hosts: Mapping[str, Mapping[str, str]]) -> BackupAccess:
-    fleet = load_fleet(REPO / "fleet.example.yaml")
-    return BackupAccess(fleet.cluster("pg-main"), LocalHosts(bin_dir, hosts), LocalStorage(tmp_path / "target"))
+    cluster = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
+    assert isinstance(cluster, PostgresCluster)
+    return BackupAccess(cluster, LocalHosts(bin_dir, hosts), LocalStorage(tmp_path / "target"),
+                        session=StateSession(cluster, hosts))
 
 
-def test_probe_skips_a_stopped_host_and_a_replica(bin_dir: Path, tmp_path: Path) -> None:
+def topology_reads(access: BackupAccess) -> int:
+    return access.session.reads  # type: ignore[union-attr]
+
+
+def test_the_primary_is_the_sessions_and_only_it_is_asked_for_the_version(bin_dir: Path, tmp_path: Path) -> None:
     access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "gone"}, "pg-2": {"STATE": "t"},
                                              "pg-3": {"STATE": "f"}})
     assert probe_primary(access) == ("pg-3", "pgBackRest 2.45")
-    assert access.executor.calls == ["pg-1", "pg-2", "pg-3"]  # type: ignore[attr-defined]
+    assert access.executor.calls == ["pg-3"]  # type: ignore[attr-defined]
+    assert topology_reads(access) == 1
 
 
-def test_probe_stops_at_the_first_primary(bin_dir: Path, tmp_path: Path) -> None:
-    access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "f"}, "pg-2": {"STATE": "t"}, "pg-3": {"STATE": "t"}})
-    assert probe_primary(access) == ("pg-1", "pgBackRest 2.45")
-    assert access.executor.calls == ["pg-1"]  # type: ignore[attr-defined]
-
-
-def test_no_primary_is_a_temporary_error_naming_every_host(bin_dir: Path, tmp_path: Path) -> None:
+def test_no_primary_is_a_temporary_error_naming_the_hosts_down(bin_dir: Path, tmp_path: Path) -> None:
     access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "down"}, "pg-2": {"STATE": "t"},
                                              "pg-3": {"STATE": "gone"}})
     with pytest.raises(TemporaryError) as err:
         probe_primary(access)
     text = err.value.render()
-    assert "pg-1: psql: connection refused" in text and "pg-2: replica" in text and "pg-3: container" in text
+    assert "no primary answers" in text and "pg-1: down" in text and "pg-3: gone" in text
+    assert access.executor.calls == []  # type: ignore[attr-defined]
 
 
 ARGS = ["--type=full", "--annotation=dbfleet-id=full-1", "backup"]
@@ -149,7 +181,8 @@ def test_backup_moves_to_the_new_primary_after_a_switchover(bin_dir: Path, tmp_p
     run = backup_on_primary(access, "pg-1", ARGS)
     assert (run.host, run.rows_before) == ("pg-2", 3)
     assert ran_on(bin_dir, "pg-1") is None  # never ran pgbackrest on the replica
-    assert access.executor.calls == ["pg-1", "pg-1", "pg-2", "pg-2"]  # type: ignore[attr-defined]
+    assert access.executor.calls == ["pg-1", "pg-2"]  # type: ignore[attr-defined]
+    assert topology_reads(access) == 1  # read again once the script refused
 
 
 def test_backup_moves_on_from_a_stopped_container(bin_dir: Path, tmp_path: Path) -> None:
@@ -194,17 +227,18 @@ def test_a_failing_info_after_the_backup_is_named(bin_dir: Path, tmp_path: Path)
         backup_on_primary(access, "pg-1", ARGS)
 
 
-def test_prepare_probes_only_before_the_first_backup(bin_dir: Path, tmp_path: Path) -> None:
-    """Later backups start from the last good backup's host and version, without a call of their own."""
+def test_prepare_asks_the_version_only_before_the_first_backup(bin_dir: Path, tmp_path: Path) -> None:
+    """Later backups take the last good backup's version; the primary is the session's, read once a cycle."""
     access = access_with(bin_dir, tmp_path, {"pg-1": {"STATE": "t"}, "pg-2": {"STATE": "f"}, "pg-3": {}})
     adapter = PostgresBackups()
     first = adapter.prepare(access)
     assert (first.tool_version, first.facts["host"]) == ("pgBackRest 2.45", "pg-2")
-    assert access.executor.calls == ["pg-1", "pg-2"]  # type: ignore[attr-defined]
+    assert access.executor.calls == ["pg-2"]  # type: ignore[attr-defined]
     pending = adapter.new_manifest(access, "full", datetime(2026, 11, 29, tzinfo=timezone.utc), first.tool_version)
     access.storage.save_manifest(pending)
-    assert adapter.prepare(access).facts["host"] == "pg-2"  # a pending backup is no evidence: probed again
-    assert access.executor.calls == ["pg-1", "pg-2"] * 2  # type: ignore[attr-defined]
+    assert adapter.prepare(access).facts["host"] == "pg-2"  # a pending backup is no evidence: asked again
+    assert access.executor.calls == ["pg-2"] * 2  # type: ignore[attr-defined]
+    assert topology_reads(access) == 1
     access.storage.save_manifest(replace(pending.completed(datetime(2026, 11, 29, 0, 1, tzinfo=timezone.utc), []),
                                          host="pg-2", tool_version="pgBackRest 2.46"))
     calls = len(access.executor.calls)  # type: ignore[attr-defined]

@@ -94,37 +94,31 @@ def test_clusters_without_observation_or_disabled_are_skipped() -> None:
 
 def test_the_loop_reconciler_plans_and_reports_status() -> None:
     from dbfleet.backups.reconciler import BackupReconciler
-    from dbfleet.reconcile.loop import default_reconcilers
+    from dbfleet.wiring import reconcilers
 
     cluster = FLEET.cluster("pg-main")
-    reconciler = BackupReconciler()
+    reconciler = BackupReconciler(lambda cluster, session: None)  # type: ignore[arg-type,return-value]
     assert reconciler.applies_to(cluster)
     obs = BackupObservation([m("F1", "full", SUNDAY_0205 - timedelta(days=1))])
     actions = reconciler.diff(cluster, (cluster, obs))
     assert actions and all(a.reconciler == "backups" and a.cluster == "pg-main" for a in actions)
     status = reconciler.status(cluster, (cluster, obs), actions)["backups"]
     assert status["newest_good"] == "F1" and status["last_drill"] is None
-    import dbfleet.commands.backup  # noqa: F401  (registers the reconciler with the loop)
-
-    assert any(r.name == "backups" for r in default_reconcilers())
+    assert [r.name for r in reconcilers()] == ["members", "indexes", "backups"]
 
 
 def test_status_shows_the_newest_good_backup_and_the_last_drill() -> None:
-    from dbfleet.backups.reconciler import BackupReconciler, backup_columns
-    from dbfleet.reconcile.loop import ClusterReport
-    from dbfleet.reconcile.status import StatusContext
+    from dbfleet.backups.reconciler import backup_columns, backup_status
 
     cluster = FLEET.cluster("pg-main")
     full = m("F1", "full", datetime.now(timezone.utc) - timedelta(hours=3))
     drill = DrillRecord(id="d1", cluster="pg-main", backup_id="F1", started_at=iso(SUNDAY_0205) or "",
                         finished_at=iso(SUNDAY_0205) or "", ok=True, message="", rto_seconds=12.34,
                         rpo_seconds=7200)
-    report = ClusterReport("pg-main", "postgres")
-    report.status = BackupReconciler().status(cluster, (cluster, BackupObservation([full], drill)), [])
-    row = backup_columns(StatusContext(cluster, report, {}))
+    status = {"backups": backup_status(BackupObservation([full], drill))}
+    row = backup_columns(cluster, status)
     assert row == {"last_backup": "full 3h ago", "last_drill": "ok", "rto": "12.3s", "rpo": "2h"}
     failed = DrillRecord(id="d2", cluster="pg-main", backup_id="F1", started_at=iso(SUNDAY_0205) or "",
                          finished_at=iso(SUNDAY_0205) or "", ok=False, message="checksum")
-    report.status = BackupReconciler().status(cluster, (cluster, BackupObservation([], failed)), [])
-    row = backup_columns(StatusContext(cluster, report, {}))
+    row = backup_columns(cluster, {"backups": backup_status(BackupObservation([], failed))})
     assert row["last_backup"] == "none" and row["last_drill"] == "FAILED (F1)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dbfleet.engines.base import Member, Topology
+from dbfleet.engines.postgres import pg_paths
 from dbfleet.reconcile.members import planned_starts, postgres_start_command
 from dbfleet.spec import load_fleet
 
@@ -24,7 +25,7 @@ def test_a_stopped_replica_is_started_with_the_standby_guard() -> None:
     [start] = planned_starts(PG, pg("pg-1", "pg-3"))
     assert (start.kind, start.target, start.destructive, start.changes) == ("start", "pg-3", False, True)
     assert "pg-3 does not answer (connection refused) while primary pg-1 does" in start.reason
-    assert start.detail["command"] == postgres_start_command(PG.version)
+    assert start.detail["command"] == postgres_start_command(pg_paths(PG))
     assert "test -f /var/lib/postgresql/15/main/standby.signal ||" in start.detail["command"]
     assert start.detail["command"].endswith("systemctl start postgresql@15-main")
 

@@ -6,8 +6,9 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-from dbfleet.engines.base import FleetAccess, Member, Topology
-from dbfleet.engines.mongo import stats_window_days
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.base import Member, Topology
+from dbfleet.reconcile.mongo_indexes import stats_window_days
 from dbfleet.engines.redis import _agreed_primary
 from dbfleet.errors import PermanentError
 

@@ -8,24 +8,26 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from dbfleet.engines.base import EngineSession, FleetAccess, Member, Topology
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.base import EngineSession, Member, Topology
 from dbfleet.actions import Action
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.reconcile.leader import FileLeaderLock
 from dbfleet.reconcile.loop import Operator, watch
 from dbfleet.reconcile.retry import ClusterBackoff, RetryPolicy, call_with_retry
-from dbfleet.reconcile.status import load_state, record_cycle, register_status_provider, status_columns, status_rows
+from dbfleet.reconcile.status import load_state, record_cycle, status_columns, status_rows
+from dbfleet.wiring import status_providers
 from dbfleet.spec import load_fleet
 
 SPEC = Path(__file__).resolve().parents[2] / "fleet.example.yaml"
 ACCESS = FleetAccess({h.name: "10.0.0.1" for c in load_fleet(SPEC).clusters for h in c.all_hosts()}, {})
 
 
-class Session(EngineSession):
+class Session(EngineSession[Any]):
     engine = "test"
     topology_failures: ClassVar[dict[str, list[Exception]]] = {}
 
-    def observe_topology(self) -> Topology:
+    def read_topology(self) -> Topology:
         self.queries += 1
         pending = self.topology_failures.get(self.cluster.name, [])
         if pending:
@@ -305,13 +307,8 @@ def test_status_rows_come_from_providers_and_the_state_file(tmp_path):
     state = tmp_path / "state.json"
     record_cycle(state, op.run_cycle(apply=True))
     assert load_state(state)["pg-main"]["done"] == 2
-    register_status_provider("test-extra", lambda ctx: {"extra": f"x-{ctx.cluster.name}"})
-    try:
-        rows = status_rows(op.fleet, op.run_cycle(apply=False), load_state(state))
-    finally:
-        from dbfleet.reconcile import status
-
-        status._PROVIDERS.pop("test-extra")
+    providers = [*status_providers(), lambda ctx: {"extra": f"x-{ctx.cluster.name}"}]
+    rows = status_rows(op.fleet, op.run_cycle(apply=False), load_state(state), providers)
     assert [r["cluster"] for r in rows] == ["pg-main", "mongo-main", "cache"]
     assert rows[0]["primary"] == "h1" and rows[0]["members_up"] == "1/1" and rows[0]["pending"] == 2
     assert rows[0]["last_reconcile"].startswith("ok ") and rows[0]["extra"] == "x-pg-main"

@@ -1,29 +1,32 @@
-"""What backing up or restoring one cluster needs: its hosts (an executor), its target (a storage), secrets.
+"""What backing up or restoring one cluster needs: its hosts, its target, its session, a scratch provider.
 
-Built once per command or reconcile cycle from the inventory, the secrets file
-and the spec. In the lab, a local target is seen by the operator at the shared
-volume's mountpoint and scratch containers come from the lab; on AWS a local
-target is the share mounted at the same path, and the target is usually S3.
+A BackupAccess is built from the fleet's one FleetAccess (hosts, credentials,
+executor) and the cluster's engine session (topology, connections), so a
+backup finds the primary the same way the reconcilers do. The storage and the
+scratch provider are chosen by the caller (dbfleet.wiring): in the lab, the
+shared volume's mountpoint and scratch containers; on AWS, usually S3.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Union
 
-from dbfleet.backups.storage import Storage, storage_for
-from dbfleet.engines.executor import Executor, executor_for
-from dbfleet.inventory import read_inventory_hosts
-from dbfleet.progress import Progress
+from dbfleet.backups.scratch import ScratchProvider
+from dbfleet.backups.storage import Storage
+from dbfleet.engines import AnySession
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.base import AnyCluster
+from dbfleet.engines.credentials import Login
+from dbfleet.engines.executor import Executor
 from dbfleet.errors import PermanentError, TemporaryError
-from dbfleet.secrets import load_secrets
-from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster, S3Target
+from dbfleet.progress import Progress
+from dbfleet.spec import S3Target
 
-AnyCluster = Union[PostgresCluster, MongoCluster, RedisCluster]
 LOCK_DIR_ENV = "DBFLEET_LOCK_DIR"
 
 
@@ -34,10 +37,11 @@ class BackupAccess:
     cluster: AnyCluster
     executor: Executor
     storage: Storage
-    secrets: dict[str, str] = field(repr=False, default_factory=dict)
-    addresses: dict[str, str] = field(default_factory=dict)
-    lab: str | None = None
-    """The lab name when the hosts are lab containers: restores and drills then use scratch containers."""
+    fleet: FleetAccess = field(default_factory=lambda: FleetAccess({}, {}))
+    session: AnySession | None = None
+    """The cluster's engine session: its topology names the primary, its clients reach the servers."""
+    scratch: ScratchProvider | None = None
+    """Where restores and drills run; None when this fleet has no scratch hosts to offer."""
     progress: Progress = field(default_factory=lambda: Progress("backup"))
 
     @property
@@ -52,46 +56,32 @@ class BackupAccess:
 
     def secret(self, key: str) -> str:
         try:
-            return self.secrets[key]
+            return self.fleet.secrets[key]
         except KeyError:
             raise PermanentError(f"the secrets file has no {key}", cluster=self.name) from None
 
+    def password(self, login: Login) -> str:
+        return self.secret(login.secret)
+
     def address(self, host: str) -> str:
-        return self.addresses.get(host, host)
+        return self.fleet.addresses.get(host, host)
+
+    def engine_session(self) -> AnySession:
+        if self.session is None:
+            raise PermanentError("no engine session to reach the cluster with", cluster=self.name)
+        return self.session
+
+    def primary(self, fresh: bool = False) -> str:
+        """The member that takes writes, from the session's topology (read again when `fresh`)."""
+        session = self.engine_session()
+        if fresh:
+            session.begin_cycle()
+        return session.primary()
 
     def tool_s3_env(self, prefix: str) -> dict[str, str]:
-        """S3 credentials for a tool run in a scratch container, from the operator's own AWS environment."""
+        """S3 credentials for a tool run in a scratch host, from the operator's own AWS environment."""
         pairs = {"AWS_ACCESS_KEY_ID": "KEY", "AWS_SECRET_ACCESS_KEY": "KEY_SECRET", "AWS_SESSION_TOKEN": "TOKEN"}
         return {f"{prefix}{suffix}": os.environ[var] for var, suffix in pairs.items() if os.environ.get(var)}
-
-
-def open_access(cluster: AnyCluster, inventory: Path, secrets: Path | None = None,
-                progress: Progress | None = None, docker_client: Any = None, s3_client: Any = None) -> BackupAccess:
-    """Access for one cluster from an inventory written by dbfleet (the lab's or the AWS one)."""
-    hostvars = read_inventory_hosts(inventory)
-    lab = next((str(v["dbfleet_lab"]) for v in _all_vars(inventory).values() if "dbfleet_lab" in v), None)
-    secrets_path = secrets or inventory.parent / "group_vars" / "all" / "secrets.yml"
-    local_root = None
-    if lab and not isinstance(cluster.backup.target, S3Target):
-        from dbfleet.lab.scratch import backup_volume_mountpoint
-
-        local_root = backup_volume_mountpoint(lab, docker_client)
-    return BackupAccess(
-        cluster=cluster,
-        executor=executor_for(inventory, docker_client),
-        storage=storage_for(cluster.backup.target, local_root, s3_client),
-        secrets=load_secrets(secrets_path, require_all=False) if secrets_path.exists() else {},
-        addresses={h: str(v.get("dbfleet_address", h)) for h, v in hostvars.items()},
-        lab=lab,
-        progress=progress or Progress("backup"),
-    )
-
-
-def _all_vars(inventory: Path) -> dict[str, dict[str, Any]]:
-    import yaml
-
-    data = yaml.safe_load(inventory.read_text()) or {}
-    return {"all": dict((data.get("all") or {}).get("vars") or {})}
 
 
 def _lock_path(cluster: str) -> Path:

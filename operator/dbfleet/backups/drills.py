@@ -2,7 +2,7 @@
 
 A drill takes the newest finished backup of a cluster, checks every stored
 file against the manifest's sha256 (naming the first file that differs),
-restores it into a scratch container, and runs the engine's checks there.
+restores it into a scratch host (backups.scratch), and runs the engine's checks there.
 RTO is the time from the start of the restore to a server answering queries;
 RPO is how old, when the drill ends, the newest point the restored server
 holds is. The record is saved next to the backups, the backup's manifest
@@ -21,23 +21,24 @@ from datetime import datetime
 from typing import Iterator
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored, adapter_for
+from dbfleet.backups.adapters import adapter_for
+from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored
 from dbfleet.backups.manifest import FAILED, Check, DrillRecord, Manifest, iso, utcnow
 from dbfleet.backups.plan import drill_candidate
-from dbfleet.lab.scratch import Scratch, scratch_container
+from dbfleet.backups.scratch import ScratchHost
 from dbfleet.errors import PermanentError, ReconcileError
 
 log = logging.getLogger(__name__)
 
 
 @contextmanager
-def scratch_for(access: BackupAccess, purpose: str, keep: bool = False) -> Iterator[Scratch]:
-    """A scratch server host for this cluster's engine (lab: a container, removed on exit unless `keep`)."""
-    if access.lab is None:
-        raise PermanentError("restores into scratch need a lab (the inventory has no dbfleet_lab); on AWS restore "
-                             "onto a fresh host with the restore playbook", cluster=access.name, action=purpose)
-    engine = access.cluster.engine
-    with scratch_container(access.lab, engine, purpose, access.target_path, keep=keep) as scratch:
+def scratch_for(access: BackupAccess, purpose: str, keep: bool = False) -> Iterator[ScratchHost]:
+    """A scratch server host for this cluster's engine from the access's provider, removed unless `keep`."""
+    if access.scratch is None:
+        raise PermanentError("restores into scratch need scratch hosts, which only the lab provides today "
+                             "(the inventory has no dbfleet_lab); on AWS restore onto a fresh host with the restore "
+                             "playbook", cluster=access.name, action=purpose)
+    with access.scratch.scratch(access.cluster.engine, purpose, keep=keep) as scratch:
         yield scratch
 
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.manifest import Check, Manifest, backup_prefix, new_backup_id
 from dbfleet.backups.retention import Expiry
-
-if TYPE_CHECKING:
-    from dbfleet.lab.scratch import Scratch
+from dbfleet.backups.scratch import ScratchHost
 
 
 @dataclass(frozen=True)
@@ -96,26 +94,10 @@ class EngineBackups(ABC):
         return done
 
     @abstractmethod
-    def restore(self, access: BackupAccess, backup: Manifest, scratch: Scratch, target: RestoreTarget) -> Restored:
-        """Restore `backup` into the scratch container and start a server there, ready for queries."""
+    def restore(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, target: RestoreTarget) -> Restored:
+        """Restore `backup` into the scratch host and start a server there, ready for queries."""
 
     @abstractmethod
-    def verify(self, access: BackupAccess, backup: Manifest, scratch: Scratch, restored: Restored) -> list[Check]:
+    def verify(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, restored: Restored) -> list[Check]:
         """The engine's own checks of the restored server (and repository)."""
 
-
-def adapter_for(engine: str) -> EngineBackups:
-    """The backup adapter of an engine: 'postgres', 'mongo' or 'redis'."""
-    if engine == "postgres":
-        from dbfleet.backups.postgres import PostgresBackups
-
-        return PostgresBackups()
-    if engine == "redis":
-        from dbfleet.backups.redis import RedisBackups
-
-        return RedisBackups()
-    if engine == "mongo":
-        from dbfleet.backups.mongo import MongoBackups
-
-        return MongoBackups()
-    raise ValueError(f"no backup adapter for engine {engine!r}")

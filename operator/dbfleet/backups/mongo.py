@@ -26,14 +26,15 @@ from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.engine import EngineBackups, Prepared, RestoreTarget, Restored
 from dbfleet.backups.manifest import Check, Manifest, utcnow
 from dbfleet.backups.spool import spool_file, staged_locally
-from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
+from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
+from dbfleet.engines.credentials import MONGO_ADMIN
+from dbfleet.engines.mongo import MongoSession
+from dbfleet.engines.tls import mongo_tool_args
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import MongoCluster, ReplicaSet
 
 log = logging.getLogger(__name__)
 
-ADMIN_USER = "dbfleet_admin"
-ADMIN_SECRET = "mongo_admin_password"
 SYSTEM_DBS = ("admin", "config", "local")
 BALANCER_IDLE_TIMEOUT = 300.0
 SCRATCH_BASE_PORT = 27101
@@ -46,14 +47,11 @@ def _mongo(cluster: Any) -> MongoCluster:
 
 
 def mongos_client(access: BackupAccess) -> Any:
-    """A pymongo client on the first mongos, as the admin user."""
-    from pymongo import MongoClient
-
-    cluster = _mongo(access.cluster)
-    host = cluster.mongos[0] if isinstance(cluster.mongos[0], str) else cluster.mongos[0].name
-    return MongoClient(access.address(host), cluster.port, username=ADMIN_USER,
-                       password=access.secret(ADMIN_SECRET), authSource="admin", tls=cluster.tls.enabled,
-                       tlsAllowInvalidHostnames=True, serverSelectionTimeoutMS=5000)
+    """The engine session's pymongo client: mongos, as the operator's admin login, with the fleet's TLS."""
+    session = access.engine_session()
+    if not isinstance(session, MongoSession):
+        raise PermanentError(f"{access.name} is not a MongoDB cluster")
+    return session.client()
 
 
 def stop_balancer(client: Any, timeout: float = BALANCER_IDLE_TIMEOUT, sleep: Callable[[float], None] = time.sleep,
@@ -123,7 +121,8 @@ class MongoBackups(EngineBackups):
         name = f"{rs.name}.archive.gz"
         with spool_file(access, host, pending.id, name) as spool:
             access.executor.check(host, ["mongodump", "--host", "127.0.0.1", "--port", str(cluster.port),
-                                         "--username", ADMIN_USER, "--authenticationDatabase", "admin",
+                                         "--username", str(MONGO_ADMIN.user), "--authenticationDatabase", "admin",
+                                         *mongo_tool_args(cluster),
                                          f"--config={config_path}", "--oplog", "--gzip",
                                          f"--archive={spool.remote_path}"], timeout=6 * 3600,
                                   action=f"mongodump {rs.name}")
@@ -140,22 +139,19 @@ class MongoBackups(EngineBackups):
             before = collection_counts(client)
             for rs in sets:
                 host = _member(rs)
-                access.executor.write_text(host, config_path, f"password: {access.secret(ADMIN_SECRET)}\n")
+                access.executor.write_text(host, config_path, f"password: {access.password(MONGO_ADMIN)}\n")
                 try:
                     dumps.append(self._dump(access, pending, rs, config_path))
                 finally:
                     access.executor.run(host, ["rm", "-f", config_path])
             return before
 
-        try:
-            before = with_balancer_stopped(client, dump_all)
-            after = collection_counts(client)
-        finally:
-            client.close()
+        before = with_balancer_stopped(client, dump_all)  # the client is the session's: it closes it
+        after = collection_counts(client)
         return pending.completed(utcnow(), access.storage.measure_many([k for k, _ in dumps]), oplog=True,
                                  dumps=[d for _, d in dumps], counts_before=before, counts_after=after)
 
-    def restore(self, access: BackupAccess, backup: Manifest, scratch: Scratch, target: RestoreTarget) -> Restored:
+    def restore(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, target: RestoreTarget) -> Restored:
         if target.kind != "latest":
             raise PermanentError("MongoDB dumps restore as taken (to the end of each --oplog)",
                                  cluster=access.name, action="restore")
@@ -174,7 +170,7 @@ class MongoBackups(EngineBackups):
                                     "--oplogReplay", "--drop"], timeout=6 * 3600, action=f"mongorestore {shard}")
         return Restored(backup.id, backup.started, f"{len(shard_names)} shards restored with --oplogReplay")
 
-    def _stage(self, access: BackupAccess, scratch: Scratch, key: str) -> str:
+    def _stage(self, access: BackupAccess, scratch: ScratchHost, key: str) -> str:
         if access.target_path is not None:
             return f"{access.target_path.rstrip('/')}/{key}"
         dest = f"/tmp/{key.rsplit('/', 1)[-1]}"
@@ -182,7 +178,7 @@ class MongoBackups(EngineBackups):
             scratch.put_file(local, dest, mode=0o644)
         return dest
 
-    def verify(self, access: BackupAccess, backup: Manifest, scratch: Scratch, restored: Restored) -> list[Check]:
+    def verify(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, restored: Restored) -> list[Check]:
         import json
 
         cluster = _mongo(access.cluster)

@@ -1,9 +1,9 @@
 """PostgreSQL backups through pgBackRest: backup, info, expire, restore into scratch, verify.
 
 pgBackRest is configured on every PostgreSQL host by the playbooks (stanza =
-cluster name, repo1-path = <target>/pgbackrest/<cluster>, WAL archived by
+cluster name, pgbackrest.conf from dbfleet.engines.pgbackrest, WAL archived by
 archive_command). The operator only runs its commands, as the postgres user,
-on the current primary: `backup --annotation=dbfleet-id=<id>` ties pgBackRest's
+on the current primary (the engine session's topology names it): `backup --annotation=dbfleet-id=<id>` ties pgBackRest's
 label to our manifest; `info --output=json` gives type, LSNs, WAL range and
 sizes; the repository files of the set (and the WAL it needs to be
 consistent) are then hashed into the manifest.
@@ -25,32 +25,27 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import urlparse
 
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.engine import EngineBackups, Prepared, RestoreTarget, Restored
 from dbfleet.backups.manifest import GOOD, Check, Manifest, newest_first, parse_time, utcnow
 from dbfleet.backups.retention import Expiry
+from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
 from dbfleet.engines.executor import CommandFailed, ExecResult
-from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
+from dbfleet.engines.pgbackrest import RETENTION_FULL, repo_prefix, scratch_config
+from dbfleet.engines.postgres import pg_paths
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import PostgresCluster, S3Target
 
 log = logging.getLogger(__name__)
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
 SCRATCH_PGDATA = "/var/lib/postgresql/dbfleet-restore"
 SCRATCH_SOCKET = "/tmp"
-MAX_RETENTION = "9999999"
+MAX_RETENTION = RETENTION_FULL
 """pgBackRest's maximum retention: set while expiring by hand so nothing else expires with it."""
 S3_CA_ENV = "DBFLEET_S3_CA_FILE"
 """A CA certificate the scratch's pgBackRest trusts for an S3 endpoint with a private CA (the test server)."""
 RECOVERY_TIMEOUT = float(os.environ.get("DBFLEET_RECOVERY_TIMEOUT", "1800"))
-
-
-def repo_prefix(cluster: str) -> str:
-    """Where the cluster's pgBackRest repository sits inside the backup target."""
-    return f"pgbackrest/{cluster}/"
 
 
 def _pg(cluster: PostgresCluster) -> PostgresCluster:
@@ -80,9 +75,9 @@ def psql(access: BackupAccess, host: str, sql: str, database: str = "postgres", 
     return access.executor.run(host, argv, user="postgres", timeout=600)
 
 
-def find_primary(access: BackupAccess) -> str:
-    """The host that is not in recovery right now (a switchover may have moved it from the spec's first host)."""
-    return probe_primary(access)[0]
+def find_primary(access: BackupAccess, fresh: bool = False) -> str:
+    """The primary as the engine session's topology has it (read again when `fresh`)."""
+    return access.primary(fresh)
 
 
 def pgbackrest(access: BackupAccess, host: str, *args: str, env: dict[str, str] | None = None,
@@ -122,13 +117,6 @@ def canary_count_sql(cluster: PostgresCluster) -> tuple[str, str] | None:
     where = canary_location(cluster)
     return None if where is None else (where[0], f"select count(*) from {where[1]}")
 
-
-PROBE_SCRIPT = r"""
-version=$(pgbackrest version) || exit 3
-state=$(psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d postgres -c "select pg_is_in_recovery()") || exit 4
-printf '%s\n%s\n' "$version" "$state"
-"""
-"""One round trip per host: pgBackRest's version and whether the server is in recovery. Argument: port."""
 
 BACKUP_SCRIPT = r"""
 out=$(psql -XAtq -v ON_ERROR_STOP=1 -p "$1" -d "$2" -c "select pg_is_in_recovery()" ${3:+-c "$3"} 2>&1); rc=$?
@@ -182,34 +170,22 @@ class BackupRun:
     """pgBackRest's own run, timed on the host."""
 
 
-def probe_primary(access: BackupAccess) -> tuple[str, str]:
-    """(primary host, pgBackRest version): the hosts in spec order, one call each, up to the primary."""
-    cluster = _pg(access.cluster)
-    seen = []
-    for host in cluster.host_names():
-        try:
-            result = access.executor.run(host, ["sh", "-c", PROBE_SCRIPT, "probe", str(cluster.port)],
-                                         user="postgres", timeout=600)
-        except TemporaryError as exc:
-            seen.append(f"{host}: {exc.message}")
-            continue
-        lines = result.out.strip().splitlines()
-        if result.rc == 3:
-            seen.append(f"{host}: pgbackrest version failed: {result.tail(1)}")
-        elif not result.ok or len(lines) < 2:
-            seen.append(f"{host}: {result.tail(1)}")
-        elif lines[1] == "f":
-            return host, lines[0].strip()
-        else:
-            seen.append(f"{host}: replica")
-    raise TemporaryError("no primary answers: " + "; ".join(seen), cluster=cluster.name, action="find primary")
+def probe_primary(access: BackupAccess, fresh: bool = False) -> tuple[str, str]:
+    """(primary host, pgBackRest version): the topology's primary, and `pgbackrest version` run there."""
+    host = find_primary(access, fresh)
+    result = access.executor.run(host, ["pgbackrest", "version"], user="postgres", timeout=600)
+    if not result.ok:
+        raise TemporaryError(f"pgbackrest version failed: {result.tail(1)}", cluster=access.name, host=host,
+                             action="find primary")
+    return host, result.out.strip()
 
 
 def backup_on_primary(access: BackupAccess, host: str, args: list[str]) -> BackupRun:
     """Run `pgbackrest --stanza=<cluster> <args>` on the primary in one call, from `host` (the last known primary).
 
-    When `host` is not the primary any more, the hosts are probed and the
-    backup starts on the one that is; a missing canary table is created first.
+    When `host` is not the primary any more, the topology is read again and
+    the backup starts on the primary it names; a missing canary table is
+    created first.
     """
     cluster = _pg(access.cluster)
     database, query = canary_count_sql(cluster) or ("postgres", "")
@@ -220,7 +196,7 @@ def backup_on_primary(access: BackupAccess, host: str, args: list[str]) -> Backu
             ran = access.executor.run(host, argv, user="postgres", timeout=6 * 3600)
         except TemporaryError as exc:
             why = f"{host}: {exc.message}"
-            host = probe_primary(access)[0]
+            host = find_primary(access, fresh=True)
             continue
         first = ran.out.lstrip().partition("\n")[0]
         if not first.startswith(REFUSED):
@@ -232,7 +208,7 @@ def backup_on_primary(access: BackupAccess, host: str, args: list[str]) -> Backu
                 database, query = "postgres", ""
         else:
             log.info("%s: %s; looking for the primary", cluster.name, why)
-            host = probe_primary(access)[0]
+            host = find_primary(access, fresh=True)
     raise TemporaryError(f"could not start the backup on the primary ({why})", cluster=cluster.name,
                          action="backup")
 
@@ -302,13 +278,13 @@ class PostgresBackups(EngineBackups):
         return probe_primary(access)[1]
 
     def prepare(self, access: BackupAccess, history: Sequence[Manifest] | None = None) -> Prepared:
-        """The last backup's host and pgBackRest version, without a call; the hosts are probed only before
-        the first backup. take() moves on to the real primary when that host is not it any more, and the
-        completed manifest carries the version pgBackRest reports for the backup itself."""
+        """The primary from the session's topology (read once per cycle anyway) and the last backup's
+        pgBackRest version, so a backup is one round trip; `pgbackrest version` runs only before the first
+        backup. The completed manifest carries the version pgBackRest reports for the backup itself."""
         known = tuple(access.storage.manifests(access.name) if history is None else history)
-        last = next((m for m in newest_first(known) if m.host and m.tool_version and m.status in GOOD), None)
+        last = next((m for m in newest_first(known) if m.tool_version and m.status in GOOD), None)
         if last is not None:
-            return Prepared(last.tool_version, {"host": last.host}, known)
+            return Prepared(last.tool_version, {"host": find_primary(access)}, known)
         host, version = probe_primary(access)
         return Prepared(version, {"host": host}, known)
 
@@ -391,33 +367,18 @@ class PostgresBackups(EngineBackups):
             raise PermanentError(f"no good backup to restore {target.describe()} from")
         return good[0]
 
-    def repo_config(self, access: BackupAccess, scratch: Scratch) -> tuple[str, dict[str, str]]:
-        """pgbackrest.conf for the scratch container, and the environment carrying any S3 credentials."""
-        target = access.cluster.backup.target
-        lines = ["[global]"]
-        env: dict[str, str] = {}
-        if isinstance(target, S3Target):
-            url = urlparse(target.endpoint or f"https://s3.{target.region}.amazonaws.com")
-            path = "/" + "/".join(p for p in (target.prefix.strip("/"), f"pgbackrest/{access.name}") if p)
-            lines += ["repo1-type=s3", f"repo1-s3-bucket={target.bucket}", f"repo1-s3-region={target.region}",
-                      f"repo1-s3-endpoint={url.hostname}", f"repo1-path={path}"]
-            if url.port:
-                lines.append(f"repo1-storage-port={url.port}")
-            if target.endpoint:
-                lines.append("repo1-s3-uri-style=path")
-            ca = os.environ.get(S3_CA_ENV) or os.environ.get("AWS_CA_BUNDLE")
-            if ca:
-                scratch.put_file(Path(ca), "/tmp/s3-ca.pem", owner="postgres", mode=0o644)
-                lines.append("repo1-s3-ca-file=/tmp/s3-ca.pem")
-            env = access.tool_s3_env("PGBACKREST_REPO1_S3_")
-        else:
-            lines.append(f"repo1-path={target.path.rstrip('/')}/pgbackrest/{access.name}")
-        lines += ["log-path=/tmp", "lock-path=/tmp/pgbackrest-lock", "spool-path=/tmp", "log-level-console=warn",
-                  "log-level-file=off", "", f"[{access.name}]", f"pg1-path={SCRATCH_PGDATA}",
-                  f"pg1-socket-path={SCRATCH_SOCKET}", ""]
-        return "\n".join(lines), env
+    def repo_config(self, access: BackupAccess, scratch: ScratchHost) -> tuple[str, dict[str, str]]:
+        """pgbackrest.conf for the scratch host, and the environment carrying any S3 credentials."""
+        cluster = _pg(access.cluster)
+        if not isinstance(cluster.backup.target, S3Target):
+            return scratch_config(cluster, SCRATCH_PGDATA, SCRATCH_SOCKET), {}
+        ca = os.environ.get(S3_CA_ENV) or os.environ.get("AWS_CA_BUNDLE")
+        if ca:
+            scratch.put_file(Path(ca), "/tmp/s3-ca.pem", owner="postgres", mode=0o644)
+        config = scratch_config(cluster, SCRATCH_PGDATA, SCRATCH_SOCKET, "/tmp/s3-ca.pem" if ca else None)
+        return config, access.tool_s3_env("PGBACKREST_REPO1_S3_")
 
-    def restore(self, access: BackupAccess, backup: Manifest, scratch: Scratch, target: RestoreTarget) -> Restored:
+    def restore(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, target: RestoreTarget) -> Restored:
         ex = scratch.executor
         config, env = self.repo_config(access, scratch)
         ex.check(SCRATCH_HOST, ["mkdir", "-p", "/etc/pgbackrest"])
@@ -441,7 +402,8 @@ class PostgresBackups(EngineBackups):
         ex.write_text(SCRATCH_HOST, f"{SCRATCH_PGDATA}/pg_ident.conf", "", owner="postgres")
         # Command-line settings beat postgresql.auto.conf, which may carry the source's ALTER SYSTEM values.
         opts = f"-c port=5432 -c unix_socket_directories={SCRATCH_SOCKET} -c ssl=off -c archive_mode=off"
-        started = ex.run(SCRATCH_HOST, [f"{PG_BIN}/pg_ctl", "-D", SCRATCH_PGDATA, "-l", "/tmp/postgres.log", "-w",
+        pg_ctl = f"{pg_paths(_pg(access.cluster)).bin_dir}/pg_ctl"
+        started = ex.run(SCRATCH_HOST, [pg_ctl, "-D", SCRATCH_PGDATA, "-l", "/tmp/postgres.log", "-w",
                                         "-t", str(int(RECOVERY_TIMEOUT)), "-o", opts, "start"],
                          user="postgres", env=env, timeout=RECOVERY_TIMEOUT + 30)
         if not started.ok:
@@ -456,23 +418,24 @@ class PostgresBackups(EngineBackups):
         return Restored(backup.id, max(points) if points else None,
                         f"pgbackrest set {backup.detail['label']}, {target.describe()}")
 
-    def _scratch_pgbackrest(self, access: BackupAccess, scratch: Scratch, *args: str,
+    def _scratch_pgbackrest(self, access: BackupAccess, scratch: ScratchHost, *args: str,
                             env: dict[str, str] | None = None, timeout: float = 6 * 3600) -> ExecResult:
         return scratch.executor.check(SCRATCH_HOST, ["pgbackrest", f"--stanza={access.name}", *args],
                                       user="postgres", env=env, timeout=timeout, action=f"pgbackrest {args[-1]}")
 
-    def _server_log(self, scratch: Scratch) -> str:
+    def _server_log(self, scratch: ScratchHost) -> str:
         tail = scratch.executor.run(SCRATCH_HOST, ["tail", "-n", "15", "/tmp/postgres.log"])
         return tail.out.strip()
 
-    def _wait_promoted(self, access: BackupAccess, scratch: Scratch) -> None:
+    def _wait_promoted(self, access: BackupAccess, scratch: ScratchHost) -> None:
         deadline = time.monotonic() + RECOVERY_TIMEOUT
         while time.monotonic() < deadline:
             result = psql(access_for_scratch(access, scratch), SCRATCH_HOST, "select pg_is_in_recovery()",
                           socket=SCRATCH_SOCKET)
             if result.ok and result.out.strip() == "f":
                 return
-            alive = scratch.executor.run(SCRATCH_HOST, [f"{PG_BIN}/pg_ctl", "-D", SCRATCH_PGDATA, "status"],
+            pg_ctl = f"{pg_paths(_pg(access.cluster)).bin_dir}/pg_ctl"
+            alive = scratch.executor.run(SCRATCH_HOST, [pg_ctl, "-D", SCRATCH_PGDATA, "status"],
                                          user="postgres")
             if not alive.ok:
                 raise PermanentError("recovery stopped the server: " + self._server_log(scratch),
@@ -483,14 +446,15 @@ class PostgresBackups(EngineBackups):
 
     # -- verification --------------------------------------------------------------
 
-    def verify(self, access: BackupAccess, backup: Manifest, scratch: Scratch, restored: Restored) -> list[Check]:
+    def verify(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, restored: Restored) -> list[Check]:
         checks = []
         try:
             out = self._scratch_pgbackrest(access, scratch, "--output=text", "verify")
             checks.append(Check("pgbackrest verify", True, out.out.strip()[-300:] or "repository verified"))
         except CommandFailed as exc:
             checks.append(Check("pgbackrest verify", False, exc.result.tail(12) if exc.result else exc.message))
-        amcheck = scratch.executor.run(SCRATCH_HOST, [f"{PG_BIN}/pg_amcheck", "-h", SCRATCH_SOCKET, "-p", "5432",
+        pg_amcheck = f"{pg_paths(_pg(access.cluster)).bin_dir}/pg_amcheck"
+        amcheck = scratch.executor.run(SCRATCH_HOST, [pg_amcheck, "-h", SCRATCH_SOCKET, "-p", "5432",
                                                       "--all", "--install-missing", "--heapallindexed"],
                                        user="postgres", timeout=6 * 3600)
         checks.append(Check("pg_amcheck", amcheck.ok, amcheck.tail(12) or "no corruption found"))
@@ -527,6 +491,6 @@ def _epoch(text: str) -> datetime | None:
     return datetime.fromtimestamp(value, timezone.utc) if value > 0 else None
 
 
-def access_for_scratch(access: BackupAccess, scratch: Scratch) -> BackupAccess:
+def access_for_scratch(access: BackupAccess, scratch: ScratchHost) -> BackupAccess:
     """The same cluster, with commands going to the scratch container."""
     return replace(access, executor=scratch.executor)

@@ -1,27 +1,33 @@
 """The backups reconciler for the operator loop: observe the target, plan (plan.py), and act.
 
-Registered with the loop when imported (the `backup` CLI module imports it).
-A drill that fails raises a PermanentError, so the loop reports it once and
+dbfleet.wiring lists it among the reconcilers a cycle runs and tells it how
+to build a cluster's BackupAccess from the cycle's engine session. A drill that fails raises a PermanentError, so the loop reports it once and
 never retries it into green; a backup whose host is unreachable raises a
 TemporaryError and is retried by the loop's backoff.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timezone
 from typing import Any
 
-from dbfleet.backups.access import BackupAccess, open_access
+from dbfleet.actions import Action
+from dbfleet.backups.access import BackupAccess, backup_lock
 from dbfleet.backups.drills import run_drill
 from dbfleet.backups.manifest import PENDING, newest_good, utcnow
 from dbfleet.backups.plan import RECONCILER, BackupObservation, planned_backup_actions
 from dbfleet.backups.retention import expired_backups
 from dbfleet.backups.runner import mark_orphans, observe, take_backup
-from dbfleet.backups.engine import adapter_for
-from dbfleet.actions import Action
+from dbfleet.backups.adapters import adapter_for
+from dbfleet.engines import AnySession
+from dbfleet.engines.base import AnyCluster
 from dbfleet.errors import PermanentError
-from dbfleet.reconcile.status import StatusContext, age, register_status_provider
 from dbfleet.spec import Fleet
+from dbfleet.units import age
+
+AccessFactory = Callable[[AnyCluster, AnySession], BackupAccess]
+"""Builds a cluster's BackupAccess from the cycle's engine session (see dbfleet.wiring)."""
 
 
 class BackupReconciler:
@@ -29,22 +35,17 @@ class BackupReconciler:
 
     name = RECONCILER
 
-    def __init__(self) -> None:
+    def __init__(self, access_for: AccessFactory) -> None:
+        self.access_for = access_for
         self._access: dict[str, BackupAccess] = {}
 
     def applies_to(self, cluster: Any) -> bool:
         return bool(cluster.backup.enabled)
 
-    def _access_for(self, cluster: Any, session: Any) -> BackupAccess:
-        if cluster.name not in self._access:
-            fleet_access = session.access
-            if fleet_access.inventory is None:
-                raise PermanentError("backups need the inventory path", cluster=cluster.name)
-            self._access[cluster.name] = open_access(cluster, fleet_access.inventory)
-        return self._access[cluster.name]
-
     def observe(self, cluster: Any, session: Any) -> tuple[Any, BackupObservation]:
-        access = self._access_for(cluster, session)
+        access = self._access.get(cluster.name)
+        if access is None or access.session is not session:
+            access = self._access[cluster.name] = self.access_for(cluster, session)
         return cluster, observe(access)
 
     def diff(self, cluster: Any, observed: tuple[Any, BackupObservation]) -> list[Action]:
@@ -64,8 +65,6 @@ class BackupReconciler:
                                      cluster=action.cluster, action="drill")
             return f"drill {record.id}: RTO {record.rto_seconds}s, RPO {record.rpo_seconds}s"
         if action.kind == "mark-orphaned":
-            from dbfleet.backups.access import backup_lock
-
             with backup_lock(action.cluster):
                 return f"marked {len(mark_orphans(access))} orphaned"
         if action.kind == "prune":
@@ -105,10 +104,10 @@ def backup_status(obs: BackupObservation) -> dict[str, Any]:
     }
 
 
-def backup_columns(ctx: StatusContext) -> dict[str, Any]:
+def backup_columns(cluster: AnyCluster, status: dict[str, Any]) -> dict[str, Any]:
     """`status` columns from `backup_status`: newest good backup and its age, the last drill with RTO and RPO."""
-    figures = ctx.report.status.get("backups")
-    if not ctx.cluster.backup.enabled:
+    figures = status.get("backups")
+    if not cluster.backup.enabled:
         return {"last_backup": "disabled"}
     if figures is None:
         return {}
@@ -121,9 +120,3 @@ def backup_columns(ctx: StatusContext) -> dict[str, Any]:
             "rto": f"{drill['rto_s']:.1f}s" if drill["rto_s"] is not None else "-",
             "rpo": age(drill["rpo_s"]) if drill["rpo_s"] is not None else "-"}
 
-
-def register() -> None:
-    from dbfleet.reconcile.loop import register_reconciler
-
-    register_reconciler(BackupReconciler)
-    register_status_provider("backups", backup_columns)

@@ -18,13 +18,12 @@ from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.engine import EngineBackups, Prepared, RestoreTarget, Restored
 from dbfleet.backups.manifest import Check, Manifest, utcnow
 from dbfleet.backups.spool import spool_file, staged_locally
+from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
+from dbfleet.engines.credentials import REDIS_ADMIN
 from dbfleet.engines.executor import ExecResult
-from dbfleet.lab.scratch import SCRATCH_HOST, Scratch
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import RedisCluster
 
-ADMIN_USER = "dbfleet_admin"
-ADMIN_SECRET = "redis_admin_password"
 RDB_NAME = "dump.rdb"
 SCRATCH_DIR = "/tmp/redis-restore"
 LOAD_TIMEOUT = 600.0
@@ -41,9 +40,9 @@ def _redis(cluster: Any) -> RedisCluster:
 def cli(access: BackupAccess, host: str, *args: str, timeout: float = 60) -> ExecResult:
     """redis-cli on `host` against its own server, as the admin ACL user."""
     cluster = _redis(access.cluster)
-    argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(cluster.port), "--user", ADMIN_USER, "--no-auth-warning",
+    argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(cluster.port), "--user", str(REDIS_ADMIN.user), "--no-auth-warning",
             *args]
-    return access.executor.run(host, argv, env={"REDISCLI_AUTH": access.secret(ADMIN_SECRET)}, timeout=timeout)
+    return access.executor.run(host, argv, env={"REDISCLI_AUTH": access.password(REDIS_ADMIN)}, timeout=timeout)
 
 
 def _roles(access: BackupAccess) -> list[tuple[str, str, str]]:
@@ -130,7 +129,7 @@ class RedisBackups(EngineBackups):
                                  snapshot_at=snapshot_at.isoformat(), dbsize_before=before, dbsize_after=after,
                                  canary_key=canary_key, canary_value=canary or None)
 
-    def restore(self, access: BackupAccess, backup: Manifest, scratch: Scratch, target: RestoreTarget) -> Restored:
+    def restore(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, target: RestoreTarget) -> Restored:
         if target.kind != "latest":
             raise PermanentError("Redis restores a snapshot as it is; --to-time and --to-name are PostgreSQL's",
                                  cluster=access.name, action="restore")
@@ -158,7 +157,7 @@ class RedisBackups(EngineBackups):
                                  cluster=access.name, action="restore")
         return Restored(backup.id, backup.started, f"RDB {key} from {backup.detail.get('replica')}")
 
-    def verify(self, access: BackupAccess, backup: Manifest, scratch: Scratch, restored: Restored) -> list[Check]:
+    def verify(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, restored: Restored) -> list[Check]:
         ex = scratch.executor
         size = _dbsize(ex.run(SCRATCH_HOST, ["redis-cli", "-p", "6379", "DBSIZE"]))
         bounds = [b for b in (backup.detail.get("dbsize_before"), backup.detail.get("dbsize_after")) if b is not None]

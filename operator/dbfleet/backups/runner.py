@@ -13,7 +13,8 @@ import logging
 from datetime import datetime
 
 from dbfleet.backups.access import BackupAccess, backup_lock
-from dbfleet.backups.engine import EngineBackups, adapter_for
+from dbfleet.backups.adapters import adapter_for
+from dbfleet.backups.engine import EngineBackups
 from dbfleet.backups.manifest import PENDING, Manifest, utcnow
 from dbfleet.backups.plan import BackupObservation
 from dbfleet.backups.retention import Expiry, expired_backups

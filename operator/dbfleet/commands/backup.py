@@ -10,21 +10,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dbfleet.backups import reconciler
-from dbfleet.backups.access import BackupAccess, open_access
+from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.drills import restore, run_drill
-from dbfleet.backups.engine import RestoreTarget, adapter_for
+from dbfleet.backups.adapters import adapter_for
+from dbfleet.backups.engine import RestoreTarget
 from dbfleet.backups.manifest import newest_first, parse_time
 from dbfleet.backups.runner import plan_prune, prune, take_backup
 from dbfleet.backups.scheduler import engine_kind
-from dbfleet.commands.common import add_json_option, add_lab_options, emit, fleet_of, inventory_path, table
+from dbfleet.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_json_option,
+    add_lab_options,
+    emit,
+    fleet_of,
+    inventory_path,
+    table,
+)
 from dbfleet.progress import Progress
 from dbfleet.errors import ReconcileError
 from dbfleet.secrets import SecretsError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-reconciler.register()
+from dbfleet.wiring import open_access
 
 
 def _common(p: argparse.ArgumentParser, cluster_required: bool = True) -> None:

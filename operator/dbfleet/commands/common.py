@@ -12,6 +12,9 @@ from dbfleet.spec import Fleet, load_fleet
 
 DEFAULT_LAB = "lab"
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+"""The command line's exit codes: success, the work failed, bad options or input."""
+
 
 def add_lab_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lab", default=DEFAULT_LAB, help="lab name; containers are dbfleet-<lab>-<host> (default: lab)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from dbfleet.commands.common import emit
-from dbfleet.commands.reconcile import EXIT_FAILED, EXIT_OK, add_operator_options, build_operator, run_guarded
+from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, emit
+from dbfleet.commands.reconcile import add_operator_options, build_operator, run_guarded
 
 
 def register(sub: argparse._SubParsersAction) -> None:

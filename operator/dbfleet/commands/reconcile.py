@@ -14,17 +14,23 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from dbfleet.commands.common import add_json_option, add_lab_options, emit, fleet_of, inventory_path
-from dbfleet.engines.base import FleetAccess
-from dbfleet.monitoring import metrics
+from dbfleet import wiring
+from dbfleet.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_json_option,
+    add_lab_options,
+    emit,
+    fleet_of,
+    inventory_path,
+)
+from dbfleet.engines.access import FleetAccess
 from dbfleet.errors import ReconcileError
-from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
-from dbfleet.reconcile.loop import CycleReport, Leader, Operator, default_reconcilers, watch
+from dbfleet.monitoring import metrics
+from dbfleet.reconcile.loop import CycleReport, Leader, Operator, watch
 from dbfleet.reconcile.status import record_cycle
 from dbfleet.secrets import SecretsError
-from dbfleet.spec import PostgresCluster
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
@@ -56,7 +62,7 @@ def build_operator(args: argparse.Namespace, stop: threading.Event | None = None
     unknown = sorted(set(args.cluster or ()) - names)
     if unknown:
         raise UsageError(f"--cluster: no cluster named {', '.join(unknown)}; the spec has {', '.join(sorted(names))}")
-    reconcilers = default_reconcilers()
+    reconcilers = wiring.reconcilers()
     if args.reconciler:
         known = [r.name for r in reconcilers]
         unknown = sorted(set(args.reconciler) - set(known))
@@ -72,19 +78,11 @@ def build_operator(args: argparse.Namespace, stop: threading.Event | None = None
 
 
 def leader_lock(operator: Operator, args: argparse.Namespace) -> Leader:
-    """The advisory lock on the chosen (default: first) PostgreSQL cluster's primary; a file lock without one."""
-    from dbfleet.engines.postgres import find_primary
-
-    clusters = [c for c in operator.fleet.clusters if isinstance(c, PostgresCluster)]
-    if args.leader_cluster:
-        clusters = [c for c in clusters if c.name == args.leader_cluster]
-        if not clusters:
-            raise UsageError(f"--leader-cluster: {args.leader_cluster} is not a PostgreSQL cluster of the spec")
-    if not clusters:
-        return FileLeaderLock(state_path(args).with_name("operator-leader.lock"))
-    cluster = clusters[0]
-    return AdvisoryLeaderLock(lambda: find_primary(cluster, operator.access, "postgres", operator_identity())[1],
-                              where=f"the primary of {cluster.name}")
+    """The leader lock for this operator (dbfleet.wiring.leader_lock), --leader-cluster checked."""
+    try:
+        return wiring.leader_lock(operator.fleet, operator.access, state_path(args).parent, args.leader_cluster)
+    except KeyError:
+        raise UsageError(f"--leader-cluster: {args.leader_cluster} is not a PostgreSQL cluster of the spec") from None
 
 
 def run_guarded(handler: Any, args: argparse.Namespace) -> int:

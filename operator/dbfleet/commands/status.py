@@ -6,15 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from dbfleet.commands.common import emit, table
-from dbfleet.commands.reconcile import (
-    EXIT_FAILED,
-    EXIT_OK,
-    add_operator_options,
-    build_operator,
-    run_guarded,
-    state_path,
-)
+from dbfleet import wiring
+from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, emit, table
+from dbfleet.commands.reconcile import add_operator_options, build_operator, run_guarded, state_path
 from dbfleet.monitoring.figures import add_figures
 from dbfleet.reconcile.status import load_state, status_columns, status_rows
 
@@ -32,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     operator = build_operator(args)
     report = operator.run_cycle(apply=False)
-    rows = status_rows(operator.fleet, report, load_state(state_path(args)))
+    rows = status_rows(operator.fleet, report, load_state(state_path(args)), wiring.status_providers())
     rows = add_figures(rows, operator.fleet, operator.access.addresses,
                        lambda message: print(message, file=sys.stderr))
     emit(args, {"clusters": rows}, table(rows, status_columns(rows)))

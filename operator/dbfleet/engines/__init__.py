@@ -1,24 +1,31 @@
-"""Engine adapters behind one small interface: postgres, mongo and redis sessions that observe and act."""
+"""Engine adapters behind one small interface: postgres, mongo and redis sessions that connect and observe."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import overload
 
-from dbfleet.engines.base import EngineSession, FleetAccess
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.base import AnyCluster, EngineSession
+from dbfleet.engines.mongo import MongoSession
+from dbfleet.engines.postgres import PostgresSession
+from dbfleet.engines.redis import RedisSession
+from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster
+
+AnySession = PostgresSession | MongoSession | RedisSession
 
 
-def open_session(cluster: Any, access: FleetAccess) -> EngineSession:
-    """A session for one cycle of one cluster, by its engine; connections open on first use."""
-    if cluster.engine == "postgres":
-        from dbfleet.engines.postgres import PostgresSession
-
+@overload
+def open_session(cluster: PostgresCluster, access: FleetAccess) -> PostgresSession: ...
+@overload
+def open_session(cluster: MongoCluster, access: FleetAccess) -> MongoSession: ...
+@overload
+def open_session(cluster: RedisCluster, access: FleetAccess) -> RedisSession: ...
+def open_session(cluster: AnyCluster, access: FleetAccess) -> EngineSession[AnyCluster]:  # type: ignore[misc]
+    """A session for one cluster, by its engine; connections open on first use."""
+    if isinstance(cluster, PostgresCluster):
         return PostgresSession(cluster, access)
-    if cluster.engine == "mongo":
-        from dbfleet.engines.mongo import MongoSession
-
+    if isinstance(cluster, MongoCluster):
         return MongoSession(cluster, access)
-    if cluster.engine == "redis":
-        from dbfleet.engines.redis import RedisSession
-
+    if isinstance(cluster, RedisCluster):
         return RedisSession(cluster, access)
     raise ValueError(f"no engine adapter for {cluster.engine!r}")

@@ -1,55 +1,20 @@
-"""What every engine adapter shares: how to reach hosts, the topology it reports, the session interface.
+"""What every engine adapter shares: the topology it reports and the session interface.
 
-Addresses and roles come from the Ansible inventory (the same file for the
-lab and AWS); credentials from the secrets file. An EngineSession serves one
-cluster: it opens connections on demand and counts the queries it sends.
-`reconcile --once` closes it after the cycle; `--watch` keeps it for the next
-cycle (begin_cycle forgets the last observation) until a failure.
+An EngineSession serves one cluster: it opens connections on demand through
+the FleetAccess, counts the queries it sends, and reads the topology once
+per cycle. `reconcile --once` closes it after the cycle; `--watch` keeps it
+for the next cycle (begin_cycle forgets the last observation) until a failure.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
-from dbfleet.inventory import read_inventory_hosts
-from dbfleet.errors import PermanentError
-from dbfleet.secrets import load_secrets
-
-CONNECT_TIMEOUT = 5
-"""Seconds to wait for a host before calling it down for this cycle."""
-
-
-@dataclass(frozen=True)
-class FleetAccess:
-    """Host addresses from the inventory and credentials from the secrets file."""
-
-    addresses: dict[str, str]
-    secrets: dict[str, str] = field(repr=False)
-    inventory: Path | None = None
-
-    @classmethod
-    def load(cls, inventory: Path, secrets: Path) -> FleetAccess:
-        if not inventory.exists():
-            raise PermanentError(f"{inventory}: no such inventory (run `dbfleet lab up`, or pass --inventory)")
-        hosts = read_inventory_hosts(inventory)
-        addresses = {name: str(v["dbfleet_address"]) for name, v in hosts.items() if "dbfleet_address" in v}
-        return cls(addresses, load_secrets(secrets, require_all=False), inventory)
-
-    def address(self, host: str) -> str:
-        try:
-            return self.addresses[host]
-        except KeyError:
-            where = f" {self.inventory}" if self.inventory else ""
-            raise PermanentError(f"host {host} is not in the inventory{where}", host=host) from None
-
-    def secret(self, key: str) -> str:
-        try:
-            return self.secrets[key]
-        except KeyError:
-            raise PermanentError(f"the secrets file has no {key}") from None
+from dbfleet.engines.access import FleetAccess
+from dbfleet.errors import TemporaryError
+from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster
 
 
 @dataclass(frozen=True)
@@ -84,24 +49,50 @@ class Topology:
                 "members": [m.__dict__ for m in self.members]}
 
 
-class EngineSession(ABC):
-    """One cycle's connections to one cluster."""
+AnyCluster = PostgresCluster | MongoCluster | RedisCluster
+ClusterT = TypeVar("ClusterT", PostgresCluster, MongoCluster, RedisCluster)
+
+
+class EngineSession(ABC, Generic[ClusterT]):
+    """One cluster's connections, kept for a cycle (or across cycles under --watch)."""
 
     engine: str = ""
 
-    def __init__(self, cluster: Any, access: FleetAccess):
-        self.cluster = cluster
+    def __init__(self, cluster: ClusterT, access: FleetAccess):
+        self.cluster: ClusterT = cluster
         self.access = access
         self.queries = 0
         """Statements sent to servers this session (the benchmark reads it)."""
         self.connections = 0
+        self._topology: Topology | None = None
+
+    def observe_topology(self) -> Topology:
+        """Which members answer, and which one is primary now (a switchover may have moved it).
+
+        Read once per cycle: the loop, the reconcilers and the backups share it.
+        """
+        if self._topology is None:
+            self._topology = self.read_topology()
+        return self._topology
 
     @abstractmethod
-    def observe_topology(self) -> Topology:
-        """Which members answer, and which one is primary now (a switchover may have moved it)."""
+    def read_topology(self) -> Topology:
+        """Ask the servers (observe_topology caches the answer for the cycle)."""
 
     def begin_cycle(self) -> None:
         """Forget what the last cycle observed (the session may be kept open between cycles)."""
+        self._topology = None
+
+    def primary(self) -> str:
+        """The member that takes writes now, or a TemporaryError saying why there is none."""
+        topology = self.observe_topology()
+        if topology.primary is None:
+            claims = [m.host for m in topology.members if m.role == "primary"]
+            down = [f"{m.host}: {m.detail}" for m in topology.members if not m.up]
+            why = (f"several members claim primary: {', '.join(claims)}" if claims else
+                   "no primary answers" + (f" ({'; '.join(down)})" if down else ""))
+            raise TemporaryError(why, cluster=self.cluster.name, action="find primary")
+        return topology.primary
 
     @abstractmethod
     def close(self) -> None:

@@ -1,9 +1,9 @@
 """Run a command on a fleet host: `docker exec` for lab containers, ssh for EC2, chosen from the inventory.
 
 The operator runs on its own machine and drives tools that live on the database
-hosts (pgBackRest, pg_amcheck, mongodump). `executor_for(inventory)` reads each
-host's `ansible_connection` and returns one Executor that routes every call
-the way Ansible would: `community.docker.docker` hosts through the Docker API,
+hosts (pgBackRest, pg_amcheck, mongodump). An InventoryExecutor (built by
+FleetAccess from the inventory) reads each host's `ansible_connection` and
+routes every call the way Ansible would: `community.docker.docker` hosts through the Docker API,
 any other through the ssh client. Secrets travel in `env`, never in argv, so
 they do not show up in a process list or a log line.
 """
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from dbfleet.inventory import read_inventory_hosts
 from dbfleet.errors import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -228,9 +227,3 @@ class InventoryExecutor(Executor):
     def fetch(self, host: str, remote: str, local: Path) -> None:
         self._for(host).fetch(host, remote, local)
 
-
-def executor_for(inventory: Path, docker_client: Any = None) -> InventoryExecutor:
-    """An executor for every host of an inventory written by dbfleet (lab or AWS)."""
-    if not inventory.exists():
-        raise PermanentError(f"{inventory}: no such inventory (run `dbfleet lab up`, or pass --inventory)")
-    return InventoryExecutor(read_inventory_hosts(inventory), docker_client)

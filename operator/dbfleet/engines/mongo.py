@@ -1,34 +1,32 @@
-"""MongoDB adapter: every read and write goes through mongos, as the `admin` user of the admin database.
+"""MongoDB adapter: every read and write goes through mongos, as the operator's admin login.
 
-Indexes are listed per collection (listIndexes) with their usage ($indexStats,
-one entry per shard, summed) and created with createIndexes, which mongos
-sends to every shard. Counters come from the member of each shard that
-mongos reads from, so usage on other secondaries is not counted: unused
-MongoDB indexes are reported, never dropped.
-TLS follows the cluster spec: with no CA file given the server certificate
-is not verified, like PostgreSQL's sslmode=require.
+The login is engines.credentials.MONGO_ADMIN (`dbfleet_admin`, the user the
+mongo roles create) and TLS follows engines.tls, so the backups, which reach
+mongos through this session too, use the same.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
-from dbfleet.actions import Action
-from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
-from dbfleet.reconcile.index_defs import observed_mongo
-from dbfleet.reconcile.indexes import ObservedDatabase, ObservedIndexes, TableStats
-from dbfleet.spec import MongoCluster
 from pymongo import MongoClient
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-ADMIN_USER = "admin"
-ADMIN_SECRET = "mongo_admin_password"
+from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
+from dbfleet.engines.base import EngineSession, Member, Topology
+from dbfleet.engines.credentials import MONGO_ADMIN
+from dbfleet.engines.tls import mongo_client_tls
+from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
+from dbfleet.spec import MongoCluster
 TEMPORARY_CODES = {
     6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,  # host unreachable, stepdown, shutdown
     50,  # MaxTimeMSExpired
 }
+
+
+def mongos_hosts(cluster: MongoCluster) -> list[str]:
+    """The names of the cluster's mongos hosts, in spec order."""
+    return [h if isinstance(h, str) else h.name for h in cluster.mongos]
 
 
 def classify(exc: PyMongoError, what: str) -> ReconcileError:
@@ -39,13 +37,7 @@ def classify(exc: PyMongoError, what: str) -> ReconcileError:
     return PermanentError(f"{what}: {exc}")
 
 
-def stats_window_days(stats: list[dict[str, Any]], now: float) -> float | None:
-    """Days the $indexStats counters cover: since the newest `accesses.since` (a restart or a new index)."""
-    since = [s["accesses"]["since"].timestamp() for s in stats if s.get("accesses", {}).get("since")]
-    return (now - max(since)) / 86400 if since else None
-
-
-class MongoSession(EngineSession):
+class MongoSession(EngineSession[MongoCluster]):
     engine = "mongo"
 
     def __init__(self, cluster: MongoCluster, access: FleetAccess):
@@ -54,20 +46,12 @@ class MongoSession(EngineSession):
 
     def client(self) -> MongoClient[Any]:
         if self._client is None:
-            cluster: MongoCluster = self.cluster
-            hosts = [f"{self.access.address(h if isinstance(h, str) else h.name)}:{cluster.port}"
-                     for h in cluster.mongos]
-            tls: dict[str, Any] = {}
-            if cluster.tls.enabled:
-                tls = {"tls": True}
-                if cluster.tls.ca_cert:
-                    tls["tlsCAFile"] = cluster.tls.ca_cert
-                else:
-                    tls["tlsAllowInvalidCertificates"] = True
-            self._client = MongoClient(hosts, username=ADMIN_USER, password=self.access.secret(ADMIN_SECRET),
+            cluster = self.cluster
+            hosts = [f"{self.access.address(h)}:{cluster.port}" for h in mongos_hosts(cluster)]
+            self._client = MongoClient(hosts, username=MONGO_ADMIN.user, password=self.access.password(MONGO_ADMIN),
                                        authSource="admin", appname="dbfleet-operator",
                                        serverSelectionTimeoutMS=CONNECT_TIMEOUT * 1000,
-                                       connectTimeoutMS=CONNECT_TIMEOUT * 1000, **tls)
+                                       connectTimeoutMS=CONNECT_TIMEOUT * 1000, **mongo_client_tls(cluster))
             self.connections += 1
         return self._client
 
@@ -92,14 +76,14 @@ class MongoSession(EngineSession):
 
     # -- topology ------------------------------------------------------------
 
-    def observe_topology(self) -> Topology:
-        cluster: MongoCluster = self.cluster
+    def read_topology(self) -> Topology:
+        cluster = self.cluster
         members = []
         try:
             self.command("admin", {"ping": 1})
             shards = self.command("admin", {"listShards": 1}).get("shards", [])
         except ReconcileError as exc:
-            names = [h if isinstance(h, str) else h.name for h in cluster.mongos]
+            names = mongos_hosts(cluster)
             return Topology(cluster.name, self.engine, None,
                             tuple(Member(n, "mongos", False, exc.message) for n in names))
         router_host = self._router()
@@ -110,53 +94,10 @@ class MongoSession(EngineSession):
 
     def _router(self) -> str:
         """The mongos host the client talks to (with several, pymongo balances and names none: the first)."""
-        first = self.cluster.mongos[0]
-        fallback = first if isinstance(first, str) else first.name
+        fallback = mongos_hosts(self.cluster)[0]
         try:
             address = self.client().address
         except PyMongoError:
             return fallback
         by_address = {(a, self.cluster.port): h for h, a in self.access.addresses.items()}
         return by_address.get(address, fallback) if address else fallback
-
-    # -- indexes -------------------------------------------------------------
-
-    def observe_indexes(self, cluster: MongoCluster) -> ObservedIndexes:
-        observed = ObservedIndexes(cluster.name, self.engine)
-        databases = sorted({i.database for i in cluster.indexes.declared}
-                           | {s.database for s in cluster.sharded_collections})
-        now = time.time()
-        for name in databases:
-            collections = self.command(name, {"listCollections": 1, "filter": {"type": "collection"},
-                                              "nameOnly": True})["cursor"]["firstBatch"]
-            database = ObservedDatabase(name, members_counted=("one member per shard, through mongos",),
-                                        every_member_counted=False)
-            windows = []
-            for coll in sorted(c["name"] for c in collections if not c["name"].startswith("system.")):
-                docs = self.command(name, {"listIndexes": coll})["cursor"]["firstBatch"]
-                stats = self.aggregate(name, coll, [{"$indexStats": {}}])
-                ops: dict[str, int] = {}
-                for s in stats:
-                    ops[s["name"]] = ops.get(s["name"], 0) + int(s.get("accesses", {}).get("ops", 0))
-                window = stats_window_days(stats, now)
-                if window is not None:
-                    windows.append(window)
-                database.tables[coll] = TableStats(coll)
-                database.indexes += [observed_mongo(name, coll, d, ops.get(d["name"])) for d in docs]
-            database.stats_window_days = min(windows) if windows else None
-            observed.databases[name] = database
-        return observed
-
-    def apply_index_action(self, action: Action) -> str:
-        detail = action.detail
-        database, collection = detail["database"], detail["collection"]
-        if action.kind == "create-index":
-            spec = {"key": {f: d for f, d in detail["keys"]}, "name": detail["name"], **detail["options"]}
-            self.command(database, {"createIndexes": collection, "indexes": [spec]})
-            return f"created {action.target} through mongos"
-        if action.kind == "drop-index":
-            if detail["name"] == "_id_":
-                raise PermanentError("refusing to drop the _id index")
-            self.command(database, {"dropIndexes": collection, "index": detail["name"]})
-            return f"dropped {action.target} through mongos"
-        raise PermanentError(f"the mongo adapter cannot apply {action.kind}")

@@ -1,7 +1,9 @@
 """Redis adapter: observe the master, its replicas and the Sentinels (Redis has no index reconciler).
 
 Data nodes are read as the read-only `dbfleet_monitor` ACL user (INFO only);
-Sentinels with their requirepass. The master is the one the Sentinels name
+Sentinels with their requirepass (engines.credentials). One client per
+server and login is kept for the session's life, so a watching operator
+holds a fixed number of connections however many cycles it runs. The master is the one the Sentinels name
 for the cluster (their master name is the cluster name), cross-checked with
 each node's own INFO replication role.
 """
@@ -12,61 +14,57 @@ from collections import Counter
 from typing import Any
 
 import redis
-from dbfleet.engines.base import CONNECT_TIMEOUT, EngineSession, FleetAccess, Member, Topology
-from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
-from dbfleet.spec import RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-MONITOR_USER = "dbfleet_monitor"
-MONITOR_SECRET = "redis_monitor_password"
-SENTINEL_SECRET = "redis_sentinel_password"
+from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
+from dbfleet.engines.base import EngineSession, Member, Topology
+from dbfleet.engines.credentials import REDIS_MONITOR, REDIS_SENTINEL, Login
+from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
+from dbfleet.spec import RedisCluster
+
+CLIENT_NAME = "dbfleet-operator"
+"""CLIENT SETNAME of the operator's connections, so a server's CLIENT LIST shows them."""
 
 
-class RedisSession(EngineSession):
+class RedisSession(EngineSession[RedisCluster]):
     engine = "redis"
 
     def __init__(self, cluster: RedisCluster, access: FleetAccess):
         super().__init__(cluster, access)
-        self._clients: list[redis.Redis] = []
-        self._topology: Topology | None = None
+        self._clients: dict[tuple[str, int, str | None], redis.Redis] = {}
 
-    def begin_cycle(self) -> None:
-        self._topology = None  # Sentinel may have failed over since the last cycle
-
-    def _client(self, host: str, port: int, username: str | None, secret: str) -> redis.Redis:
-        client = redis.Redis(host=self.access.address(host), port=port, username=username,
-                             password=self.access.secret(secret), socket_connect_timeout=CONNECT_TIMEOUT,
-                             socket_timeout=CONNECT_TIMEOUT, decode_responses=True,
-                             # The loop retries with its own backoff; redis-py's default 3 retries would
-                             # make a frozen cluster cost 20 s per command.
-                             retry=Retry(NoBackoff(), 0))
-        self._clients.append(client)
-        self.connections += 1
+    def client(self, host: str, port: int, login: Login) -> redis.Redis:
+        """This session's client for one server and login, made on first use and kept until close()."""
+        key = (host, port, login.user)
+        client = self._clients.get(key)
+        if client is None:
+            client = redis.Redis(host=self.access.address(host), port=port, username=login.user,
+                                 password=self.access.password(login), socket_connect_timeout=CONNECT_TIMEOUT,
+                                 socket_timeout=CONNECT_TIMEOUT, decode_responses=True, client_name=CLIENT_NAME,
+                                 # The loop retries with its own backoff; redis-py's default 3 retries would
+                                 # make a frozen cluster cost 20 s per command.
+                                 retry=Retry(NoBackoff(), 0))
+            self._clients[key] = client
+            self.connections += 1
         return client
 
-    def command(self, host: str, port: int, username: str | None, secret: str, *args: Any) -> Any:
+    def command(self, host: str, port: int, login: Login, *args: Any) -> Any:
         self.queries += 1
         try:
-            return self._client(host, port, username, secret).execute_command(*args)
+            return self.client(host, port, login).execute_command(*args)
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             raise TemporaryError(f"{args[0]}: {exc}", host=host) from None
         except redis.RedisError as exc:
             raise PermanentError(f"{args[0]}: {exc}", host=host) from None
 
-    def observe_topology(self) -> Topology:
-        """Read once per cycle: the loop, the capacity check and the members reconciler share it."""
-        if self._topology is None:
-            self._topology = self._read_topology()
-        return self._topology
-
-    def _read_topology(self) -> Topology:
-        cluster: RedisCluster = self.cluster
+    def read_topology(self) -> Topology:
+        cluster = self.cluster
         members: list[Member] = []
         masters: list[str] = []
         for host in cluster.data_hosts():
             try:
-                info = self.command(host.name, cluster.port, MONITOR_USER, MONITOR_SECRET, "INFO", "replication")
+                info = self.command(host.name, cluster.port, REDIS_MONITOR, "INFO", "replication")
             except ReconcileError as exc:
                 members.append(Member(host.name, "unknown", False, exc.message))
                 continue
@@ -80,7 +78,7 @@ class RedisSession(EngineSession):
         votes: Counter[str] = Counter()
         for host in cluster.sentinel_hosts():
             try:
-                addr = self.command(host.name, cluster.sentinel_port, None, SENTINEL_SECRET,
+                addr = self.command(host.name, cluster.sentinel_port, REDIS_SENTINEL,
                                     "SENTINEL", "get-master-addr-by-name", cluster.name)
             except ReconcileError as exc:
                 members.append(Member(host.name, "sentinel", False, exc.message))
@@ -91,12 +89,12 @@ class RedisSession(EngineSession):
         primary = _agreed_primary(votes, masters, cluster.effective_quorum)
         facts: dict[str, Any] = {}
         if primary is not None:
-            memory = self.command(primary, cluster.port, MONITOR_USER, MONITOR_SECRET, "INFO", "memory")
+            memory = self.command(primary, cluster.port, REDIS_MONITOR, "INFO", "memory")
             facts["used_memory"] = int(memory.get("used_memory", 0))
         return Topology(cluster.name, self.engine, primary, tuple(members), facts)
 
     def close(self) -> None:
-        for client in self._clients:
+        for client in self._clients.values():
             client.close()
         self._clients.clear()
 

@@ -1,4 +1,6 @@
-"""Throwaway containers for restores and drills: started from an engine's lab image, always removed after.
+"""Throwaway containers for restores and drills: the lab's ScratchProvider (backups.scratch).
+
+Each is started from an engine's lab image and always removed after.
 
 A scratch container joins the lab network, carries the lab's label (so
 `lab down` removes it even if a drill was killed), and mounts the lab's
@@ -13,7 +15,7 @@ import io
 import tarfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,23 +23,28 @@ from typing import Any, Iterator
 import docker
 from docker.errors import NotFound
 
+from dbfleet.backups.scratch import SCRATCH_HOST
 from dbfleet.engines.executor import DockerExecutor
 from dbfleet.lab.lifecycle import LABEL, LabError
 from dbfleet.lab.topology import backup_volume_name, network_name
 
 SCRATCH_LABEL = "dbfleet.scratch"
-SCRATCH_HOST = "scratch"
-"""The host name a scratch container answers to in its executor."""
 
 
 @dataclass
 class Scratch:
-    """A running scratch container and an executor whose one host, 'scratch', is it."""
+    """A running scratch container and an executor whose one host, 'scratch', is it (a ScratchHost)."""
 
     name: str
     container: Any
     executor: DockerExecutor
     address: str
+
+    def remove(self) -> None:
+        try:
+            self.container.remove(force=True, v=True)
+        except NotFound:
+            pass
 
     def put_file(self, source: Path, dest: str, owner: str | None = None, mode: int = 0o600) -> None:
         """Copy one local file into the container (its directory must exist)."""
@@ -108,6 +115,19 @@ def scratch_container(lab: str, engine: str, purpose: str, backup_path: str | No
                 container.remove(force=True, v=True)
             except NotFound:
                 pass
+
+
+@dataclass(frozen=True)
+class LabScratch:
+    """The lab's ScratchProvider: containers on the lab network, the backup volume mounted read-only."""
+
+    lab: str
+    backup_path: str | None
+    """Where the hosts see a local backup target (None for S3)."""
+    client: Any = None
+
+    def scratch(self, engine: str, purpose: str, keep: bool = False) -> AbstractContextManager[Scratch]:
+        return scratch_container(self.lab, engine, purpose, self.backup_path, client=self.client, keep=keep)
 
 
 def leftover_scratch(lab: str, client: docker.DockerClient | None = None) -> list[str]:

@@ -16,8 +16,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbfleet.monitoring import metrics
 from dbfleet.actions import Action
+from dbfleet.reconcile.index_observation import IndexAdvice, ObservedDatabase, ObservedIndexes, TableStats
 from dbfleet.reconcile.index_defs import (
     DesiredIndex,
     IndexShape,
@@ -32,65 +32,6 @@ from dbfleet.spec import IndexPolicy, MongoCluster, MongoIndex, PgIndex, Postgre
 RECONCILER = "indexes"
 LEFTOVER = re.compile(r"_cc(new|old)[0-9]*$")
 """Names REINDEX CONCURRENTLY gives its temporary copies; an invalid one is debris of an interrupted rebuild."""
-
-
-@dataclass(frozen=True)
-class TableStats:
-    scope: str
-    seq_scans: int = 0
-    live_rows: int = 0
-
-
-@dataclass(frozen=True)
-class IndexAdvice:
-    """A candidate index checked with a hypothetical index (hypopg): planner cost before and after."""
-
-    database: str
-    scope: str
-    keys: tuple[str, ...]
-    sql: str
-    query: str
-    source: str
-    cost_before: float
-    cost_after: float
-
-    @property
-    def reduction(self) -> float:
-        return 1.0 - self.cost_after / self.cost_before if self.cost_before > 0 else 0.0
-
-
-@dataclass
-class ObservedDatabase:
-    """One database (PostgreSQL) or one MongoDB database as observed in one cycle."""
-
-    name: str
-    indexes: list[ObservedIndex] = field(default_factory=list)
-    tables: dict[str, TableStats] = field(default_factory=dict)
-    stats_window_days: float | None = None
-    """Days the usage counters cover on every member counted (the shortest); None if unknown."""
-    members_counted: tuple[str, ...] = ()
-    members_missing: tuple[str, ...] = ()
-    """Members whose counters could not be read: no index is called unused while any is missing."""
-    advice: list[IndexAdvice] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    every_member_counted: bool = True
-    """False when some members' usage cannot be read at all (MongoDB secondaries): unused is then only reported."""
-
-
-@dataclass
-class ObservedIndexes:
-    cluster: str
-    engine: str
-    databases: dict[str, ObservedDatabase] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    """Databases that could not be observed, with why."""
-
-    def all_indexes(self) -> list[ObservedIndex]:
-        return [i for db in self.databases.values() for i in db.indexes]
-
-    def notes(self) -> list[str]:
-        notes = [f"{name}: not observed: {why}" for name, why in self.skipped.items()]
-        return notes + [f"{db.name}: {n}" for db in self.databases.values() for n in db.notes]
 
 
 _LAST_DESIRED: list[tuple[Sequence[Any], list[DesiredIndex]]] = []
@@ -311,38 +252,6 @@ def _diff_advice(plan: _Plan, database: ObservedDatabase, policy: IndexPolicy) -
                  f"{advice.source}: planner cost {advice.cost_before:.0f} -> {advice.cost_after:.0f} "
                  f"(-{advice.reduction:.0%}) with a hypothetical index",
                  statements=[advice.sql], query=advice.query[:500], database=database.name)
-
-
-# --------------------------------------------------------------------------- the reconciler
-
-
-class IndexReconciler:
-    """Observe, diff and act on declared indexes for PostgreSQL and MongoDB clusters."""
-
-    name = RECONCILER
-
-    def applies_to(self, cluster: Any) -> bool:
-        return isinstance(cluster, (PostgresCluster, MongoCluster))
-
-    def observe(self, cluster: Any, session: Any) -> ObservedIndexes:
-        return session.observe_indexes(cluster)
-
-    def diff(self, cluster: Any, observed: ObservedIndexes) -> list[Action]:
-        return diff_indexes(cluster.name, cluster.indexes.declared, observed, cluster.indexes)
-
-    def act(self, action: Action, session: Any) -> str:
-        return session.apply_index_action(action)
-
-    def notes(self, observed: ObservedIndexes) -> list[str]:
-        return observed.notes()
-
-    def status(self, cluster: Any, observed: ObservedIndexes, actions: list[Action]) -> dict[str, Any]:
-        """Index counts for `dbfleet status`, also exported as the dbfleet_indexes metric."""
-        counts = index_counts(cluster.indexes.declared, observed, actions)
-        metrics.set_index_counts(cluster.name, counts)
-        return {"indexes": len(observed.all_indexes()),
-                "declared": f"{counts['declared']}/{len(cluster.indexes.declared)}",
-                "invalid": counts["invalid"], "unused": counts["unused"], "duplicate": counts["duplicate"]}
 
 
 def index_counts(declared: Sequence[PgIndex | MongoIndex], observed: ObservedIndexes,

@@ -18,14 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dbfleet.engines import open_session
-from dbfleet.engines.base import EngineSession, FleetAccess, Topology
-from dbfleet.monitoring import metrics
 from dbfleet.actions import Action, Outcome
-from dbfleet.reconcile.capacity import shrink_problems, unreachable
+from dbfleet.engines import AnySession, open_session
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.base import AnyCluster, Topology
 from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
-from dbfleet.reconcile.indexes import IndexReconciler
-from dbfleet.reconcile.members import MemberReconciler
+from dbfleet.monitoring import metrics
+from dbfleet.reconcile.capacity import shrink_problems, unreachable
 from dbfleet.reconcile.retry import DEFAULT_RETRY, ClusterBackoff, RetryPolicy, call_with_retry
 from dbfleet.spec import Fleet
 
@@ -33,7 +32,10 @@ log = logging.getLogger("dbfleet.reconcile")
 
 
 class Reconciler(Protocol):
-    """A plain object per concern (indexes, backups, monitoring); the loop owns retries and logging."""
+    """A plain object per concern (indexes, backups, monitoring); the loop owns retries and logging.
+
+    The reconcilers a cycle runs are listed in one place, dbfleet.wiring.reconcilers().
+    """
 
     name: str
 
@@ -48,19 +50,6 @@ class Reconciler(Protocol):
     def notes(self, observed: Any) -> list[str]: ...
 
     def status(self, cluster: Any, observed: Any, actions: list[Action]) -> dict[str, Any]: ...
-
-
-_FACTORIES: list[Callable[[], Reconciler]] = [MemberReconciler, IndexReconciler]
-
-
-def register_reconciler(factory: Callable[[], Reconciler]) -> None:
-    """Add a reconciler (backups, monitoring, ...) to every cycle, after those already registered."""
-    if factory not in _FACTORIES:
-        _FACTORIES.append(factory)
-
-
-def default_reconcilers() -> list[Reconciler]:
-    return [factory() for factory in _FACTORIES]
 
 
 @dataclass
@@ -167,19 +156,19 @@ class CycleReport:
                 "clusters": [c.as_dict() for c in self.clusters]}
 
 
-SessionFactory = Callable[[Any, FleetAccess], EngineSession]
+SessionFactory = Callable[[AnyCluster, FleetAccess], AnySession]
 
 
 class Operator:
     """Runs cycles over a fleet. Stateless between cycles except for the per-cluster backoff."""
 
-    def __init__(self, fleet: Fleet, access: FleetAccess, *, reconcilers: list[Reconciler] | None = None,
+    def __init__(self, fleet: Fleet, access: FleetAccess, *, reconcilers: list[Reconciler],
                  retry: RetryPolicy = DEFAULT_RETRY, session_factory: SessionFactory = open_session,
                  sleep: Callable[[float], None] = time.sleep, stop: threading.Event | None = None,
                  clusters: set[str] | None = None, keep_sessions: bool = False):
         self.fleet = fleet
         self.access = access
-        self.reconcilers = default_reconcilers() if reconcilers is None else reconcilers
+        self.reconcilers = reconcilers
         self.retry = retry
         self.session_factory = session_factory
         self.sleep = sleep
@@ -188,7 +177,7 @@ class Operator:
         self.backoff = ClusterBackoff()
         self.keep_sessions = keep_sessions
         """Keep each cluster's connections open from one cycle to the next (--watch); dropped after a failure."""
-        self._sessions: dict[str, EngineSession] = {}
+        self._sessions: dict[str, AnySession] = {}
 
     def close(self) -> None:
         """Close the sessions kept between cycles."""
@@ -270,7 +259,7 @@ class Operator:
         result.seconds = time.monotonic() - start
         return result
 
-    def _reconcile(self, cluster: Any, reconciler: Reconciler, session: EngineSession, apply: bool,
+    def _reconcile(self, cluster: Any, reconciler: Reconciler, session: AnySession, apply: bool,
                    result: ClusterReport) -> None:
         """Observe, diff and (when applying) act for one reconciler on one cluster."""
         observed, _ = call_with_retry(lambda: reconciler.observe(cluster, session),
@@ -284,7 +273,7 @@ class Operator:
         if apply:
             self._act_all(reconciler, actions, session, result)
 
-    def _act_all(self, reconciler: Reconciler, actions: list[Action], session: EngineSession,
+    def _act_all(self, reconciler: Reconciler, actions: list[Action], session: AnySession,
                  result: ClusterReport) -> None:
         gave_up: str | None = None
         for action in actions:

@@ -18,6 +18,7 @@ import subprocess
 from typing import Any
 
 from dbfleet.engines.base import Topology
+from dbfleet.engines.postgres import PgPaths, pg_paths
 from dbfleet.playbook import run_shell
 from dbfleet.actions import Action
 from dbfleet.errors import PermanentError, TemporaryError
@@ -29,11 +30,11 @@ NOT_A_STANDBY = 3
 """Exit code of the PostgreSQL start command when the host holds no standby.signal."""
 
 
-def postgres_start_command(version: str) -> str:
-    data = f"/var/lib/postgresql/{version}/main"
+def postgres_start_command(paths: PgPaths) -> str:
+    data = paths.data_dir
     return (f"test -f {data}/standby.signal || {{ echo 'no standby.signal in {data}: this host was a primary; "
             f"starting it beside the promoted one would split the cluster'; exit {NOT_A_STANDBY}; }}; "
-            f"systemctl start postgresql@{version}-main")
+            f"systemctl start {paths.service}")
 
 
 def planned_starts(cluster: Any, topology: Topology) -> list[Action]:
@@ -45,7 +46,8 @@ def planned_starts(cluster: Any, topology: Topology) -> list[Action]:
         if member.up or member.host == topology.primary:
             continue
         if isinstance(cluster, PostgresCluster):
-            unit, command = f"postgresql@{cluster.version}-main", postgres_start_command(str(cluster.version))
+            paths = pg_paths(cluster)
+            unit, command = paths.service, postgres_start_command(paths)
         elif member.role == "sentinel":
             unit = "redis-sentinel"
             command = f"systemctl start {unit}"

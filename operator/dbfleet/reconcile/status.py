@@ -1,8 +1,8 @@
-"""Fleet status: one row per cluster, assembled from registered providers, and the last reconcile's result.
+"""Fleet status: one row per cluster, assembled from providers, and the last reconcile's result.
 
-A row is a plain dict. Each provider adds its columns; the monitoring and
-backup reconcilers register their own providers (say, replica lag or last
-backup) with `register_status_provider`, and `dbfleet status` shows them.
+A row is a plain dict. Each provider adds its columns; the providers `status`
+shows, and their order, are listed in one place (dbfleet.wiring), beside the
+reconcilers whose findings they show.
 The last reconcile result of each cluster is kept in a small JSON state file
 written after every `reconcile` cycle.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dbfleet.reconcile.loop import ClusterReport, CycleReport
+from dbfleet.units import age
 
 
 @dataclass(frozen=True)
@@ -30,15 +31,9 @@ class StatusContext:
 
 
 StatusProvider = Callable[[StatusContext], dict[str, Any]]
-_PROVIDERS: dict[str, StatusProvider] = {}
 
 
-def register_status_provider(name: str, provider: StatusProvider) -> None:
-    """Add (or replace, by name) a provider of status columns; columns appear in registration order."""
-    _PROVIDERS[name] = provider
-
-
-def _topology(ctx: StatusContext) -> dict[str, Any]:
+def topology_columns(ctx: StatusContext) -> dict[str, Any]:
     topo = ctx.report.topology
     row: dict[str, Any] = {"cluster": ctx.cluster.name, "engine": ctx.cluster.engine}
     if ctx.report.skipped:
@@ -49,12 +44,12 @@ def _topology(ctx: StatusContext) -> dict[str, Any]:
             "observed": "ok" if ctx.report.ok else f"FAILED: {ctx.report.error}"}
 
 
-def _pending(ctx: StatusContext) -> dict[str, Any]:
+def pending_columns(ctx: StatusContext) -> dict[str, Any]:
     changes = sum(a.changes for a in ctx.report.actions)
     return {"pending": changes, "findings": len(ctx.report.actions) - changes}
 
 
-def _last_reconcile(ctx: StatusContext) -> dict[str, Any]:
+def last_reconcile_columns(ctx: StatusContext) -> dict[str, Any]:
     if not ctx.last:
         return {"last_reconcile": "never"}
     seconds = time.time() - float(ctx.last.get("at", 0))
@@ -62,25 +57,14 @@ def _last_reconcile(ctx: StatusContext) -> dict[str, Any]:
     return {"last_reconcile": f"{result} {age(seconds)} ago ({ctx.last.get('done', 0)} changes)"}
 
 
-def _indexes(ctx: StatusContext) -> dict[str, Any]:
+def index_columns(ctx: StatusContext) -> dict[str, Any]:
     keys = ("indexes", "declared", "invalid", "unused", "duplicate")
     return {k: ctx.report.status[k] for k in keys if k in ctx.report.status}
 
 
-def age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
-
-
-register_status_provider("topology", _topology)
-register_status_provider("indexes", _indexes)
-register_status_provider("pending", _pending)
-register_status_provider("last_reconcile", _last_reconcile)
-
-
-def status_rows(fleet: Any, report: CycleReport, state: dict[str, Any]) -> list[dict[str, Any]]:
+def status_rows(fleet: Any, report: CycleReport, state: dict[str, Any],
+                providers: list[StatusProvider]) -> list[dict[str, Any]]:
+    """One row per cluster observed; each provider adds its columns, in the order given."""
     reports = {c.cluster: c for c in report.clusters}
     rows = []
     for cluster in fleet.clusters:
@@ -88,7 +72,7 @@ def status_rows(fleet: Any, report: CycleReport, state: dict[str, Any]) -> list[
             continue
         ctx = StatusContext(cluster, reports[cluster.name], state.get(cluster.name, {}))
         row: dict[str, Any] = {}
-        for provider in _PROVIDERS.values():
+        for provider in providers:
             row.update(provider(ctx))
         rows.append(row)
     return rows

@@ -1,0 +1,35 @@
+"""The logins the operator and its tools use: one place for each user name and its password's secrets key.
+
+The roles create these users (playbooks/roles/*/defaults/main.yml);
+tests/unit/test_credentials.py reads the role defaults and these, so the two
+cannot drift again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Login:
+    """A user name (None where the server has only a password, like Sentinel's requirepass) and the key of
+    its password in the secrets file."""
+
+    user: str | None
+    secret: str
+
+
+POSTGRES_SUPERUSER = Login("postgres", "postgres_superuser_password")
+"""The operator's PostgreSQL login: index DDL, the leader lock, backups (pgBackRest runs as the OS user)."""
+
+MONGO_ADMIN = Login("dbfleet_admin", "mongo_admin_password")
+"""The operator's MongoDB login through mongos, and mongodump's."""
+
+REDIS_ADMIN = Login("dbfleet_admin", "redis_admin_password")
+"""redis-cli --rdb for snapshots and the members' checks."""
+
+REDIS_MONITOR = Login("dbfleet_monitor", "redis_monitor_password")
+"""The operator's read-only Redis login (INFO)."""
+
+REDIS_SENTINEL = Login(None, "redis_sentinel_password")
+"""Sentinel's own requirepass."""

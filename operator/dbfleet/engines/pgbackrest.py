@@ -1,0 +1,98 @@
+"""pgBackRest's configuration: the one place its repository path and pgbackrest.conf are decided.
+
+The hosts' /etc/pgbackrest/pgbackrest.conf (written by the pgbackrest role,
+which copies `host_config` from the inventory) and the scratch host's, for a
+restore or drill (`scratch_config`), are rendered here from the cluster spec,
+so the repository a restore reads is always the one the hosts write. Values
+are checked on the way in: a line break or a bracket would start a new option
+or section, so such a value is refused, never written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import urlparse
+
+from dbfleet.engines.postgres import PgPaths, pg_paths
+from dbfleet.errors import PermanentError
+from dbfleet.spec import PostgresCluster, S3Target
+
+HOST_SOCKET_DIR = "/var/run/postgresql"
+HOST_LOG_PATH = "/var/log/pgbackrest"
+PROCESS_MAX = 2
+COMPRESS_TYPE = "lz4"
+BUNDLE = True
+"""Bundle small files (most of a cluster's relation files) into a few repository objects: far fewer S3
+requests and files per backup, and a manifest of a handful of entries. `pgbackrest verify` still names the
+file inside a bundle that fails its checksum."""
+RETENTION_FULL = "9999999"
+"""Expiry is the operator's: a backup goes only once a newer one is verified by a restore drill."""
+
+_SAFE_VALUE = re.compile(r"^[^\x00-\x1f\x7f\[\]]*$")
+
+
+def repo_prefix(cluster: str) -> str:
+    """Where a cluster's repository sits inside the backup target (as a storage key prefix)."""
+    return f"pgbackrest/{cluster}/"
+
+
+def repo_path(cluster: PostgresCluster) -> str:
+    """repo1-path: the local target's directory, or the path inside the S3 bucket."""
+    target = cluster.backup.target
+    if isinstance(target, S3Target):
+        return "/" + "/".join(p for p in (target.prefix.strip("/"), repo_prefix(cluster.name).rstrip("/")) if p)
+    return f"{target.path.rstrip('/')}/{repo_prefix(cluster.name).rstrip('/')}"
+
+
+def repo_options(cluster: PostgresCluster) -> dict[str, str]:
+    """The repo1-* options for the cluster's backup target."""
+    target = cluster.backup.target
+    if not isinstance(target, S3Target):
+        return {"repo1-path": repo_path(cluster)}
+    url = urlparse(target.endpoint or f"https://s3.{target.region}.amazonaws.com")
+    options = {"repo1-type": "s3", "repo1-path": repo_path(cluster), "repo1-s3-bucket": target.bucket,
+               "repo1-s3-region": target.region, "repo1-s3-endpoint": url.hostname or ""}
+    if url.port:
+        options["repo1-storage-port"] = str(url.port)
+    if target.endpoint:
+        options["repo1-s3-uri-style"] = "path"
+    return options
+
+
+def render(sections: Mapping[str, Mapping[str, str]], header: str = "") -> str:
+    """An INI file in pgBackRest's format, refusing any value that could start another line or section."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for section, options in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in options.items():
+            if not _SAFE_VALUE.match(value) or not _SAFE_VALUE.match(key):
+                raise PermanentError(f"pgbackrest.conf: refusing {key}={value!r}: control character or bracket")
+            lines.append(f"{key}={value}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def host_config(cluster: PostgresCluster, paths: PgPaths | None = None) -> str:
+    """/etc/pgbackrest/pgbackrest.conf on every host of the cluster."""
+    paths = paths or pg_paths(cluster)
+    repo = repo_options(cluster)
+    if repo.get("repo1-type") == "s3":
+        repo["repo1-s3-key-type"] = "auto"  # the instance profile's credentials (stacks/ grants this prefix only)
+    tuning = {"repo1-retention-full": RETENTION_FULL, "process-max": str(PROCESS_MAX),
+              "compress-type": COMPRESS_TYPE, "repo1-bundle": "y" if BUNDLE else "n", "start-fast": "y",
+              "log-level-console": "warn", "log-level-file": "info", "log-path": HOST_LOG_PATH}
+    stanza = {"pg1-path": paths.data_dir, "pg1-port": str(cluster.port), "pg1-socket-path": HOST_SOCKET_DIR}
+    return render({"global": {**repo, **tuning}, cluster.name: stanza},
+                  header="Managed by dbfleet from the fleet spec (dbfleet.engines.pgbackrest); changes here are "
+                         "overwritten.")
+
+
+def scratch_config(cluster: PostgresCluster, pg_path: str, socket: str, s3_ca_file: str | None = None) -> str:
+    """pgbackrest.conf for a restore on a scratch host: the same repository, read into `pg_path`."""
+    repo = repo_options(cluster)
+    if s3_ca_file and repo.get("repo1-type") == "s3":
+        repo["repo1-s3-ca-file"] = s3_ca_file
+    scratch = {"log-path": "/tmp", "lock-path": "/tmp/pgbackrest-lock", "spool-path": "/tmp",
+               "log-level-console": "warn", "log-level-file": "off"}
+    return render({"global": {**repo, **scratch}, cluster.name: {"pg1-path": pg_path, "pg1-socket-path": socket}})

@@ -1,0 +1,101 @@
+"""How the operator is put together, written down in one place.
+
+The reconcilers a cycle runs and their order, the columns `status` shows, how
+backups reach a cluster (storage, scratch hosts) and which lock makes one
+operator the leader. Commands and tests build operators from these; nothing
+joins the loop by being imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from dbfleet.backups.access import BackupAccess
+from dbfleet.backups.reconciler import BackupReconciler, backup_columns
+from dbfleet.backups.storage import storage_for
+from dbfleet.engines import AnySession, open_session
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.base import AnyCluster
+from dbfleet.engines.postgres import PostgresSession, connect
+from dbfleet.lab.scratch import LabScratch, backup_volume_mountpoint
+from dbfleet.progress import Progress
+from dbfleet.reconcile.index_reconciler import IndexReconciler
+from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
+from dbfleet.reconcile.loop import Leader, Reconciler
+from dbfleet.reconcile.members import MemberReconciler
+from dbfleet.reconcile.status import (
+    StatusContext,
+    StatusProvider,
+    index_columns,
+    last_reconcile_columns,
+    pending_columns,
+    topology_columns,
+)
+from dbfleet.spec import Fleet, PostgresCluster, S3Target
+
+
+def reconcilers() -> list[Reconciler]:
+    """What one cycle does to each cluster, in this order: members first (a stopped replica is started before
+    anything reads from it), then indexes, then backups."""
+    return [MemberReconciler(), IndexReconciler(), BackupReconciler(backup_access)]
+
+
+def _backup_columns(ctx: StatusContext) -> dict[str, Any]:
+    return backup_columns(ctx.cluster, ctx.report.status)
+
+
+def status_providers() -> list[StatusProvider]:
+    """The columns of `dbfleet status`, left to right."""
+    return [topology_columns, index_columns, pending_columns, last_reconcile_columns, _backup_columns]
+
+
+def backup_access(cluster: AnyCluster, session: AnySession, progress: Progress | None = None,
+                  s3_client: Any = None) -> BackupAccess:
+    """A cluster's BackupAccess on the fleet's access and the cluster's engine session.
+
+    In the lab a local target is seen by the operator at the shared volume's
+    mountpoint and restores run in scratch containers; elsewhere a local target
+    is the share mounted at the same path, and there is no scratch provider yet.
+    """
+    fleet = session.access
+    target = cluster.backup.target
+    local_root = None
+    if fleet.lab and not isinstance(target, S3Target):
+        local_root = backup_volume_mountpoint(fleet.lab, fleet.docker_client)
+    scratch = None
+    if fleet.lab:
+        scratch = LabScratch(fleet.lab, None if isinstance(target, S3Target) else target.path, fleet.docker_client)
+    return BackupAccess(cluster, fleet.executor, storage_for(target, local_root, s3_client), fleet, session, scratch,
+                        progress or Progress("backup"))
+
+
+def open_access(cluster: AnyCluster, inventory: Path, secrets: Path | None = None, progress: Progress | None = None,
+                docker_client: Any = None, s3_client: Any = None) -> BackupAccess:
+    """backup_access for a command: the fleet's access from an inventory written by dbfleet, and a new session."""
+    fleet = FleetAccess.load(inventory, secrets, docker_client)
+    return backup_access(cluster, open_session(cluster, fleet), progress, s3_client)
+
+
+def leader_lock(fleet: Fleet, access: FleetAccess, lock_dir: Path, cluster_name: str | None = None) -> Leader:
+    """The advisory lock on the chosen (default: first) PostgreSQL cluster's primary; a file lock without one.
+
+    Raises KeyError when `cluster_name` is not a PostgreSQL cluster of the spec.
+    """
+    clusters = [c for c in fleet.clusters if isinstance(c, PostgresCluster)]
+    if cluster_name:
+        clusters = [c for c in clusters if c.name == cluster_name]
+        if not clusters:
+            raise KeyError(cluster_name)
+    if not clusters:
+        return FileLeaderLock(lock_dir / "operator-leader.lock")
+    cluster = clusters[0]
+
+    def lock_connection() -> psycopg.Connection[Any]:
+        with PostgresSession(cluster, access) as session:
+            host = session.primary()
+        return connect(cluster, access, host, "postgres", operator_identity())
+
+    return AdvisoryLeaderLock(lock_connection, where=f"the primary of {cluster.name}")

@@ -1,0 +1,131 @@
+"""The facts the operator and the roles share, checked without a server: user names, password keys, TLS options.
+
+Issue: engines/mongo.py logged in as `admin` while the roles create
+`dbfleet_admin` (which the backups used), and the two copies disagreed on TLS.
+Each login now lives in engines/credentials.py and each TLS option in
+engines/tls.py; these tests read the role defaults and what every client is
+really given, so the copies cannot drift again.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dbfleet.engines import credentials, tls
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.mongo import MongoSession
+from dbfleet.engines.postgres import PostgresSession
+from dbfleet.engines.redis import RedisSession
+from dbfleet.secrets import PASSWORD_KEYS
+from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster, load_fleet
+
+REPO = Path(__file__).resolve().parents[2]
+FLEET = load_fleet(REPO / "fleet.example.yaml")
+SECRET_REF = re.compile(r"^\{\{ dbfleet_secrets\.(\w+) \}\}$")
+
+
+def role_defaults(role: str) -> dict[str, Any]:
+    return yaml.safe_load((REPO / "playbooks" / "roles" / role / "defaults" / "main.yml").read_text())
+
+
+def secret_key(value: str) -> str:
+    found = SECRET_REF.match(value)
+    assert found, f"{value!r} is not a reference into dbfleet_secrets"
+    return found.group(1)
+
+
+@pytest.mark.parametrize(("login", "role", "user_var", "password_var"), [
+    (credentials.POSTGRES_SUPERUSER, "postgres_server", "postgres_superuser", "postgres_superuser_password"),
+    (credentials.MONGO_ADMIN, "mongo_common", "mongo_admin_user", "mongo_admin_password"),
+    (credentials.REDIS_ADMIN, "redis_common", "redis_admin_user", "redis_admin_password"),
+    (credentials.REDIS_MONITOR, "redis_common", "redis_monitor_user", "redis_monitor_password"),
+    (credentials.REDIS_SENTINEL, "redis_common", None, "redis_sentinel_password"),
+])
+def test_each_login_is_a_user_the_roles_create_with_the_password_they_set(
+        login: credentials.Login, role: str, user_var: str | None, password_var: str) -> None:
+    defaults = role_defaults(role)
+    if user_var is not None:
+        assert login.user == defaults[user_var]
+    assert login.secret == secret_key(defaults[password_var])
+    assert login.secret in PASSWORD_KEYS
+
+
+ACCESS = FleetAccess({h: "10.0.0.9" for c in FLEET.clusters for h in c.host_names()},
+                     {key: f"pw-{key}" for key in PASSWORD_KEYS})
+
+
+def test_the_mongo_session_logs_in_as_the_user_the_roles_create(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed before: the session asked for user `admin`, which no role creates."""
+    made: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    monkeypatch.setattr("dbfleet.engines.mongo.MongoClient", lambda *a, **kw: made.append((a, kw)) or object())
+    cluster = FLEET.cluster("mongo-main")
+    assert isinstance(cluster, MongoCluster)
+    MongoSession(cluster, ACCESS).client()
+    (_, kwargs), = made
+    assert kwargs["username"] == role_defaults("mongo_common")["mongo_admin_user"] == "dbfleet_admin"
+    assert kwargs["password"] == "pw-mongo_admin_password"
+    for key, value in tls.mongo_client_tls(cluster).items():
+        assert kwargs[key] == value
+
+
+def test_mongodump_logs_in_as_the_same_user_with_the_same_tls() -> None:
+    from dbfleet.backups.access import BackupAccess
+    from dbfleet.backups.mongo import MongoBackups
+    from dbfleet.backups.storage import LocalStorage
+    from dbfleet.engines.executor import ExecResult
+
+    cluster = FLEET.cluster("mongo-main")
+    assert isinstance(cluster, MongoCluster)
+    ran: list[list[str]] = []
+
+    class Hosts:
+        def check(self, host: str, argv: list[str], **kw: Any) -> ExecResult:
+            ran.append(list(argv))
+            return ExecResult(0, "", "")
+
+    access = BackupAccess(cluster, Hosts(), LocalStorage(Path("/nonexistent")), ACCESS)  # type: ignore[arg-type]
+    adapter = MongoBackups()
+    pending = adapter.new_manifest(access, "full", __import__("datetime").datetime(2026, 1, 1), "100.9")
+    adapter._dump(access, pending, cluster.config_servers, "/tmp/conf.yaml")
+    dump = next(argv for argv in ran if argv[0] == "mongodump")
+    assert dump[dump.index("--username") + 1] == credentials.MONGO_ADMIN.user
+    if cluster.tls.enabled:
+        assert "--tls" in dump and f"--tlsCAFile={tls.MONGO_HOST_CA}" in dump
+
+
+def test_the_host_ca_the_tools_trust_is_where_the_mongo_roles_put_it() -> None:
+    defaults = role_defaults("mongo_common")
+    tls_dir = defaults["mongo_tls_dir"].replace("{{ mongo_config_dir }}", defaults["mongo_config_dir"])
+    assert tls.MONGO_HOST_CA == f"{tls_dir}/ca.crt"
+
+
+def test_postgres_connects_as_the_superuser_the_role_sets_with_the_shared_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[dict[str, Any]] = []
+
+    class Conn:
+        closed = False
+
+    monkeypatch.setattr("dbfleet.engines.postgres.psycopg.connect", lambda **kw: made.append(kw) or Conn())
+    cluster = FLEET.cluster("pg-main")
+    assert isinstance(cluster, PostgresCluster)
+    PostgresSession(cluster, ACCESS).connection("pg-1", "postgres")
+    (kwargs,) = made
+    assert kwargs["user"] == role_defaults("postgres_server")["postgres_superuser"]
+    assert kwargs["password"] == "pw-postgres_superuser_password"
+    assert {k: kwargs[k] for k in tls.postgres_tls(cluster)} == tls.postgres_tls(cluster)
+
+
+def test_redis_sessions_log_in_as_the_monitor_user() -> None:
+    cluster = FLEET.cluster("cache")
+    assert isinstance(cluster, RedisCluster)
+    session = RedisSession(cluster, ACCESS)
+    client = session.client("redis-1", cluster.port, credentials.REDIS_MONITOR)
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["username"] == role_defaults("redis_common")["redis_monitor_user"]
+    assert session.client("redis-1", cluster.port, credentials.REDIS_MONITOR) is client  # one per server and login
+    session.close()
