@@ -20,7 +20,6 @@ import os
 import sys
 
 from bench.common import REPO, SPEC, Result, timed
-from dbfleet.wiring import open_access
 from dbfleet.backups.drills import scratch_for
 from dbfleet.backups.engine import RestoreTarget
 from dbfleet.backups.postgres import PostgresBackups, find_primary, psql
@@ -29,6 +28,7 @@ from dbfleet.lab import lifecycle
 from dbfleet.playbook import run_playbook
 from dbfleet.progress import Progress
 from dbfleet.spec import load_fleet
+from dbfleet.wiring import open_access
 
 LAB = os.environ.get("DBFLEET_BENCH_LAB", "benchbk")
 SCALE = int(os.environ.get("DBFLEET_BENCH_SCALE", "50"))

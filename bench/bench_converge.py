@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from bench.common import SPEC, REPO, Result, timed
+from bench.common import REPO, SPEC, Result, timed
 from dbfleet.lab import lifecycle
 from dbfleet.playbook import run_playbook
 from dbfleet.spec import load_fleet

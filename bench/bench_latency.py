@@ -27,10 +27,10 @@ from typing import Any
 
 import psycopg
 import yaml
-from dbfleet.engines.access import FleetAccess
-from dbfleet.spec import load_fleet
 
 from bench.common import REPO, SPEC, Result, converged_postgres_lab
+from dbfleet.engines.access import FleetAccess
+from dbfleet.spec import load_fleet
 
 LAB = os.environ.get("DBFLEET_BENCH_LAB", "bench")
 CLUSTER = "pg-main"

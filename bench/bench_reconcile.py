@@ -17,12 +17,12 @@ import statistics
 from typing import Any
 
 import psycopg
+
+from bench.common import SPEC, Result, converged_postgres_lab, timed
 from dbfleet.engines.access import FleetAccess
 from dbfleet.reconcile.index_reconciler import IndexReconciler
 from dbfleet.reconcile.loop import Operator
 from dbfleet.spec import Fleet, PgIndex, PostgresCluster, load_fleet
-
-from bench.common import SPEC, Result, converged_postgres_lab, timed
 
 LAB = os.environ.get("DBFLEET_BENCH_LAB", "bench")
 CLUSTER = "pg-main"
@@ -47,7 +47,8 @@ def declared_indexes(database: str) -> list[PgIndex]:
 
 def setup_sql(indexes: list[PgIndex]) -> str:
     """Tables and indexes made directly (untagged), so the cycle matches them by definition."""
-    columns = ", ".join([f"c{k} int" for k in range(INDEXES_PER_TABLE)] + [f"s{k} text" for k in range(INDEXES_PER_TABLE)])
+    columns = ", ".join([f"c{k} int" for k in range(INDEXES_PER_TABLE)]
+                        + [f"s{k} text" for k in range(INDEXES_PER_TABLE)])
     tables = "".join(f"CREATE TABLE t{t} (id bigserial PRIMARY KEY, {columns});\n" for t in range(TABLES))
     stmts = [f"CREATE INDEX {i.name} ON {i.table} ({', '.join(i.columns)})" + (f" WHERE {i.where}" if i.where else "")
              for i in indexes]

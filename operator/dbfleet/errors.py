@@ -1,4 +1,4 @@
-"""Errors every layer raises, at the bottom of the package: temporary ones are retried with backoff, permanent ones reported once."""
+"""Errors every layer raises, at the bottom of the package: temporary ones are retried, permanent ones reported once."""
 
 from __future__ import annotations
 

@@ -62,7 +62,8 @@ def host_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
     return roles
 
 
-def build_inventory(fleet: Fleet, access: dict[str, HostAccess], extra_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_inventory(fleet: Fleet, access: dict[str, HostAccess],
+                    extra_vars: dict[str, Any] | None = None) -> dict[str, Any]:
     """Inventory as a YAML-ready dict. Hosts missing from `access` are left out (say, no Mongo image)."""
     children: dict[str, dict[str, Any]] = {}
 

@@ -49,7 +49,8 @@ def parse_recap(output: str) -> dict[str, HostStats]:
             continue
         match = RECAP.match(line.strip()) if in_recap else None
         if match:
-            stats[match["host"]] = HostStats(*(int(match[k]) for k in ("ok", "changed", "unreachable", "failed", "skipped")))
+            counts = (int(match[k]) for k in ("ok", "changed", "unreachable", "failed", "skipped"))
+            stats[match["host"]] = HostStats(*counts)
     return stats
 
 

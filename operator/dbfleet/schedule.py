@@ -94,7 +94,7 @@ def parse_cron(expr: str) -> Cron:
     fields = expr.split()
     if len(fields) != 5:
         raise CronError(f"{expr!r} has {len(fields)} fields")
-    parsed = [_field(f, name, lo, hi) for f, (name, lo, hi) in zip(fields, _RANGES)]
+    parsed = [_field(f, name, lo, hi) for f, (name, lo, hi) in zip(fields, _RANGES, strict=True)]
     return Cron(*parsed, any_day=fields[2] == "*", any_weekday=fields[4] == "*")
 
 

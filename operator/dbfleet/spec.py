@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -70,7 +71,7 @@ class Host(Strict):
     zone: Annotated[int | None, Field(ge=0, le=5)] = None
 
 
-HostRef = Union[Annotated[str, Field(pattern=HOST_NAME)], Host]
+HostRef = Annotated[str, Field(pattern=HOST_NAME)] | Host
 
 
 def _as_host(ref: HostRef) -> Host:
@@ -117,7 +118,7 @@ class Drill(Strict):
 
 class BackupPolicy(Strict):
     enabled: bool = True
-    target: Annotated[Union[LocalTarget, S3Target], Field(discriminator="kind")] = LocalTarget(
+    target: Annotated[LocalTarget | S3Target, Field(discriminator="kind")] = LocalTarget(
         kind="local", path="/var/lib/dbfleet/backups"
     )
     schedule: dict[Literal["full", "diff", "incr", "snapshot"], str] = {"full": "0 2 * * *"}
@@ -261,7 +262,7 @@ class ClusterBase(Strict):
 
     @model_validator(mode="after")
     def _known_version(self) -> ClusterBase:
-        engine = getattr(self, "engine")
+        engine = self.engine
         if self.version not in SUPPORTED_VERSIONS[engine]:
             raise ValueError(
                 f"version: {self.version!r} of {engine} is not supported; expected one of "
@@ -291,7 +292,7 @@ class PostgresCluster(ClusterBase):
     replicas: Annotated[int, Field(ge=0)]
     port: Annotated[int, Field(ge=1024, le=65535)] = 5432
     databases: list[Annotated[str, Field(pattern=IDENT)]] = ["app"]
-    parameters: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_.]*$")], Union[str, int, float, bool]] = {}
+    parameters: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_.]*$")], str | int | float | bool] = {}
     synchronous: Synchronous = Synchronous()
     indexes: IndexPolicy = IndexPolicy()
 
@@ -466,7 +467,7 @@ class RedisCluster(ClusterBase):
         return self.data_hosts()[0].name
 
 
-Cluster = Annotated[Union[PostgresCluster, MongoCluster, RedisCluster], Field(discriminator="engine")]
+Cluster = Annotated[PostgresCluster | MongoCluster | RedisCluster, Field(discriminator="engine")]
 
 
 class FleetMeta(Strict):
@@ -606,7 +607,8 @@ def _describe(err: dict[str, Any]) -> str:
         limit = next(iter(err["ctx"].values()))
         return f"expected a number {bounds[kind]} {limit}, got {err.get('input')!r}"
     if kind in ("too_short", "too_long"):
-        return f"expected {'at least' if kind == 'too_short' else 'at most'} {err['ctx'].get('min_length', err['ctx'].get('max_length'))} items"
+        bound = err["ctx"].get("min_length", err["ctx"].get("max_length"))
+        return f"expected {'at least' if kind == 'too_short' else 'at most'} {bound} items"
     if kind == "union_tag_not_found":
         return f"missing the key {err['ctx']['discriminator']} that says which kind this is"
     msg = str(err.get("msg", kind))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from itertools import pairwise
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import pulumi

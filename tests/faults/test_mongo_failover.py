@@ -1,4 +1,6 @@
-"""Kill one shard's primary while writing through mongos with w:majority and retryable writes: nothing acknowledged is lost.
+"""Kill one shard's primary while writing through mongos with w:majority and retryable writes.
+
+Nothing acknowledged is lost.
 
 Needs a real MongoDB (see README) and three-member shards, so it runs its own
 small lab from a spec variant (config RS of 1, shard-a of 3, shard-b of 1, one
@@ -16,6 +18,7 @@ from typing import Any
 import docker
 import pytest
 import yaml
+
 from dbfleet.lab import lifecycle
 from dbfleet.lab.topology import container_name
 from dbfleet.playbook import run_playbook

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 import redis
 import yaml
+
 from dbfleet.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from test_indexes import CLUSTER, REPO, PgEnv, scratch_database  # noqa: E402
+from test_indexes import CLUSTER, REPO, PgEnv, scratch_database
 
 pytestmark = pytest.mark.lab
 BIG_INDEX = {"database": "idxtest", "table": "big", "name": "big_v_idx", "columns": ["v", "w"]}

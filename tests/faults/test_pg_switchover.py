@@ -13,10 +13,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import psycopg
 import pytest
+
 from dbfleet.spec import PostgresCluster
 
 pytestmark = pytest.mark.lab
@@ -74,7 +76,7 @@ class Writer:
 
     def longest_gap(self, since: float) -> float:
         times = [t for _, t, _ in self.acked if t >= since]
-        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+        return max((b - a for a, b in pairwise(times)), default=0.0)
 
 
 def primary_of(writer: Writer) -> str:

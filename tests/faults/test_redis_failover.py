@@ -18,9 +18,10 @@ from typing import Any
 import docker
 import pytest
 import redis
+from redis.sentinel import Sentinel
+
 from dbfleet.lab.topology import network_name
 from dbfleet.spec import RedisCluster
-from redis.sentinel import Sentinel
 
 pytestmark = pytest.mark.lab
 

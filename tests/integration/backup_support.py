@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.wiring import open_access
 from dbfleet.backups.manifest import ROOT
 from dbfleet.progress import Progress
+from dbfleet.wiring import open_access
 
 REPO = Path(__file__).resolve().parents[2]
 

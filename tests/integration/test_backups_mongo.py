@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from backup_support import converged_lab, fresh_access
+
 from dbfleet.backups.drills import run_drill
 from dbfleet.backups.mongo import MongoBackups
 from dbfleet.backups.runner import take_backup

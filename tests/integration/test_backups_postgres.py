@@ -12,17 +12,17 @@ import uuid
 from dataclasses import replace
 
 import pytest
+from backup_support import converged_lab, fresh_access, require_pgbackrest
 
 from dbfleet.backups.drills import run_drill, scratch_for
 from dbfleet.backups.engine import RestoreTarget
 from dbfleet.backups.plan import planned_backup_actions
-from dbfleet.backups.postgres import PostgresBackups, SCRATCH_SOCKET, find_primary, psql, stanza_info
+from dbfleet.backups.postgres import SCRATCH_SOCKET, PostgresBackups, find_primary, psql, stanza_info
 from dbfleet.backups.runner import observe, prune, take_backup
 from dbfleet.backups.scratch import SCRATCH_HOST
 from dbfleet.lab.scratch import leftover_scratch
 from dbfleet.monitoring import metrics
 from dbfleet.spec import Retention
-from backup_support import converged_lab, fresh_access, require_pgbackrest
 
 pytestmark = pytest.mark.lab
 CLUSTER = "pg-main"

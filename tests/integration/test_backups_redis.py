@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from backup_support import converged_lab, fresh_access
+
 from dbfleet.backups.drills import run_drill, scratch_for
 from dbfleet.backups.engine import RestoreTarget
 from dbfleet.backups.redis import RedisBackups, cli

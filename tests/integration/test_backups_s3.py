@@ -8,9 +8,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from backup_support import converged_lab
-from dbfleet.wiring import open_access
+from s3_server import S3Server, run_s3_server
+
 from dbfleet.backups.drills import run_drill
 from dbfleet.backups.manifest import Manifest
 from dbfleet.backups.redis import cli
@@ -18,7 +18,7 @@ from dbfleet.backups.runner import take_backup
 from dbfleet.backups.storage import S3Storage
 from dbfleet.progress import Progress
 from dbfleet.spec import S3Target
-from s3_server import S3Server, run_s3_server
+from dbfleet.wiring import open_access
 
 BUCKET = "dbfleet-test-backups"
 

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+
 from dbfleet.cli import main
 
 pytestmark = pytest.mark.lab
@@ -29,8 +30,10 @@ DB = "idxtest"
 CLUSTER = "pg-main"
 DECLARED = [
     {"database": DB, "table": "users", "name": "users_email_lower_idx", "columns": ["lower(email)"], "unique": True},
-    {"database": DB, "table": "orders", "name": "orders_customer_created_idx", "columns": ["customer_id", "created_at"]},
-    {"database": DB, "table": "orders", "name": "orders_open_idx", "columns": ["created_at"], "where": "status = 'open'"},
+    {"database": DB, "table": "orders", "name": "orders_customer_created_idx",
+     "columns": ["customer_id", "created_at"]},
+    {"database": DB, "table": "orders", "name": "orders_open_idx", "columns": ["created_at"],
+     "where": "status = 'open'"},
     {"database": DB, "table": "orders", "name": "orders_ref_desc_idx", "columns": ["ref DESC"]},
 ]
 ADVISED_QUERY = "SELECT * FROM hot WHERE code = 42"
@@ -101,7 +104,8 @@ class PgEnv:
 
     def dbfleet(self, *args: str, spec: Path | None = None, expect: int = 0) -> dict[str, Any]:
         """Run a dbfleet command in-process with --json, check its exit code, return its output."""
-        argv = ["--spec", str(spec or self.write_spec()), *args, "--json", "--cluster", CLUSTER, "--reconciler", "indexes",
+        argv = ["--spec", str(spec or self.write_spec()), *args, "--json", "--cluster", CLUSTER,
+                "--reconciler", "indexes",
                 "--inventory", str(self.lab.inventory_path), "--secrets", str(self.lab.state.secrets)]
         if args[0] in ("reconcile", "status"):
             argv += ["--state", str(self.workdir / "state.json")]
@@ -186,7 +190,8 @@ def test_an_index_dropped_by_hand_comes_back_and_plan_shows_exactly_what_once_do
     pgenv.sql("DROP INDEX orders_open_idx")
     pgenv.sql("DROP INDEX orders_ref_desc_idx")
     plan = pgenv.dbfleet("plan")
-    assert changes(plan) == [("create-index", target("orders_open_idx")), ("create-index", target("orders_ref_desc_idx"))]
+    assert changes(plan) == [("create-index", target("orders_open_idx")),
+                             ("create-index", target("orders_ref_desc_idx"))]
     once = pgenv.dbfleet("reconcile", "--once")
     assert [(a["kind"], a["target"]) for a in once["actions"]] == [(a["kind"], a["target"]) for a in plan["actions"]]
     assert [a["reason"] for a in once["actions"] if a["changes"]] == [a["reason"] for a in plan["actions"]

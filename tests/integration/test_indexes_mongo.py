@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbfleet.cli import main
 from pymongo import MongoClient
+
+from dbfleet.cli import main
 
 pytestmark = [
     pytest.mark.lab,

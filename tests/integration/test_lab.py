@@ -19,7 +19,7 @@ def test_every_spec_host_runs_or_is_skipped_with_a_reason(lab) -> None:
     for cluster in lab.fleet.clusters:
         for name in cluster.host_names():
             assert name in planned or cluster.engine in lab.state.skipped, name
-    for engine, why in lab.state.skipped.items():
+    for why in lab.state.skipped.values():
         assert "DBFLEET_MONGO" in why, why
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from mongo_support import client, require_server
 
 pytestmark = pytest.mark.lab
@@ -14,7 +15,8 @@ pytestmark = pytest.mark.lab
 def mongo(request: pytest.FixtureRequest) -> tuple[Any, Any]:
     require_server()  # before the lab: no converge is spent on a skip
     configured = request.getfixturevalue("configured")
-    assert configured.has("mongo"), f"a MongoDB source was supplied but the lab started none: {configured.state.skipped}"
+    assert configured.has("mongo"), \
+        f"a MongoDB source was supplied but the lab started none: {configured.state.skipped}"
     return configured, configured.fleet.of_engine("mongo")[0]
 
 
@@ -61,7 +63,8 @@ def test_unauthenticated_commands_are_refused(mongo: tuple[Any, Any]) -> None:
     lab, cluster = mongo
     anonymous = MongoClient(lab.address(cluster.config_servers.hosts()[0].name), cluster.port, directConnection=True,
                             serverSelectionTimeoutMS=5000, tls=cluster.tls.enabled,
-                            tlsCAFile=str(lab.inventory_path.parent / "pki" / "ca.crt") if cluster.tls.enabled else None)
+                            tlsCAFile=str(lab.inventory_path.parent / "pki" / "ca.crt")
+                            if cluster.tls.enabled else None)
     with pytest.raises(OperationFailure, match="requires authentication"):
         anonymous.admin.command("listDatabases")
 

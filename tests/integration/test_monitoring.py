@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from dbfleet.spec import PostgresCluster, duration_seconds
 
 pytestmark = pytest.mark.lab
@@ -68,7 +69,8 @@ def prom(configured: Any) -> Iterator[tuple[Any, Prometheus]]:
         pytest.skip("the lab runs no monitoring host")
     gateway = lab.state.gateway
     operator = subprocess.Popen(
-        [sys.executable, "-m", "dbfleet", "--spec", os.path.join(REPO, "fleet.example.yaml"), "reconcile", "--watch", "--interval", "5",
+        [sys.executable, "-m", "dbfleet", "--spec", os.path.join(REPO, "fleet.example.yaml"), "reconcile", "--watch",
+         "--interval", "5",
          "--reconciler", "indexes", "--metrics-address", gateway,
          "--metrics-port", str(lab.fleet.monitoring.operator_metrics_port), "--inventory", str(lab.inventory_path),
          "--secrets", str(lab.state.secrets), "--state", str(lab.inventory_path.parent / "monitoring-test-state.json")],

@@ -10,12 +10,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import psycopg
+import pytest
+from test_indexes import CLUSTER, REPO, PgEnv, changes, outcomes, scratch_database, target
+
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.postgres import PostgresSession, connect
 from dbfleet.reconcile.leader import LOCK_KEY, AdvisoryLeaderLock
-from test_indexes import CLUSTER, REPO, PgEnv, changes, outcomes, scratch_database, target
 
 pytestmark = pytest.mark.lab
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from dbfleet.spec import PostgresCluster
 
 pytestmark = pytest.mark.lab

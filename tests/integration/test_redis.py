@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import redis
-from dbfleet.spec import RedisCluster
 from redis.sentinel import Sentinel
+
+from dbfleet.spec import RedisCluster
 
 pytestmark = pytest.mark.lab
 
@@ -69,7 +70,7 @@ def current_master(lab: Any, cluster: RedisCluster) -> str:
 
 def as_dict(reply: Any) -> dict[str, str]:
     """A Sentinel reply, flat [key, value, ...] or already parsed by redis-py, as a dict of strings."""
-    pairs = reply.items() if isinstance(reply, dict) else zip(reply[0::2], reply[1::2])
+    pairs = reply.items() if isinstance(reply, dict) else zip(reply[0::2], reply[1::2], strict=False)
     return {str(k): str(v) for k, v in pairs}
 
 

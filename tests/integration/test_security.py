@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+
 from mongo_support import require_server
 
 pytestmark = pytest.mark.lab

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from dbfleet.backups.storage import LocalStorage, storage_for
 from dbfleet.errors import PermanentError
 from dbfleet.spec import LocalTarget
 
-T0 = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 
 
 def pending(id_: str = "20261125T020000Z-snapshot") -> Manifest:

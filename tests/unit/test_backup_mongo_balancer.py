@@ -6,16 +6,16 @@ no server is imitated. Real dumps are in tests/integration (mongo_server).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.engines.access import FleetAccess
 from dbfleet.backups.mongo import MongoBackups, stop_balancer, with_balancer_stopped
 from dbfleet.backups.storage import LocalStorage
+from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.executor import CommandFailed, ExecResult
 from dbfleet.errors import TemporaryError
 from dbfleet.spec import load_fleet
@@ -96,7 +96,7 @@ def test_a_failing_shard_dump_still_restarts_the_balancer(tmp_path: Path) -> Non
                           FleetAccess({}, {"mongo_admin_password": "pw"}))
     adapter = MongoBackups()
     adapter.client_factory = lambda a: client  # type: ignore[method-assign]
-    pending = adapter.new_manifest(access, "full", datetime(2026, 11, 25, tzinfo=timezone.utc), "100.9")
+    pending = adapter.new_manifest(access, "full", datetime(2026, 11, 25, tzinfo=UTC), "100.9")
     with pytest.raises(CommandFailed):
         adapter.take(access, pending)
     assert dumps == ["mongo-cfg-1", "mongo-a-1"]

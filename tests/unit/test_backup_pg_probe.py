@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import pytest
 
@@ -234,12 +234,12 @@ def test_prepare_asks_the_version_only_before_the_first_backup(bin_dir: Path, tm
     first = adapter.prepare(access)
     assert (first.tool_version, first.facts["host"]) == ("pgBackRest 2.45", "pg-2")
     assert access.executor.calls == ["pg-2"]  # type: ignore[attr-defined]
-    pending = adapter.new_manifest(access, "full", datetime(2026, 11, 29, tzinfo=timezone.utc), first.tool_version)
+    pending = adapter.new_manifest(access, "full", datetime(2026, 11, 29, tzinfo=UTC), first.tool_version)
     access.storage.save_manifest(pending)
     assert adapter.prepare(access).facts["host"] == "pg-2"  # a pending backup is no evidence: asked again
     assert access.executor.calls == ["pg-2"] * 2  # type: ignore[attr-defined]
     assert topology_reads(access) == 1
-    access.storage.save_manifest(replace(pending.completed(datetime(2026, 11, 29, 0, 1, tzinfo=timezone.utc), []),
+    access.storage.save_manifest(replace(pending.completed(datetime(2026, 11, 29, 0, 1, tzinfo=UTC), []),
                                          host="pg-2", tool_version="pgBackRest 2.46"))
     calls = len(access.executor.calls)  # type: ignore[attr-defined]
     later = adapter.prepare(access)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dbfleet.backups.manifest import DrillRecord, Manifest, iso
@@ -13,7 +13,7 @@ from dbfleet.spec import BackupPolicy, load_fleet
 REPO = Path(__file__).resolve().parents[2]
 FLEET = load_fleet(REPO / "fleet.example.yaml")
 # pg-main: full "0 2 * * 0" (Sunday), diff "0 2 * * 1-6", incr "0 * * * *"; drill "30 4 * * *".
-SUNDAY_0205 = datetime(2026, 11, 29, 2, 5, tzinfo=timezone.utc)
+SUNDAY_0205 = datetime(2026, 11, 29, 2, 5, tzinfo=UTC)
 
 
 def m(id_: str, kind: str, start: datetime, status: str = "verified", parent: str | None = None,
@@ -111,7 +111,7 @@ def test_status_shows_the_newest_good_backup_and_the_last_drill() -> None:
     from dbfleet.backups.reconciler import backup_columns, backup_status
 
     cluster = FLEET.cluster("pg-main")
-    full = m("F1", "full", datetime.now(timezone.utc) - timedelta(hours=3))
+    full = m("F1", "full", datetime.now(UTC) - timedelta(hours=3))
     drill = DrillRecord(id="d1", cluster="pg-main", backup_id="F1", started_at=iso(SUNDAY_0205) or "",
                         finished_at=iso(SUNDAY_0205) or "", ok=True, message="", rto_seconds=12.34,
                         rpo_seconds=7200)

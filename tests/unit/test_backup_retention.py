@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from dbfleet.backups.manifest import Manifest, iso
 from dbfleet.backups.retention import expired_backups
 from dbfleet.spec import Retention
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def backup(id_: str, kind: str, days_ago: float, status: str = "verified", parent: str | None = None) -> Manifest:

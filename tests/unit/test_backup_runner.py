@@ -11,8 +11,8 @@ from dbfleet.backups.engine import EngineBackups, Prepared
 from dbfleet.backups.manifest import Manifest, utcnow
 from dbfleet.backups.runner import take_backup
 from dbfleet.backups.storage import LocalStorage
-from dbfleet.progress import Progress
 from dbfleet.errors import TemporaryError
+from dbfleet.progress import Progress
 from dbfleet.spec import load_fleet
 
 FLEET = load_fleet(Path(__file__).resolve().parents[2] / "fleet.example.yaml")

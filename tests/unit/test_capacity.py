@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from dbfleet.engines.base import Member, Topology
 from dbfleet.reconcile.capacity import shrink_problems, size_bytes, unreachable
 from dbfleet.spec import load_fleet, parse_fleet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dbfleet.reconcile.index_defs import (
     declaration_tag,
     desired_mongo,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+
 from dbfleet.reconcile.index_defs import ObservedIndex, desired_mongo, desired_pg
 from dbfleet.reconcile.indexes import (
     IndexAdvice,

@@ -9,6 +9,7 @@ from types import ModuleType
 
 import pytest
 import yaml
+
 from dbfleet.inventory import HostAccess, build_inventory, host_roles
 from dbfleet.spec import load_fleet, parse_fleet
 

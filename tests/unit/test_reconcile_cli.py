@@ -6,6 +6,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from dbfleet.cli import build_parser, main
 from dbfleet.engines.postgres import classify
 from dbfleet.errors import PermanentError, TemporaryError

@@ -6,11 +6,12 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
+
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.base import Member, Topology
-from dbfleet.reconcile.mongo_indexes import stats_window_days
 from dbfleet.engines.redis import _agreed_primary
 from dbfleet.errors import PermanentError
+from dbfleet.reconcile.mongo_indexes import stats_window_days
 
 
 def test_redis_primary_is_what_a_quorum_of_sentinels_names():

@@ -8,16 +8,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+
+from dbfleet.actions import Action
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.base import EngineSession, Member, Topology
-from dbfleet.actions import Action
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.reconcile.leader import FileLeaderLock
 from dbfleet.reconcile.loop import Operator, watch
 from dbfleet.reconcile.retry import ClusterBackoff, RetryPolicy, call_with_retry
 from dbfleet.reconcile.status import load_state, record_cycle, status_columns, status_rows
-from dbfleet.wiring import status_providers
 from dbfleet.spec import load_fleet
+from dbfleet.wiring import status_providers
 
 SPEC = Path(__file__).resolve().parents[2] / "fleet.example.yaml"
 ACCESS = FleetAccess({h.name: "10.0.0.1" for c in load_fleet(SPEC).clusters for h in c.all_hosts()}, {})

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+
 from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
 from dbfleet.spec import load_fleet
 

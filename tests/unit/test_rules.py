@@ -110,7 +110,8 @@ def test_thresholds_come_from_each_clusters_spec() -> None:
 def test_every_engine_gets_the_issue_alerts() -> None:
     groups = {g["name"]: _alerts(g) for g in rules.fleet_rules(load_fleet(REPO / "fleet.example.yaml"))["groups"]}
     assert {"PostgresReplicaLag", "PostgresReplicaDown", "BackupTooOld", "RestoreDrillFailed",
-            "PostgresCacheHitRatioLow", "DataDiskUsageHigh", "PostgresConnectionsHigh"} <= set(groups["dbfleet-pg-main"])
+            "PostgresCacheHitRatioLow", "DataDiskUsageHigh",
+            "PostgresConnectionsHigh"} <= set(groups["dbfleet-pg-main"])
     assert {"SentinelNoQuorum", "RedisReplicaDown", "RedisReplicaLag", "RedisMemoryHigh",
             "RedisCacheHitRatioLow", "RedisConnectionsHigh"} <= set(groups["dbfleet-cache"])
     assert {"MongoShardNoPrimary", "MongoReplicaLag", "MongoReplicaDown"} <= set(groups["dbfleet-mongo-main"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from dbfleet.spec import PostgresCluster, RedisCluster, SpecError, load_fleet, parse_fleet
 
@@ -85,7 +86,7 @@ def test_bad_input_gets_a_located_error(name: str, edit: tuple[str, str], path: 
 
 def test_line_number_points_at_the_key() -> None:
     text = EXAMPLE.replace("    ha: manual\n", "    ha: manual\n    colour: blue\n")
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if "colour" in l)
+    line = next(i for i, text_line in enumerate(text.splitlines(), 1) if "colour" in text_line)
     assert _error(text).problems[0].line == line
 
 
@@ -106,5 +107,5 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_spec_models_are_frozen() -> None:
     fleet = parse_fleet(EXAMPLE)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         fleet.clusters[0].replicas = 7  # type: ignore[misc]

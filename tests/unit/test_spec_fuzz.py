@@ -1,4 +1,4 @@
-"""Property tests: whatever text or values the loader gets, it returns a Fleet or raises SpecError — never a traceback."""
+"""Property tests: whatever the loader gets, it returns a Fleet or raises SpecError, never a traceback."""
 
 from __future__ import annotations
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Iterator
 
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.adapters import adapter_for
-from dbfleet.backups.engine import EngineBackups, RestoreTarget, Restored
+from dbfleet.backups.engine import EngineBackups, Restored, RestoreTarget
 from dbfleet.backups.manifest import FAILED, Check, DrillRecord, Manifest, iso, utcnow
 from dbfleet.backups.plan import drill_candidate
 from dbfleet.backups.scratch import ScratchHost

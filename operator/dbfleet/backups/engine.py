@@ -8,9 +8,10 @@ locks, orphans, drills, metrics) live in runner.py and drills.py.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.manifest import Check, Manifest, backup_prefix, new_backup_id

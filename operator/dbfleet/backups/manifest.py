@@ -10,9 +10,10 @@ Manifests live at `dbfleet/<cluster>/<backup id>/manifest.json` in the target.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 FORMAT = 1
 ROOT = "dbfleet"
@@ -32,11 +33,11 @@ class ManifestError(ValueError):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def iso(when: datetime | None) -> str | None:
-    return None if when is None else when.astimezone(timezone.utc).isoformat(timespec="seconds").replace(
+    return None if when is None else when.astimezone(UTC).isoformat(timespec="seconds").replace(
         "+00:00", "Z")
 
 
@@ -44,7 +45,7 @@ def parse_time(text: str | None) -> datetime | None:
     if text is None:
         return None
     when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def cluster_prefix(cluster: str) -> str:
@@ -61,7 +62,7 @@ def manifest_key(cluster: str, backup_id: str) -> str:
 
 def new_backup_id(kind: str, when: datetime) -> str:
     """Sortable id for a backup dbfleet names itself (Redis, MongoDB): 20261125T020000Z-snapshot."""
-    return when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{kind}"
+    return when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{kind}"
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.engine import EngineBackups, Prepared, RestoreTarget, Restored
+from dbfleet.backups.engine import EngineBackups, Prepared, Restored, RestoreTarget
 from dbfleet.backups.manifest import Check, Manifest, utcnow
-from dbfleet.backups.spool import spool_file, staged_locally
 from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
+from dbfleet.backups.spool import spool_file, staged_locally
 from dbfleet.engines.credentials import MONGO_ADMIN
 from dbfleet.engines.mongo import MongoSession
 from dbfleet.engines.tls import mongo_tool_args

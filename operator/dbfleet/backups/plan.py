@@ -8,14 +8,14 @@ Action kinds: `mark-orphaned`, `backup`, `drill`, `prune` (destructive), and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping
 
+from dbfleet.actions import Action
 from dbfleet.backups.manifest import FAILED, PENDING, DrillRecord, Manifest, newest_first, utcnow
 from dbfleet.backups.retention import expired_backups
 from dbfleet.backups.scheduler import drill_due, due_backup
-from dbfleet.actions import Action
 from dbfleet.spec import Fleet
 
 RECONCILER = "backups"

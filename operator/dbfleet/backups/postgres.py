@@ -21,13 +21,14 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.engine import EngineBackups, Prepared, RestoreTarget, Restored
+from dbfleet.backups.engine import EngineBackups, Prepared, Restored, RestoreTarget
 from dbfleet.backups.manifest import GOOD, Check, Manifest, newest_first, parse_time, utcnow
 from dbfleet.backups.retention import Expiry
 from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
@@ -312,7 +313,7 @@ class PostgresBackups(EngineBackups):
             files += access.storage.measure_many(_wal_between(access, archive_id, entry["archive"]["start"],
                                                               entry["archive"]["stop"]))
         parent = self._parent_id(prepared.history, entry.get("prior"))
-        stop = datetime.fromtimestamp(entry["timestamp"]["stop"], timezone.utc)
+        stop = datetime.fromtimestamp(entry["timestamp"]["stop"], UTC)
         done = pending.completed(
             utcnow(), files, host=host, label=label, type=entry["type"], prior=entry.get("prior"),
             lsn_start=entry["lsn"]["start"], lsn_stop=entry["lsn"]["stop"],
@@ -391,7 +392,7 @@ class PostgresBackups(EngineBackups):
                 # PostgreSQL's recovery_target_time wants '2026-11-25 02:00:00.5+00', not ISO's T and Z.
                 when = parse_time(value)
                 assert when is not None
-                value = when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+                value = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
             args += [f"--type={target.kind}", f"--target={value}", "--target-action=promote"]
         self._scratch_pgbackrest(access, scratch, *args, "restore", env=env)
         # Debian keeps postgresql.conf in /etc, so the restored directory has none: give it a minimal one.
@@ -488,7 +489,7 @@ def _epoch(text: str) -> datetime | None:
         value = float(text.strip() or 0)
     except ValueError:
         return None
-    return datetime.fromtimestamp(value, timezone.utc) if value > 0 else None
+    return datetime.fromtimestamp(value, UTC) if value > 0 else None
 
 
 def access_for_scratch(access: BackupAccess, scratch: ScratchHost) -> BackupAccess:

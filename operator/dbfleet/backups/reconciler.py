@@ -1,7 +1,8 @@
 """The backups reconciler for the operator loop: observe the target, plan (plan.py), and act.
 
 dbfleet.wiring lists it among the reconcilers a cycle runs and tells it how
-to build a cluster's BackupAccess from the cycle's engine session. A drill that fails raises a PermanentError, so the loop reports it once and
+to build a cluster's BackupAccess from the cycle's engine session. A drill
+that fails raises a PermanentError, so the loop reports it once and
 never retries it into green; a backup whose host is unreachable raises a
 TemporaryError and is retried by the loop's backoff.
 """
@@ -9,17 +10,17 @@ TemporaryError and is retried by the loop's backoff.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 from dbfleet.actions import Action
 from dbfleet.backups.access import BackupAccess, backup_lock
+from dbfleet.backups.adapters import adapter_for
 from dbfleet.backups.drills import run_drill
 from dbfleet.backups.manifest import PENDING, newest_good, utcnow
 from dbfleet.backups.plan import RECONCILER, BackupObservation, planned_backup_actions
 from dbfleet.backups.retention import expired_backups
 from dbfleet.backups.runner import mark_orphans, observe, take_backup
-from dbfleet.backups.adapters import adapter_for
 from dbfleet.engines import AnySession
 from dbfleet.engines.base import AnyCluster
 from dbfleet.errors import PermanentError
@@ -99,7 +100,7 @@ def backup_status(obs: BackupObservation) -> dict[str, Any]:
         if good else None,
         "last_drill": None if drill is None else {
             "id": drill.id, "backup": drill.backup_id, "ok": drill.ok, "rto_s": drill.rto_seconds,
-            "rpo_s": drill.rpo_seconds, "finished": drill.finished.astimezone(timezone.utc).isoformat(),
+            "rpo_s": drill.rpo_seconds, "finished": drill.finished.astimezone(UTC).isoformat(),
             "message": drill.message},
     }
 

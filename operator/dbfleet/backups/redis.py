@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.engine import EngineBackups, Prepared, RestoreTarget, Restored
+from dbfleet.backups.engine import EngineBackups, Prepared, Restored, RestoreTarget
 from dbfleet.backups.manifest import Check, Manifest, utcnow
-from dbfleet.backups.spool import spool_file, staged_locally
 from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
+from dbfleet.backups.spool import spool_file, staged_locally
 from dbfleet.engines.credentials import REDIS_ADMIN
 from dbfleet.engines.executor import ExecResult
 from dbfleet.errors import PermanentError, TemporaryError
@@ -40,7 +40,8 @@ def _redis(cluster: Any) -> RedisCluster:
 def cli(access: BackupAccess, host: str, *args: str, timeout: float = 60) -> ExecResult:
     """redis-cli on `host` against its own server, as the admin ACL user."""
     cluster = _redis(access.cluster)
-    argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(cluster.port), "--user", str(REDIS_ADMIN.user), "--no-auth-warning",
+    argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(cluster.port), "--user", str(REDIS_ADMIN.user),
+            "--no-auth-warning",
             *args]
     return access.executor.run(host, argv, env={"REDISCLI_AUTH": access.password(REDIS_ADMIN)}, timeout=timeout)
 

@@ -18,9 +18,9 @@ never touched: they may still be running.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable
 
 from dbfleet.backups.manifest import FAILED, ORPHANED, PENDING, Manifest, newest_first
 from dbfleet.spec import Retention

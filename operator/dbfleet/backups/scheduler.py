@@ -9,9 +9,9 @@ the backup-age alert meanwhile) rather than being retried in a tight loop.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
 
 from dbfleet.backups.manifest import COMPLETE, FAILED, RANK, VERIFIED, DrillRecord, Manifest
 from dbfleet.schedule import is_due, parse_cron

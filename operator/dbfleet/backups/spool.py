@@ -9,10 +9,10 @@ then removes the spool file. Either way the caller ends with the target key.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.manifest import backup_prefix

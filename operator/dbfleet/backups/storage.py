@@ -12,10 +12,11 @@ import hashlib
 import os
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from dbfleet.backups.manifest import (
     DrillRecord,
@@ -144,7 +145,7 @@ class Storage(ABC):
         """Each stored file whose size or sha256 differs from the manifest, as 'key: why'. Empty when intact."""
         problems = []
         found = self._on_threads(self._measure_if_present, [entry.key for entry in manifest.files])
-        for entry, now in zip(manifest.files, found):
+        for entry, now in zip(manifest.files, found, strict=True):
             if now is None:
                 problems.append(f"{entry.key}: missing")
             elif now.size != entry.size:

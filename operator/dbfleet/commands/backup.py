@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.drills import restore, run_drill
 from dbfleet.backups.adapters import adapter_for
+from dbfleet.backups.drills import restore, run_drill
 from dbfleet.backups.engine import RestoreTarget
 from dbfleet.backups.manifest import newest_first, parse_time
 from dbfleet.backups.runner import plan_prune, prune, take_backup
@@ -28,8 +28,8 @@ from dbfleet.commands.common import (
     inventory_path,
     table,
 )
-from dbfleet.progress import Progress
 from dbfleet.errors import ReconcileError
+from dbfleet.progress import Progress
 from dbfleet.secrets import SecretsError
 from dbfleet.wiring import open_access
 

@@ -17,7 +17,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def add_lab_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lab", default=DEFAULT_LAB, help="lab name; containers are dbfleet-<lab>-<host> (default: lab)")
+    parser.add_argument("--lab", default=DEFAULT_LAB,
+                        help="lab name; containers are dbfleet-<lab>-<host> (default: lab)")
     parser.add_argument("--inventories", type=Path, default=Path("inventories"),
                         help="inventories folder (default: ./inventories)")
 

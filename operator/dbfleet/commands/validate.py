@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     fleet = fleet_of(args)
-    rows = [{"cluster": c.name, "engine": c.engine, "version": c.version, "hosts": c.host_names()} for c in fleet.clusters]
+    rows = [{"cluster": c.name, "engine": c.engine, "version": c.version, "hosts": c.host_names()}
+            for c in fleet.clusters]
     text = "\n".join(f"{r['cluster']}: {r['engine']} {r['version']} on {', '.join(r['hosts'])}" for r in rows)
     emit(args, {"spec": args.spec, "valid": True, "clusters": rows}, f"{args.spec}: valid\n{text}")
     return 0

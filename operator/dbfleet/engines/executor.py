@@ -18,9 +18,10 @@ import subprocess
 import tarfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from dbfleet.errors import PermanentError, TemporaryError
 

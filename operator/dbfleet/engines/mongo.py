@@ -18,6 +18,7 @@ from dbfleet.engines.credentials import MONGO_ADMIN
 from dbfleet.engines.tls import mongo_client_tls
 from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.spec import MongoCluster
+
 TEMPORARY_CODES = {
     6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,  # host unreachable, stepdown, shutdown
     50,  # MaxTimeMSExpired

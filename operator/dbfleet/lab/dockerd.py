@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 import docker
-from dbfleet.progress import Progress
 from docker.errors import DockerException
+
+from dbfleet.progress import Progress
 
 DOCKERD_LOG = Path("/var/log/dbfleet-dockerd.log")
 
@@ -38,7 +39,8 @@ def _apt_install(packages: list[str], progress: Progress) -> None:
 
 def ensure_host_tools(progress: Progress) -> None:
     """debootstrap builds the base image; install it (and docker.io) when missing."""
-    missing = [pkg for tool, pkg in (("dockerd", "docker.io"), ("debootstrap", "debootstrap")) if not shutil.which(tool)]
+    missing = [pkg for tool, pkg in (("dockerd", "docker.io"), ("debootstrap", "debootstrap"))
+               if not shutil.which(tool)]
     if missing:
         if os.geteuid() != 0:
             raise EngineError(f"{', '.join(missing)} missing and not root: install them with apt-get")

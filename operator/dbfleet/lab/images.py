@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
-from dbfleet.progress import Progress
 from docker.errors import ImageNotFound
+
+from dbfleet.progress import Progress
 
 RECIPES = Path(__file__).parent / "images"
 SUITE = "bookworm"

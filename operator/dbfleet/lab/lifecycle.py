@@ -226,6 +226,7 @@ def status(lab: str) -> list[dict[str, str]]:
     for container in client.containers.list(all=True, filters={"label": f"{LABEL}={lab}"}):
         nets = container.attrs["NetworkSettings"]["Networks"]
         address = next((n["IPAddress"] for n in nets.values() if n.get("IPAddress")), "")
-        rows.append({"host": container.labels.get("dbfleet.host", ""), "cluster": container.labels.get("dbfleet.cluster", ""),
-                     "engine": container.labels.get("dbfleet.engine", ""), "state": container.status, "address": address})
+        labels = container.labels
+        rows.append({"host": labels.get("dbfleet.host", ""), "cluster": labels.get("dbfleet.cluster", ""),
+                     "engine": labels.get("dbfleet.engine", ""), "state": container.status, "address": address})
     return sorted(rows, key=lambda r: r["host"])

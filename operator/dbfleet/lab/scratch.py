@@ -15,10 +15,11 @@ import io
 import tarfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import docker
 from docker.errors import NotFound

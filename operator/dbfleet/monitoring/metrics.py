@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server

@@ -12,10 +12,12 @@ monitoring/rules/fleet.rules.yml, which the prometheus role installs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, Iterable
+from itertools import pairwise
+from typing import Any
 
 import yaml
 
@@ -94,7 +96,7 @@ def _max_gap(schedules: tuple[str, ...], start: datetime = datetime(2024, 1, 1),
         fired.extend(day + timedelta(minutes=m) for m in sorted(minutes))
     if len(fired) < 2:
         return days * 86400
-    return int(max((b - a).total_seconds() for a, b in zip(fired, fired[1:])))
+    return int(max((b - a).total_seconds() for a, b in pairwise(fired)))
 
 
 def backup_allowed_age_seconds(schedules: Iterable[str]) -> int:
@@ -354,6 +356,7 @@ _Dumper.add_representer(str, _str)
 
 def render_rules(fleet: Fleet) -> str:
     """The rules file text: a header naming the fleet, then the groups."""
-    header = (f"# Prometheus rules for fleet {fleet.fleet.name!r}, generated from its spec by `dbfleet rules --write`.\n"
+    header = (f"# Prometheus rules for fleet {fleet.fleet.name!r}, generated from its spec by "
+              "`dbfleet rules --write`.\n"
               "# Do not edit: change the spec's monitoring thresholds and regenerate.\n")
     return header + yaml.dump(fleet_rules(fleet), Dumper=_Dumper, sort_keys=False, width=100_000, allow_unicode=True)

@@ -168,7 +168,8 @@ def desired_pg(spec: PgIndex) -> DesiredIndex:
 
 
 def concurrent_create(definition: str) -> str:
-    """pg_get_indexdef output made concurrent: 'CREATE UNIQUE INDEX i ON ...' -> 'CREATE UNIQUE INDEX CONCURRENTLY i ON ...'."""
+    """pg_get_indexdef output made concurrent: 'CREATE UNIQUE INDEX i ON ...' ->
+    'CREATE UNIQUE INDEX CONCURRENTLY i ON ...'."""
     return re.sub(r"^CREATE (UNIQUE )?INDEX ", r"CREATE \1INDEX CONCURRENTLY ", definition, count=1)
 
 
@@ -180,7 +181,8 @@ def observed_pg(database: str, row: dict[str, Any], scans_by_member: dict[str, i
         keys=tuple(normalize_key(k) for k in row["keys"]), method=row["method"], unique=bool(row["unique"]),
         predicate=normalize_expr(predicate) if predicate else None,
         include=tuple(normalize_expr(k) for k in row.get("include") or ()),
-        definition=row["definition"], shown=row["definition"], valid=bool(row["valid"]), building=bool(row.get("building")),
+        definition=row["definition"], shown=row["definition"], valid=bool(row["valid"]),
+        building=bool(row.get("building")),
         constraint=row.get("constraint"), scans=sum(scans_by_member.values()),
         scans_by_member=tuple(sorted(scans_by_member.items())), comment=row.get("comment"),
         size_bytes=int(row.get("size_bytes") or 0),

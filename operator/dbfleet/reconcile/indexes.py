@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dbfleet.actions import Action
-from dbfleet.reconcile.index_observation import IndexAdvice, ObservedDatabase, ObservedIndexes, TableStats
 from dbfleet.reconcile.index_defs import (
     DesiredIndex,
     IndexShape,
@@ -27,7 +26,8 @@ from dbfleet.reconcile.index_defs import (
     desired_pg,
     quote_ident,
 )
-from dbfleet.spec import IndexPolicy, MongoCluster, MongoIndex, PgIndex, PostgresCluster
+from dbfleet.reconcile.index_observation import ObservedDatabase, ObservedIndexes
+from dbfleet.spec import IndexPolicy, MongoIndex, PgIndex
 
 RECONCILER = "indexes"
 LEFTOVER = re.compile(r"_cc(new|old)[0-9]*$")

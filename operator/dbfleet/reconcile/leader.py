@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import psycopg
+
 from dbfleet.errors import ReconcileError
 
 log = logging.getLogger(__name__)

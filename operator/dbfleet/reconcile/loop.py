@@ -320,7 +320,8 @@ def watch(operator: Operator, leader: Leader, interval: float,
         while not operator.stop.is_set():
             is_leader = leader.acquire()
             report = operator.run_cycle(apply=is_leader, respect_backoff=True)
-            report.leader = "this process leads" if is_leader else f"standby: {leader.holder or 'another operator'} leads"
+            holder = leader.holder or "another operator"
+            report.leader = "this process leads" if is_leader else f"standby: {holder} leads"
             on_cycle(report)
             cycles += 1
             if max_cycles is not None and cycles >= max_cycles:

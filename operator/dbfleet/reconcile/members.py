@@ -17,11 +17,11 @@ from __future__ import annotations
 import subprocess
 from typing import Any
 
+from dbfleet.actions import Action
 from dbfleet.engines.base import Topology
 from dbfleet.engines.postgres import PgPaths, pg_paths
-from dbfleet.playbook import run_shell
-from dbfleet.actions import Action
 from dbfleet.errors import PermanentError, TemporaryError
+from dbfleet.playbook import run_shell
 from dbfleet.spec import PostgresCluster, RedisCluster
 
 RECONCILER = "members"

@@ -229,7 +229,8 @@ class PostgresIndexes:
         """EXPLAIN without running the query; a normalized query with $n is explained as a generic plan."""
         params = plans.parameter_count(query)
         if params == 0:
-            return self.session.run(primary, dbname, sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) ") + sql.SQL(query))[0]["QUERY PLAN"]
+            explain = sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) ") + sql.SQL(query)
+            return self.session.run(primary, dbname, explain)[0]["QUERY PLAN"]
         # Prepared statements outlive a rolled-back savepoint, so each gets its own name;
         # _advise deallocates them all at the end (psycopg's own auto-prepare is off).
         self._prepared += 1

@@ -61,7 +61,8 @@ def choose_master(sentinel_answers: dict, node_roles: dict, fallback: str) -> tu
     serving = sorted(addr for addr, r in node_roles.items() if r.get("role") == "master" and r.get("replicas", 0) > 0)
     if len(serving) == 1:
         return serving[0], "replication"
-    pointed = Counter(r["master_host"] for r in node_roles.values() if r.get("role") == "slave" and r.get("master_host"))
+    pointed = Counter(r["master_host"] for r in node_roles.values()
+                      if r.get("role") == "slave" and r.get("master_host"))
     if pointed:
         return pointed.most_common(1)[0][0], "replication"
     return fallback, "spec"

@@ -48,10 +48,11 @@ master: {description: Address and port the Sentinel now reports for the master, 
 def parse_master(reply: list) -> dict[str, str]:
     """SENTINEL MASTER's flat [key, value, ...] reply as a dict of strings."""
     items = [str(x) for x in reply]
-    return dict(zip(items[0::2], items[1::2]))
+    return dict(zip(items[0::2], items[1::2], strict=False))
 
 
-def settings_to_change(observed: dict[str, str], quorum: int, settings: dict[str, object]) -> dict[str, tuple[str | None, str]]:
+def settings_to_change(observed: dict[str, str], quorum: int,
+                       settings: dict[str, object]) -> dict[str, tuple[str | None, str]]:
     """Wanted settings whose observed value differs: name -> (observed, wanted)."""
     wanted = {"quorum": str(quorum), **{k: str(v) for k, v in settings.items()}}
     return {k: (observed.get(k), v) for k, v in wanted.items() if observed.get(k) != v}

@@ -32,7 +32,10 @@ options:
 """
 
 RETURN = r"""
-changes: {description: "name -> [old, new] for each setting set; secrets show as (secret)", type: dict, returned: always}
+changes:
+  description: "name -> [old, new] for each setting set; secrets show as (secret)"
+  type: dict
+  returned: always
 """
 
 UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "k": 1000, "m": 1000**2, "g": 1000**3}
@@ -83,7 +86,7 @@ def main() -> None:
         reply = client.execute_command("CONFIG", "GET", *wanted) if wanted else []
     except redis.RedisError as exc:
         module.fail_json(msg=f"{where}: CONFIG GET: {exc}")
-    observed = dict(zip(reply[0::2], reply[1::2])) if isinstance(reply, list) else dict(reply)
+    observed = dict(zip(reply[0::2], reply[1::2], strict=False)) if isinstance(reply, list) else dict(reply)
     unknown = sorted(set(wanted) - set(observed))
     if unknown:
         module.fail_json(msg=f"{where}: unknown settings {', '.join(unknown)}")
