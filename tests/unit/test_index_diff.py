@@ -7,11 +7,8 @@ from dataclasses import replace
 import pytest
 
 from dbfleet.reconcile.index_defs import ObservedIndex, desired_mongo, desired_pg
+from dbfleet.reconcile.index_observation import IndexAdvice, ObservedDatabase, ObservedIndexes, TableStats
 from dbfleet.reconcile.indexes import (
-    IndexAdvice,
-    ObservedDatabase,
-    ObservedIndexes,
-    TableStats,
     covers,
     diff_indexes,
     find_redundant,
