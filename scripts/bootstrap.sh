@@ -23,10 +23,10 @@ fi
 
 stamp=.dbfleet/bootstrap.stamp
 want=$(sha256sum pyproject.toml | cut -c1-16)
-if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]] || ! python3 -c "import dbfleet, testinfra, pulumi_aws" 2>/dev/null; then
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]] || ! python3 -c "import dbfleet, testinfra, pulumi_aws, importlinter, mypy" 2>/dev/null; then
   echo "[bootstrap] installing the dbfleet Python package and test dependencies" >&2
   python3 -m pip install -q -e '.[test]' 2>&1 | grep -v -E "^(WARNING|DEPRECATION)" || true
-  python3 -c "import dbfleet, testinfra, pulumi_aws" || { echo "[bootstrap] pip install failed" >&2; exit 1; }
+  python3 -c "import dbfleet, testinfra, pulumi_aws, importlinter, mypy" || { echo "[bootstrap] pip install failed" >&2; exit 1; }
   mkdir -p .dbfleet && echo "$want" > "$stamp"
 fi
 

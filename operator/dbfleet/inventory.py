@@ -17,6 +17,7 @@ import yaml
 
 from dbfleet.engines import pgbackrest
 from dbfleet.engines.base import AnyCluster
+from dbfleet.engines.mongo import mongos_hosts
 from dbfleet.spec import Fleet, MongoCluster, PostgresCluster, RedisCluster
 
 
@@ -55,8 +56,7 @@ def host_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
             for shard in c.shards:
                 for h in shard.hosts():
                     roles[h.name] = (c.name, ["mongo", "mongo_shard", "mongo_shard_" + shard.name.replace("-", "_")])
-            for h in c.mongos:
-                name = h if isinstance(h, str) else h.name
+            for name in mongos_hosts(c):
                 roles[name] = (c.name, ["mongo", "mongos"])
     roles[fleet.monitoring.host] = ("", ["monitoring"])
     return roles

@@ -94,8 +94,9 @@ def parse_cron(expr: str) -> Cron:
     fields = expr.split()
     if len(fields) != 5:
         raise CronError(f"{expr!r} has {len(fields)} fields")
-    parsed = [_field(f, name, lo, hi) for f, (name, lo, hi) in zip(fields, _RANGES, strict=True)]
-    return Cron(*parsed, any_day=fields[2] == "*", any_weekday=fields[4] == "*")
+    minute, hour, day, month, weekday = (_field(f, name, lo, hi)
+                                         for f, (name, lo, hi) in zip(fields, _RANGES, strict=True))
+    return Cron(minute, hour, day, month, weekday, any_day=fields[2] == "*", any_weekday=fields[4] == "*")
 
 
 def is_due(expr: str, last_run: datetime | None, now: datetime) -> bool:

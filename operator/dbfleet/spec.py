@@ -262,7 +262,7 @@ class ClusterBase(Strict):
 
     @model_validator(mode="after")
     def _known_version(self) -> ClusterBase:
-        engine = self.engine
+        engine: str = getattr(self, "engine")  # noqa: B009  (each engine's subclass declares it as a Literal)
         if self.version not in SUPPORTED_VERSIONS[engine]:
             raise ValueError(
                 f"version: {self.version!r} of {engine} is not supported; expected one of "
@@ -617,7 +617,7 @@ def _describe(err: dict[str, Any]) -> str:
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[str, ...]:
     """Drop pydantic's union-branch labels so the path matches the YAML keys."""
-    out = []
+    out: list[str] = []
     for part in loc:
         text = str(part)
         if text in {"postgres", "mongo", "redis", "local", "s3"} and out and out[-1].isdigit():
@@ -633,7 +633,7 @@ def _problems(exc: ValidationError, lines: dict[tuple[str, ...], int]) -> list[S
     problems: dict[tuple[str, str], SpecProblem] = {}
     for err in exc.errors():
         loc = _clean_loc(tuple(err["loc"]))
-        message = _describe(err)
+        message = _describe(dict(err))
         # A model-level check that names a key ("replicas: ...") points at that key.
         head = message.split(":", 1)[0]
         if re.fullmatch(r"[a-z_][a-z0-9_.]*", head) and ":" in message:

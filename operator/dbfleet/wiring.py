@@ -37,7 +37,7 @@ from dbfleet.reconcile.status import (
 from dbfleet.spec import Fleet, PostgresCluster, S3Target
 
 
-def reconcilers() -> list[Reconciler]:
+def reconcilers() -> list[Reconciler[Any]]:
     """What one cycle does to each cluster, in this order: members first (a stopped replica is started before
     anything reads from it), then indexes, then backups."""
     return [MemberReconciler(), IndexReconciler(), BackupReconciler(backup_access)]

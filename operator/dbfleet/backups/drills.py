@@ -121,7 +121,8 @@ def restore(access: BackupAccess, target: RestoreTarget, backup_id: str | None =
 def choose_backup(adapter: EngineBackups, manifests: list[Manifest], target: RestoreTarget) -> Manifest:
     chooser = getattr(adapter, "choose_backup", None)
     if chooser is not None:
-        return chooser(manifests, target)
+        chosen: Manifest = chooser(manifests, target)
+        return chosen
     from dbfleet.backups.manifest import newest_good
 
     found = newest_good(manifests)

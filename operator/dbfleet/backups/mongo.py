@@ -116,7 +116,8 @@ class MongoBackups(EngineBackups):
         out = access.executor.check(host, ["mongodump", "--version"], action="mongodump --version").out
         return out.strip().splitlines()[0] if out.strip() else "unknown"
 
-    def _dump(self, access: BackupAccess, pending: Manifest, rs: ReplicaSet, config_path: str) -> tuple[str, dict]:
+    def _dump(self, access: BackupAccess, pending: Manifest, rs: ReplicaSet,
+              config_path: str) -> tuple[str, dict[str, str]]:
         cluster = _mongo(access.cluster)
         host = _member(rs)
         name = f"{rs.name}.archive.gz"
@@ -134,7 +135,7 @@ class MongoBackups(EngineBackups):
         client = self.client_factory(access)
         sets = [cluster.config_servers, *cluster.shards]
         config_path = f"/tmp/dbfleet-mongodump-{pending.id}.yaml"
-        dumps: list[tuple[str, dict]] = []
+        dumps: list[tuple[str, dict[str, str]]] = []
 
         def dump_all() -> dict[str, int]:
             before = collection_counts(client)

@@ -32,6 +32,7 @@ from dbfleet.backups.engine import EngineBackups, Prepared, Restored, RestoreTar
 from dbfleet.backups.manifest import GOOD, Check, Manifest, newest_first, parse_time, utcnow
 from dbfleet.backups.retention import Expiry
 from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
+from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.executor import CommandFailed, ExecResult
 from dbfleet.engines.pgbackrest import RETENTION_FULL, repo_prefix, scratch_config
 from dbfleet.engines.postgres import pg_paths
@@ -49,7 +50,7 @@ S3_CA_ENV = "DBFLEET_S3_CA_FILE"
 RECOVERY_TIMEOUT = float(os.environ.get("DBFLEET_RECOVERY_TIMEOUT", "1800"))
 
 
-def _pg(cluster: PostgresCluster) -> PostgresCluster:
+def _pg(cluster: AnyCluster) -> PostgresCluster:
     if not isinstance(cluster, PostgresCluster):
         raise PermanentError(f"{cluster.name} is not a PostgreSQL cluster")
     return cluster
@@ -98,7 +99,7 @@ def _stanza(access: BackupAccess, out: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise PermanentError(f"pgbackrest info printed no JSON ({exc}): {out[:200]}", cluster=access.name) from None
     stanza = next((s for s in stanzas if s.get("name") == access.name), None)
-    if stanza is None:
+    if not isinstance(stanza, dict):
         raise PermanentError(f"pgbackrest info has no stanza {access.name}", cluster=access.name)
     return stanza
 
@@ -341,7 +342,7 @@ class PostgresBackups(EngineBackups):
         done = []
         for expiry in expiries:
             label = expiry.backup.detail.get("label")
-            if expiry.root == expiry.backup.id and label in present:
+            if expiry.root == expiry.backup.id and isinstance(label, str) and label in present:
                 pgbackrest(access, host, f"--set={label}", f"--repo1-retention-full={MAX_RETENTION}",
                            f"--repo1-retention-archive={MAX_RETENTION}", "expire")
                 labels.add(label)

@@ -40,21 +40,21 @@ class BackupReconciler:
         self.access_for = access_for
         self._access: dict[str, BackupAccess] = {}
 
-    def applies_to(self, cluster: Any) -> bool:
+    def applies_to(self, cluster: AnyCluster) -> bool:
         return bool(cluster.backup.enabled)
 
-    def observe(self, cluster: Any, session: Any) -> tuple[Any, BackupObservation]:
+    def observe(self, cluster: AnyCluster, session: AnySession) -> tuple[AnyCluster, BackupObservation]:
         access = self._access.get(cluster.name)
         if access is None or access.session is not session:
             access = self._access[cluster.name] = self.access_for(cluster, session)
         return cluster, observe(access)
 
-    def diff(self, cluster: Any, observed: tuple[Any, BackupObservation]) -> list[Action]:
+    def diff(self, cluster: AnyCluster, observed: tuple[AnyCluster, BackupObservation]) -> list[Action]:
         _, obs = observed
         fleet = Fleet.model_construct(clusters=[cluster])
         return planned_backup_actions(fleet, {cluster.name: obs})
 
-    def act(self, action: Action, session: Any) -> str:
+    def act(self, action: Action, session: AnySession) -> str:
         access = self._access[action.cluster]
         if action.kind == "backup":
             done = take_backup(access, action.detail["kind"])
@@ -78,12 +78,13 @@ class BackupReconciler:
             return "; ".join(adapter_for(access.cluster.engine).delete(access, expiries))
         raise PermanentError(f"unknown backup action {action.kind}", cluster=action.cluster)
 
-    def notes(self, observed: tuple[Any, BackupObservation]) -> list[str]:
+    def notes(self, observed: tuple[AnyCluster, BackupObservation]) -> list[str]:
         _, obs = observed
         pending = [m.id for m in obs.manifests if m.status == PENDING]
         return [f"backup {', '.join(pending)} in progress"] if pending and obs.running else []
 
-    def status(self, cluster: Any, observed: tuple[Any, BackupObservation], actions: list[Action]) -> dict[str, Any]:
+    def status(self, cluster: AnyCluster, observed: tuple[AnyCluster, BackupObservation],
+               actions: list[Action]) -> dict[str, Any]:
         return {"backups": backup_status(observed[1])}
 
 

@@ -8,6 +8,7 @@ straight into the same target.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import shutil
@@ -63,7 +64,7 @@ class Storage(ABC):
         """The object's bytes in chunks, for hashing without loading it whole."""
 
     @abstractmethod
-    def list(self, prefix: str) -> list[StoredObject]:
+    def list(self, prefix: str) -> builtins.list[StoredObject]:
         """Every object whose key starts with prefix, sorted by key."""
 
     @abstractmethod
@@ -87,14 +88,14 @@ class Storage(ABC):
             size += len(chunk)
         return FileEntry(key, size, digest.hexdigest())
 
-    def _on_threads(self, fn: Callable[[str], T], keys: list[str]) -> list[T]:
+    def _on_threads(self, fn: Callable[[str], T], keys: builtins.list[str]) -> builtins.list[T]:
         """fn of every key, in order, on a few threads."""
         if len(keys) < 2:
             return [fn(k) for k in keys]
         with ThreadPoolExecutor(max_workers=MEASURE_THREADS) as pool:
             return list(pool.map(fn, keys))
 
-    def measure_many(self, keys: list[str]) -> list[FileEntry]:
+    def measure_many(self, keys: builtins.list[str]) -> builtins.list[FileEntry]:
         """`measure` of every key, in order."""
         return self._on_threads(self.measure, keys)
 
@@ -104,7 +105,7 @@ class Storage(ABC):
         except FileNotFoundError:
             return None
 
-    def measure_prefix(self, prefix: str, exclude: tuple[str, ...] = ()) -> list[FileEntry]:
+    def measure_prefix(self, prefix: str, exclude: tuple[str, ...] = ()) -> builtins.list[FileEntry]:
         return self.measure_many([o.key for o in self.list(prefix) if not o.key.endswith(exclude)])
 
     # -- manifests ---------------------------------------------------------------
@@ -115,7 +116,7 @@ class Storage(ABC):
     def load_manifest(self, key: str) -> Manifest:
         return Manifest.from_json(self.get_bytes(key), f"{self.description}/{key}")
 
-    def manifests(self, cluster: str) -> list[Manifest]:
+    def manifests(self, cluster: str) -> builtins.list[Manifest]:
         """Every readable manifest of a cluster; an unreadable one is a PermanentError naming it."""
         found = []
         for obj in self.list(cluster_prefix(cluster)):
@@ -130,7 +131,7 @@ class Storage(ABC):
     def save_drill(self, record: DrillRecord) -> None:
         self.put_bytes(record.key, record.to_json().encode())
 
-    def drills(self, cluster: str) -> list[DrillRecord]:
+    def drills(self, cluster: str) -> builtins.list[DrillRecord]:
         """Every drill record of a cluster, oldest first."""
         prefix = drill_key(cluster, "")[: -len(".json")]
         records = [DrillRecord.from_json(self.get_bytes(o.key), o.key) for o in self.list(prefix)
@@ -141,7 +142,7 @@ class Storage(ABC):
         records = self.drills(cluster)
         return records[-1] if records else None
 
-    def verify_files(self, manifest: Manifest) -> list[str]:
+    def verify_files(self, manifest: Manifest) -> builtins.list[str]:
         """Each stored file whose size or sha256 differs from the manifest, as 'key: why'. Empty when intact."""
         problems = []
         found = self._on_threads(self._measure_if_present, [entry.key for entry in manifest.files])
@@ -164,7 +165,7 @@ class LocalStorage(Storage):
         self._dirs: dict[str, Path] | None = None
         """Directories resolved during one bulk operation; None outside one, so every call resolves afresh."""
 
-    def _on_threads(self, fn: Callable[[str], T], keys: list[str]) -> list[T]:
+    def _on_threads(self, fn: Callable[[str], T], keys: builtins.list[str]) -> builtins.list[T]:
         # Resolving every component of every file is what measuring a backup set of thousands of files spent
         # its time on: within one bulk operation, each directory is resolved once.
         self._dirs = {}
@@ -178,8 +179,8 @@ class LocalStorage(Storage):
         dirs = self._dirs
         if dirs is None:
             resolved = Path(parent).resolve()
-        elif (resolved := dirs.get(parent)) is None:
-            resolved = dirs.setdefault(parent, Path(parent).resolve())
+        else:
+            resolved = dirs.get(parent) or dirs.setdefault(parent, Path(parent).resolve())
         path = resolved / name
         if name in ("", ".", "..") or path.is_symlink():
             path = path.resolve()
@@ -211,7 +212,7 @@ class LocalStorage(Storage):
             while chunk := handle.read(CHUNK):
                 yield chunk
 
-    def list(self, prefix: str) -> list[StoredObject]:
+    def list(self, prefix: str) -> builtins.list[StoredObject]:
         head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = self._path(head) if head else self.root
         if not base.is_dir():
@@ -268,7 +269,8 @@ class S3Storage(Storage):
         self._call("put", self.client.put_object, Key=self._key(key), Body=data)
 
     def get_bytes(self, key: str) -> bytes:
-        return self._call("get", self.client.get_object, Key=self._key(key))["Body"].read()
+        body: bytes = self._call("get", self.client.get_object, Key=self._key(key))["Body"].read()
+        return body
 
     def put_file(self, key: str, source: Path) -> None:
         from botocore.exceptions import ClientError
@@ -292,7 +294,7 @@ class S3Storage(Storage):
         finally:
             body.close()
 
-    def list(self, prefix: str) -> list[StoredObject]:
+    def list(self, prefix: str) -> builtins.list[StoredObject]:
         out = []
         token: dict[str, str] = {}
         while True:

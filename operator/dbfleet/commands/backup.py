@@ -43,7 +43,7 @@ def _common(p: argparse.ArgumentParser, cluster_required: bool = True) -> None:
     add_json_option(p)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("backup", help="take, list and prune backups")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     run_p = verbs.add_parser("run", help="take a backup now (pgBackRest, mongodump or redis-cli --rdb)")

@@ -32,7 +32,7 @@ def inventory_path(args: argparse.Namespace) -> Path:
     explicit = getattr(args, "inventory", None)
     if explicit:
         return Path(explicit)
-    return args.inventories / "local" / args.lab / "hosts.yml"
+    return Path(args.inventories) / "local" / str(args.lab) / "hosts.yml"
 
 
 def fleet_of(args: argparse.Namespace) -> Fleet:

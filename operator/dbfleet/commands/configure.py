@@ -8,7 +8,7 @@ from dbfleet.commands.common import add_lab_options, inventory_path
 from dbfleet.playbook import run_playbook
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("configure", help="configure the hosts with Ansible (playbooks/site.yml)")
     add_lab_options(p)
     p.add_argument("--inventory", help="an inventory file instead of the lab's")

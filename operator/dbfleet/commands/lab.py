@@ -8,7 +8,7 @@ from dbfleet.commands.common import add_json_option, add_lab_options, emit, flee
 from dbfleet.lab import lifecycle
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("lab", help="run the spec's hosts as local containers")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     up = verbs.add_parser("up", help="build images and start the containers (idempotent)")

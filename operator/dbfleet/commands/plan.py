@@ -8,7 +8,7 @@ from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, emit
 from dbfleet.commands.reconcile import add_operator_options, build_operator, run_guarded
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("plan", help="dry run: print each action reconcile would take, with its reason",
                        description="Observe and diff every cluster without changing anything. Needs no leader "
                                    "lock. Exit 1 if a cluster could not be observed.")

@@ -93,7 +93,7 @@ def run_guarded(handler: Any, args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("reconcile", help="bring the fleet to its spec: once, or in a loop; acts only as leader",
                        description="Observe every cluster, diff it against the spec and apply the actions. "
                                    "Only the holder of the leader lock acts; others just observe.")

@@ -16,7 +16,7 @@ from dbfleet.monitoring.rules import render_rules
 DEFAULT_OUTPUT = Path("monitoring/rules/fleet.rules.yml")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("rules", help="generate Prometheus alert rules from the spec (print, --write or --check)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help=f"rules file for --write and --check (default: {DEFAULT_OUTPUT})")

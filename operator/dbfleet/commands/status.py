@@ -13,7 +13,7 @@ from dbfleet.monitoring.figures import add_figures
 from dbfleet.reconcile.status import load_state, status_columns, status_rows
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="a row per cluster: primary, members up, indexes, last reconcile",
                        description="Observe every cluster (read only) and print its status. Exit 1 if a "
                                    "cluster could not be observed.")

@@ -7,7 +7,7 @@ import argparse
 from dbfleet.commands.common import add_json_option, emit, fleet_of
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("validate", help="check a fleet spec and summarise it")
     add_json_option(p)
     p.set_defaults(handler=run)

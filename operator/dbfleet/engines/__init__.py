@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import overload
 
 from dbfleet.engines.access import FleetAccess
-from dbfleet.engines.base import AnyCluster, EngineSession
+from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.mongo import MongoSession
 from dbfleet.engines.postgres import PostgresSession
 from dbfleet.engines.redis import RedisSession
@@ -20,7 +20,7 @@ def open_session(cluster: PostgresCluster, access: FleetAccess) -> PostgresSessi
 def open_session(cluster: MongoCluster, access: FleetAccess) -> MongoSession: ...
 @overload
 def open_session(cluster: RedisCluster, access: FleetAccess) -> RedisSession: ...
-def open_session(cluster: AnyCluster, access: FleetAccess) -> EngineSession[AnyCluster]:  # type: ignore[misc]
+def open_session(cluster: AnyCluster, access: FleetAccess) -> AnySession:
     """A session for one cluster, by its engine; connections open on first use."""
     if isinstance(cluster, PostgresCluster):
         return PostgresSession(cluster, access)

@@ -38,7 +38,7 @@ TEMPORARY_SQLSTATES = {
 PERMANENT_CONNECT_SQLSTATES = {"3D000", "28P01", "28000"}  # no such database, bad password, rejected by pg_hba
 PERMANENT_CONNECT_MESSAGES = ("does not exist", "password authentication failed", "no pg_hba.conf entry")
 
-Query = str | sql.Composable
+Query = str | bytes | sql.SQL | sql.Composed
 """A statement: a constant string, or one composed with psycopg.sql from identifiers and literals."""
 
 
@@ -84,13 +84,12 @@ def classify(exc: psycopg.Error, host: str, what: str) -> ReconcileError:
 def connect(cluster: PostgresCluster, access: FleetAccess, host: str, dbname: str,
             application_name: str = APPLICATION_NAME) -> psycopg.Connection[Any]:
     """An autocommit superuser connection to one member; the password never appears in errors or logs."""
+    params: dict[str, Any] = {
+        "host": access.address(host), "port": cluster.port, "dbname": dbname, "user": POSTGRES_SUPERUSER.user,
+        "password": access.password(POSTGRES_SUPERUSER), "connect_timeout": CONNECT_TIMEOUT,
+        "application_name": application_name, "options": SESSION_OPTIONS, **postgres_tls(cluster)}
     try:
-        return psycopg.connect(
-            host=access.address(host), port=cluster.port, dbname=dbname, user=POSTGRES_SUPERUSER.user,
-            password=access.password(POSTGRES_SUPERUSER), connect_timeout=CONNECT_TIMEOUT,
-            application_name=application_name, options=SESSION_OPTIONS, autocommit=True, prepare_threshold=None,
-            **postgres_tls(cluster),
-        )
+        return psycopg.connect(autocommit=True, prepare_threshold=None, **params)
     except psycopg.Error as exc:
         raise classify(exc, host, f"connect to database {dbname}") from None
 

@@ -52,7 +52,7 @@ class RedisSession(EngineSession[RedisCluster]):
     def command(self, host: str, port: int, login: Login, *args: Any) -> Any:
         self.queries += 1
         try:
-            return self.client(host, port, login).execute_command(*args)
+            return self.client(host, port, login).execute_command(*args)  # type: ignore[no-untyped-call]
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             raise TemporaryError(f"{args[0]}: {exc}", host=host) from None
         except redis.RedisError as exc:

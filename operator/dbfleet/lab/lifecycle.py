@@ -74,9 +74,10 @@ def ensure_network(client: docker.DockerClient, lab: str, progress: Progress) ->
     except NotFound:
         pass
     used = _used_subnets(client)
-    subnet = next((s for s in subnet_candidates(lab) if not any(s.overlaps(u) for u in used)), None)
-    if subnet is None:
+    free = next((s for s in subnet_candidates(lab) if not any(s.overlaps(u) for u in used)), None)
+    if free is None:
         raise LabError("no free /24 left in 172.28.0.0/14 for the lab network")
+    subnet = free
     gateway = str(next(subnet.hosts()))
     with progress.step(f"creating network {name} ({subnet})"):
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet), gateway=gateway)])

@@ -38,7 +38,8 @@ class SeqScan:
 def plan_root(explain: Any) -> dict[str, Any]:
     """The top plan node of EXPLAIN (FORMAT JSON) output, as psycopg returns it."""
     doc = explain[0] if isinstance(explain, list) else explain
-    return doc["Plan"]
+    plan: dict[str, Any] = doc["Plan"]
+    return plan
 
 
 def plan_cost(explain: Any) -> float:

@@ -9,9 +9,7 @@ the reason (exit 1) and nothing is changed; the other clusters go on.
 
 from __future__ import annotations
 
-from typing import Any
-
-from dbfleet.engines.base import Topology
+from dbfleet.engines.base import AnyCluster, Topology
 from dbfleet.spec import PostgresCluster, RedisCluster
 
 UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
@@ -30,7 +28,7 @@ def unreachable(topology: Topology) -> str | None:
     return "no member answers: " + "; ".join(f"{m.host}: {m.detail}" for m in topology.members)
 
 
-def shrink_problems(cluster: Any, topology: Topology) -> list[str]:
+def shrink_problems(cluster: AnyCluster, topology: Topology) -> list[str]:
     """Why applying this spec would take away something the running cluster holds; empty when it would not."""
     problems: list[str] = []
     if isinstance(cluster, PostgresCluster):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from dbfleet.actions import Action
+from dbfleet.engines import AnySession
+from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.mongo import MongoSession
 from dbfleet.engines.postgres import PostgresSession
 from dbfleet.errors import PermanentError
@@ -18,7 +20,13 @@ from dbfleet.spec import MongoCluster, PostgresCluster
 IndexedCluster = PostgresCluster | MongoCluster
 
 
-def _engine(session: Any) -> PostgresIndexes | MongoIndexes:
+def _indexed(cluster: AnyCluster) -> IndexedCluster:
+    if not isinstance(cluster, (PostgresCluster, MongoCluster)):
+        raise PermanentError(f"{cluster.name}: {cluster.engine} has no index policy")
+    return cluster
+
+
+def _engine(session: AnySession) -> PostgresIndexes | MongoIndexes:
     if isinstance(session, PostgresSession):
         return PostgresIndexes(session)
     if isinstance(session, MongoSession):
@@ -31,25 +39,27 @@ class IndexReconciler:
 
     name = RECONCILER
 
-    def applies_to(self, cluster: Any) -> bool:
+    def applies_to(self, cluster: AnyCluster) -> bool:
         return isinstance(cluster, (PostgresCluster, MongoCluster))
 
-    def observe(self, cluster: Any, session: Any) -> ObservedIndexes:
-        return _engine(session).observe(cluster)
+    def observe(self, cluster: AnyCluster, session: AnySession) -> ObservedIndexes:
+        return _engine(session).observe()
 
-    def diff(self, cluster: Any, observed: ObservedIndexes) -> list[Action]:
-        return diff_indexes(cluster.name, cluster.indexes.declared, observed, cluster.indexes)
+    def diff(self, cluster: AnyCluster, observed: ObservedIndexes) -> list[Action]:
+        indexed = _indexed(cluster)
+        return diff_indexes(indexed.name, indexed.indexes.declared, observed, indexed.indexes)
 
-    def act(self, action: Action, session: Any) -> str:
+    def act(self, action: Action, session: AnySession) -> str:
         return _engine(session).apply(action)
 
     def notes(self, observed: ObservedIndexes) -> list[str]:
         return observed.notes()
 
-    def status(self, cluster: Any, observed: ObservedIndexes, actions: list[Action]) -> dict[str, Any]:
+    def status(self, cluster: AnyCluster, observed: ObservedIndexes, actions: list[Action]) -> dict[str, Any]:
         """Index counts for `dbfleet status`, also exported as the dbfleet_indexes metric."""
-        counts = index_counts(cluster.indexes.declared, observed, actions)
+        declared = _indexed(cluster).indexes.declared
+        counts = index_counts(declared, observed, actions)
         metrics.set_index_counts(cluster.name, counts)
         return {"indexes": len(observed.all_indexes()),
-                "declared": f"{counts['declared']}/{len(cluster.indexes.declared)}",
+                "declared": f"{counts['declared']}/{len(declared)}",
                 "invalid": counts["invalid"], "unused": counts["unused"], "duplicate": counts["duplicate"]}

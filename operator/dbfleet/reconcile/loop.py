@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from dbfleet.actions import Action, Outcome
 from dbfleet.engines import AnySession, open_session
@@ -31,25 +31,30 @@ from dbfleet.spec import Fleet
 log = logging.getLogger("dbfleet.reconcile")
 
 
-class Reconciler(Protocol):
+Observed = TypeVar("Observed")
+
+
+class Reconciler(Protocol[Observed]):
     """A plain object per concern (indexes, backups, monitoring); the loop owns retries and logging.
 
-    The reconcilers a cycle runs are listed in one place, dbfleet.wiring.reconcilers().
+    observe reads through the cluster's engine session; diff is pure; act
+    changes one thing. The reconcilers a cycle runs are listed in one place,
+    dbfleet.wiring.reconcilers().
     """
 
     name: str
 
-    def applies_to(self, cluster: Any) -> bool: ...
+    def applies_to(self, cluster: AnyCluster) -> bool: ...
 
-    def observe(self, cluster: Any, session: Any) -> Any: ...
+    def observe(self, cluster: AnyCluster, session: AnySession) -> Observed: ...
 
-    def diff(self, cluster: Any, observed: Any) -> list[Action]: ...
+    def diff(self, cluster: AnyCluster, observed: Observed) -> list[Action]: ...
 
-    def act(self, action: Action, session: Any) -> str: ...
+    def act(self, action: Action, session: AnySession) -> str: ...
 
-    def notes(self, observed: Any) -> list[str]: ...
+    def notes(self, observed: Observed) -> list[str]: ...
 
-    def status(self, cluster: Any, observed: Any, actions: list[Action]) -> dict[str, Any]: ...
+    def status(self, cluster: AnyCluster, observed: Observed, actions: list[Action]) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -162,7 +167,7 @@ SessionFactory = Callable[[AnyCluster, FleetAccess], AnySession]
 class Operator:
     """Runs cycles over a fleet. Stateless between cycles except for the per-cluster backoff."""
 
-    def __init__(self, fleet: Fleet, access: FleetAccess, *, reconcilers: list[Reconciler],
+    def __init__(self, fleet: Fleet, access: FleetAccess, *, reconcilers: list[Reconciler[Any]],
                  retry: RetryPolicy = DEFAULT_RETRY, session_factory: SessionFactory = open_session,
                  sleep: Callable[[float], None] = time.sleep, stop: threading.Event | None = None,
                  clusters: set[str] | None = None, keep_sessions: bool = False):
@@ -214,7 +219,7 @@ class Operator:
         report.seconds = time.monotonic() - start
         return report
 
-    def _cluster_cycle(self, cluster: Any, apply: bool) -> ClusterReport:
+    def _cluster_cycle(self, cluster: AnyCluster, apply: bool) -> ClusterReport:
         result = ClusterReport(cluster.name, cluster.engine)
         start = time.monotonic()
         session = self._sessions.pop(cluster.name, None)
@@ -225,13 +230,14 @@ class Operator:
                 session = self.session_factory(cluster, self.access)
             queries, connections = session.queries, session.connections
             session.begin_cycle()
-            result.topology, _ = call_with_retry(session.observe_topology, f"{cluster.name} topology",
-                                                 self.retry, self.sleep)
-            down = unreachable(result.topology)
+            topology, _ = call_with_retry(session.observe_topology, f"{cluster.name} topology",
+                                          self.retry, self.sleep)
+            result.topology = topology
+            down = unreachable(topology)
             if down:
                 # Reconcilers that read only the backup target would otherwise report this cluster green.
                 raise TemporaryError(down, cluster=cluster.name, action="observe")
-            problems = shrink_problems(cluster, result.topology)
+            problems = shrink_problems(cluster, topology)
             if problems:
                 raise PermanentError("; ".join(problems), cluster=cluster.name, action="check the spec")
             for reconciler in self.reconcilers:
@@ -259,7 +265,7 @@ class Operator:
         result.seconds = time.monotonic() - start
         return result
 
-    def _reconcile(self, cluster: Any, reconciler: Reconciler, session: AnySession, apply: bool,
+    def _reconcile(self, cluster: AnyCluster, reconciler: Reconciler[Any], session: AnySession, apply: bool,
                    result: ClusterReport) -> None:
         """Observe, diff and (when applying) act for one reconciler on one cluster."""
         observed, _ = call_with_retry(lambda: reconciler.observe(cluster, session),
@@ -273,7 +279,7 @@ class Operator:
         if apply:
             self._act_all(reconciler, actions, session, result)
 
-    def _act_all(self, reconciler: Reconciler, actions: list[Action], session: AnySession,
+    def _act_all(self, reconciler: Reconciler[Any], actions: list[Action], session: AnySession,
                  result: ClusterReport) -> None:
         gave_up: str | None = None
         for action in actions:
@@ -304,8 +310,12 @@ class Operator:
 
 
 class Leader(Protocol):
-    held: bool
+    """The lock that makes one operator the one that acts (dbfleet.wiring.leader_lock chooses it)."""
+
     holder: str
+
+    @property
+    def held(self) -> bool: ...
 
     def acquire(self) -> bool: ...
 

@@ -18,7 +18,8 @@ import subprocess
 from typing import Any
 
 from dbfleet.actions import Action
-from dbfleet.engines.base import Topology
+from dbfleet.engines import AnySession
+from dbfleet.engines.base import AnyCluster, Topology
 from dbfleet.engines.postgres import PgPaths, pg_paths
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.playbook import run_shell
@@ -37,7 +38,7 @@ def postgres_start_command(paths: PgPaths) -> str:
             f"systemctl start {paths.service}")
 
 
-def planned_starts(cluster: Any, topology: Topology) -> list[Action]:
+def planned_starts(cluster: AnyCluster, topology: Topology) -> list[Action]:
     """A `start` per listed member that does not answer, while the cluster's primary does."""
     if topology.primary is None or not isinstance(cluster, (PostgresCluster, RedisCluster)):
         return []
@@ -65,16 +66,16 @@ class MemberReconciler:
 
     name = RECONCILER
 
-    def applies_to(self, cluster: Any) -> bool:
+    def applies_to(self, cluster: AnyCluster) -> bool:
         return isinstance(cluster, (PostgresCluster, RedisCluster))
 
-    def observe(self, cluster: Any, session: Any) -> Topology:
+    def observe(self, cluster: AnyCluster, session: AnySession) -> Topology:
         return session.observe_topology()
 
-    def diff(self, cluster: Any, observed: Topology) -> list[Action]:
+    def diff(self, cluster: AnyCluster, observed: Topology) -> list[Action]:
         return planned_starts(cluster, observed)
 
-    def act(self, action: Action, session: Any) -> str:
+    def act(self, action: Action, session: AnySession) -> str:
         inventory = session.access.inventory
         if inventory is None:
             raise PermanentError("starting a member needs the inventory path", cluster=action.cluster,
@@ -100,5 +101,5 @@ class MemberReconciler:
     def notes(self, observed: Topology) -> list[str]:
         return []
 
-    def status(self, cluster: Any, observed: Topology, actions: list[Action]) -> dict[str, Any]:
+    def status(self, cluster: AnyCluster, observed: Topology, actions: list[Action]) -> dict[str, Any]:
         return {"members_down": [a.target for a in actions]}

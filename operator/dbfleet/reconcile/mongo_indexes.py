@@ -17,7 +17,6 @@ from dbfleet.engines.mongo import MongoSession
 from dbfleet.errors import PermanentError
 from dbfleet.reconcile.index_defs import observed_mongo
 from dbfleet.reconcile.index_observation import ObservedDatabase, ObservedIndexes, TableStats
-from dbfleet.spec import MongoCluster
 
 
 def stats_window_days(stats: list[dict[str, Any]], now: float) -> float | None:
@@ -32,7 +31,8 @@ class MongoIndexes:
     def __init__(self, session: MongoSession):
         self.session = session
 
-    def observe(self, cluster: MongoCluster) -> ObservedIndexes:
+    def observe(self) -> ObservedIndexes:
+        cluster = self.session.cluster
         observed = ObservedIndexes(cluster.name, self.session.engine)
         databases = sorted({i.database for i in cluster.indexes.declared}
                            | {s.database for s in cluster.sharded_collections})

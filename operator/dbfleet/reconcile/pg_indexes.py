@@ -97,7 +97,8 @@ class PostgresIndexes:
         self.session = session
         self._prepared = 0
 
-    def observe(self, cluster: PostgresCluster) -> ObservedIndexes:
+    def observe(self) -> ObservedIndexes:
+        cluster = self.session.cluster
         primary = self.session.primary()
         topology = self.session.observe_topology()
         replicas = [m.host for m in topology.members if m.role == "replica"]

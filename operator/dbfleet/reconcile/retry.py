@@ -27,7 +27,7 @@ class RetryPolicy:
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after the given number of consecutive failures (1, 2, ...)."""
-        return min(self.max_delay, self.base_delay * (2 ** max(0, failures - 1)))
+        return float(min(self.max_delay, self.base_delay * (2 ** max(0, failures - 1))))
 
 
 DEFAULT_RETRY = RetryPolicy()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dbfleet.engines.base import AnyCluster
 from dbfleet.reconcile.loop import ClusterReport, CycleReport
 from dbfleet.units import age
 
@@ -25,7 +26,7 @@ from dbfleet.units import age
 class StatusContext:
     """What a provider gets for one cluster: the spec, this observation, and the last reconcile's record."""
 
-    cluster: Any
+    cluster: AnyCluster
     report: ClusterReport
     last: dict[str, Any]
 
