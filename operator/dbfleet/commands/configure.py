@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dbfleet.commands.common import add_lab_options, inventory_path
+from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, add_lab_options, inventory_path
 from dbfleet.playbook import run_playbook
 
 
@@ -27,4 +27,4 @@ def run(args: argparse.Namespace) -> int:
     result = run_playbook(args.playbook, inventory_path(args), extra)
     changed = sum(s.changed for s in result.stats.values())
     print(f"configure: {'ok' if result.ok else 'FAILED'}; {len(result.stats)} hosts, {changed} changes")
-    return 0 if result.ok else 1
+    return EXIT_OK if result.ok else EXIT_FAILED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dbfleet.commands.common import add_json_option, add_lab_options, emit, fleet_of, table
+from dbfleet.commands.common import EXIT_OK, add_json_option, add_lab_options, emit, fleet_of, table
 from dbfleet.lab import lifecycle
 
 
@@ -35,16 +35,16 @@ def run_up(args: argparse.Namespace) -> int:
                          f"{sorted(lifecycle.ALL_ENGINES)}")
     state = lifecycle.up(fleet, args.lab, args.inventories, engines)
     print(f"lab {state.name}: {len(state.hosts)} hosts on {state.network}; inventory {state.inventory}")
-    return 0
+    return EXIT_OK
 
 
 def run_down(args: argparse.Namespace) -> int:
     removed = lifecycle.down(args.lab, args.inventories, keep_volumes=args.keep_volumes)
     print(f"lab {args.lab}: removed {removed} objects")
-    return 0
+    return EXIT_OK
 
 
 def run_status(args: argparse.Namespace) -> int:
     rows = lifecycle.status(args.lab)
     emit(args, rows, table(rows, ["host", "cluster", "engine", "state", "address"]))
-    return 0
+    return EXIT_OK

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dbfleet.commands.common import fleet_of
+from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, fleet_of
 from dbfleet.monitoring.rules import render_rules
 
 DEFAULT_OUTPUT = Path("monitoring/rules/fleet.rules.yml")
@@ -34,17 +34,17 @@ def run(args: argparse.Namespace) -> int:
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:
             print(f"rules: {path} is up to date with {args.spec}")
-            return 0
+            return EXIT_OK
         why = "is missing" if current is None else "is stale"
         print(f"rules: {path} {why}; run `dbfleet --spec {args.spec} rules --write`", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if args.write:
         if path.exists() and path.read_text(encoding="utf-8") == text:
             print(f"rules: {path} unchanged")
-            return 0
+            return EXIT_OK
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         print(f"rules: wrote {path}")
-        return 0
+        return EXIT_OK
     sys.stdout.write(text)
-    return 0
+    return EXIT_OK

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dbfleet.commands.common import add_json_option, emit, fleet_of
+from dbfleet.commands.common import EXIT_OK, add_json_option, emit, fleet_of
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,4 +19,4 @@ def run(args: argparse.Namespace) -> int:
             for c in fleet.clusters]
     text = "\n".join(f"{r['cluster']}: {r['engine']} {r['version']} on {', '.join(r['hosts'])}" for r in rows)
     emit(args, {"spec": args.spec, "valid": True, "clusters": rows}, f"{args.spec}: valid\n{text}")
-    return 0
+    return EXIT_OK
