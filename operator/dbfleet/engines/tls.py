@@ -8,9 +8,14 @@ encrypted but the server is not verified (PostgreSQL's sslmode=require).
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 
 from dbfleet.spec import MongoCluster, PostgresCluster
+
+CONTROLLER_PKI = "pki"
+"""The folder beside the inventory where the pki role keeps the fleet CA it made (roles/pki/defaults: pki_dir)."""
 
 
 def postgres_tls(cluster: PostgresCluster) -> dict[str, str]:
@@ -44,3 +49,24 @@ def mongo_tool_args(cluster: MongoCluster) -> list[str]:
     if not cluster.tls.enabled:
         return []
     return ["--tls", f"--tlsCAFile={MONGO_HOST_CA}", "--tlsAllowInvalidHostnames"]
+
+
+def controller_ca(inventory: Path | None) -> Path | None:
+    """The fleet CA the pki role made on the controller beside the inventory, if it is there."""
+    if inventory is None:
+        return None
+    path = inventory.parent / CONTROLLER_PKI / "ca.crt"
+    return path if path.is_file() else None
+
+
+def https_context(cluster: PostgresCluster, inventory: Path | None) -> ssl.SSLContext:
+    """TLS for the HTTPS APIs on the hosts (Patroni's REST API): the spec's CA, else the CA the pki role made
+    beside the inventory; with neither the channel is encrypted but the server is not verified, as with
+    PostgreSQL's sslmode=require."""
+    ca = cluster.tls.ca_cert or controller_ca(inventory)
+    if ca:
+        return ssl.create_default_context(cafile=str(ca))
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
