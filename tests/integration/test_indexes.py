@@ -299,3 +299,67 @@ def test_hypopg_advice_for_a_seeded_slow_query(pgenv: PgEnv, reconciled):
         assert after <= before / 2
     assert not any(a["changes"] for a in advice.values())
     assert pgenv.sql("SELECT count(*) FROM pg_indexes WHERE tablename = 'hot'")[0][0] == 1  # only its pkey
+
+
+MALLORY = "SELECT 1; COMMIT; CREATE ROLE mallory SUPERUSER LOGIN PASSWORD 'x'"
+
+
+def test_a_spec_query_of_several_statements_is_reported_never_run(pgenv: PgEnv, reconciled):
+    """Issue: the spec's missing-index query was pasted into EXPLAIN, so a second statement left the
+    read-only transaction and created a superuser."""
+    pgenv.sql("DROP ROLE IF EXISTS mallory", dbname="postgres")
+    missing = {**POLICY["missing"], "queries": [ADVISED_QUERY, MALLORY]}
+    try:
+        plan = pgenv.dbfleet("plan", spec=pgenv.write_spec(missing=missing))
+        notes = [n for c in plan["clusters"] for n in c["notes"]]
+        assert any("not explained, 3 statements" in n for n in notes), notes
+        assert f"{DB}/public.hot(code)" in findings(plan, "advise-index")  # the good query is still advised
+        assert pgenv.sql("SELECT count(*) FROM pg_roles WHERE rolname = 'mallory'", dbname="postgres")[0][0] == 0
+    finally:
+        pgenv.sql("DROP ROLE IF EXISTS mallory", dbname="postgres")
+
+
+LEAK = """
+CREATE FUNCTION appfn.leak() RETURNS text LANGUAGE plpgsql IMMUTABLE AS $f$
+BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    PERFORM lo_export(lo_from_bytea(0, 'pwned'), '{path}');
+  END IF;
+  RETURN 'no such pad';
+END $f$
+"""
+
+
+def test_a_captured_query_is_planned_with_the_rights_of_the_role_that_ran_it(pgenv: PgEnv, reconciled):
+    """Issue: queries from pg_stat_statements were EXPLAINed by the superuser, and planning runs IMMUTABLE
+    functions, so a function owned by an unprivileged role wrote a file as the postgres OS user."""
+    path = "/tmp/dbfleet-advisor-leak"
+    host = pgenv.lab.host(pgenv.primary)
+    setup = ["DROP SCHEMA IF EXISTS appfn CASCADE", "DROP ROLE IF EXISTS dbf_app", "CREATE ROLE dbf_app NOLOGIN",
+             "CREATE SCHEMA appfn AUTHORIZATION dbf_app", "GRANT USAGE ON SCHEMA public TO dbf_app",
+             "GRANT SELECT ON hot TO dbf_app"]
+    try:
+        with pgenv.connect(pgenv.primary) as conn:
+            for statement in setup:
+                conn.execute(statement)
+            conn.execute("SET ROLE dbf_app")
+            conn.execute(LEAK.format(path=path))  # owned by the unprivileged role
+            for _ in range(60):  # as dbf_app the function writes nothing, so the query runs and is captured
+                conn.execute("SELECT count(*) FROM hot WHERE pad = appfn.leak()").fetchall()
+            conn.execute("RESET ROLE")
+            # The exploit is real: planned by a superuser, the function writes the file.
+            conn.execute("EXPLAIN SELECT count(*) FROM hot WHERE pad = appfn.leak()")
+            assert host.file(path).exists
+            host.run(f"rm -f {path}")
+        plan = pgenv.dbfleet("plan")
+        advice = findings(plan, "advise-index")[f"{DB}/public.hot(pad)"]  # only this query filters on pad
+        assert "appfn.leak()" in advice["detail"]["query"]  # it was explained: as dbf_app, so nothing written
+        assert not host.file(path).exists
+    finally:
+        host.run(f"rm -f {path}")
+        with pgenv.connect(pgenv.primary) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS appfn CASCADE")
+            conn.execute("REVOKE ALL ON hot FROM dbf_app")
+            conn.execute("REVOKE ALL ON SCHEMA public FROM dbf_app")
+            conn.execute("DROP ROLE IF EXISTS dbf_app")
+            conn.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")

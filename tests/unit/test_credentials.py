@@ -55,6 +55,12 @@ def test_each_login_is_a_user_the_roles_create_with_the_password_they_set(
     assert login.secret in PASSWORD_KEYS
 
 
+def test_the_advisor_plans_as_the_read_only_role_the_postgres_role_creates() -> None:
+    assert credentials.EXPLAIN_ROLE == role_defaults("postgres_server")["postgres_explain_role"]
+    tasks = (REPO / "playbooks/roles/postgres_server/tasks/primary.yml").read_text()
+    assert "groups: [pg_read_all_data]" in tasks and "role_attr_flags: NOLOGIN" in tasks
+
+
 ACCESS = FleetAccess({h: "10.0.0.9" for c in FLEET.clusters for h in c.host_names()},
                      {key: f"pw-{key}" for key in PASSWORD_KEYS})
 
