@@ -62,7 +62,8 @@ def test_the_advisor_plans_as_the_read_only_role_the_postgres_role_creates() -> 
 
 
 ACCESS = FleetAccess({h: "10.0.0.9" for c in FLEET.clusters for h in c.host_names()},
-                     {key: f"pw-{key}" for key in PASSWORD_KEYS})
+                     {key: f"pw-{key}" for key in PASSWORD_KEYS}, Path("/fleet/inventories/local/lab/hosts.yml"))
+FLEET_CA = "/fleet/inventories/local/lab/pki/ca.crt"
 
 
 def test_the_mongo_session_logs_in_as_the_user_the_roles_create(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,8 +76,8 @@ def test_the_mongo_session_logs_in_as_the_user_the_roles_create(monkeypatch: pyt
     (_, kwargs), = made
     assert kwargs["username"] == role_defaults("mongo_common")["mongo_admin_user"] == "dbfleet_admin"
     assert kwargs["password"] == "pw-mongo_admin_password"
-    for key, value in tls.mongo_client_tls(cluster).items():
-        assert kwargs[key] == value
+    assert kwargs["tls"] is True and kwargs["tlsCAFile"] == FLEET_CA
+    assert not any("Invalid" in key or "Insecure" in key for key in kwargs)  # certificates and names checked
 
 
 def test_mongodump_logs_in_as_the_same_user_with_the_same_tls() -> None:
@@ -100,8 +101,9 @@ def test_mongodump_logs_in_as_the_same_user_with_the_same_tls() -> None:
     adapter._dump(access, pending, cluster.config_servers, "/tmp/conf.yaml")
     dump = next(argv for argv in ran if argv[0] == "mongodump")
     assert dump[dump.index("--username") + 1] == credentials.MONGO_ADMIN.user
-    if cluster.tls.enabled:
-        assert "--tls" in dump and f"--tlsCAFile={tls.MONGO_HOST_CA}" in dump
+    assert cluster.tls.enabled
+    assert "--tls" in dump and f"--tlsCAFile={tls.MONGO_HOST_CA}" in dump
+    assert not any("Invalid" in arg or "Insecure" in arg for arg in dump)
 
 
 def test_the_host_ca_the_tools_trust_is_where_the_mongo_roles_put_it() -> None:
@@ -123,7 +125,12 @@ def test_postgres_connects_as_the_superuser_the_role_sets_with_the_shared_tls(mo
     (kwargs,) = made
     assert kwargs["user"] == role_defaults("postgres_server")["postgres_superuser"]
     assert kwargs["password"] == "pw-postgres_superuser_password"
-    assert {k: kwargs[k] for k in tls.postgres_tls(cluster)} == tls.postgres_tls(cluster)
+    assert (kwargs["sslmode"], kwargs["sslrootcert"], kwargs["require_auth"]) == \
+        ("verify-full", FLEET_CA, "scram-sha-256")
+
+
+def test_the_fleet_ca_is_where_the_pki_role_makes_it() -> None:
+    assert role_defaults("pki")["pki_dir"] == "{{ inventory_dir }}/" + tls.PKI_DIR
 
 
 def test_redis_sessions_log_in_as_the_monitor_user() -> None:

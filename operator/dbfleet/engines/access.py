@@ -19,8 +19,10 @@ import yaml
 
 from dbfleet.engines.credentials import Login
 from dbfleet.engines.executor import InventoryExecutor
+from dbfleet.engines.tls import fleet_ca
 from dbfleet.errors import PermanentError
 from dbfleet.secrets import load_secrets
+from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster
 
 CONNECT_TIMEOUT = 5
 """Seconds to wait for a host before calling it down for this cycle."""
@@ -81,6 +83,10 @@ class FleetAccess:
 
     def password(self, login: Login) -> str:
         return self.secret(login.secret)
+
+    def ca_file(self, cluster: PostgresCluster | MongoCluster | RedisCluster) -> Path | None:
+        """The CA this cluster's server certificates are checked against (engines.tls.fleet_ca)."""
+        return fleet_ca(cluster, self.inventory)
 
     @cached_property
     def executor(self) -> InventoryExecutor:
