@@ -102,7 +102,8 @@ def cluster_vars(cluster: AnyCluster) -> dict[str, Any]:
     if isinstance(cluster, PostgresCluster):
         found["dbfleet_pgbackrest"] = {"conf": pgbackrest.host_config(cluster),
                                        "repo_path": pgbackrest.repo_path(cluster),
-                                       "log_path": pgbackrest.HOST_LOG_PATH}
+                                       "log_path": pgbackrest.HOST_LOG_PATH,
+                                       "cipher_include": pgbackrest.CIPHER_INCLUDE}
     return found
 
 

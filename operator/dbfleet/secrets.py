@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from dbfleet.age_keys import new_identity
+
 PASSWORD_KEYS = (
     "postgres_superuser_password",
     "postgres_replication_password",
@@ -27,7 +29,14 @@ PASSWORD_KEYS = (
     "mongo_admin_password",
     "mongo_app_password",
     "mongo_monitor_password",
+    "backup_cipher_pass",
 )
+BACKUP_CIPHER_PASS = "backup_cipher_pass"
+"""pgBackRest's repository passphrase (repo1-cipher-type=aes-256-cbc)."""
+BACKUP_AGE_IDENTITY = "backup_age_identity"
+"""The age identity MongoDB dumps and Redis snapshots are encrypted to (only its recipient reaches the hosts)."""
+BACKUP_AGE_IDENTITY_OLD = "backup_age_identity_old"
+"""After a rotation, the previous identity: still tried when decrypting older backups."""
 
 
 class SecretsError(RuntimeError):
@@ -37,6 +46,7 @@ class SecretsError(RuntimeError):
 def generate() -> dict[str, str]:
     values = {key: random.token_urlsafe(24) for key in PASSWORD_KEYS}
     values["mongo_keyfile"] = base64.b64encode(random.token_bytes(600)).decode()
+    values[BACKUP_AGE_IDENTITY] = new_identity()
     return values
 
 

@@ -92,11 +92,13 @@ def test_redis_backup_to_s3_and_drill_from_it(s3: S3Server, request: pytest.Fixt
     cli(access, cluster.primary, "SET", cluster.backup.drill.canary, prefix)
     cli(access, cluster.primary, "WAIT", "1", "5000")
     backup = take_backup(access, "snapshot")
-    assert backup.files[0].key == f"dbfleet/cache/{backup.id}/dump.rdb"
+    assert backup.files[0].key == f"dbfleet/cache/{backup.id}/dump.rdb.age"
     raw = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
     listed = raw.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/dbfleet/cache/{backup.id}/")
-    assert sorted(o["Key"].rsplit("/", 1)[-1] for o in listed["Contents"]) == ["dump.rdb", "manifest.json"]
+    assert sorted(o["Key"].rsplit("/", 1)[-1] for o in listed["Contents"]) == ["dump.rdb.age", "manifest.json"]
+    stored = raw.get_object(Bucket=BUCKET, Key=f"{prefix}/{backup.files[0].key}")["Body"].read()
+    assert stored.startswith(b"age-encryption.org/v1") and prefix.encode() not in stored
     record = run_drill(access)
     assert record.ok, record.message
-    spool = access.executor.run(backup.detail["replica"], ["sh", "-c", "ls /var/tmp/dbfleet-spool | wc -l"])
-    assert spool.out.strip() == "0", "the spool file on the replica is removed after upload"
+    spool = access.executor.run(backup.detail["replica"], ["sh", "-c", "ls -A /var/lib/dbfleet/spool | wc -l"])
+    assert spool.out.strip() == "0", "the work directory on the replica is removed after upload"

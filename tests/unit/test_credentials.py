@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
+from dbfleet.age_keys import new_identity
+from dbfleet.backups.spool import WORK_ROOT, WORKDIR_SCRIPT
 from dbfleet.engines import credentials, tls
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.mongo import MongoSession
 from dbfleet.engines.postgres import PostgresSession
 from dbfleet.engines.redis import RedisSession
-from dbfleet.secrets import PASSWORD_KEYS
+from dbfleet.secrets import BACKUP_AGE_IDENTITY, PASSWORD_KEYS
 from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +64,8 @@ def test_the_advisor_plans_as_the_read_only_role_the_postgres_role_creates() -> 
 
 
 ACCESS = FleetAccess({h: "10.0.0.9" for c in FLEET.clusters for h in c.host_names()},
-                     {key: f"pw-{key}" for key in PASSWORD_KEYS}, Path("/fleet/inventories/local/lab/hosts.yml"))
+                     {**{key: f"pw-{key}" for key in PASSWORD_KEYS}, BACKUP_AGE_IDENTITY: new_identity()},
+                     Path("/fleet/inventories/local/lab/hosts.yml"))
 FLEET_CA = "/fleet/inventories/local/lab/pki/ca.crt"
 
 
@@ -93,12 +96,18 @@ def test_mongodump_logs_in_as_the_same_user_with_the_same_tls() -> None:
     class Hosts:
         def check(self, host: str, argv: list[str], **kw: Any) -> ExecResult:
             ran.append(list(argv))
-            return ExecResult(0, "", "")
+            return ExecResult(0, f"{WORK_ROOT}/work.test\n" if argv[:3] == ["sh", "-c", WORKDIR_SCRIPT] else "", "")
+
+        def run(self, host: str, argv: list[str], **kw: Any) -> ExecResult:
+            return self.check(host, argv)
+
+        def write_text(self, host: str, path: str, text: str, **kw: Any) -> None:
+            assert path.startswith(f"{WORK_ROOT}/work.test/")  # the password file sits in the private work dir
 
     access = BackupAccess(cluster, Hosts(), LocalStorage(Path("/nonexistent")), ACCESS)  # type: ignore[arg-type]
     adapter = MongoBackups()
     pending = adapter.new_manifest(access, "full", __import__("datetime").datetime(2026, 1, 1), "100.9")
-    adapter._dump(access, pending, cluster.config_servers, "/tmp/conf.yaml")
+    adapter._dump(access, pending, cluster.config_servers)
     dump = next(argv for argv in ran if argv[0] == "mongodump")
     assert dump[dump.index("--username") + 1] == credentials.MONGO_ADMIN.user
     assert cluster.tls.enabled
