@@ -9,6 +9,7 @@ was expected.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -647,16 +648,187 @@ def _problems(exc: ValidationError, lines: dict[tuple[str, ...], int]) -> list[S
     return list(problems.values())
 
 
-def parse_fleet(text: str, file: str = "<spec>") -> Fleet:
-    """Parse and validate spec text; raise SpecError with located problems."""
+MAX_SPEC_BYTES = 1 << 20
+"""A spec larger than this is refused before it is parsed."""
+MAX_DEPTH = 64
+"""Nesting deeper than this is refused, aliases included: the deepest real spec key is eight levels down."""
+MAX_ALIASES = 100
+MAX_EXPANDED_NODES = 100_000
+"""Values (YAML nodes) the document may hold, and expand to once every alias is followed: a real spec has a
+few thousand."""
+MAX_INT_DIGITS = 20
+
+
+class _Refused(Exception):
+    """A limit the loader enforces, found while reading the YAML: located by key path and line."""
+
+    def __init__(self, path: tuple[str, ...], line: int | None, message: str):
+        super().__init__(message)
+        self.problem = SpecProblem(".".join(path), line, message)
+
+
+def _label(index: Any) -> str:
+    """The key path part of a child being composed: its position in a sequence, its key in a mapping."""
+    if isinstance(index, yaml.ScalarNode):
+        return str(index.value)
+    return "?" if isinstance(index, yaml.Node) else str(index)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that stops composing past MAX_DEPTH levels or MAX_ALIASES aliases, well before
+    Python's own recursion limit, and says where."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._path: list[str] = []
+        self.aliases = 0
+        self.nodes = 0
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803 - PyYAML's signature
+        # The scanner looks ahead through every `[` or `{` (each may start a key) before the composer sees
+        # the first, and that look-ahead is quadratic: 20,000 of them took a third of a second, a MiB of them
+        # would take hours. So the depth is also checked here, as each one is scanned.
+        if self.flow_level >= MAX_DEPTH:
+            raise _Refused(tuple(self._path), self.get_mark().line + 1, f"nested deeper than {MAX_DEPTH} levels")
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if parent is not None:
+            self._path.append(_label(index) if index is not None else "(a key)")
+        try:
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_ALIASES:
+                    raise _Refused(tuple(self._path), self.peek_event().start_mark.line + 1,
+                                   f"more than {MAX_ALIASES} aliases (*name); write the values out")
+            if len(self._path) > MAX_DEPTH:
+                raise _Refused(tuple(self._path), self.peek_event().start_mark.line + 1,
+                               f"nested deeper than {MAX_DEPTH} levels")
+            self.nodes += 1
+            if self.nodes > MAX_EXPANDED_NODES:
+                raise _Refused(tuple(self._path), self.peek_event().start_mark.line + 1,
+                               f"more than {MAX_EXPANDED_NODES} values in the document")
+            return super().compose_node(parent, index)
+        finally:
+            if parent is not None:
+                self._path.pop()
+
+
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _NodeChecks:
+    """One walk over a composed document: expanded size and depth through aliases, duplicate keys, and
+    numbers Python or the thresholds cannot take (over MAX_INT_DIGITS digits, inf, nan)."""
+
+    def __init__(self, loader: _SpecLoader):
+        self.loader = loader
+        self.measured: dict[int, tuple[int, int]] = {}
+        """Expanded (node count, height) of every node already walked, by identity: aliases share nodes."""
+        self.walking: set[int] = set()
+        self.problems: list[SpecProblem] = []
+
+    def run(self, root: yaml.Node) -> list[SpecProblem]:
+        self._walk(root, (), 1)
+        return self.problems
+
+    def _walk(self, node: yaml.Node, path: tuple[str, ...], depth: int) -> tuple[int, int]:
+        line = node.start_mark.line + 1
+        if depth > MAX_DEPTH:
+            raise _Refused(path, line, f"nested deeper than {MAX_DEPTH} levels once aliases are followed")
+        key = id(node)
+        if key in self.walking:
+            raise _Refused(path, line, "an alias refers to itself (to a collection that contains it)")
+        if key in self.measured:
+            size, height = self.measured[key]
+            if depth + height - 1 > MAX_DEPTH:
+                raise _Refused(path, line, f"nested deeper than {MAX_DEPTH} levels once aliases are followed")
+            return size, height
+        self.walking.add(key)
+        if isinstance(node, yaml.ScalarNode):
+            self._check_scalar(node, path)
+            size, height = 1, 1
+        else:
+            children: list[tuple[yaml.Node, tuple[str, ...]]] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = [(item, path + (str(i),)) for i, item in enumerate(node.value)]
+            elif isinstance(node, yaml.MappingNode):
+                self._check_keys(node, path)
+                for k, v in node.value:
+                    children += [(k, path + ("(a key)",)), (v, path + (_label(k),))]
+            size, height = 1, 1
+            for child, child_path in children:
+                child_size, child_height = self._walk(child, child_path, depth + 1)
+                size += child_size
+                height = max(height, child_height + 1)
+                if size > MAX_EXPANDED_NODES:
+                    raise _Refused(path, line, f"aliases expand the document past {MAX_EXPANDED_NODES} values")
+        self.walking.discard(key)
+        self.measured[key] = (size, height)
+        return size, height
+
+    def _check_scalar(self, node: yaml.ScalarNode, path: tuple[str, ...]) -> None:
+        line = node.start_mark.line + 1
+        if node.tag == _INT:
+            digits = sum(c.isdigit() for c in node.value)
+            if digits > MAX_INT_DIGITS:
+                self.problems.append(SpecProblem(".".join(path), line,
+                                                 f"a number of {digits} digits; at most {MAX_INT_DIGITS}"))
+        elif node.tag == _FLOAT:
+            if not math.isfinite(self.loader.construct_yaml_float(node)):
+                self.problems.append(SpecProblem(".".join(path), line,
+                                                 f"expected a finite number, got {node.value!r}"))
+
+    def _check_keys(self, node: yaml.MappingNode, path: tuple[str, ...]) -> None:
+        # PyYAML keeps the last of two equal keys without a word; a second `drop: true` would silently win.
+        # Keys merged in with `<<` may be overridden: that is what merging is for.
+        counts: dict[tuple[str, str], list[int]] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE:
+                counts.setdefault((key.tag, key.value), []).append(key.start_mark.line + 1)
+        for (_, name), lines in counts.items():
+            if len(lines) > 1:
+                where = ", ".join(f"line {n}" for n in lines)
+                self.problems.append(SpecProblem(".".join(path + (name,)), lines[-1],
+                                                 f"key {name!r} appears {len(lines)} times ({where}); keep one"))
+
+
+def _compose(text: str, file: str) -> tuple[yaml.Node | None, Any]:
+    """The composed YAML tree and the data it builds, after the loader's limits; SpecError otherwise."""
+    loader = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _SpecLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        problems = _NodeChecks(loader).run(node)
+        if problems:
+            raise SpecError(file, problems)
+        return node, loader.construct_document(node)
+    except _Refused as exc:
+        raise SpecError(file, [exc.problem]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
         raise SpecError(file, [SpecProblem("", line, f"not valid YAML: {problem}")]) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # The checks above should leave nothing for the constructor to choke on; if it still does, it is the
+        # spec's fault and a located SpecError, never a traceback.
+        raise SpecError(file, [SpecProblem("", None, f"not a spec dbfleet can read: {type(exc).__name__}")]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def parse_fleet(text: str, file: str = "<spec>") -> Fleet:
+    """Parse and validate spec text; raise SpecError with located problems."""
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(file, [SpecProblem("", 1, f"the spec is {size} bytes; at most {MAX_SPEC_BYTES} bytes")])
+    node, data = _compose(text, file)
     if not isinstance(data, dict):
         raise SpecError(file, [SpecProblem("", 1, f"expected a mapping with apiVersion, fleet and clusters, "
                                                  f"got {type(data).__name__}")])
@@ -673,11 +845,17 @@ def load_fleet(path: str | Path) -> Fleet:
     """Read and validate a fleet spec file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(str(p), [SpecProblem("", None, "no such file")]) from None
     except IsADirectoryError:
         raise SpecError(str(p), [SpecProblem("", None, "is a directory, expected a YAML file")]) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(str(p), [SpecProblem("", None, f"the spec is over {MAX_SPEC_BYTES} bytes; at most "
+                                                       f"{MAX_SPEC_BYTES} bytes")])
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(str(p), [SpecProblem("", None, f"not UTF-8 text: {exc.reason}")]) from None
     return parse_fleet(text, str(p))

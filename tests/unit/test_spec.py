@@ -108,3 +108,101 @@ def test_spec_models_are_frozen() -> None:
     fleet = parse_fleet(EXAMPLE)
     with pytest.raises(Exception):
         fleet.clusters[0].replicas = 7  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- hostile YAML
+
+PG_UNUSED = "      unused: {report: true, drop: false, min_stats_age_days: 7}\n"
+SHARDED = "      - {database: app, collection: events, key: {user_id: hashed}}\n"
+
+
+def _with_zones(zones: str) -> str:
+    """The example with `zones` (YAML flow text) on its sharded collection: typed Any, so the data goes on as is."""
+    assert SHARDED in EXAMPLE
+    return EXAMPLE.replace(SHARDED, "      - {database: app, collection: events, key: {user_id: hashed}, zones: {"
+                           + zones + "}}\n")
+
+
+def _laughs(levels: int, width: int) -> str:
+    """A billion-laughs spec: each level is `width` aliases of the one below."""
+    entries = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    entries += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return _with_zones(", ".join(entries))
+
+
+def test_aliases_that_expand_past_the_bound_are_refused_before_they_reach_the_inventory() -> None:
+    text = _laughs(levels=6, width=8)  # under 1 KiB of YAML, 299,593 nodes once expanded
+    assert len(text) - len(EXAMPLE) < 1024
+    err = _error(text)
+    assert "expand" in str(err) and "100000" in str(err), str(err)
+    assert all(p.line is not None for p in err.problems)
+
+
+def test_a_billion_laughs_is_refused_quickly() -> None:
+    import time
+
+    started = time.monotonic()
+    err = _error(_laughs(levels=9, width=9))
+    assert "expand" in str(err) and time.monotonic() - started < 5
+
+
+def test_many_alias_uses_are_refused() -> None:
+    assert "more than 100 aliases" in str(_error(_with_zones("eu: [&x lol, " + ", ".join(["*x"] * 101) + "]")))
+
+
+def test_a_5000_digit_integer_is_a_located_spec_error_not_a_value_error() -> None:
+    text = EXAMPLE.replace("replicas: 2\n    databases", "replicas: " + "9" * 5000 + "\n    databases", 1)
+    err = _error(text)
+    assert any(p.path == "clusters.0.replicas" and "5000 digits" in p.message for p in err.problems), str(err)
+
+
+def test_20000_nested_brackets_are_a_located_spec_error_not_a_recursion_error() -> None:
+    err = _error("apiVersion: dbfleet/v1\nclusters: " + "[" * 20000 + "\n")
+    assert "nested deeper than 64" in str(err) and err.problems[0].line == 2
+    assert err.problems[0].path.startswith("clusters")
+
+
+def test_deep_nesting_through_aliases_is_refused() -> None:
+    chain = ["d0: &d0 " + "[" * 60 + "x" + "]" * 60]
+    chain += [f"d{i}: &d{i} " + "[" * 60 + f"*d{i - 1}" + "]" * 60 for i in range(1, 30)]
+    assert "nested deeper than 64" in str(_error(_with_zones(", ".join(chain))))
+
+
+def test_an_alias_to_its_own_ancestor_is_refused() -> None:
+    assert "refers to itself" in str(_error(_with_zones("eu: &loop [*loop]")))
+
+
+def test_duplicate_keys_are_refused_naming_both_lines() -> None:
+    block = "      unused:\n        report: true\n        drop: false\n        min_stats_age_days: 7\n        drop: true\n"
+    assert PG_UNUSED in EXAMPLE
+    text = EXAMPLE.replace(PG_UNUSED, block, 1)
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines, 1) if line == "        drop: false")
+    err = _error(text)
+    (problem,) = err.problems
+    assert problem.path == "clusters.0.indexes.unused.drop" and problem.line == first + 2
+    assert f"line {first}" in problem.message and f"line {first + 2}" in problem.message
+
+
+def test_an_infinite_alert_threshold_is_refused() -> None:
+    err = _error(EXAMPLE.replace("replica_lag_seconds: 30", "replica_lag_seconds: .inf", 1))
+    assert any(p.path == "clusters.0.monitoring.alerts.replica_lag_seconds" and "finite" in p.message
+               for p in err.problems), str(err)
+    assert "finite" in str(_error(EXAMPLE.replace("cache_hit_ratio_min: 0.9", "cache_hit_ratio_min: .nan", 1)))
+    assert "finite" in str(_error(EXAMPLE.replace("replica_lag_seconds: 30", "replica_lag_seconds: 1.0e+999", 1)))
+
+
+def test_a_spec_over_one_mib_is_refused(tmp_path: Path) -> None:
+    big = EXAMPLE + "# " + "x" * (1 << 20) + "\n"
+    assert "at most 1048576 bytes" in str(_error(big))
+    path = tmp_path / "fleet.yaml"
+    path.write_text(big)
+    with pytest.raises(SpecError, match="at most 1048576 bytes"):
+        load_fleet(path)
+
+
+def test_a_cron_schedule_that_can_never_fire_is_refused() -> None:
+    err = _error(EXAMPLE.replace('full: "0 2 * * 0"', 'full: "0 0 31 2 *"', 1))
+    assert any(p.path == "clusters.0.backup.schedule.full" and "never" in p.message for p in err.problems), str(err)
+    err = _error(EXAMPLE.replace('drill: {schedule: "30 4 * * *"', 'drill: {schedule: "0 0 30 2 *"', 1))
+    assert any(p.path == "clusters.0.backup.drill.schedule" and "never" in p.message for p in err.problems), str(err)
