@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Union
@@ -282,6 +283,47 @@ class Synchronous(Strict):
     num_sync: Annotated[int, Field(ge=1)] = 1
 
 
+_MANAGED = "managed by dbfleet (from port, tls, synchronous and the replication and archiving it sets up)"
+_RUNS_COMMAND = "runs a shell command as the server's user"
+_LOADS_CODE = "loads code into the server"
+_MOVES_FILE = "moves a file dbfleet manages"
+_WRITES_FILE = "writes a file wherever it names"
+_REFUSED_PARAMETERS: dict[str, str] = {
+    **dict.fromkeys(("listen_addresses", "port", "ssl", "wal_level", "archive_mode", "archive_command",
+                     "hot_standby", "password_encryption", "primary_conninfo", "primary_slot_name",
+                     "synchronous_standby_names"), _MANAGED),
+    **dict.fromkeys(("restore_command", "archive_cleanup_command", "recovery_end_command",
+                     "ssl_passphrase_command"), _RUNS_COMMAND),
+    **dict.fromkeys(("shared_preload_libraries", "local_preload_libraries", "session_preload_libraries",
+                     "dynamic_library_path", "archive_library", "jit_provider"), _LOADS_CODE),
+    **dict.fromkeys(("data_directory", "config_file", "hba_file", "ident_file", "unix_socket_directories",
+                     "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file", "ssl_crl_dir",
+                     "ssl_dh_params_file"), _MOVES_FILE),
+    **dict.fromkeys(("external_pid_file", "log_directory", "log_filename"), _WRITES_FILE),
+    **dict.fromkeys(("include", "include_dir", "include_if_exists"), "reads another configuration file"),
+}
+"""PostgreSQL settings `parameters` may not set, and why. dbfleet.conf is read after postgresql.conf and the
+spec's parameters come last in it, so each of these would override what dbfleet set, or hand the spec author a
+way to run or load code, or to read and write files, as the server's user."""
+
+
+def parameter_refusal(name: str) -> str | None:
+    """Why the spec may not set PostgreSQL setting `name`, or None when it may."""
+    if name in _REFUSED_PARAMETERS:
+        return _REFUSED_PARAMETERS[name]
+    if name.startswith("ssl"):
+        return "TLS settings are dbfleet's, set from the cluster's tls section"
+    return None
+
+
+def control_character(text: str) -> str | None:
+    """The first control or line-break character in `text` (as a repr), or None: config files are line-based."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return repr(char)
+    return None
+
+
 class PostgresCluster(ClusterBase):
     engine: Literal["postgres"]
     version: str = "15"
@@ -295,6 +337,18 @@ class PostgresCluster(ClusterBase):
     parameters: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_.]*$")], Union[str, int, float, bool]] = {}
     synchronous: Synchronous = Synchronous()
     indexes: IndexPolicy = IndexPolicy()
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: dict[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+        for name, setting in sorted(value.items()):
+            why = parameter_refusal(name)
+            if why:
+                raise ValueError(f"{name}: {why}; it cannot be set in parameters")
+            bad = control_character(setting) if isinstance(setting, str) else None
+            if bad:
+                raise ValueError(f"{name}: the value holds the control character {bad}; a setting is one line")
+        return value
 
     @model_validator(mode="after")
     def _topology(self) -> PostgresCluster:
@@ -325,10 +379,6 @@ class PostgresCluster(ClusterBase):
             if len(parts) == 3 and parts[0] not in self.databases:
                 raise ValueError(f"backup.drill.canary: database {parts[0]!r} is not one of databases "
                                  f"{self.databases}")
-        protected = {"listen_addresses", "port", "ssl", "wal_level", "archive_command", "primary_conninfo"}
-        clash = protected.intersection(self.parameters)
-        if clash:
-            raise ValueError(f"parameters: {sorted(clash)} are managed by dbfleet and cannot be set here")
         return self
 
     def all_hosts(self) -> list[Host]:

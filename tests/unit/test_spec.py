@@ -54,7 +54,7 @@ BAD_INPUTS = [
     ("open to the world", ("    databases: [app]\n", "    databases: [app]\n    allowed_clients: [0.0.0.0/0]\n"),
      "clusters.0.allowed_clients", "every address"),
     ("managed parameter", ("      max_connections: 100\n", "      max_connections: 100\n      port: 6000\n"),
-     "clusters.0.parameters", "managed by dbfleet"),
+     "clusters.0.parameters.port", "managed by dbfleet"),
     ("min replicas to write above replicas", ("min_replicas_to_write: 1", "min_replicas_to_write: 3"),
      "clusters.2.min_replicas_to_write", "never accept a write"),
     ("canary not a table", ("canary: public.canary}", "canary: 'public.canary; drop table x'}"),
@@ -206,3 +206,65 @@ def test_a_cron_schedule_that_can_never_fire_is_refused() -> None:
     assert any(p.path == "clusters.0.backup.schedule.full" and "never" in p.message for p in err.problems), str(err)
     err = _error(EXAMPLE.replace('drill: {schedule: "30 4 * * *"', 'drill: {schedule: "0 0 30 2 *"', 1))
     assert any(p.path == "clusters.0.backup.drill.schedule" and "never" in p.message for p in err.problems), str(err)
+
+
+# --------------------------------------------------------------------------- PostgreSQL parameters
+
+PARAMS = "      max_connections: 100\n"
+
+
+def _with_parameter(line: str) -> str:
+    assert PARAMS in EXAMPLE
+    return EXAMPLE.replace(PARAMS, PARAMS + f"      {line}\n", 1)
+
+
+@pytest.mark.parametrize("value", ['"x\\\\\'\\nssl = off #"', '"a\\rb"', '"a\\tb"', '"a\\u0000b"', '"a\\u2028b"'])
+def test_a_control_character_in_a_parameter_value_is_refused(value: str) -> None:
+    err = _error(_with_parameter(f"work_mem: {value}"))
+    (problem,) = err.problems
+    assert problem.path == "clusters.0.parameters.work_mem" and "control character" in problem.message, str(err)
+    assert problem.line is not None
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("archive_command", "managed by dbfleet"),
+    ("restore_command", "runs a shell command"),
+    ("archive_cleanup_command", "runs a shell command"),
+    ("recovery_end_command", "runs a shell command"),
+    ("ssl_passphrase_command", "runs a shell command"),
+    ("archive_library", "loads code"),
+    ("shared_preload_libraries", "loads code"),
+    ("local_preload_libraries", "loads code"),
+    ("session_preload_libraries", "loads code"),
+    ("dynamic_library_path", "loads code"),
+    ("jit_provider", "loads code"),
+    ("data_directory", "moves a file dbfleet manages"),
+    ("config_file", "moves a file dbfleet manages"),
+    ("hba_file", "moves a file dbfleet manages"),
+    ("ident_file", "moves a file dbfleet manages"),
+    ("external_pid_file", "writes a file"),
+    ("log_directory", "writes a file"),
+    ("log_filename", "writes a file"),
+    ("unix_socket_directories", "moves a file dbfleet manages"),
+    ("ssl_cert_file", "moves a file dbfleet manages"),
+    ("ssl_ciphers", "TLS"),
+    ("ssl_min_protocol_version", "TLS"),
+    ("include", "reads another configuration file"),
+    ("include_dir", "reads another configuration file"),
+    ("include_if_exists", "reads another configuration file"),
+    ("password_encryption", "managed by dbfleet"),
+    ("synchronous_standby_names", "managed by dbfleet"),
+    ("primary_slot_name", "managed by dbfleet"),
+])
+def test_parameters_that_run_commands_load_code_or_move_files_are_refused(name: str, why: str) -> None:
+    err = _error(_with_parameter(f"{name}: x"))
+    (problem,) = err.problems
+    assert problem.path == f"clusters.0.parameters.{name}" and why in problem.message, str(err)
+    line = next(i for i, text in enumerate(_with_parameter(f"{name}: x").splitlines(), 1) if text.strip() == f"{name}: x")
+    assert problem.line == line
+
+
+def test_tunable_parameters_are_still_accepted() -> None:
+    fleet = parse_fleet(_with_parameter("work_mem: \"it's 4MB\"\n      pg_stat_statements.max: 10000\n"
+                                        "      log_min_duration_statement: 250\n      jit: false"))
+    assert fleet.cluster("pg-main").parameters["work_mem"] == "it's 4MB"
