@@ -22,12 +22,15 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from dbfleet.pg_syntax import check_index_column, check_index_predicate
 from dbfleet.schedule import CronError, parse_cron
 
 SUPPORTED_VERSIONS: dict[str, tuple[str, ...]] = {
@@ -256,15 +259,17 @@ class MissingRule(Strict):
 
 
 class PgIndex(Strict):
-    """A declared PostgreSQL index."""
+    """A declared PostgreSQL index. Each column and the predicate are checked with PostgreSQL's own parser:
+    one index element each, and one expression, so none can add a clause or a statement of its own."""
 
     database: Annotated[str, Field(pattern=IDENT)]
     table: Annotated[str, Field(pattern=QUALIFIED_IDENT)]
     name: Annotated[str, Field(pattern=IDENT)]
-    columns: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    columns: Annotated[list[Annotated[str, Field(min_length=1), AfterValidator(check_index_column)]],
+                       Field(min_length=1)]
     unique: bool = False
     method: Literal["btree", "hash", "gin", "gist", "brin"] = "btree"
-    where: str | None = None
+    where: Annotated[str, AfterValidator(check_index_predicate)] | None = None
 
 
 class MongoIndex(Strict):
@@ -293,8 +298,17 @@ class MongoIndex(Strict):
         return self
 
 
+def _index_kind(value: Any) -> str:
+    """Which list `declared` is, from its first entry, so a mistake in one is not also reported as the other."""
+    first = value[0] if isinstance(value, (list, tuple)) and value else None
+    keys = set(first) if isinstance(first, dict) else set(type(first).model_fields) if isinstance(first, BaseModel) \
+        else set()
+    return "mongo" if "collection" in keys or "keys" in keys else "pg"
+
+
 class IndexPolicy(Strict):
-    declared: list[PgIndex] | list[MongoIndex] = []
+    declared: Annotated[Union[Annotated[list[PgIndex], Tag("pg")], Annotated[list[MongoIndex], Tag("mongo")]],
+                        Discriminator(_index_kind)] = []
     unused: UnusedRule = UnusedRule()
     duplicate: DetectionRule = DetectionRule()
     invalid: InvalidRule = InvalidRule()
@@ -759,7 +773,8 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[str, ...]:
         text = str(part)
         if text in {"postgres", "mongo", "redis"} and out and out[-1].isdigit():
             continue
-        if text in {"local", "s3"} and out and out[-1] == "target":
+        if text in {"local", "s3"} and out and out[-1] == "target" or text in {"pg", "mongo"} and out \
+                and out[-1] == "declared":
             continue
         if text in {"str", "Host", "list[PgIndex]", "list[MongoIndex]", "int", "float", "bool", "LocalTarget",
                     "S3Target"} or text.startswith(("function-", "constrained-str", "is-instance")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -173,7 +174,8 @@ def test_an_alias_to_its_own_ancestor_is_refused() -> None:
 
 
 def test_duplicate_keys_are_refused_naming_both_lines() -> None:
-    block = "      unused:\n        report: true\n        drop: false\n        min_stats_age_days: 7\n        drop: true\n"
+    block = ("      unused:\n        report: true\n        drop: false\n        min_stats_age_days: 7\n"
+             "        drop: true\n")
     assert PG_UNUSED in EXAMPLE
     text = EXAMPLE.replace(PG_UNUSED, block, 1)
     lines = text.splitlines()
@@ -260,7 +262,8 @@ def test_parameters_that_run_commands_load_code_or_move_files_are_refused(name: 
     err = _error(_with_parameter(f"{name}: x"))
     (problem,) = err.problems
     assert problem.path == f"clusters.0.parameters.{name}" and why in problem.message, str(err)
-    line = next(i for i, text in enumerate(_with_parameter(f"{name}: x").splitlines(), 1) if text.strip() == f"{name}: x")
+    lines = _with_parameter(f"{name}: x").splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.strip() == f"{name}: x")
     assert problem.line == line
 
 
@@ -348,3 +351,37 @@ def test_tls_ca_paths_are_normalised_absolute_paths(path: str) -> None:
 def test_a_fleet_region_that_is_not_an_aws_region_is_refused(region: str) -> None:
     err = _error(EXAMPLE.replace("  region: us-east-1\n", f"  region: {region}\n", 1))
     assert any(p.path == "fleet.region" and "AWS region" in p.message for p in err.problems), str(err)
+
+
+# --------------------------------------------------------------------------- declared index SQL
+
+EMAIL_INDEX = 'columns: ["lower(email)"]'
+OPEN_INDEX = "where: \"status = 'open'\""
+
+
+@pytest.mark.parametrize("column", ["id) WITH (fillfactor = 10) TABLESPACE pg_default --", "email), (id",
+                                    "email) INCLUDE (id", "email); DROP TABLE users; --", "email) WHERE (true",
+                                    "email /* x */", "'email", "email, id", ""])
+def test_an_index_column_that_is_not_one_sql_element_is_refused(column: str) -> None:
+    assert EMAIL_INDEX in EXAMPLE
+    err = _error(EXAMPLE.replace(EMAIL_INDEX, f"columns: [{json.dumps(column)}]", 1))
+    (problem,) = err.problems
+    assert problem.path == "clusters.0.indexes.declared.0.columns.0" and problem.line is not None, str(err)
+
+
+@pytest.mark.parametrize("where", ["status = 'open'; DROP TABLE orders", "true) TABLESPACE pg_default --",
+                                   "status = 'open' -- and more", "status = 'open') WITH (fillfactor = 10"])
+def test_an_index_predicate_that_is_not_one_expression_is_refused(where: str) -> None:
+    assert OPEN_INDEX in EXAMPLE
+    err = _error(EXAMPLE.replace(OPEN_INDEX, f"where: {json.dumps(where)}", 1))
+    (problem,) = err.problems
+    assert problem.path == "clusters.0.indexes.declared.2.where" and problem.line is not None, str(err)
+
+
+def test_index_expressions_postgresql_takes_are_accepted() -> None:
+    columns = ('["lower(email)", "created_at DESC NULLS LAST", "email text_pattern_ops", "(a + b)", '
+               '"name COLLATE \\"C\\""]')
+    fleet = parse_fleet(EXAMPLE.replace(EMAIL_INDEX, f"columns: {columns}", 1).replace(
+        OPEN_INDEX, "where: \"status IN ('open', 'held') AND deleted_at IS NULL\"", 1))
+    declared = fleet.cluster("pg-main").indexes.declared
+    assert declared[0].columns[-1] == 'name COLLATE "C"' and declared[2].where.startswith("status IN")
