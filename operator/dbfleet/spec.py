@@ -344,6 +344,22 @@ class TLS(Strict):
     ca_key: AbsolutePath | None = None
 
 
+CLIENT_REACH = {4: 8, 6: 32}
+"""The widest the allowed_clients of one cluster may reach together, as a prefix length per IP version: all of
+10.0.0.0/8, or one provider's /32 of IPv6. Two /1s are every address as surely as one /0."""
+
+
+def check_client_reach(nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+    """Refuse client networks whose union, per IP version, holds more addresses than CLIENT_REACH allows."""
+    for version, prefix in CLIENT_REACH.items():
+        family = [net for net in nets if net.version == version]
+        covered = sum(net.num_addresses for net in ipaddress.collapse_addresses(family))  # type: ignore[misc]
+        bound = 2 ** ((32 if version == 4 else 128) - prefix)
+        if covered > bound:
+            raise ValueError(f"together they cover {covered} IPv{version} addresses, more than a /{prefix} "
+                             f"({bound}); name the clients' own networks")
+
+
 class ClusterBase(Strict):
     name: Annotated[str, Field(pattern=CLUSTER_NAME)]
     version: str
@@ -357,6 +373,7 @@ class ClusterBase(Strict):
     @field_validator("allowed_clients")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for cidr in value:
             try:
                 net = ipaddress.ip_network(cidr, strict=False)
@@ -364,7 +381,10 @@ class ClusterBase(Strict):
                 raise ValueError(f"{cidr!r} is not a CIDR such as 10.0.0.0/16") from None
             if net.prefixlen == 0:
                 raise ValueError(f"{cidr!r} opens the cluster to every address; name a narrower CIDR")
-        return value
+            if net not in nets:
+                nets.append(net)
+        check_client_reach(nets)
+        return [str(net) for net in nets]
 
     @model_validator(mode="after")
     def _known_version(self) -> ClusterBase:
