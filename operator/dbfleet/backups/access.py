@@ -17,7 +17,7 @@ from typing import Any, Iterator, Union
 
 from dbfleet.backups.storage import Storage, storage_for
 from dbfleet.engines.executor import Executor, executor_for
-from dbfleet.inventory import read_inventory_hosts
+from dbfleet.inventory import load_inventory, read_inventory_hosts
 from dbfleet.progress import Progress
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.secrets import load_secrets
@@ -88,9 +88,7 @@ def open_access(cluster: AnyCluster, inventory: Path, secrets: Path | None = Non
 
 
 def _all_vars(inventory: Path) -> dict[str, dict[str, Any]]:
-    import yaml
-
-    data = yaml.safe_load(inventory.read_text()) or {}
+    data = load_inventory(inventory)  # spec strings in it are tagged !unsafe
     return {"all": dict((data.get("all") or {}).get("vars") or {})}
 
 
