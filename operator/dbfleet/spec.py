@@ -14,7 +14,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Iterator, Literal, Union
+from typing import Annotated, Any, Iterable, Iterator, Literal, Sequence, Union
 from urllib.parse import urlsplit
 
 import yaml
@@ -349,11 +349,11 @@ CLIENT_REACH = {4: 8, 6: 32}
 10.0.0.0/8, or one provider's /32 of IPv6. Two /1s are every address as surely as one /0."""
 
 
-def check_client_reach(nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+def check_client_reach(nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
     """Refuse client networks whose union, per IP version, holds more addresses than CLIENT_REACH allows."""
     for version, prefix in CLIENT_REACH.items():
         family = [net for net in nets if net.version == version]
-        covered = sum(net.num_addresses for net in ipaddress.collapse_addresses(family))  # type: ignore[misc]
+        covered = sum(net.num_addresses for net in ipaddress.collapse_addresses(family))
         bound = 2 ** ((32 if version == 4 else 128) - prefix)
         if covered > bound:
             raise ValueError(f"together they cover {covered} IPv{version} addresses, more than a /{prefix} "
