@@ -99,7 +99,9 @@ def _origins(source: str, role: str, named: dict[str, pulumi.Output[str]],
              allowed_clients: list[str]) -> list[tuple[str, pulumi.Output[str] | None, str | None]]:
     """(label, group id, CIDR) for each origin a rule source stands for."""
     if source == "clients":
-        return [("app", named["app"], None)] + [(cidr.replace("/", "_"), None, cidr) for cidr in allowed_clients]
+        # Resource names keep ':' out: Pulumi's URNs use '::' as their separator.
+        return [("app", named["app"], None)] + [(cidr.replace("/", "_").replace(":", "-"), None, cidr)
+                                                for cidr in allowed_clients]
     label = role if source == "self" else source
     return [(label, named[label], None)]
 

@@ -7,11 +7,12 @@ import re
 from collections import Counter, defaultdict
 from typing import Any
 
+import pytest
 from pulumi_mocks import Run, fleet_variant, run_program
 
 from components.fleet import StackSettings
 from dbfleet.inventory import host_roles
-from dbfleet.spec import Fleet
+from dbfleet.spec import Fleet, SpecError
 
 INSTANCE = "aws:ec2/instance:Instance"
 VOLUME = "aws:ebs/volume:Volume"
@@ -205,3 +206,34 @@ def test_ami_is_the_newest_official_debian_12(example_run: Run) -> None:
     lookups = [args for token, args in example_run.mocks.calls if token == "aws:ec2/getAmi:getAmi"]
     assert len(lookups) == 1 and lookups[0]["mostRecent"] is True
     assert {"name": "name", "values": ["debian-12-amd64-*"]} in lookups[0]["filters"]
+
+
+def _with_clients(*cidrs: str) -> Fleet:
+    def change(data: dict[str, Any]) -> None:
+        data["clusters"][0]["allowed_clients"] = list(cidrs)
+
+    return fleet_variant(change)
+
+
+def test_ipv6_clients_get_ipv6_rules_and_ipv4_clients_ipv4_rules() -> None:
+    run = run_program(_with_clients("2001:db8:40::/48", "10.1.0.0/16"))
+    rules = [r.inputs for r in run.of_type(INGRESS) if r.inputs["securityGroupId"] == "pg-main-postgres-id"
+             and int(r.inputs["fromPort"]) == 5432 and not r.inputs.get("referencedSecurityGroupId")]
+    assert sorted((r.get("cidrIpv4", "-"), r.get("cidrIpv6", "-")) for r in rules) == [
+        ("-", "2001:db8:40::/48"), ("10.1.0.0/16", "-")]
+
+
+@pytest.mark.parametrize(("cidrs", "bound"), [
+    (("0.0.0.0/1", "128.0.0.0/1"), "/8"),
+    (("10.0.0.0/8", "11.0.0.0/8"), "/8"),
+    (("::/1", "8000::/1"), "/32"),
+    (("2001:db8::/31",), "/32"),
+])
+def test_client_cidrs_that_together_cover_more_than_the_bound_are_refused(cidrs: tuple[str, ...], bound: str) -> None:
+    with pytest.raises(SpecError, match=rf"clusters.0.allowed_clients: .*more than a {bound}"):
+        _with_clients(*cidrs)
+
+
+def test_client_cidrs_up_to_the_bound_are_written_in_network_form() -> None:
+    fleet = _with_clients("10.0.0.0/9", "10.128.0.1/9", "2001:db8::/32", "10.0.0.0/9")
+    assert fleet.clusters[0].allowed_clients == ["10.0.0.0/9", "10.128.0.0/9", "2001:db8::/32"]

@@ -21,6 +21,7 @@ from dbfleet.engines.credentials import Login
 from dbfleet.engines.executor import InventoryExecutor
 from dbfleet.engines.tls import fleet_ca
 from dbfleet.errors import PermanentError
+from dbfleet.inventory_format import load_inventory
 from dbfleet.secrets import load_secrets
 from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster
 
@@ -33,7 +34,7 @@ def read_inventory(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise PermanentError(f"{path}: no such inventory (run `dbfleet lab up`, or pass --inventory)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_inventory(path)  # spec strings in it are tagged !unsafe
     except yaml.YAMLError as exc:
         raise PermanentError(f"{path}: not a YAML inventory: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("all"), dict):

@@ -22,11 +22,11 @@ from dbfleet.actions import Action
 from dbfleet.engines.credentials import EXPLAIN_ROLE
 from dbfleet.engines.postgres import PostgresSession
 from dbfleet.errors import PermanentError, ReconcileError
+from dbfleet.pg_syntax import UnsafeQuery, one_select
 from dbfleet.reconcile import advice as plans
 from dbfleet.reconcile.index_defs import observed_pg, quote_ident, split_table
 from dbfleet.reconcile.index_observation import IndexAdvice, ObservedDatabase, ObservedIndexes, TableStats
 from dbfleet.spec import PostgresCluster
-from dbfleet.sqltext import UnsafeQuery, one_select
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class PostgresIndexes:
     def _explain(self, primary: str, dbname: str, query: str) -> Any:
         """EXPLAIN without running the query; a normalized query with $n is explained as a generic plan.
 
-        `query` is one SELECT as sqltext.one_select printed it, so it is one statement whatever it said.
+        `query` is one SELECT as pg_syntax.one_select printed it, so it is one statement whatever it said.
         """
         params = plans.parameter_count(query)
         if params == 0:

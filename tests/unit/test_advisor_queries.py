@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbfleet.sqltext import UnsafeQuery, one_select
+from dbfleet.pg_syntax import UnsafeQuery, one_select
 
 
 def test_several_statements_are_refused_not_split() -> None:
@@ -36,3 +36,18 @@ def test_a_select_comes_back_as_the_parser_prints_it() -> None:
         "SELECT count(*) FROM hot WHERE kind = $1"
     assert one_select("SELECT 1;") == "SELECT 1"
     assert one_select("select $$; drop table x$$") == "SELECT '; drop table x'"
+
+
+def test_a_spec_query_that_is_not_one_select_is_a_located_spec_error() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from dbfleet.spec import SpecError, parse_fleet
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "fleet.example.yaml").read_text())
+    data["clusters"][0]["indexes"]["missing"]["queries"] = ["SELECT 1; COMMIT; CREATE ROLE mallory SUPERUSER"]
+    with pytest.raises(SpecError) as err:
+        parse_fleet(yaml.safe_dump(data), "fleet.yaml")
+    text = str(err.value)
+    assert "fleet.yaml:" in text and "clusters.0.indexes.missing" in text and "3 statements" in text
