@@ -28,6 +28,9 @@ PASSWORD_KEYS = (
     "mongo_app_password",
     "mongo_monitor_password",
 )
+OPTIONAL_PASSWORD_KEYS = ("operator_metrics_password",)
+"""Generated for the lab like the others, but checked only where used: the operator's /metrics password, when
+the spec asks for basic auth (dbfleet.monitoring.endpoint), so an older vault file still loads without it."""
 
 
 class SecretsError(RuntimeError):
@@ -35,7 +38,7 @@ class SecretsError(RuntimeError):
 
 
 def generate() -> dict[str, str]:
-    values = {key: random.token_urlsafe(24) for key in PASSWORD_KEYS}
+    values = {key: random.token_urlsafe(24) for key in PASSWORD_KEYS + OPTIONAL_PASSWORD_KEYS}
     values["mongo_keyfile"] = base64.b64encode(random.token_bytes(600)).decode()
     return values
 
