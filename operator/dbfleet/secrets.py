@@ -37,6 +37,9 @@ BACKUP_AGE_IDENTITY = "backup_age_identity"
 """The age identity MongoDB dumps and Redis snapshots are encrypted to (only its recipient reaches the hosts)."""
 BACKUP_AGE_IDENTITY_OLD = "backup_age_identity_old"
 """After a rotation, the previous identity: still tried when decrypting older backups."""
+OPTIONAL_PASSWORD_KEYS = ("operator_metrics_password",)
+"""Generated for the lab like the others, but checked only where used: the operator's /metrics password, when
+the spec asks for basic auth (dbfleet.monitoring.endpoint), so an older vault file still loads without it."""
 
 
 class SecretsError(RuntimeError):
@@ -44,7 +47,7 @@ class SecretsError(RuntimeError):
 
 
 def generate() -> dict[str, str]:
-    values = {key: random.token_urlsafe(24) for key in PASSWORD_KEYS}
+    values = {key: random.token_urlsafe(24) for key in PASSWORD_KEYS + OPTIONAL_PASSWORD_KEYS}
     values["mongo_keyfile"] = base64.b64encode(random.token_bytes(600)).decode()
     values[BACKUP_AGE_IDENTITY] = new_identity()
     return values

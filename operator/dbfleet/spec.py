@@ -665,12 +665,29 @@ class FleetMeta(Strict):
         return value
 
 
+class OperatorMetrics(Strict):
+    """How the operator serves /metrics to the fleet's Prometheus (dbfleet.monitoring.endpoint)."""
+
+    tls: bool = False
+    """HTTPS with the certificate the pki role makes for the operator's address from the fleet CA."""
+    basic_auth: bool = False
+    """Require `username` and the secrets file's operator_metrics_password; Prometheus sends them."""
+    username: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "prometheus"
+
+    @model_validator(mode="after")
+    def _password_only_over_tls(self) -> OperatorMetrics:
+        if self.basic_auth and not self.tls:
+            raise ValueError("basic_auth: needs tls: true, or the password crosses the network in clear")
+        return self
+
+
 class FleetMonitoring(Strict):
-    """Where the fleet's Prometheus runs, and where the operator serves /metrics."""
+    """Where the fleet's Prometheus runs, and where and how the operator serves /metrics."""
 
     host: Annotated[str, Field(pattern=HOST_NAME)] = "monitor-1"
     prometheus_port: Annotated[int, Field(ge=1024, le=65535)] = 9090
     operator_metrics_port: Annotated[int, Field(ge=1024, le=65535)] = 9640
+    operator_metrics: OperatorMetrics = OperatorMetrics()
 
 
 class Fleet(Strict):

@@ -69,6 +69,12 @@ BAD_INPUTS = [
     ("redis tls not implemented", ("min_replicas_to_write: 1", "min_replicas_to_write: 1\n    tls: {enabled: true}"),
      "clusters.2.tls.enabled", "not implemented yet"),
     ("wrong api version", ("apiVersion: dbfleet/v1", "apiVersion: dbfleet/v9"), "apiVersion", "dbfleet/v1"),
+    ("metrics password over plain http", ("    tls: true            #", "    tls: false           #"),
+     "monitoring.operator_metrics.basic_auth", "needs tls: true"),
+    ("metrics user with a colon", ("    basic_auth: true     #", "    basic_auth: true\n    username: 'prom:x'  #"),
+     "monitoring.operator_metrics.username", "does not match"),
+    ("metrics tls not a boolean", ("    tls: true            #", "    tls: 'yes'           #"),
+     "monitoring.operator_metrics.tls", "expected true or false"),
 ]
 
 
