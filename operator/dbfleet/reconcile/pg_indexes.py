@@ -88,9 +88,9 @@ SELECT json_build_object(
 """
 
 STATEMENTS_SQL = """
-SELECT query, pg_get_userbyid(userid) AS rolname FROM pg_stat_statements
-WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query ~* %s
-ORDER BY total_exec_time DESC LIMIT 20
+SELECT s.query, r.rolname FROM pg_stat_statements s LEFT JOIN pg_roles r ON r.oid = s.userid
+WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND s.query ~* %s
+ORDER BY s.total_exec_time DESC LIMIT 20
 """
 
 
