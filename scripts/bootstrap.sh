@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker.io debootstrap iproute2 prometheus postgresql-client-15 redis-tools)
+APT_PACKAGES=(docker.io debootstrap iproute2 prometheus postgresql-client-15 redis-tools age openssl)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

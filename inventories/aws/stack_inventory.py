@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dbfleet.inventory import HostAccess, build_inventory, host_roles, write_inventory
+from dbfleet.inventory_format import inventory_json_value
 from dbfleet.spec import Fleet, SpecError, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stack_inventory: {exc}", file=sys.stderr)
         return 2
     if args.list:
-        print(json.dumps(script_inventory(inventory), indent=1))
+        # Spec strings go out as {"__ansible_unsafe": ...}: data to Ansible, as `!unsafe` is in hosts.yml.
+        print(json.dumps(inventory_json_value(script_inventory(inventory)), indent=1))
         return 0
     path = write_inventory(inventory, args.out or REPO / "inventories" / "aws" / (args.stack or "default"))
     print(path)

@@ -5,6 +5,7 @@ Pulumi stack outputs. Both call build_inventory, so the playbooks see one shape.
 Each cluster's validated spec is rendered into its group's vars as `cluster`,
 which is how the roles read the spec without parsing YAML themselves; files
 dbfleet renders itself from the spec (pgbackrest.conf) travel beside it.
+Every string from the spec is marked data for Ansible (dbfleet.inventory_format).
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dbfleet.engines import patroni, pgbackrest
 from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.mongo import mongos_hosts
+from dbfleet.inventory_format import SpecText, from_spec, inventory_yaml
 from dbfleet.spec import Fleet, MongoCluster, PostgresCluster, RedisCluster
 
 
@@ -80,7 +80,7 @@ def build_inventory(fleet: Fleet, access: dict[str, HostAccess],
             continue
         hostvars = {**access[host].connection, "dbfleet_address": access[host].address}
         if cluster:
-            hostvars["dbfleet_cluster"] = cluster
+            hostvars["dbfleet_cluster"] = SpecText(cluster)
         for group in groups:
             add(group, host, {})
         if cluster:
@@ -93,8 +93,8 @@ def build_inventory(fleet: Fleet, access: dict[str, HostAccess],
         if group in children:
             children[group]["vars"] = cluster_vars(c)
     all_vars: dict[str, Any] = {
-        "dbfleet_fleet": fleet.fleet.model_dump(mode="json"),
-        "dbfleet_monitoring": fleet.monitoring.model_dump(mode="json"),
+        "dbfleet_fleet": from_spec(fleet.fleet.model_dump(mode="json")),
+        "dbfleet_monitoring": from_spec(fleet.monitoring.model_dump(mode="json")),
         "dbfleet_addresses": {h: a.address for h, a in access.items()},
         **(extra_vars or {}),
     }
@@ -103,13 +103,15 @@ def build_inventory(fleet: Fleet, access: dict[str, HostAccess],
 
 def cluster_vars(cluster: AnyCluster) -> dict[str, Any]:
     """A cluster group's vars: the spec as `cluster`, and the config files dbfleet renders for the roles."""
-    found: dict[str, Any] = {"cluster": cluster.model_dump(mode="json")}
+    found: dict[str, Any] = {"cluster": from_spec(cluster.model_dump(mode="json"))}
     if isinstance(cluster, PostgresCluster):
-        found["dbfleet_pgbackrest"] = {"conf": pgbackrest.host_config(cluster),
-                                       "repo_path": pgbackrest.repo_path(cluster),
-                                       "log_path": pgbackrest.HOST_LOG_PATH}
+        # Rendered from spec values: data to Ansible too.
+        found["dbfleet_pgbackrest"] = from_spec({"conf": pgbackrest.host_config(cluster),
+                                                 "repo_path": pgbackrest.repo_path(cluster),
+                                                 "log_path": pgbackrest.HOST_LOG_PATH,
+                                                 "cipher_include": pgbackrest.CIPHER_INCLUDE})
         if cluster.ha == "patroni":
-            found["dbfleet_patroni"] = patroni.inventory_vars(cluster)
+            found["dbfleet_patroni"] = from_spec(patroni.inventory_vars(cluster))
     return found
 
 
@@ -117,7 +119,7 @@ def write_inventory(inventory: dict[str, Any], directory: Path) -> Path:
     """Write hosts.yml into `directory`, only when its content changed."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "hosts.yml"
-    text = "# Written by dbfleet from the fleet spec; do not edit.\n" + yaml.safe_dump(inventory, sort_keys=False)
+    text = "# Written by dbfleet from the fleet spec; do not edit.\n" + inventory_yaml(inventory)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return path

@@ -1,102 +1,86 @@
-"""Cron expressions: parse the five-field form and tell whether a run is due."""
+"""Cron schedules: five-field expressions read and evaluated by cronsim, and whether a run is due.
+
+cronsim (the parser behind Healthchecks.io) does the parsing and the
+next/previous computation; this module keeps dbfleet's small interface on top
+of it, refuses the forms dbfleet does not take (a seconds field, @daily) and
+refuses a schedule that can never fire, such as `0 0 31 2 *`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-_RANGES = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
+from cronsim import CronSim, CronSimError
+
+_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
+_CRONSIM_FIELDS = {"Bad minute": 0, "Bad hour": 1, "Bad day-of-month": 2, "Bad month": 3, "Bad day-of-week": 4}
+_PROBE = datetime(2024, 1, 1)
+"""Where a new expression is first tried: a leap year's first day, so a Feb 29 schedule is found in four years."""
 
 
 class CronError(ValueError):
-    """A cron expression that cannot be parsed."""
+    """A cron expression that cannot be parsed, or one that never fires."""
 
 
 @dataclass(frozen=True)
 class Cron:
+    """A parsed schedule. The field sets are cronsim's: `days` may hold its markers for `L` and `LW`, and
+    `weekdays` (Sunday 0) may hold (weekday, n) pairs for `5#2` or `5L`."""
+
+    expr: str
     minutes: frozenset[int]
     hours: frozenset[int]
     days: frozenset[int]
     months: frozenset[int]
-    weekdays: frozenset[int]
-    any_day: bool
-    any_weekday: bool
+    weekdays: frozenset[int | tuple[int, int]]
 
     def matches(self, when: datetime) -> bool:
-        if when.minute not in self.minutes or when.hour not in self.hours or when.month not in self.months:
-            return False
-        day_ok = when.day in self.days
-        weekday_ok = (when.isoweekday() % 7) in self.weekdays
-        if self.any_day or self.any_weekday:
-            return day_ok and weekday_ok
-        return day_ok or weekday_ok  # cron's rule: either restricted day field may match
+        """True when the schedule fires at `when`'s minute."""
+        minute = when.replace(second=0, microsecond=0)
+        return next(CronSim(self.expr, minute - timedelta(minutes=1)), None) == minute
 
     def previous(self, before: datetime, horizon_days: int = 366) -> datetime | None:
-        """The latest minute strictly before `before` that this expression fires on."""
-        t = before.replace(second=0, microsecond=0)
-        if t == before:
-            t -= timedelta(minutes=1)
-        end = before - timedelta(days=horizon_days)
-        while t > end:
-            if t.month not in self.months:
-                t = t.replace(day=1, hour=0, minute=0) - timedelta(minutes=1)
-                continue
-            if t.hour not in self.hours or not self._day_ok(t):
-                t = t.replace(minute=0) - timedelta(minutes=1)
-                continue
-            if t.minute in self.minutes:
-                return t
-            t -= timedelta(minutes=1)
-        return None
-
-    def _day_ok(self, t: datetime) -> bool:
-        day_ok = t.day in self.days
-        weekday_ok = (t.isoweekday() % 7) in self.weekdays
-        if self.any_day or self.any_weekday:
-            return day_ok and weekday_ok
-        return day_ok or weekday_ok
+        """The latest minute strictly before `before` that this expression fires on, within the horizon."""
+        fired = next(CronSim(self.expr, before, reverse=True), None)
+        if fired is None or fired <= before - timedelta(days=horizon_days):
+            return None
+        return fired
 
 
-def _field(text: str, name: str, low: int, high: int) -> frozenset[int]:
-    values: set[int] = set()
-    for part in text.split(","):
-        step = 1
-        if "/" in part:
-            part, step_text = part.split("/", 1)
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise CronError(f"{name}: step {step_text!r} must be a positive number")
-            step = int(step_text)
-        if part == "*":
-            start, stop = low, high
-        elif "-" in part:
-            a, b = part.split("-", 1)
-            if not (a.isdigit() and b.isdigit()):
-                raise CronError(f"{name}: range {part!r} must be two numbers")
-            start, stop = int(a), int(b)
-        elif part.isdigit():
-            start = stop = int(part)
-            if step != 1:
-                stop = high
+def _explain(fields: list[str], message: str) -> str:
+    """cronsim's 'Bad hour' as which field, what it allows, and whether the days never exist at all."""
+    index = _CRONSIM_FIELDS.get(message)
+    if index is None:
+        return message
+    if index == 2:
+        try:
+            CronSim(" ".join([*fields[:3], "*", fields[4]]), _PROBE)
+        except CronSimError:
+            pass
         else:
-            raise CronError(f"{name}: {part!r} is not a number, range, list or *")
-        if not (low <= start <= high and low <= stop <= high and start <= stop):
-            raise CronError(f"{name}: {part!r} is outside {low}-{high}")
-        values.update(range(start, stop + 1, step))
-    if name == "day of week" and 7 in values:  # 7 is Sunday too
-        values = (values - {7}) | {0}
-    return frozenset(values)
+            return (f"day of month {fields[2]!r} never falls in month {fields[3]!r}, so the schedule never fires")
+    name, low, high = _FIELDS[index]
+    return f"{name}: {fields[index]!r} is outside {low}-{high}, or not a number, name, range, list or step"
 
 
 def parse_cron(expr: str) -> Cron:
-    """Parse 'minute hour day month weekday'."""
+    """Parse 'minute hour day month weekday'; raise CronError for anything else or a schedule that never fires."""
     if not isinstance(expr, str):
         raise CronError(f"expected a string, got {type(expr).__name__}")
     fields = expr.split()
     if len(fields) != 5:
         raise CronError(f"{expr!r} has {len(fields)} fields")
-    minute, hour, day, month, weekday = (_field(f, name, lo, hi)
-                                         for f, (name, lo, hi) in zip(fields, _RANGES, strict=True))
-    return Cron(minute, hour, day, month, weekday, any_day=fields[2] == "*", any_weekday=fields[4] == "*")
+    text = " ".join(fields)
+    try:
+        sim = CronSim(text, _PROBE)
+    except CronSimError as exc:
+        raise CronError(_explain(fields, str(exc))) from None
+    if next(sim, None) is None:
+        raise CronError(f"{text!r} never fires (no matching minute in the next 50 years)")
+    weekdays = frozenset((w[0] % 7, w[1]) if isinstance(w, tuple) else w % 7 for w in sim.weekdays)
+    return Cron(text, frozenset(sim.minutes), frozenset(sim.hours), frozenset(sim.days), frozenset(sim.months),
+                weekdays)
 
 
 def is_due(expr: str, last_run: datetime | None, now: datetime) -> bool:

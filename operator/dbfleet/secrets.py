@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from dbfleet.age_keys import new_identity
+
 PASSWORD_KEYS = (
     "postgres_superuser_password",
     "postgres_replication_password",
@@ -30,7 +32,17 @@ PASSWORD_KEYS = (
     "mongo_admin_password",
     "mongo_app_password",
     "mongo_monitor_password",
+    "backup_cipher_pass",
 )
+BACKUP_CIPHER_PASS = "backup_cipher_pass"
+"""pgBackRest's repository passphrase (repo1-cipher-type=aes-256-cbc)."""
+BACKUP_AGE_IDENTITY = "backup_age_identity"
+"""The age identity MongoDB dumps and Redis snapshots are encrypted to (only its recipient reaches the hosts)."""
+BACKUP_AGE_IDENTITY_OLD = "backup_age_identity_old"
+"""After a rotation, the previous identity: still tried when decrypting older backups."""
+OPTIONAL_PASSWORD_KEYS = ("operator_metrics_password",)
+"""Generated for the lab like the others, but checked only where used: the operator's /metrics password, when
+the spec asks for basic auth (dbfleet.monitoring.endpoint), so an older vault file still loads without it."""
 
 
 class SecretsError(RuntimeError):
@@ -38,8 +50,9 @@ class SecretsError(RuntimeError):
 
 
 def generate() -> dict[str, str]:
-    values = {key: random.token_urlsafe(24) for key in PASSWORD_KEYS}
+    values = {key: random.token_urlsafe(24) for key in PASSWORD_KEYS + OPTIONAL_PASSWORD_KEYS}
     values["mongo_keyfile"] = base64.b64encode(random.token_bytes(600)).decode()
+    values[BACKUP_AGE_IDENTITY] = new_identity()
     return values
 
 

@@ -9,22 +9,29 @@ was expected.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from dbfleet.pg_syntax import UnsafeQuery, check_index_column, check_index_predicate, one_select
 from dbfleet.schedule import CronError, parse_cron
 
 SUPPORTED_VERSIONS: dict[str, tuple[str, ...]] = {
@@ -61,6 +68,94 @@ def duration_seconds(value: str) -> int:
     return number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
+def control_character(text: str) -> str | None:
+    """The first control or line-break character in `text` (as a repr), or None: config files are line-based."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return repr(char)
+    return None
+
+
+AWS_REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]")
+"""An AWS region name: us-east-1, eu-central-1, ap-southeast-2, us-gov-west-1."""
+
+
+def check_aws_region(value: str) -> str:
+    """The one check of a region name: it reaches pgbackrest.conf, boot scripts and SSH's ProxyCommand."""
+    if not AWS_REGION.fullmatch(value):
+        raise ValueError(f"expected an AWS region such as us-east-1 or eu-central-1, got {value!r}")
+    return value
+
+
+def check_absolute_path(value: str) -> str:
+    """A normalised absolute path: no control characters, no `.` or `..` parts, no `//`, not the root."""
+    if control_character(value):
+        raise ValueError(f"the path {value!r} holds the control character {control_character(value)}")
+    if not value.startswith("/") or value == "/":
+        raise ValueError(f"expected an absolute path below /, such as /var/lib/dbfleet/backups, got {value!r}")
+    parts = value.rstrip("/").split("/")[1:]
+    if "" in parts or "." in parts or ".." in parts:
+        raise ValueError(f"the path {value!r} is not normalised: write it without '//', '.' or '..' parts")
+    return value
+
+
+def normalise_key_prefix(value: str) -> str:
+    """An S3 key prefix, relative (leading and trailing slashes dropped), with no empty, `.` or `..` part."""
+    prefix = value.strip("/")
+    if not re.fullmatch(r"[A-Za-z0-9_./-]*", prefix):
+        raise ValueError(f"the prefix {value!r} may hold only letters, digits, '_', '.', '-' and '/'")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ValueError(f"the prefix {value!r} is not a normalised key prefix: no '//', '.' or '..' parts")
+    return prefix
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_BUCKET_RESERVED = (("xn--", "sthree-", "amzn-s3-demo-"), ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"))
+
+
+def check_bucket_name(value: str) -> str:
+    """S3's bucket naming rules (general purpose buckets), with the dashes-by-dots rule that virtual-host TLS needs."""
+    why = None
+    if not _BUCKET.fullmatch(value):
+        why = "3 to 63 lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit"
+    elif ".." in value or ".-" in value or "-." in value:
+        why = "no two dots, nor a dot beside a hyphen"
+    elif re.fullmatch(r"[0-9]+(\.[0-9]+){3}", value):
+        why = "not an IP address"
+    elif value.startswith(_BUCKET_RESERVED[0]) or value.endswith(_BUCKET_RESERVED[1]):
+        why = "not a prefix or suffix S3 reserves (xn--, sthree-, -s3alias, --ol-s3, ...)"
+    if why:
+        raise ValueError(f"{value!r} is not an S3 bucket name: {why}")
+    return value
+
+
+def check_https_endpoint(value: str) -> str:
+    """An S3 endpoint: https://host[:port] and nothing else (no credentials, path, query or fragment)."""
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"expected an https:// URL such as https://s3.example.internal:9000, got {value!r}: {why}")
+
+    if control_character(value) or any(c.isspace() for c in value):
+        raise refuse("it holds a space or control character")
+    parts = urlsplit(value)
+    try:
+        _ = parts.port  # urlsplit checks the port only when asked
+    except ValueError:
+        raise refuse("the port is not a number from 1 to 65535") from None
+    if parts.scheme != "https":
+        raise refuse("only https is accepted, so backups never travel in clear")
+    if not parts.hostname:
+        raise refuse("no host")
+    if parts.username is not None or parts.password is not None:
+        raise refuse("credentials do not belong in the spec")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise refuse("a path, query or fragment has no place in an endpoint")
+    return value
+
+
+AwsRegion = Annotated[str, AfterValidator(check_aws_region)]
+AbsolutePath = Annotated[str, AfterValidator(check_absolute_path)]
+
+
 # --------------------------------------------------------------------------- hosts
 
 
@@ -91,15 +186,16 @@ class Instance(Strict):
 
 class LocalTarget(Strict):
     kind: Literal["local"]
-    path: Annotated[str, Field(pattern=r"^/")]
+    path: AbsolutePath
 
 
 class S3Target(Strict):
     kind: Literal["s3"]
-    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
-    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_./-]*$")] = ""
-    region: str = "us-east-1"
-    endpoint: str | None = None
+    bucket: Annotated[str, AfterValidator(check_bucket_name)]
+    prefix: Annotated[str, AfterValidator(normalise_key_prefix)] = ""
+    """Relative: a leading or trailing slash is dropped at load."""
+    region: AwsRegion = "us-east-1"
+    endpoint: Annotated[str, AfterValidator(check_https_endpoint)] | None = None
 
 
 class Retention(Strict):
@@ -155,24 +251,35 @@ class InvalidRule(Strict):
     rebuild: bool = True
 
 
+def _one_select(query: str) -> str:
+    try:
+        one_select(query)
+    except UnsafeQuery as exc:
+        raise ValueError(f"{exc}; the advisor explains exactly one SELECT") from None
+    return query
+
+
 class MissingRule(Strict):
     report: bool = True
     min_seq_scans: Annotated[int, Field(ge=1)] = 50
     min_rows: Annotated[int, Field(ge=1)] = 10000
     min_cost_reduction: Annotated[float, Field(gt=0, le=1)] = 0.5
-    queries: list[Annotated[str, Field(min_length=1)]] = []
+    queries: list[Annotated[str, Field(min_length=1), AfterValidator(_one_select)]] = []
+    """Queries to explain for missing-index advice: each must be one plain SELECT."""
 
 
 class PgIndex(Strict):
-    """A declared PostgreSQL index."""
+    """A declared PostgreSQL index. Each column and the predicate are checked with PostgreSQL's own parser:
+    one index element each, and one expression, so none can add a clause or a statement of its own."""
 
     database: Annotated[str, Field(pattern=IDENT)]
     table: Annotated[str, Field(pattern=QUALIFIED_IDENT)]
     name: Annotated[str, Field(pattern=IDENT)]
-    columns: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    columns: Annotated[list[Annotated[str, Field(min_length=1), AfterValidator(check_index_column)]],
+                       Field(min_length=1)]
     unique: bool = False
     method: Literal["btree", "hash", "gin", "gist", "brin"] = "btree"
-    where: str | None = None
+    where: Annotated[str, AfterValidator(check_index_predicate)] | None = None
 
 
 class MongoIndex(Strict):
@@ -201,8 +308,17 @@ class MongoIndex(Strict):
         return self
 
 
+def _index_kind(value: Any) -> str:
+    """Which list `declared` is, from its first entry, so a mistake in one is not also reported as the other."""
+    first = value[0] if isinstance(value, (list, tuple)) and value else None
+    keys = set(first) if isinstance(first, dict) else set(type(first).model_fields) if isinstance(first, BaseModel) \
+        else set()
+    return "mongo" if "collection" in keys or "keys" in keys else "pg"
+
+
 class IndexPolicy(Strict):
-    declared: list[PgIndex] | list[MongoIndex] = []
+    declared: Annotated[Annotated[list[PgIndex], Tag("pg")] | Annotated[list[MongoIndex], Tag("mongo")],
+                        Discriminator(_index_kind)] = []
     unused: UnusedRule = UnusedRule()
     duplicate: DetectionRule = DetectionRule()
     invalid: InvalidRule = InvalidRule()
@@ -233,9 +349,25 @@ class MonitoringPolicy(Strict):
 
 class TLS(Strict):
     enabled: bool = True
-    ca_cert: str | None = None
+    ca_cert: AbsolutePath | None = None
     """Path to a CA certificate to trust; None makes the play generate a lab CA."""
-    ca_key: str | None = None
+    ca_key: AbsolutePath | None = None
+
+
+CLIENT_REACH = {4: 8, 6: 32}
+"""The widest the allowed_clients of one cluster may reach together, as a prefix length per IP version: all of
+10.0.0.0/8, or one provider's /32 of IPv6. Two /1s are every address as surely as one /0."""
+
+
+def check_client_reach(nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+    """Refuse client networks whose union, per IP version, holds more addresses than CLIENT_REACH allows."""
+    for version, prefix in CLIENT_REACH.items():
+        family: list[Any] = [net for net in nets if net.version == version]
+        covered: int = sum(net.num_addresses for net in ipaddress.collapse_addresses(family))
+        bound = 2 ** ((32 if version == 4 else 128) - prefix)
+        if covered > bound:
+            raise ValueError(f"together they cover {covered} IPv{version} addresses, more than a /{prefix} "
+                             f"({bound}); name the clients' own networks")
 
 
 class ClusterBase(Strict):
@@ -251,6 +383,7 @@ class ClusterBase(Strict):
     @field_validator("allowed_clients")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for cidr in value:
             try:
                 net = ipaddress.ip_network(cidr, strict=False)
@@ -258,7 +391,10 @@ class ClusterBase(Strict):
                 raise ValueError(f"{cidr!r} is not a CIDR such as 10.0.0.0/16") from None
             if net.prefixlen == 0:
                 raise ValueError(f"{cidr!r} opens the cluster to every address; name a narrower CIDR")
-        return value
+            if net not in nets:
+                nets.append(net)
+        check_client_reach(nets)
+        return [str(net) for net in nets]
 
     @model_validator(mode="after")
     def _known_version(self) -> ClusterBase:
@@ -326,6 +462,39 @@ class Endpoints(Strict):
     ro_port: Annotated[int, Field(ge=1024, le=65535)] = 5001
 
 
+_MANAGED = "managed by dbfleet (from port, tls, synchronous and the replication and archiving it sets up)"
+_RUNS_COMMAND = "runs a shell command as the server's user"
+_LOADS_CODE = "loads code into the server"
+_MOVES_FILE = "moves a file dbfleet manages"
+_WRITES_FILE = "writes a file wherever it names"
+_REFUSED_PARAMETERS: dict[str, str] = {
+    **dict.fromkeys(("listen_addresses", "port", "ssl", "wal_level", "archive_mode", "archive_command",
+                     "hot_standby", "password_encryption", "primary_conninfo", "primary_slot_name",
+                     "synchronous_standby_names"), _MANAGED),
+    **dict.fromkeys(("restore_command", "archive_cleanup_command", "recovery_end_command",
+                     "ssl_passphrase_command"), _RUNS_COMMAND),
+    **dict.fromkeys(("shared_preload_libraries", "local_preload_libraries", "session_preload_libraries",
+                     "dynamic_library_path", "archive_library", "jit_provider"), _LOADS_CODE),
+    **dict.fromkeys(("data_directory", "config_file", "hba_file", "ident_file", "unix_socket_directories",
+                     "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file", "ssl_crl_dir",
+                     "ssl_dh_params_file"), _MOVES_FILE),
+    **dict.fromkeys(("external_pid_file", "log_directory", "log_filename"), _WRITES_FILE),
+    **dict.fromkeys(("include", "include_dir", "include_if_exists"), "reads another configuration file"),
+}
+"""PostgreSQL settings `parameters` may not set, and why. dbfleet.conf is read after postgresql.conf and the
+spec's parameters come last in it, so each of these would override what dbfleet set, or hand the spec author a
+way to run or load code, or to read and write files, as the server's user."""
+
+
+def parameter_refusal(name: str) -> str | None:
+    """Why the spec may not set PostgreSQL setting `name`, or None when it may."""
+    if name in _REFUSED_PARAMETERS:
+        return _REFUSED_PARAMETERS[name]
+    if name.startswith("ssl"):
+        return "TLS settings are dbfleet's, set from the cluster's tls section"
+    return None
+
+
 class PostgresCluster(ClusterBase):
     engine: Literal["postgres"]
     version: str = "15"
@@ -341,6 +510,18 @@ class PostgresCluster(ClusterBase):
     patroni: Patroni = Patroni()
     endpoints: Endpoints = Endpoints()
     indexes: IndexPolicy = IndexPolicy()
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: dict[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+        for name, setting in sorted(value.items()):
+            why = parameter_refusal(name)
+            if why:
+                raise ValueError(f"{name}: {why}; it cannot be set in parameters")
+            bad = control_character(setting) if isinstance(setting, str) else None
+            if bad:
+                raise ValueError(f"{name}: the value holds the control character {bad}; a setting is one line")
+        return value
 
     @model_validator(mode="after")
     def _topology(self) -> PostgresCluster:
@@ -370,12 +551,6 @@ class PostgresCluster(ClusterBase):
             if len(parts) == 3 and parts[0] not in self.databases:
                 raise ValueError(f"backup.drill.canary: database {parts[0]!r} is not one of databases "
                                  f"{self.databases}")
-        protected = {"listen_addresses", "port", "ssl", "wal_level", "archive_command", "primary_conninfo",
-                     "restore_command", "primary_slot_name", "synchronous_standby_names", "hba_file", "ident_file",
-                     "data_directory", "config_file"}
-        clash = protected.intersection(self.parameters)
-        if clash:
-            raise ValueError(f"parameters: {sorted(clash)} are managed by dbfleet and cannot be set here")
         return self
 
     def _check_ha(self) -> None:
@@ -584,7 +759,7 @@ Cluster = Annotated[PostgresCluster | MongoCluster | RedisCluster, Field(discrim
 class FleetMeta(Strict):
     name: Annotated[str, Field(pattern=CLUSTER_NAME)]
     environment: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,20}$")] = "lab"
-    region: str = "us-east-1"
+    region: AwsRegion = "us-east-1"
     vpc_cidr: str = "10.40.0.0/16"
 
     @field_validator("vpc_cidr")
@@ -599,12 +774,29 @@ class FleetMeta(Strict):
         return value
 
 
+class OperatorMetrics(Strict):
+    """How the operator serves /metrics to the fleet's Prometheus (dbfleet.monitoring.endpoint)."""
+
+    tls: bool = False
+    """HTTPS with the certificate the pki role makes for the operator's address from the fleet CA."""
+    basic_auth: bool = False
+    """Require `username` and the secrets file's operator_metrics_password; Prometheus sends them."""
+    username: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "prometheus"
+
+    @model_validator(mode="after")
+    def _password_only_over_tls(self) -> OperatorMetrics:
+        if self.basic_auth and not self.tls:
+            raise ValueError("basic_auth: needs tls: true, or the password crosses the network in clear")
+        return self
+
+
 class FleetMonitoring(Strict):
-    """Where the fleet's Prometheus runs, and where the operator serves /metrics."""
+    """Where the fleet's Prometheus runs, and where and how the operator serves /metrics."""
 
     host: Annotated[str, Field(pattern=HOST_NAME)] = "monitor-1"
     prometheus_port: Annotated[int, Field(ge=1024, le=65535)] = 9090
     operator_metrics_port: Annotated[int, Field(ge=1024, le=65535)] = 9640
+    operator_metrics: OperatorMetrics = OperatorMetrics()
 
 
 class Fleet(Strict):
@@ -726,12 +918,20 @@ def _describe(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def join_path(parts: Iterable[str]) -> str:
+    """A key path as the errors show it: dotted, with any odd key (a space, a line break) quoted."""
+    return ".".join(part if part.isprintable() and part.strip() == part and part else repr(part) for part in parts)
+
+
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[str, ...]:
     """Drop pydantic's union-branch labels so the path matches the YAML keys."""
     out: list[str] = []
     for part in loc:
         text = str(part)
-        if text in {"postgres", "mongo", "redis", "local", "s3"} and out and out[-1].isdigit():
+        if text in {"postgres", "mongo", "redis"} and out and out[-1].isdigit():
+            continue
+        if text in {"local", "s3"} and out and out[-1] == "target" or text in {"pg", "mongo"} and out \
+                and out[-1] == "declared":
             continue
         if text in {"str", "Host", "list[PgIndex]", "list[MongoIndex]", "int", "float", "bool", "LocalTarget",
                     "S3Target"} or text.startswith(("function-", "constrained-str", "is-instance")):
@@ -755,21 +955,196 @@ def _problems(exc: ValidationError, lines: dict[tuple[str, ...], int]) -> list[S
             if loc[:cut] in lines:
                 line = lines[loc[:cut]]
                 break
-        path = ".".join(part if part.isprintable() and part.strip() == part and part else repr(part) for part in loc)
+        path = join_path(loc)
         problems.setdefault((path, message), SpecProblem(path, line, message))
     return list(problems.values())
 
 
-def parse_fleet(text: str, file: str = "<spec>") -> Fleet:
-    """Parse and validate spec text; raise SpecError with located problems."""
+MAX_SPEC_BYTES = 1 << 20
+"""A spec larger than this is refused before it is parsed."""
+MAX_DEPTH = 64
+"""Nesting deeper than this is refused, aliases included: the deepest real spec key is eight levels down."""
+MAX_ALIASES = 100
+MAX_EXPANDED_NODES = 100_000
+"""Values (YAML nodes) the document may hold, and expand to once every alias is followed: a real spec has a
+few thousand."""
+MAX_INT_DIGITS = 20
+
+
+class _Refused(Exception):
+    """A limit the loader enforces, found while reading the YAML: located by key path and line."""
+
+    def __init__(self, path: tuple[str, ...], line: int | None, message: str):
+        super().__init__(message)
+        self.problem = SpecProblem(join_path(path), line, message)
+
+
+def _label(index: Any) -> str:
+    """The key path part of a child being composed: its position in a sequence, its key in a mapping."""
+    if isinstance(index, yaml.ScalarNode):
+        return str(index.value)
+    return "?" if isinstance(index, yaml.Node) else str(index)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that stops composing past MAX_DEPTH levels or MAX_ALIASES aliases, well before
+    Python's own recursion limit, and says where."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._path: list[str] = []
+        self.aliases = 0
+        self.nodes = 0
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # The scanner looks ahead through every `[` or `{` (each may start a key) before the composer sees
+        # the first, and that look-ahead is quadratic: 20,000 of them took a third of a second, a MiB of them
+        # would take hours. So the depth is also checked here, as each one is scanned.
+        if self.flow_level >= MAX_DEPTH:
+            raise _Refused(tuple(self._path), self.get_mark().line + 1, f"nested deeper than {MAX_DEPTH} levels")
+        super().fetch_flow_collection_start(TokenClass)
+
+    def _line(self) -> int:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        return int(event.start_mark.line) + 1 if event.start_mark is not None else 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if parent is not None:
+            self._path.append(_label(index) if index is not None else "(a key)")
+        try:
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_ALIASES:
+                    raise _Refused(tuple(self._path), self._line(),
+                                   f"more than {MAX_ALIASES} aliases (*name); write the values out")
+            if len(self._path) > MAX_DEPTH:
+                raise _Refused(tuple(self._path), self._line(),
+                               f"nested deeper than {MAX_DEPTH} levels")
+            self.nodes += 1
+            if self.nodes > MAX_EXPANDED_NODES:
+                raise _Refused(tuple(self._path), self._line(),
+                               f"more than {MAX_EXPANDED_NODES} values in the document")
+            return super().compose_node(parent, index)
+        finally:
+            if parent is not None:
+                self._path.pop()
+
+
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _NodeChecks:
+    """One walk over a composed document: expanded size and depth through aliases, duplicate keys, and
+    numbers Python or the thresholds cannot take (over MAX_INT_DIGITS digits, inf, nan)."""
+
+    def __init__(self, loader: _SpecLoader):
+        self.loader = loader
+        self.measured: dict[int, tuple[int, int]] = {}
+        """Expanded (node count, height) of every node already walked, by identity: aliases share nodes."""
+        self.walking: set[int] = set()
+        self.problems: list[SpecProblem] = []
+
+    def run(self, root: yaml.Node) -> list[SpecProblem]:
+        self._walk(root, (), 1)
+        return self.problems
+
+    def _walk(self, node: yaml.Node, path: tuple[str, ...], depth: int) -> tuple[int, int]:
+        line = node.start_mark.line + 1
+        if depth > MAX_DEPTH:
+            raise _Refused(path, line, f"nested deeper than {MAX_DEPTH} levels once aliases are followed")
+        key = id(node)
+        if key in self.walking:
+            raise _Refused(path, line, "an alias refers to itself (to a collection that contains it)")
+        if key in self.measured:
+            size, height = self.measured[key]
+            if depth + height - 1 > MAX_DEPTH:
+                raise _Refused(path, line, f"nested deeper than {MAX_DEPTH} levels once aliases are followed")
+            return size, height
+        self.walking.add(key)
+        if isinstance(node, yaml.ScalarNode):
+            self._check_scalar(node, path)
+            size, height = 1, 1
+        else:
+            children: list[tuple[yaml.Node, tuple[str, ...]]] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = [(item, path + (str(i),)) for i, item in enumerate(node.value)]
+            elif isinstance(node, yaml.MappingNode):
+                self._check_keys(node, path)
+                for k, v in node.value:
+                    children += [(k, path + ("(a key)",)), (v, path + (_label(k),))]
+            size, height = 1, 1
+            for child, child_path in children:
+                child_size, child_height = self._walk(child, child_path, depth + 1)
+                size += child_size
+                height = max(height, child_height + 1)
+                if size > MAX_EXPANDED_NODES:
+                    raise _Refused(path, line, f"aliases expand the document past {MAX_EXPANDED_NODES} values")
+        self.walking.discard(key)
+        self.measured[key] = (size, height)
+        return size, height
+
+    def _check_scalar(self, node: yaml.ScalarNode, path: tuple[str, ...]) -> None:
+        line = node.start_mark.line + 1
+        if node.tag == _INT:
+            digits = sum(c.isdigit() for c in node.value)
+            if digits > MAX_INT_DIGITS:
+                self.problems.append(SpecProblem(join_path(path), line,
+                                                 f"a number of {digits} digits; at most {MAX_INT_DIGITS}"))
+        elif node.tag == _FLOAT:
+            if not math.isfinite(self.loader.construct_yaml_float(node)):
+                self.problems.append(SpecProblem(join_path(path), line,
+                                                 f"expected a finite number, got {node.value!r}"))
+
+    def _check_keys(self, node: yaml.MappingNode, path: tuple[str, ...]) -> None:
+        # PyYAML keeps the last of two equal keys without a word; a second `drop: true` would silently win.
+        # Keys merged in with `<<` may be overridden: that is what merging is for.
+        counts: dict[tuple[str, str], list[int]] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE:
+                counts.setdefault((key.tag, key.value), []).append(key.start_mark.line + 1)
+        for (_, name), lines in counts.items():
+            if len(lines) > 1:
+                where = ", ".join(f"line {n}" for n in lines)
+                self.problems.append(SpecProblem(join_path(path + (name,)), lines[-1],
+                                                 f"key {name!r} appears {len(lines)} times ({where}); keep one"))
+
+
+def _compose(text: str, file: str) -> tuple[yaml.Node | None, Any]:
+    """The composed YAML tree and the data it builds, after the loader's limits; SpecError otherwise."""
+    loader = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _SpecLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        problems = _NodeChecks(loader).run(node)
+        if problems:
+            raise SpecError(file, problems)
+        return node, loader.construct_document(node)
+    except _Refused as exc:
+        raise SpecError(file, [exc.problem]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
         raise SpecError(file, [SpecProblem("", line, f"not valid YAML: {problem}")]) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # The checks above should leave nothing for the constructor to choke on; if it still does, it is the
+        # spec's fault and a located SpecError, never a traceback.
+        raise SpecError(file, [SpecProblem("", None, f"not a spec dbfleet can read: {type(exc).__name__}")]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def parse_fleet(text: str, file: str = "<spec>") -> Fleet:
+    """Parse and validate spec text; raise SpecError with located problems."""
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(file, [SpecProblem("", 1, f"the spec is {size} bytes; at most {MAX_SPEC_BYTES} bytes")])
+    node, data = _compose(text, file)
     if not isinstance(data, dict):
         raise SpecError(file, [SpecProblem("", 1, f"expected a mapping with apiVersion, fleet and clusters, "
                                                  f"got {type(data).__name__}")])
@@ -786,11 +1161,17 @@ def load_fleet(path: str | Path) -> Fleet:
     """Read and validate a fleet spec file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(str(p), [SpecProblem("", None, "no such file")]) from None
     except IsADirectoryError:
         raise SpecError(str(p), [SpecProblem("", None, "is a directory, expected a YAML file")]) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(str(p), [SpecProblem("", None, f"the spec is over {MAX_SPEC_BYTES} bytes; at most "
+                                                       f"{MAX_SPEC_BYTES} bytes")])
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(str(p), [SpecProblem("", None, f"not UTF-8 text: {exc.reason}")]) from None
     return parse_fleet(text, str(p))

@@ -14,6 +14,8 @@ import pulumi
 import pulumi_aws as aws
 
 from dbfleet import spec
+from dbfleet.backups.manifest import cluster_prefix
+from dbfleet.engines.pgbackrest import repo_prefix
 from dbfleet.schedule import parse_cron
 
 from .errors import StackError
@@ -38,6 +40,17 @@ class BackupTarget:
     """Key prefix the cluster owns, '' or ending in '/'."""
     expire_days: int | None
     """Current objects expire after this many days; None leaves expiry to the backup tool."""
+    tool_prefix: str | None = None
+    """Key prefix, inside `prefix`, that the cluster's hosts write with their own backup tool (pgBackRest's
+    repository, dbfleet.engines.pgbackrest.repo_prefix); None when the operator uploads every file itself."""
+    in_use: bool = True
+    """False for a local target: backups then go to a directory, and the prefix reserved for the cluster in the
+    fleet's bucket is written by nothing, so no instance profile is granted it."""
+
+    @property
+    def operator_prefix(self) -> str:
+        """Key prefix, inside `prefix`, of the operator's manifests, drill records and uploaded dumps."""
+        return cluster_prefix(self.cluster)
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,11 @@ class BackupLocation:
 
     bucket: pulumi.Output[str]
     bucket_arn: pulumi.Output[str]
-    prefix: str
+    target: BackupTarget
+
+    @property
+    def prefix(self) -> str:
+        return self.target.prefix
 
 
 def standalone_interval_days(policy: spec.BackupPolicy) -> int:
@@ -84,7 +101,7 @@ def plan_backup_targets(fleet: spec.Fleet) -> dict[str, BackupTarget]:
         if not policy.enabled:
             continue
         target = policy.target
-        bucket, prefix = None, f"{cluster.name}/"
+        bucket, prefix, in_use = None, f"{cluster.name}/", False
         if isinstance(target, spec.S3Target):
             if target.endpoint:
                 continue  # an S3-compatible store outside AWS: not this stack's to build
@@ -93,12 +110,13 @@ def plan_backup_targets(fleet: spec.Fleet) -> dict[str, BackupTarget]:
                     f"cluster {cluster.name}: backup.target.region {target.region} differs from fleet.region "
                     f"{fleet.fleet.region}; backups are encrypted with the fleet's KMS key in {fleet.fleet.region}"
                 )
-            bucket, prefix = target.bucket, _normal_prefix(target.prefix)
+            bucket, prefix, in_use = target.bucket, _normal_prefix(target.prefix), True
         # An object must outlive max_age_days by one full-backup interval, or the
         # oldest restore point inside max_age_days would lose the full it builds on.
         age = policy.retention.max_age_days
         expire = age + standalone_interval_days(policy) if age is not None else None
-        targets[cluster.name] = BackupTarget(cluster.name, bucket, prefix, expire)
+        tool = repo_prefix(cluster.name) if isinstance(cluster, spec.PostgresCluster) else None
+        targets[cluster.name] = BackupTarget(cluster.name, bucket, prefix, expire, tool, in_use)
     _check_disjoint(targets.values())
     return targets
 
@@ -198,5 +216,5 @@ class Backups(pulumi.ComponentResource):
             bucket = BackupBucket(bucket_name or name, bucket_name, members, key_arn,
                                   opts=pulumi.ResourceOptions(parent=self)).bucket
             for target in members:
-                self.locations[target.cluster] = BackupLocation(bucket.bucket, bucket.arn, target.prefix)
+                self.locations[target.cluster] = BackupLocation(bucket.bucket, bucket.arn, target)
         self.register_outputs({c: loc.bucket for c, loc in self.locations.items()})

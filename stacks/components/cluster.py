@@ -12,7 +12,7 @@ from dbfleet import spec
 from .context import FleetContext
 from .groups import FLEET_GROUPS, allow_ingress
 from .hosts import FleetHost
-from .iam import create_instance_profile
+from .iam import Grant, create_instance_profile, host_grants, operator_grants
 
 NODE_EXPORTER = 9100
 
@@ -33,7 +33,7 @@ class Ingress:
 
 @dataclass(frozen=True)
 class RolePlan:
-    """One kind of host in a cluster: who may reach it, where its data lives, whether it writes backups."""
+    """One kind of host in a cluster: who may reach it, where its data lives, what it does with backup storage."""
 
     name: str
     hosts: tuple[spec.Host, ...]
@@ -41,6 +41,10 @@ class RolePlan:
     data_dir: str | None = None
     """Mount point of the data volume; None for stateless roles, which get no volume."""
     backups: bool = False
+    """Its hosts run the cluster's own backup tool against the storage (pgBackRest): they get that tool's
+    repository prefix, and nothing when the cluster has none (MongoDB and Redis dumps are uploaded by the operator)."""
+    operator: bool = False
+    """The dbfleet operator runs here: it gets its own prefix of every cluster, and reads the tools' repositories."""
     fleet_groups: tuple[str, ...] = ()
     """Fleet-wide groups its hosts also join (the monitoring host joins `monitoring` and `operator`)."""
 
@@ -77,8 +81,8 @@ class ClusterComponent(pulumi.ComponentResource):
                         allow_ingress(groups[role.name], f"{name}-{role.name}-from-{label}-{rule.port}", rule.port,
                                       rule.why, self, source_group=group_id, cidr=cidr)
         profiles = {
-            role.name: create_instance_profile(f"{name}-{role.name}", ctx.backups.get(name) if role.backups else None,
-                                               ctx.key_arn, ctx.region, self)
+            role.name: create_instance_profile(f"{name}-{role.name}", _grants(role, name, ctx), ctx.key_arn, ctx.region,
+                                               self)
             for role in roles
         }
         self.hosts = {}
@@ -95,11 +99,21 @@ class ClusterComponent(pulumi.ComponentResource):
         self.register_outputs({"hosts": {n: h.private_ip for n, h in self.hosts.items()}})
 
 
+def _grants(role: RolePlan, cluster: str, ctx: FleetContext) -> list[Grant]:
+    """The backup storage rights of a role's hosts (see components.iam)."""
+    grants = host_grants(ctx.backups.get(cluster)) if role.backups else []
+    if role.operator:
+        grants += operator_grants(ctx.backups.values())
+    return grants
+
+
 def _origins(source: str, role: str, named: dict[str, pulumi.Output[str]],
              allowed_clients: list[str]) -> list[tuple[str, pulumi.Output[str] | None, str | None]]:
     """(label, group id, CIDR) for each origin a rule source stands for."""
     if source == "clients":
-        return [("app", named["app"], None)] + [(cidr.replace("/", "_"), None, cidr) for cidr in allowed_clients]
+        # Resource names keep ':' out: Pulumi's URNs use '::' as their separator.
+        return [("app", named["app"], None)] + [(cidr.replace("/", "_").replace(":", "-"), None, cidr)
+                                                for cidr in allowed_clients]
     label = role if source == "self" else source
     return [(label, named[label], None)]
 

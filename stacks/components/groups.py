@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pulumi
 import pulumi_aws as aws
 
@@ -10,14 +12,17 @@ FLEET_GROUPS = ("app", "operator", "monitoring", "egress")
 
 def allow_ingress(group: aws.ec2.SecurityGroup, name: str, port: int, why: str, parent: pulumi.Resource, *,
                   source_group: pulumi.Input[str] | None = None, cidr: str | None = None) -> None:
-    """One TCP port into `group`, from another group or from a named CIDR (never from everywhere)."""
+    """One TCP port into `group`, from another group or from a named IPv4 or IPv6 CIDR (never from everywhere)."""
     if (source_group is None) == (cidr is None):
         raise ValueError(f"{name}: an ingress rule needs exactly one source, a group or a CIDR")
-    if cidr is not None and cidr.endswith("/0"):
+    net = ipaddress.ip_network(cidr) if cidr is not None else None
+    if net is not None and net.prefixlen == 0:
         raise ValueError(f"{name}: {cidr} would open port {port} to every address")
     aws.vpc.SecurityGroupIngressRule(
         name, security_group_id=group.id, ip_protocol="tcp", from_port=port, to_port=port,
-        referenced_security_group_id=source_group, cidr_ipv4=cidr, description=why,
+        referenced_security_group_id=source_group, description=why,
+        cidr_ipv4=str(net) if net is not None and net.version == 4 else None,
+        cidr_ipv6=str(net) if net is not None and net.version == 6 else None,
         opts=pulumi.ResourceOptions(parent=parent),
     )
 

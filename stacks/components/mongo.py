@@ -28,11 +28,11 @@ def mongo_roles(cluster: spec.MongoCluster) -> list[RolePlan]:
                           Ingress(port, ("mongos", "config", "operator"), "routers, the balancer and the operator"),
                           *scraped(MONGODB_EXPORTER)),
                  data_dir=DATA_DIR),
-        # mongodump runs through mongos, so only the routers write backups.
+        # mongodump runs on a member of each replica set and writes a spool file there, which the operator
+        # fetches and uploads (dbfleet.backups.spool): no MongoDB host touches backup storage.
         RolePlan("mongos", tuple(as_hosts(cluster.mongos)),
                  ingress=(Ingress(port, ("clients", "operator"), "clients and the operator"),
-                          *scraped(MONGODB_EXPORTER)),
-                 backups=True),
+                          *scraped(MONGODB_EXPORTER))),
     ]
 
 

@@ -13,9 +13,10 @@ PROMETHEUS_DATA = "/var/lib/prometheus"
 
 
 def monitoring_roles(fleet: spec.Fleet) -> list[RolePlan]:
-    """The monitoring host joins the fleet's monitoring and operator groups; nothing else needs to reach it."""
+    """The monitoring host joins the fleet's monitoring and operator groups; nothing else needs to reach it.
+    The operator runs there, so its profile carries the operator's backup rights."""
     return [RolePlan("prometheus", (spec.Host(name=fleet.monitoring.host),), data_dir=PROMETHEUS_DATA,
-                     fleet_groups=("monitoring", "operator"))]
+                     operator=True, fleet_groups=("monitoring", "operator"))]
 
 
 class MonitoringHost(ClusterComponent):

@@ -20,8 +20,8 @@ def redis_roles(cluster: spec.RedisCluster) -> list[RolePlan]:
                           Ingress(cluster.port, ("sentinel",), "Sentinels monitor and reconfigure Redis"),
                           Ingress(cluster.port, ("clients", "operator"), "clients and the operator"),
                           *scraped(REDIS_EXPORTER)),
-                 data_dir="/var/lib/redis",
-                 backups=True),
+                 # redis-cli --rdb writes a spool file the operator fetches and uploads: no S3 rights here.
+                 data_dir="/var/lib/redis"),
         RolePlan("sentinel", tuple(cluster.sentinel_hosts()),
                  ingress=(Ingress(cluster.sentinel_port, ("self",), "Sentinels agree on failover"),
                           Ingress(cluster.sentinel_port, ("clients", "operator"), "clients ask who is primary"),

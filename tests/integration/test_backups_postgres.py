@@ -68,6 +68,10 @@ def test_pitr_restores_exactly_the_rows_before_the_time(pg: dict) -> None:
     backup = take_backup(pg["access"], "full")
     assert backup.status == "complete" and backup.files and backup.detail["label"].endswith("F")
     assert backup.tool_version.startswith("pgBackRest") and backup.finished_at and backup.size_bytes > 0
+    # Encrypted at rest: no stored file of the set (bundles, manifests, the WAL it needs) holds the rows' text.
+    assert backup.detail["cipher"] == "aes-256-cbc"
+    leaked = [f.key for f in backup.files if first.encode() in pg["access"].storage.get_bytes(f.key)]
+    assert not leaked, f"plaintext of the canary rows in {leaked}"
     time.sleep(1.1)
     between = sql(pg, "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
     time.sleep(1.1)

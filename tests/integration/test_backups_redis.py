@@ -40,7 +40,10 @@ def test_redis_round_trips(redis_access) -> None:
     backup = take_backup(access, "snapshot")
     assert backup.kind == "snapshot" and backup.status == "complete"
     assert backup.detail["replica"] != primary, "the RDB comes from a replica"
-    assert backup.detail["canary_value"] == marker and backup.files[0].key.endswith("/dump.rdb")
+    assert backup.detail["canary_value"] == marker and backup.files[0].key.endswith("/dump.rdb.age")
+    # Encrypted on the replica's host before it left: the stored snapshot holds none of the values.
+    assert backup.detail["cipher"] == "age-x25519"
+    assert marker.encode() not in access.storage.get_bytes(backup.files[0].key)
 
     adapter = RedisBackups()
     with scratch_for(access, "test-redis") as scratch:

@@ -53,22 +53,22 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> S3Server:
 
 def test_s3_storage_round_trip(s3: S3Server, tmp_path: Path) -> None:
     store = S3Storage(BUCKET, f"unit-{uuid.uuid4().hex[:6]}", endpoint=s3.endpoint)
-    store.put_bytes("dbfleet/c/b1/data", b"x" * 3000)
+    store.put_bytes("dbfleet/cache/b1/data", b"x" * 3000)
     big = tmp_path / "big"
     big.write_bytes(b"y" * (6 << 20))
-    store.put_file("dbfleet/c/b1/big", big)
-    assert [o.key for o in store.list("dbfleet/c/")] == ["dbfleet/c/b1/big", "dbfleet/c/b1/data"]
-    entry = store.measure("dbfleet/c/b1/big")
+    store.put_file("dbfleet/cache/b1/big", big)
+    assert [o.key for o in store.list("dbfleet/cache/")] == ["dbfleet/cache/b1/big", "dbfleet/cache/b1/data"]
+    entry = store.measure("dbfleet/cache/b1/big")
     assert entry.size == 6 << 20
-    m = Manifest(cluster="c", engine="redis", id="b1", kind="snapshot", status="complete", tool="redis-cli",
+    m = Manifest(cluster="cache", engine="redis", id="b1", kind="snapshot", status="complete", tool="redis-cli",
                  tool_version="7", started_at="2026-11-25T00:00:00Z", files=(entry,))
     store.save_manifest(m)
-    assert store.manifests("c") == [m] and store.verify_files(m) == []
-    store.put_bytes("dbfleet/c/b1/big", b"z")
-    assert store.verify_files(m)[0].startswith("dbfleet/c/b1/big: size 1")
+    assert store.manifests("cache") == [m] and store.verify_files(m) == []
+    store.put_bytes("dbfleet/cache/b1/big", b"z")
+    assert store.verify_files(m)[0].startswith("dbfleet/cache/b1/big: size 1")
     with pytest.raises(FileNotFoundError):
-        store.get_bytes("dbfleet/c/none")
-    assert store.delete_prefix("dbfleet/c/") == 3 and store.list("dbfleet/c/") == []
+        store.get_bytes("dbfleet/cache/none")
+    assert store.delete_prefix("dbfleet/cache/") == 3 and store.list("dbfleet/cache/") == []
 
 
 def test_wrong_credentials_are_refused(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,11 +92,13 @@ def test_redis_backup_to_s3_and_drill_from_it(s3: S3Server, request: pytest.Fixt
     cli(access, cluster.primary, "SET", cluster.backup.drill.canary, prefix)
     cli(access, cluster.primary, "WAIT", "1", "5000")
     backup = take_backup(access, "snapshot")
-    assert backup.files[0].key == f"dbfleet/cache/{backup.id}/dump.rdb"
+    assert backup.files[0].key == f"dbfleet/cache/{backup.id}/dump.rdb.age"
     raw = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
     listed = raw.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/dbfleet/cache/{backup.id}/")
-    assert sorted(o["Key"].rsplit("/", 1)[-1] for o in listed["Contents"]) == ["dump.rdb", "manifest.json"]
+    assert sorted(o["Key"].rsplit("/", 1)[-1] for o in listed["Contents"]) == ["dump.rdb.age", "manifest.json"]
+    stored = raw.get_object(Bucket=BUCKET, Key=f"{prefix}/{backup.files[0].key}")["Body"].read()
+    assert stored.startswith(b"age-encryption.org/v1") and prefix.encode() not in stored
     record = run_drill(access)
     assert record.ok, record.message
-    spool = access.executor.run(backup.detail["replica"], ["sh", "-c", "ls /var/tmp/dbfleet-spool | wc -l"])
-    assert spool.out.strip() == "0", "the spool file on the replica is removed after upload"
+    spool = access.executor.run(backup.detail["replica"], ["sh", "-c", "ls -A /var/lib/dbfleet/spool | wc -l"])
+    assert spool.out.strip() == "0", "the work directory on the replica is removed after upload"

@@ -308,3 +308,74 @@ def test_hypopg_advice_for_a_seeded_slow_query(pgenv: PgEnv, reconciled):
         assert after <= before / 2
     assert not any(a["changes"] for a in advice.values())
     assert pgenv.sql("SELECT count(*) FROM pg_indexes WHERE tablename = 'hot'")[0][0] == 1  # only its pkey
+
+
+MALLORY = "SELECT 1; COMMIT; CREATE ROLE mallory SUPERUSER LOGIN PASSWORD 'x'"
+
+
+def test_a_spec_query_of_several_statements_is_refused_never_run(pgenv: PgEnv, reconciled):
+    """Issue: the spec's missing-index query was pasted into EXPLAIN, so a second statement left the
+    read-only transaction and created a superuser. Now the spec is refused at load, with the place named,
+    and nothing reaches the server (the advisor also refuses such text at plan time: test_advisor_queries)."""
+    pgenv.sql("DROP ROLE IF EXISTS mallory", dbname="postgres")
+    missing = {**POLICY["missing"], "queries": [ADVISED_QUERY, MALLORY]}
+    spec = pgenv.write_spec(missing=missing)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["--spec", str(spec), "plan", "--json", "--cluster", CLUSTER, "--reconciler", "indexes",
+                     "--inventory", str(pgenv.lab.inventory_path), "--secrets", str(pgenv.lab.state.secrets)])
+    assert code == 2
+    assert "indexes.missing.queries.1: 3 statements" in err.getvalue(), err.getvalue()
+    assert pgenv.sql("SELECT count(*) FROM pg_roles WHERE rolname = 'mallory'", dbname="postgres")[0][0] == 0
+
+
+LEAK = """
+CREATE FUNCTION appfn.leak() RETURNS text LANGUAGE plpgsql IMMUTABLE AS $f$
+BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    PERFORM lo_export({lob}, '{path}');
+  END IF;
+  RETURN 'no such pad';
+END $f$
+"""
+
+
+def test_a_captured_query_is_planned_with_the_rights_of_the_role_that_ran_it(pgenv: PgEnv, reconciled):
+    """Issue: queries from pg_stat_statements were EXPLAINed by the superuser, and planning runs IMMUTABLE
+    functions, so a function owned by an unprivileged role wrote a file as the postgres OS user."""
+    path, lob = "/tmp/dbfleet-advisor-leak", 4242420  # the large object the function writes out
+    host = pgenv.lab.host(pgenv.primary)
+    setup = ["DROP SCHEMA IF EXISTS appfn CASCADE", "DROP ROLE IF EXISTS dbf_app", "CREATE ROLE dbf_app NOLOGIN",
+             "CREATE SCHEMA appfn AUTHORIZATION dbf_app", "GRANT USAGE ON SCHEMA public TO dbf_app",
+             "GRANT SELECT ON hot TO dbf_app",
+             f"SELECT lo_unlink({lob}) FROM pg_largeobject_metadata WHERE oid = {lob}",
+             f"SELECT lo_from_bytea({lob}, 'pwned')"]
+    try:
+        with pgenv.connect(pgenv.primary) as conn:
+            for statement in setup:
+                conn.execute(statement)
+            conn.execute("SET ROLE dbf_app")
+            conn.execute(LEAK.format(path=path, lob=lob))  # owned by the unprivileged role
+            for _ in range(60):  # as dbf_app the function writes nothing, so the query runs and is captured
+                conn.execute("SELECT count(*) FROM hot WHERE pad = appfn.leak()").fetchall()
+            conn.execute("RESET ROLE")
+            # The exploit is real: planned by a superuser, the function writes the file.
+            conn.execute("EXPLAIN SELECT count(*) FROM hot WHERE pad = appfn.leak()")
+            assert host.file(path).exists
+            host.run(f"rm -f {path}")
+        pgenv.dbfleet("plan")
+        # The advisor did explain the captured query, and pg_stat_statements says as whom: dbf_app.
+        explained = pgenv.sql("SELECT userid::regrole::text, calls FROM pg_stat_statements "
+                              "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                              "AND query LIKE 'EXPLAIN (FORMAT JSON, VERBOSE) SELECT count(*) FROM hot "
+                              "WHERE pad = appfn.leak()%'")
+        assert explained and {role for role, _ in explained} == {"dbf_app"}, explained
+        assert not host.file(path).exists
+    finally:
+        host.run(f"rm -f {path}")
+        with pgenv.connect(pgenv.primary) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS appfn CASCADE")
+            conn.execute("REVOKE ALL ON hot FROM dbf_app")
+            conn.execute("REVOKE ALL ON SCHEMA public FROM dbf_app")
+            conn.execute("DROP ROLE IF EXISTS dbf_app")
+            conn.execute(f"SELECT lo_unlink({lob}) FROM pg_largeobject_metadata WHERE oid = {lob}")

@@ -1,17 +1,20 @@
 """The lab's real Prometheus: every exporter and the operator scraped, sane figures, and a replica-down alert.
 
-The operator runs here as `reconcile --watch` serving /metrics on the lab
-network's gateway (where the Prometheus config expects it), bounded to this
-module and stopped at its end.
+The operator runs here as `reconcile --watch` serving /metrics where it binds by
+default: the inventory's dbfleet_operator_address, the lab network's gateway
+(where the Prometheus config expects it), over HTTPS with basic auth as the lab
+spec asks; bounded to this module and stopped at its end.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -67,11 +70,10 @@ def prom(configured: Any) -> Iterator[tuple[Any, Prometheus]]:
     monitor = lab.fleet.monitoring.host
     if monitor not in lab.hostvars:
         pytest.skip("the lab runs no monitoring host")
-    gateway = lab.state.gateway
     operator = subprocess.Popen(
         [sys.executable, "-m", "dbfleet", "--spec", os.path.join(REPO, "fleet.example.yaml"), "reconcile", "--watch",
          "--interval", "5",
-         "--reconciler", "indexes", "--metrics-address", gateway,
+         "--reconciler", "indexes",
          "--metrics-port", str(lab.fleet.monitoring.operator_metrics_port), "--inventory", str(lab.inventory_path),
          "--secrets", str(lab.state.secrets), "--state", str(lab.inventory_path.parent / "monitoring-test-state.json")],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -98,6 +100,25 @@ def test_every_target_is_up_including_the_operator(prom: tuple[Any, Prometheus])
     assert expected <= jobs, f"jobs scraped: {sorted(jobs)}"
     hosts = {t["labels"].get("host") for t in p.targets() if t["labels"]["job"] == "node"}
     assert hosts == set(lab.hostvars), "a node exporter on every lab host"
+
+
+def test_the_operator_is_scraped_over_https_and_refuses_a_scrape_without_its_password(
+        prom: tuple[Any, Prometheus]) -> None:
+    lab, p = prom
+    settings = lab.fleet.monitoring.operator_metrics
+    if not (settings.tls and settings.basic_auth):
+        pytest.skip("the spec serves the operator's /metrics without TLS and basic auth")
+    (target,) = wait_for("the operator's target up", lambda: [
+        t for t in p.targets() if t["labels"]["job"] == "dbfleet-operator" and t["health"] == "up"], timeout=60)
+    port = lab.fleet.monitoring.operator_metrics_port
+    url = f"https://{lab.state.gateway}:{port}/metrics"
+    assert target["scrapeUrl"] == url
+    fleet_ca = ssl.create_default_context(cafile=str(lab.inventory_path.parent / "pki" / "ca.crt"))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=5, context=fleet_ca)
+    assert refused.value.code == 401
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{lab.state.gateway}:{port}/metrics", timeout=5)
 
 
 def test_figures_are_sane(prom: tuple[Any, Prometheus]) -> None:

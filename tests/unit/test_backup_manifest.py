@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,8 +17,9 @@ from dbfleet.backups.manifest import (
     ManifestError,
     iso,
     new_backup_id,
+    newest_first,
 )
-from dbfleet.backups.storage import LocalStorage, storage_for
+from dbfleet.backups.storage import InvalidRecord, LocalStorage, storage_for
 from dbfleet.errors import PermanentError
 from dbfleet.spec import LocalTarget
 
@@ -59,11 +62,12 @@ def test_verify_files_names_the_changed_file(tmp_path: Path) -> None:
     assert problems[0].startswith(key + ": sha256") and len(problems) == 2
 
 
-def test_unreadable_manifest_is_a_located_error(tmp_path: Path) -> None:
+def test_an_unreadable_manifest_is_reported_with_its_key_and_left_out(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path)
     store.put_bytes("dbfleet/cache/bad/manifest.json", b"{not json")
-    with pytest.raises(PermanentError, match="dbfleet/cache/bad/manifest.json"):
-        store.manifests("cache")
+    assert store.manifests("cache") == []
+    (invalid,) = store.invalid_records("cache")
+    assert invalid.key == "dbfleet/cache/bad/manifest.json" and "not JSON" in invalid.reason
     with pytest.raises(ManifestError, match="format"):
         Manifest.from_json('{"format": 99}')
 
@@ -112,3 +116,117 @@ def test_drill_records_are_listed_oldest_first(tmp_path: Path) -> None:
 
 def test_backup_ids_sort_by_time() -> None:
     assert new_backup_id("full", T0) < new_backup_id("full", T0.replace(minute=1))
+
+
+# --------------------------------------------------------------------------- what a target holds is data
+
+
+def _raw(m: Manifest, **changes: Any) -> bytes:
+    data = json.loads(m.to_json())
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+def _complete(id_: str, *keys: str) -> Manifest:
+    return pending(id_).completed(T0, [FileEntry(k, 1, "0" * 64) for k in keys or (f"dbfleet/cache/{id_}/dump.rdb",)])
+
+
+def test_a_manifest_with_a_bad_date_is_reported_invalid_and_the_other_backups_are_listed(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    good = _complete("20261125T020000Z-snapshot")
+    store.save_manifest(good)
+    bad = _complete("20261125T030000Z-snapshot")
+    store.put_bytes(bad.key, _raw(bad, started_at="last tuesday"))
+    assert newest_first(store.manifests("cache")) == [good]
+    assert store.invalid_records("cache") == [InvalidRecord(bad.key, "started_at: 'last tuesday' is not an ISO time")]
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"size_bytes": -1}, "size_bytes"), ({"size_bytes": True}, "size_bytes"), ({"status": "great"}, "status"),
+    ({"finished_at": 7}, "finished_at"), ({"parent": "../x"}, "parent"), ({"detail": []}, "detail"),
+    ({"detail": {"label": "--set=x"}}, "label"), ({"detail": {"recoverable_to": "soon"}}, "recoverable_to"),
+    ({"verification": {"at": "x", "ok": "yes", "message": ""}}, "verification"), ({"colour": "blue"}, "colour"),
+    ({"files": [{"key": "dbfleet/cache/i/f", "size": 1, "sha256": "nothex"}]}, "sha256"),
+    ({"files": "dump.rdb"}, "files"),
+])
+def test_a_manifest_field_of_the_wrong_shape_makes_it_invalid(tmp_path: Path, change: dict[str, Any],
+                                                                words: str) -> None:
+    store = LocalStorage(tmp_path)
+    bad = _complete("20261125T030000Z-snapshot")
+    store.put_bytes(bad.key, _raw(bad, **change))
+    assert store.manifests("cache") == []
+    (invalid,) = store.invalid_records("cache")
+    assert invalid.key == bad.key and words in invalid.reason, invalid.reason
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "/etc/passwd", "dbfleet/other/x/dump.rdb",
+                                 "dbfleet/cache/x/../../other/y", "dbfleet/cache/x//y", "dbfleet/cache/./x",
+                                 "pgbackrest/other/backup/x", "dbfleet/cache", "dbfleet/cache/x\n"])
+def test_manifest_file_keys_must_stay_inside_the_clusters_prefixes(tmp_path: Path, key: str) -> None:
+    store = LocalStorage(tmp_path)
+    bad = _complete("20261125T030000Z-snapshot", key)
+    store.put_bytes(bad.key, bad.to_json().encode())
+    assert store.manifests("cache") == []
+    (invalid,) = store.invalid_records("cache")
+    assert invalid.key == bad.key and "files" in invalid.reason, invalid.reason
+
+
+def test_file_keys_under_the_clusters_pgbackrest_repository_are_valid(tmp_path: Path) -> None:
+    from dbfleet.backups.manifest import cluster_roots
+    from dbfleet.backups.postgres import repo_prefix
+
+    assert cluster_roots("cache")[1] == repo_prefix("cache"), "one fact: where a cluster's repository sits"
+    store = LocalStorage(tmp_path)
+    good = _complete("20261125T030000Z-snapshot", "pgbackrest/cache/backup/cache/20261125-030000F/pg_data/x.gz")
+    store.save_manifest(good)
+    assert store.manifests("cache") == [good] and store.invalid_records("cache") == []
+
+
+def test_a_manifest_that_names_another_cluster_or_backup_is_invalid(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    other = _complete("20261125T030000Z-snapshot")
+    store.put_bytes("dbfleet/cache/20261125T040000Z-snapshot/manifest.json", other.to_json().encode())
+    elsewhere = Manifest(**{**other.__dict__, "cluster": "pg-main", "files": ()})
+    store.put_bytes(other.key, elsewhere.to_json().encode())
+    assert store.manifests("cache") == []
+    reasons = [r.reason for r in store.invalid_records("cache")]
+    assert any("says cluster pg-main" in r for r in reasons)
+    assert any("backup 20261125T030000Z-snapshot, but is stored as cluster cache's 20261125T040000Z-snapshot" in r
+               for r in reasons)
+
+
+def test_a_manifest_without_files_is_never_verified(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    empty = pending().completed(T0, [])
+    assert store.verify_files(empty) == ["the manifest lists no files, so there is nothing to verify"]
+
+
+def test_a_local_delete_never_follows_a_symbolic_link(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    store.put_bytes("dbfleet/keep/precious", b"keep me")
+    (tmp_path / "dbfleet/cache/x").mkdir(parents=True)
+    (tmp_path / "dbfleet/cache/x/dump.rdb").symlink_to(tmp_path / "dbfleet/keep/precious")
+    store.delete("dbfleet/cache/x/dump.rdb")
+    assert (tmp_path / "dbfleet/keep/precious").read_bytes() == b"keep me"
+    assert not (tmp_path / "dbfleet/cache/x/dump.rdb").is_symlink(), "the link itself goes"
+    (tmp_path / "dbfleet/cache").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "dbfleet/cache/y").symlink_to(tmp_path / "dbfleet/keep")
+    with pytest.raises(PermanentError, match="symbolic link"):
+        store.delete("dbfleet/cache/y/precious")
+    assert store.delete_prefix("dbfleet/cache/y/") == 0
+    assert (tmp_path / "dbfleet/keep/precious").read_bytes() == b"keep me"
+    for key in ("../outside", "dbfleet/../../outside", "/etc/passwd"):
+        with pytest.raises(PermanentError):
+            store.delete(key)
+
+
+def test_a_drill_record_with_a_bad_time_is_reported_and_the_last_good_one_is_used(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    good = DrillRecord(id="d1", cluster="cache", backup_id="b", started_at=iso(T0) or "",
+                       finished_at=iso(T0) or "", ok=True, message="m")
+    store.save_drill(good)
+    raw = json.loads(good.to_json())
+    store.put_bytes("dbfleet/cache/drills/d2.json", json.dumps({**raw, "id": "d2", "finished_at": "~"}).encode())
+    assert store.last_drill("cache") == good
+    (invalid,) = store.invalid_records("cache")
+    assert invalid.key == "dbfleet/cache/drills/d2.json" and "finished_at" in invalid.reason

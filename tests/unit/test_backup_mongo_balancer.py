@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 
+from dbfleet.age_keys import new_identity
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.mongo import MongoBackups, stop_balancer, with_balancer_stopped
+from dbfleet.backups.spool import WORK_ROOT, WORKDIR_SCRIPT
 from dbfleet.backups.storage import LocalStorage
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.executor import CommandFailed, ExecResult
 from dbfleet.errors import TemporaryError
+from dbfleet.secrets import BACKUP_AGE_IDENTITY
 from dbfleet.spec import load_fleet
 
 
@@ -86,6 +89,8 @@ def test_a_failing_shard_dump_still_restarts_the_balancer(tmp_path: Path) -> Non
             assert "password" in text
 
         def check(self, host: str, argv: list[str], **kw: Any) -> ExecResult:
+            if argv[:3] == ["sh", "-c", WORKDIR_SCRIPT]:
+                return ExecResult(0, f"{WORK_ROOT}/work.test\n", "")
             if argv[0] == "mongodump":
                 dumps.append(host)
                 if len(dumps) == 2:
@@ -93,7 +98,7 @@ def test_a_failing_shard_dump_still_restarts_the_balancer(tmp_path: Path) -> Non
             return ExecResult(0, "", "")
 
     access = BackupAccess(fleet.cluster("mongo-main"), Hosts(), LocalStorage(tmp_path),  # type: ignore[arg-type]
-                          FleetAccess({}, {"mongo_admin_password": "pw"}))
+                          FleetAccess({}, {"mongo_admin_password": "pw", BACKUP_AGE_IDENTITY: new_identity()}))
     adapter = MongoBackups()
     adapter.client_factory = lambda a: client  # type: ignore[method-assign]
     pending = adapter.new_manifest(access, "full", datetime(2026, 11, 25, tzinfo=UTC), "100.9")

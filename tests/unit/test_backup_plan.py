@@ -122,3 +122,15 @@ def test_status_shows_the_newest_good_backup_and_the_last_drill() -> None:
                          finished_at=iso(SUNDAY_0205) or "", ok=False, message="checksum")
     row = backup_columns(cluster, {"backups": backup_status(BackupObservation([], failed))})
     assert row["last_backup"] == "none" and row["last_drill"] == "FAILED (F1)"
+
+
+def test_an_invalid_manifest_in_the_target_is_reported_and_planning_goes_on() -> None:
+    from dbfleet.backups.storage import InvalidRecord
+
+    now = SUNDAY_0205.replace(hour=4, minute=31)
+    bad = InvalidRecord("dbfleet/pg-main/x/manifest.json", "started_at: 'x' is not an ISO time")
+    obs = {"pg-main": BackupObservation([m("F3", "full", now - timedelta(hours=2))], invalid=(bad,))}
+    actions = planned_backup_actions(FLEET, obs, now)
+    report = [a for a in actions if a.kind == "report-invalid-manifest"]
+    assert [(a.target, a.reason, a.destructive) for a in report] == [(bad.key, bad.reason, False)]
+    assert any(a.kind == "drill" for a in actions), "the cluster's other backups go on"

@@ -79,3 +79,34 @@ def test_one_backup_at_a_time(access: BackupAccess) -> None:
         with pytest.raises(TemporaryError, match="another backup"):
             take_backup(access, "snapshot", FileTool())
     assert not backup_running("cache")
+
+
+def test_a_lock_directory_others_can_enter_is_refused(tmp_path, monkeypatch) -> None:
+    """Issue: the backup lock was /tmp/dbfleet-backup-<cluster>.lock, which anyone could take first."""
+    import os
+
+    from dbfleet.errors import PermanentError
+
+    open_dir = tmp_path / "locks"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    monkeypatch.setenv("DBFLEET_LOCK_DIR", str(open_dir))
+    with pytest.raises(PermanentError, match="mode 0700"), backup_lock("cache"):
+        pass
+    open_dir.chmod(0o700)
+    os.symlink("/etc/passwd", open_dir / "dbfleet-backup-cache.lock")
+    with pytest.raises(PermanentError, match="is it a link"), backup_lock("cache"):
+        pass
+
+
+def test_the_default_lock_directory_is_root_only(monkeypatch) -> None:
+    import os
+    import stat
+
+    from dbfleet.backups.access import lock_dir
+
+    monkeypatch.delenv("DBFLEET_LOCK_DIR", raising=False)
+    path = lock_dir()
+    assert not str(path).startswith("/tmp/dbfleet-backup")
+    info = path.lstat()
+    assert info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) == 0o700

@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
+from dbfleet.age_keys import new_identity
+from dbfleet.backups.spool import WORK_ROOT, WORKDIR_SCRIPT
 from dbfleet.engines import credentials, tls
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.mongo import MongoSession
 from dbfleet.engines.postgres import PostgresSession
 from dbfleet.engines.redis import RedisSession
-from dbfleet.secrets import PASSWORD_KEYS
+from dbfleet.secrets import BACKUP_AGE_IDENTITY, PASSWORD_KEYS
 from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,8 +61,16 @@ def test_each_login_is_a_user_the_roles_create_with_the_password_they_set(
     assert login.secret in PASSWORD_KEYS
 
 
+def test_the_advisor_plans_as_the_read_only_role_the_postgres_role_creates() -> None:
+    assert credentials.EXPLAIN_ROLE == role_defaults("postgres_server")["postgres_explain_role"]
+    tasks = (REPO / "playbooks/roles/postgres_server/tasks/primary.yml").read_text()
+    assert "groups: [pg_read_all_data]" in tasks and "role_attr_flags: NOLOGIN" in tasks
+
+
 ACCESS = FleetAccess({h: "10.0.0.9" for c in FLEET.clusters for h in c.host_names()},
-                     {key: f"pw-{key}" for key in PASSWORD_KEYS})
+                     {**{key: f"pw-{key}" for key in PASSWORD_KEYS}, BACKUP_AGE_IDENTITY: new_identity()},
+                     Path("/fleet/inventories/local/lab/hosts.yml"))
+FLEET_CA = "/fleet/inventories/local/lab/pki/ca.crt"
 
 
 def test_the_mongo_session_logs_in_as_the_user_the_roles_create(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,8 +83,8 @@ def test_the_mongo_session_logs_in_as_the_user_the_roles_create(monkeypatch: pyt
     (_, kwargs), = made
     assert kwargs["username"] == role_defaults("mongo_common")["mongo_admin_user"] == "dbfleet_admin"
     assert kwargs["password"] == "pw-mongo_admin_password"
-    for key, value in tls.mongo_client_tls(cluster).items():
-        assert kwargs[key] == value
+    assert kwargs["tls"] is True and kwargs["tlsCAFile"] == FLEET_CA
+    assert not any("Invalid" in key or "Insecure" in key for key in kwargs)  # certificates and names checked
 
 
 def test_mongodump_logs_in_as_the_same_user_with_the_same_tls() -> None:
@@ -90,16 +100,23 @@ def test_mongodump_logs_in_as_the_same_user_with_the_same_tls() -> None:
     class Hosts:
         def check(self, host: str, argv: list[str], **kw: Any) -> ExecResult:
             ran.append(list(argv))
-            return ExecResult(0, "", "")
+            return ExecResult(0, f"{WORK_ROOT}/work.test\n" if argv[:3] == ["sh", "-c", WORKDIR_SCRIPT] else "", "")
+
+        def run(self, host: str, argv: list[str], **kw: Any) -> ExecResult:
+            return self.check(host, argv)
+
+        def write_text(self, host: str, path: str, text: str, **kw: Any) -> None:
+            assert path.startswith(f"{WORK_ROOT}/work.test/")  # the password file sits in the private work dir
 
     access = BackupAccess(cluster, Hosts(), LocalStorage(Path("/nonexistent")), ACCESS)  # type: ignore[arg-type]
     adapter = MongoBackups()
     pending = adapter.new_manifest(access, "full", __import__("datetime").datetime(2026, 1, 1), "100.9")
-    adapter._dump(access, pending, cluster.config_servers, "/tmp/conf.yaml")
+    adapter._dump(access, pending, cluster.config_servers)
     dump = next(argv for argv in ran if argv[0] == "mongodump")
     assert dump[dump.index("--username") + 1] == credentials.MONGO_ADMIN.user
-    if cluster.tls.enabled:
-        assert "--tls" in dump and f"--tlsCAFile={tls.MONGO_HOST_CA}" in dump
+    assert cluster.tls.enabled
+    assert "--tls" in dump and f"--tlsCAFile={tls.MONGO_HOST_CA}" in dump
+    assert not any("Invalid" in arg or "Insecure" in arg for arg in dump)
 
 
 def test_the_host_ca_the_tools_trust_is_where_the_mongo_roles_put_it() -> None:
@@ -121,7 +138,12 @@ def test_postgres_connects_as_the_superuser_the_role_sets_with_the_shared_tls(mo
     (kwargs,) = made
     assert kwargs["user"] == role_defaults("postgres_server")["postgres_superuser"]
     assert kwargs["password"] == "pw-postgres_superuser_password"
-    assert {k: kwargs[k] for k in tls.postgres_tls(cluster)} == tls.postgres_tls(cluster)
+    assert (kwargs["sslmode"], kwargs["sslrootcert"], kwargs["require_auth"]) == \
+        ("verify-full", FLEET_CA, "scram-sha-256")
+
+
+def test_the_fleet_ca_is_where_the_pki_role_makes_it() -> None:
+    assert role_defaults("pki")["pki_dir"] == "{{ inventory_dir }}/" + tls.PKI_DIR
 
 
 def test_redis_sessions_log_in_as_the_monitor_user() -> None:
@@ -140,6 +162,3 @@ def test_patroni_namespace_is_the_one_etcd_grants() -> None:
 
     assert role_defaults("etcd")["etcd_patroni_namespace"] == NAMESPACE
 
-
-def test_the_controller_ca_is_where_the_pki_role_makes_it() -> None:
-    assert role_defaults("pki")["pki_dir"] == "{{ inventory_dir }}/" + tls.CONTROLLER_PKI

@@ -123,3 +123,26 @@ def test_mongo_method_and_id_index():
     assert hashed.method == "hashed" and hashed.scans == 3
     ident = observed_mongo("app", "events", {"key": {"_id": 1}, "name": "_id_"}, 0)
     assert ident.constraint  # never dropped
+
+
+def test_a_column_that_adds_a_clause_never_reaches_create_index():
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="adds its own clause|comment"):
+        PgIndex(database="app", table="t", name="i", columns=["id) WITH (fillfactor = 10) TABLESPACE pg_default --"])
+    with pytest.raises(pydantic.ValidationError, match="another"):
+        PgIndex(database="app", table="t", name="i", columns=["id"], where="true; DROP TABLE t")
+
+
+@pytest.mark.parametrize("columns,where", [(["lower(email)", "id DESC"], "deleted_at IS NULL"),
+                                           (["(a + b)", 'name COLLATE "C"', "email text_pattern_ops"], None)])
+def test_the_create_statement_is_one_index_of_exactly_the_declared_columns(columns, where):
+    from pglast import ast, parse_sql
+
+    spec = PgIndex(database="app", table='sales.Orders', name="o_idx", columns=columns, where=where)
+    (statement,) = parse_sql(desired_pg(spec).create["statements"][0])
+    index = statement.stmt
+    assert isinstance(index, ast.IndexStmt) and index.concurrent and index.idxname == "o_idx"
+    assert (index.relation.schemaname, index.relation.relname) == ("sales", "Orders")
+    assert len(index.indexParams) == len(columns) and (index.whereClause is not None) == (where is not None)
+    assert index.options is None and index.tableSpace is None and index.indexIncludingParams is None

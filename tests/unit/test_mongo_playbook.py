@@ -8,9 +8,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import yaml
 
 from dbfleet.inventory import HostAccess, build_inventory, host_roles
+from dbfleet.inventory_format import inventory_yaml
 from dbfleet.spec import load_fleet, parse_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def test_site_playbook_parses_with_mongo_hosts_present(tmp_path: Path) -> None:
     access = {h: HostAccess(f"10.0.0.{i + 10}", {"ansible_connection": "local"})
               for i, h in enumerate(host_roles(fleet))}
     inventory = tmp_path / "hosts.yml"
-    inventory.write_text(yaml.safe_dump(build_inventory(fleet, access, {"mongo_install_source": "present"})))
+    inventory.write_text(inventory_yaml(build_inventory(fleet, access, {"mongo_install_source": "present"})))
     result = subprocess.run(["ansible-playbook", "--syntax-check", "-i", str(inventory), "playbooks/site.yml"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

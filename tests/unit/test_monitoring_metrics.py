@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dbfleet.monitoring import metrics
+from dbfleet.monitoring import endpoint, metrics
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -74,7 +74,7 @@ def test_index_counts_cover_every_state() -> None:
 
 def test_serve_answers_on_loopback_and_stops() -> None:
     metrics.record_action("t-srv", "noop")
-    server = metrics.serve(0, "127.0.0.1")
+    server = endpoint.serve(0, "127.0.0.1")
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as resp:
             body = resp.read().decode()

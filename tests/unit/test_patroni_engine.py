@@ -18,7 +18,8 @@ from dbfleet.spec import PostgresCluster, load_fleet
 REPO = Path(__file__).resolve().parents[2]
 PG = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
 assert isinstance(PG, PostgresCluster)
-ACCESS = FleetAccess({"pg-1": "10.0.0.1", "pg-2": "10.0.0.2", "pg-3": "10.0.0.3"}, {})
+ACCESS = FleetAccess({"pg-1": "10.0.0.1", "pg-2": "10.0.0.2", "pg-3": "10.0.0.3"}, {},
+                     Path("/fleet/inventories/local/lab/hosts.yml"))
 
 CLUSTER_JSON: dict[str, Any] = {"members": [
     {"name": "pg-1", "role": "leader", "state": "running", "api_url": "https://10.0.0.1:8008/patroni",
@@ -87,7 +88,8 @@ def test_endpoint_dsns_list_every_haproxy_host_and_no_password() -> None:
     ro = endpoint_dsn(PG, ACCESS, read_only=True)
     assert rw.startswith("postgresql://app@10.0.0.1:5000,10.0.0.2:5000,10.0.0.3:5000/app?")
     assert ro.startswith("postgresql://app@10.0.0.1:5001,10.0.0.2:5001,10.0.0.3:5001/app?")
-    assert "sslmode=require" in rw and "password" not in rw and "target_session_attrs" not in rw
+    assert "sslmode=verify-full" in rw and "sslrootcert=%2Ffleet%2Finventories%2Flocal%2Flab%2Fpki%2Fca.crt" in rw
+    assert "password" not in rw and "target_session_attrs" not in rw
     manual = PG.model_copy(update={"ha": "manual"})
     direct = endpoint_dsn(manual, ACCESS, read_only=True)
     assert ":5432," in direct and "target_session_attrs=standby" in direct

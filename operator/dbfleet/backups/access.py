@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -84,36 +86,60 @@ class BackupAccess:
         return {f"{prefix}{suffix}": os.environ[var] for var, suffix in pairs.items() if os.environ.get(var)}
 
 
-def _lock_path(cluster: str) -> Path:
-    base = Path(os.environ.get(LOCK_DIR_ENV, "/tmp"))
-    return base / f"dbfleet-backup-{cluster}.lock"
+def lock_dir() -> Path:
+    """Where backup locks live: $DBFLEET_LOCK_DIR, else /run/dbfleet for root, else a per-user temp folder.
+
+    It must be a real directory that only this user can enter: anyone able to
+    create the lock file first could hold every backup off, or point it elsewhere.
+    """
+    configured = os.environ.get(LOCK_DIR_ENV)
+    uid = os.geteuid()
+    path = Path(configured) if configured else Path("/run/dbfleet") if uid == 0 else \
+        Path(tempfile.gettempdir()) / f"dbfleet-{uid}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
+        raise PermanentError(f"{path}: the lock directory must be a directory of this user's that no one else can "
+                             f"enter (mode 0700); found mode {stat.S_IMODE(info.st_mode):o}, owner {info.st_uid}")
+    return path
+
+
+def _open_lock(cluster: str) -> int:
+    path = lock_dir() / f"dbfleet-backup-{cluster}.lock"
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise PermanentError(f"{path}: cannot open the backup lock ({exc.strerror}); is it a link?",
+                             cluster=cluster) from None
 
 
 @contextmanager
 def backup_lock(cluster: str) -> Iterator[None]:
     """Held while a backup of `cluster` runs from this machine; a second one is a TemporaryError."""
-    path = _lock_path(cluster)
-    with path.open("a") as handle:
+    fd = _open_lock(cluster)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise TemporaryError("another backup of this cluster is running", cluster=cluster,
                                  action="backup") from None
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def backup_running(cluster: str) -> bool:
     """True while some process on this machine holds the cluster's backup lock."""
-    path = _lock_path(cluster)
-    if not path.exists():
-        return False
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    fd = _open_lock(cluster)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
     return False

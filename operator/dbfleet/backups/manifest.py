@@ -5,11 +5,18 @@ the tool succeeded and every file was measured. A restore drill then makes it
 `verified` or `failed`. A backup interrupted half-way stays `pending` until
 the next run marks it `orphaned`; neither state ever counts as a good backup.
 Manifests live at `dbfleet/<cluster>/<backup id>/manifest.json` in the target.
+
+A manifest or drill record read back from a target is data someone else could
+have written: from_json checks every field (types, times, statuses, pgBackRest
+labels) and every file key (relative, normalised, under the cluster's own
+prefixes) and raises ManifestError with the reason otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -28,8 +35,20 @@ RANK = {"full": 3, "snapshot": 3, "diff": 2, "incr": 1}
 """A bigger rank covers the smaller: a full backup also serves as the day's diff and the hour's incr."""
 
 
+ENGINES = ("postgres", "mongo", "redis")
+RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}")
+"""A backup or drill id: one path segment, as new_backup_id and the drills make them."""
+PGBACKREST_LABEL = re.compile(r"[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 class ManifestError(ValueError):
-    """A manifest file that cannot be read as one."""
+    """A manifest or drill record that cannot be read as one: where it is and why."""
+
+    def __init__(self, where: str, reason: str):
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{where}: {reason}")
 
 
 def utcnow() -> datetime:
@@ -50,6 +69,25 @@ def parse_time(text: str | None) -> datetime | None:
 
 def cluster_prefix(cluster: str) -> str:
     return f"{ROOT}/{cluster}/"
+
+
+def cluster_roots(cluster: str) -> tuple[str, str]:
+    """Where a cluster's stored files may be: its dbfleet prefix, and its pgBackRest repository (the same
+    place backups/postgres.py's repo_prefix names; a test keeps the two equal)."""
+    return cluster_prefix(cluster), f"pgbackrest/{cluster}/"
+
+
+def file_key_problem(key: Any, cluster: str) -> str | None:
+    """Why `key` cannot be a file of `cluster`'s backup, or None: relative, normalised, under cluster_roots."""
+    if not isinstance(key, str) or not key:
+        return f"{key!r} is not a key"
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return f"{key!r} holds a control character"
+    if key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
+        return f"{key!r} is not a normalised relative key"
+    if not key.startswith(cluster_roots(cluster)):
+        return f"{key!r} is outside the cluster's {' and '.join(cluster_roots(cluster))}"
+    return None
 
 
 def backup_prefix(cluster: str, backup_id: str) -> str:
@@ -167,19 +205,15 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "<manifest>") -> Manifest:
+        """A manifest read from a target, every field checked; ManifestError naming `where` and the reason."""
+        data = _json_object(text, where, "manifest")
         try:
-            data = json.loads(text)
-            if data.get("format") != FORMAT:
-                raise ManifestError(f"{where}: format {data.get('format')!r}, expected {FORMAT}")
-            if data.get("status") not in STATUSES or data.get("kind") not in KINDS:
-                raise ManifestError(f"{where}: status {data.get('status')!r} or kind {data.get('kind')!r} unknown")
-            files = tuple(FileEntry(**f) for f in data.pop("files", []))
-            ver = data.pop("verification", None)
-            return cls(**data, files=files, verification=Verification(**ver) if ver else None)
-        except (ValueError, TypeError, AttributeError) as exc:
-            if isinstance(exc, ManifestError):
-                raise
-            raise ManifestError(f"{where}: not a dbfleet manifest: {exc}") from None
+            _check_manifest(data)
+        except ValueError as exc:
+            raise ManifestError(where, str(exc)) from None
+        files = tuple(FileEntry(**f) for f in data.pop("files", []))
+        ver = data.pop("verification", None)
+        return cls(**data, files=files, verification=Verification(**ver) if ver else None)
 
     def summary(self) -> dict[str, Any]:
         """The row `backup list` prints."""
@@ -250,14 +284,163 @@ class DrillRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "<drill>") -> DrillRecord:
+        """A drill record read from a target, every field checked; ManifestError naming `where` and the reason."""
+        data = _json_object(text, where, "drill record")
         try:
-            data = json.loads(text)
-            checks = tuple(Check(**c) for c in data.pop("checks", []))
-            return cls(**data, checks=checks)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ManifestError(f"{where}: not a dbfleet drill record: {exc}") from None
+            _check_drill(data)
+        except ValueError as exc:
+            raise ManifestError(where, str(exc)) from None
+        checks = tuple(Check(**c) for c in data.pop("checks", []))
+        return cls(**data, checks=checks)
 
     def summary(self) -> dict[str, Any]:
         return {"cluster": self.cluster, "drill": self.id, "backup": self.backup_id,
                 "result": "ok" if self.ok else "FAILED", "rto_s": self.rto_seconds, "rpo_s": self.rpo_seconds,
                 "finished": self.finished_at, "message": self.message}
+
+
+# --------------------------------------------------------------------------- reading what a target holds
+
+
+def _json_object(text: str | bytes, where: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestError(where, f"not JSON: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(where, f"not a dbfleet {what}: a JSON {type(data).__name__}, not an object")
+    return data
+
+
+class _Fields:
+    """Checks on one JSON object's fields; each failure a ValueError naming the field."""
+
+    def __init__(self, data: dict[str, Any], known: Iterable[str], prefix: str = ""):
+        self.data = data
+        self.prefix = prefix
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"{prefix}{unknown[0]}: unknown key")
+
+    def fail(self, key: str, why: str) -> ValueError:
+        return ValueError(f"{self.prefix}{key}: {why}")
+
+    def present(self, key: str, required: bool) -> bool:
+        if key in self.data and self.data[key] is not None:
+            return True
+        if required:
+            raise self.fail(key, "missing")
+        return False
+
+    def text(self, key: str, required: bool = True, pattern: re.Pattern[str] | None = None,
+             choices: tuple[str, ...] | None = None) -> None:
+        if not self.present(key, required):
+            return
+        value = self.data[key]
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {type(value).__name__}")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise self.fail(key, f"{value[:80]!r} does not match {pattern.pattern}")
+        if choices is not None and value not in choices:
+            raise self.fail(key, f"{value[:80]!r} is not one of {', '.join(choices)}")
+
+    def time(self, key: str, required: bool = True) -> None:
+        self.text(key, required)
+        if self.present(key, False):
+            try:
+                parse_time(self.data[key])
+            except ValueError:
+                raise self.fail(key, f"{self.data[key][:80]!r} is not an ISO time") from None
+
+    def number(self, key: str, required: bool = True, whole: bool = True, least: float | None = 0) -> None:
+        if not self.present(key, required):
+            return
+        value = self.data[key]
+        kinds = (int,) if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or \
+                least is not None and value < least:
+            bound = "" if least is None else f" >= {least}"
+            raise self.fail(key, f"expected a finite {'whole ' if whole else ''}number{bound}, got {value!r}"[:200])
+
+    def flag(self, key: str) -> None:
+        if not isinstance(self.data.get(key), bool):
+            raise self.fail(key, "expected true or false")
+
+    def items(self, key: str) -> list[Any]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list, got {type(value).__name__}")
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__}")
+        return value
+
+
+def _check_manifest(data: dict[str, Any]) -> None:
+    fields_ = _Fields(data, [f.name for f in fields(Manifest)])
+    if data.get("format") != FORMAT:
+        raise fields_.fail("format", f"{data.get('format')!r}, expected {FORMAT}")
+    fields_.text("cluster", pattern=re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]"))
+    fields_.text("engine", choices=ENGINES)
+    fields_.text("id", pattern=RECORD_ID)
+    fields_.text("kind", choices=KINDS)
+    fields_.text("status", choices=STATUSES)
+    for key in ("tool", "tool_version", "host", "error"):
+        fields_.text(key, required=key.startswith("tool"))
+    fields_.time("started_at")
+    fields_.time("finished_at", required=False)
+    fields_.text("parent", required=False, pattern=RECORD_ID)
+    fields_.number("size_bytes", required=False)
+    for i, entry in enumerate(fields_.items("files")):
+        if not isinstance(entry, dict):
+            raise fields_.fail(f"files.{i}", "expected a mapping with key, size and sha256")
+        file = _Fields(entry, ("key", "size", "sha256"), f"files.{i}.")
+        file.text("sha256", pattern=SHA256)
+        file.number("size")
+        why = file_key_problem(entry.get("key"), data["cluster"])
+        if why:
+            raise file.fail("key", why)
+    _check_detail(fields_.mapping("detail"))
+    verification = data.get("verification")
+    if verification is not None:
+        if not isinstance(verification, dict):
+            raise fields_.fail("verification", "expected a mapping")
+        verdict = _Fields(verification, [f.name for f in fields(Verification)], "verification.")
+        verdict.time("at")
+        verdict.flag("ok")
+        verdict.text("message")
+        verdict.text("drill_id", required=False)
+
+
+def _check_detail(detail: dict[str, Any]) -> None:
+    """The engine facts a restore or expiry acts on: a pgBackRest label goes into --set, a time into recovery."""
+    facts = _Fields(detail, detail, "detail.")
+    facts.text("label", required=False, pattern=PGBACKREST_LABEL)
+    facts.text("prior", required=False, pattern=PGBACKREST_LABEL)
+    facts.time("recoverable_to", required=False)
+
+
+def _check_drill(data: dict[str, Any]) -> None:
+    fields_ = _Fields(data, [f.name for f in fields(DrillRecord)])
+    if data.get("format", FORMAT) != FORMAT:
+        raise fields_.fail("format", f"{data.get('format')!r}, expected {FORMAT}")
+    fields_.text("id", pattern=RECORD_ID)
+    fields_.text("cluster")
+    fields_.text("backup_id")
+    fields_.time("started_at")
+    fields_.time("finished_at")
+    fields_.flag("ok")
+    fields_.text("message")
+    fields_.number("rto_seconds", required=False, whole=False, least=None)
+    fields_.number("rpo_seconds", required=False, whole=False, least=None)
+    fields_.time("recovered_to", required=False)
+    for i, check in enumerate(fields_.items("checks")):
+        if not isinstance(check, dict):
+            raise fields_.fail(f"checks.{i}", "expected a mapping with name, ok and detail")
+        step = _Fields(check, [f.name for f in fields(Check)], f"checks.{i}.")
+        step.text("name")
+        step.flag("ok")
+        step.text("detail", required=False)

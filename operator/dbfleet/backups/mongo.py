@@ -27,7 +27,7 @@ from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.engine import EngineBackups, Prepared, Restored, RestoreTarget
 from dbfleet.backups.manifest import Check, Manifest, utcnow
 from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
-from dbfleet.backups.spool import spool_file, staged_locally
+from dbfleet.backups.spool import AGE_SUFFIX, CIPHER, decrypt_into_scratch, encrypted_dump, recipient, staged_locally
 from dbfleet.engines.credentials import MONGO_ADMIN
 from dbfleet.engines.mongo import MongoSession
 from dbfleet.engines.tls import mongo_tool_args
@@ -116,41 +116,41 @@ class MongoBackups(EngineBackups):
         out = access.executor.check(host, ["mongodump", "--version"], action="mongodump --version").out
         return out.strip().splitlines()[0] if out.strip() else "unknown"
 
-    def _dump(self, access: BackupAccess, pending: Manifest, rs: ReplicaSet,
-              config_path: str) -> tuple[str, dict[str, str]]:
+    def _dump(self, access: BackupAccess, pending: Manifest, rs: ReplicaSet) -> tuple[str, dict[str, str]]:
+        """mongodump of one replica set into the host's private work directory, encrypted into the target.
+
+        The password travels in a --config file in that directory (never argv), removed with it.
+        """
         cluster = _mongo(access.cluster)
         host = _member(rs)
         name = f"{rs.name}.archive.gz"
-        with spool_file(access, host, pending.id, name) as spool:
+        with encrypted_dump(access, host, pending.id, name) as dump:
+            config_path = f"{dump.workdir}/mongodump.yaml"
+            access.executor.write_text(host, config_path, f"password: {access.password(MONGO_ADMIN)}\n")
             access.executor.check(host, ["mongodump", "--host", "127.0.0.1", "--port", str(cluster.port),
                                          "--username", str(MONGO_ADMIN.user), "--authenticationDatabase", "admin",
                                          *mongo_tool_args(cluster),
                                          f"--config={config_path}", "--oplog", "--gzip",
-                                         f"--archive={spool.remote_path}"], timeout=6 * 3600,
+                                         f"--archive={dump.plain_path}"], timeout=6 * 3600,
                                   action=f"mongodump {rs.name}")
-        return spool.key, {"replica_set": rs.name, "host": host}
+        return dump.key, {"replica_set": rs.name, "host": host}
 
     def take(self, access: BackupAccess, pending: Manifest, prepared: Prepared | None = None) -> Manifest:
         cluster = _mongo(access.cluster)
         client = self.client_factory(access)
         sets = [cluster.config_servers, *cluster.shards]
-        config_path = f"/tmp/dbfleet-mongodump-{pending.id}.yaml"
         dumps: list[tuple[str, dict[str, str]]] = []
 
         def dump_all() -> dict[str, int]:
             before = collection_counts(client)
             for rs in sets:
-                host = _member(rs)
-                access.executor.write_text(host, config_path, f"password: {access.password(MONGO_ADMIN)}\n")
-                try:
-                    dumps.append(self._dump(access, pending, rs, config_path))
-                finally:
-                    access.executor.run(host, ["rm", "-f", config_path])
+                dumps.append(self._dump(access, pending, rs))
             return before
 
         before = with_balancer_stopped(client, dump_all)  # the client is the session's: it closes it
         after = collection_counts(client)
         return pending.completed(utcnow(), access.storage.measure_many([k for k, _ in dumps]), oplog=True,
+                                 cipher=CIPHER, recipient=recipient(access),
                                  dumps=[d for _, d in dumps], counts_before=before, counts_after=after)
 
     def restore(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, target: RestoreTarget) -> Restored:
@@ -166,13 +166,19 @@ class MongoBackups(EngineBackups):
             ex.check(SCRATCH_HOST, ["mkdir", "-p", data])
             ex.check(SCRATCH_HOST, ["mongod", "--dbpath", data, "--port", str(port), "--bind_ip", "127.0.0.1",
                                     "--fork", "--logpath", f"{data}.log"], action=f"mongod {shard}")
-            key = next(f.key for f in backup.files if f.key.endswith(f"/{shard}.archive.gz"))
+            key = next(f.key for f in backup.files
+                       if f.key.endswith((f"/{shard}.archive.gz", f"/{shard}.archive.gz{AGE_SUFFIX}")))
             archive = self._stage(access, scratch, key)
             ex.check(SCRATCH_HOST, ["mongorestore", "--port", str(port), "--gzip", f"--archive={archive}",
                                     "--oplogReplay", "--drop"], timeout=6 * 3600, action=f"mongorestore {shard}")
         return Restored(backup.id, backup.started, f"{len(shard_names)} shards restored with --oplogReplay")
 
     def _stage(self, access: BackupAccess, scratch: ScratchHost, key: str) -> str:
+        """The archive as a plain file in the scratch host: decrypted there, or (taken before encryption) as is."""
+        if key.endswith(AGE_SUFFIX):
+            dest = f"/tmp/{key.rsplit('/', 1)[-1].removesuffix(AGE_SUFFIX)}"
+            decrypt_into_scratch(access, scratch, key, dest)
+            return dest
         if access.target_path is not None:
             return f"{access.target_path.rstrip('/')}/{key}"
         dest = f"/tmp/{key.rsplit('/', 1)[-1]}"

@@ -3,7 +3,9 @@
 Pure: the observation (manifests, last drill, whether a backup runs now) is
 gathered elsewhere (`observe_backups`), so this is unit-tested without servers.
 Action kinds: `mark-orphaned`, `backup`, `drill`, `prune` (destructive), and
-`report-drill-failed`, which only informs (and is what the alert fires on).
+`report-drill-failed`, which only informs (and is what the alert fires on), and
+`report-invalid-manifest`, which names a manifest or drill record in the target
+that failed its checks and was left out.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dbfleet.actions import Action
 from dbfleet.backups.manifest import FAILED, PENDING, DrillRecord, Manifest, newest_first, utcnow
 from dbfleet.backups.retention import expired_backups
 from dbfleet.backups.scheduler import drill_due, due_backup
+from dbfleet.backups.storage import InvalidRecord
 from dbfleet.spec import Fleet
 
 RECONCILER = "backups"
@@ -29,6 +32,8 @@ class BackupObservation:
     last_drill: DrillRecord | None = None
     running: bool = False
     """A backup of this cluster is in progress (its lock is held), so pending manifests are live."""
+    invalid: tuple[InvalidRecord, ...] = ()
+    """Manifests and drill records in the target that failed their checks: left out of `manifests`."""
 
 
 def drill_candidate(manifests: list[Manifest]) -> Manifest | None:
@@ -47,6 +52,9 @@ def planned_backup_actions(fleet: Fleet, observed: Mapping[str, BackupObservatio
         if not policy.enabled or obs is None:
             continue
         name = cluster.name
+        for record in obs.invalid:
+            actions.append(Action(name, RECONCILER, "report-invalid-manifest", record.key, record.reason,
+                                  detail={"key": record.key}))
         if not obs.running:
             for m in obs.manifests:
                 if m.status == PENDING:

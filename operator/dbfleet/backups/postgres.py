@@ -34,9 +34,10 @@ from dbfleet.backups.retention import Expiry
 from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
 from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.executor import CommandFailed, ExecResult
-from dbfleet.engines.pgbackrest import RETENTION_FULL, repo_prefix, scratch_config
+from dbfleet.engines.pgbackrest import CIPHER_PASS_ENV, CIPHER_TYPE, RETENTION_FULL, repo_prefix, scratch_config
 from dbfleet.engines.postgres import pg_paths
 from dbfleet.errors import PermanentError, TemporaryError
+from dbfleet.secrets import BACKUP_CIPHER_PASS
 from dbfleet.spec import PostgresCluster, S3Target
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ class PostgresBackups(EngineBackups):
             pgbackrest_start=entry["timestamp"]["start"], pgbackrest_stop=entry["timestamp"]["stop"],
             recoverable_to=stop.isoformat(), database_size=entry["info"]["size"],
             repo_size=entry["info"]["repository"]["size"], canary_rows_before=run.rows_before,
-            canary_rows_after=run.rows_after, tool_seconds=round(run.tool_seconds, 3),
+            canary_rows_after=run.rows_after, tool_seconds=round(run.tool_seconds, 3), cipher=CIPHER_TYPE,
         )
         version = (entry.get("backrest") or {}).get("version")
         return replace(done, host=host, parent=parent,
@@ -373,12 +374,20 @@ class PostgresBackups(EngineBackups):
         """pgbackrest.conf for the scratch host, and the environment carrying any S3 credentials."""
         cluster = _pg(access.cluster)
         if not isinstance(cluster.backup.target, S3Target):
-            return scratch_config(cluster, SCRATCH_PGDATA, SCRATCH_SOCKET), {}
+            return scratch_config(cluster, SCRATCH_PGDATA, SCRATCH_SOCKET), self.repo_env(access)
         ca = os.environ.get(S3_CA_ENV) or os.environ.get("AWS_CA_BUNDLE")
         if ca:
             scratch.put_file(Path(ca), "/tmp/s3-ca.pem", owner="postgres", mode=0o644)
         config = scratch_config(cluster, SCRATCH_PGDATA, SCRATCH_SOCKET, "/tmp/s3-ca.pem" if ca else None)
-        return config, access.tool_s3_env("PGBACKREST_REPO1_S3_")
+        return config, self.repo_env(access)
+
+    @staticmethod
+    def repo_env(access: BackupAccess) -> dict[str, str]:
+        """What pgBackRest in a scratch host needs besides its config: the passphrase, and S3 credentials."""
+        env = {CIPHER_PASS_ENV: access.secret(BACKUP_CIPHER_PASS)}
+        if isinstance(access.cluster.backup.target, S3Target):
+            env.update(access.tool_s3_env("PGBACKREST_REPO1_S3_"))
+        return env
 
     def restore(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, target: RestoreTarget) -> Restored:
         ex = scratch.executor
@@ -451,7 +460,7 @@ class PostgresBackups(EngineBackups):
     def verify(self, access: BackupAccess, backup: Manifest, scratch: ScratchHost, restored: Restored) -> list[Check]:
         checks = []
         try:
-            out = self._scratch_pgbackrest(access, scratch, "--output=text", "verify")
+            out = self._scratch_pgbackrest(access, scratch, "--output=text", "verify", env=self.repo_env(access))
             checks.append(Check("pgbackrest verify", True, out.out.strip()[-300:] or "repository verified"))
         except CommandFailed as exc:
             checks.append(Check("pgbackrest verify", False, exc.result.tail(12) if exc.result else exc.message))

@@ -18,7 +18,7 @@ from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.engine import EngineBackups, Prepared, Restored, RestoreTarget
 from dbfleet.backups.manifest import Check, Manifest, utcnow
 from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
-from dbfleet.backups.spool import spool_file, staged_locally
+from dbfleet.backups.spool import AGE_SUFFIX, CIPHER, decrypt_into_scratch, encrypted_dump, recipient, staged_locally
 from dbfleet.engines.credentials import REDIS_ADMIN
 from dbfleet.engines.executor import ExecResult
 from dbfleet.errors import PermanentError, TemporaryError
@@ -120,13 +120,14 @@ class RedisBackups(EngineBackups):
         before = _dbsize(cli(access, host, "DBSIZE"))
         canary = cli(access, host, "--raw", "GET", canary_key).out.rstrip("\n") if canary_key else None
         snapshot_at = utcnow()
-        with spool_file(access, host, pending.id, RDB_NAME) as spool:
-            result = cli(access, host, "--rdb", spool.remote_path, timeout=3600)
+        with encrypted_dump(access, host, pending.id, RDB_NAME) as dump:
+            result = cli(access, host, "--rdb", dump.plain_path, timeout=3600)
             if not result.ok:
                 raise PermanentError(f"redis-cli --rdb: {result.tail(5)}", cluster=cluster.name, host=host,
                                      action="backup")
         after = _dbsize(cli(access, host, "DBSIZE"))
-        return pending.completed(utcnow(), access.storage.measure_many([spool.key]), replica=host,
+        return pending.completed(utcnow(), access.storage.measure_many([dump.key]), replica=host,
+                                 cipher=CIPHER, recipient=recipient(access),
                                  snapshot_at=snapshot_at.isoformat(), dbsize_before=before, dbsize_after=after,
                                  canary_key=canary_key, canary_value=canary or None)
 
@@ -137,7 +138,9 @@ class RedisBackups(EngineBackups):
         ex = scratch.executor
         ex.check(SCRATCH_HOST, ["install", "-d", "-o", "redis", "-g", "redis", "-m", "0750", SCRATCH_DIR])
         key = backup.files[0].key
-        if access.target_path is not None:
+        if key.endswith(AGE_SUFFIX):
+            decrypt_into_scratch(access, scratch, key, f"{SCRATCH_DIR}/{RDB_NAME}", owner="redis:redis")
+        elif access.target_path is not None:  # a snapshot taken before backups were encrypted
             ex.check(SCRATCH_HOST, ["cp", f"{access.target_path.rstrip('/')}/{key}", f"{SCRATCH_DIR}/{RDB_NAME}"])
             ex.check(SCRATCH_HOST, ["chown", "redis:redis", f"{SCRATCH_DIR}/{RDB_NAME}"])
         else:

@@ -81,5 +81,7 @@ def observe(access: BackupAccess) -> BackupObservation:
     """What the target holds for the planner."""
     from dbfleet.backups.access import backup_running
 
-    return BackupObservation(access.storage.manifests(access.name), access.storage.last_drill(access.name),
-                             backup_running(access.name))
+    manifests = access.storage.manifests(access.name)
+    last_drill = access.storage.last_drill(access.name)
+    return BackupObservation(manifests, last_drill, backup_running(access.name),
+                             tuple(access.storage.invalid_records(access.name)))

@@ -4,12 +4,20 @@ Keys are POSIX paths relative to the target root (`dbfleet/pg-main/<id>/manifest
 The operator reads and writes manifests, hashes stored files and deletes expired
 ones through a Storage; the tools (pgBackRest, mongodump) write their own data
 straight into the same target.
+
+What a target holds is data, not trusted: `manifests()` and `drills()` return
+only records that pass their checks. Each one left out is logged once and kept,
+with its key and the reason, in `invalid_records(cluster)` (the backup planner
+reports them as `report-invalid-manifest`), so one bad file never stops the
+cluster's other backups. A local delete never follows a symbolic link.
 """
 
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
+import logging
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -32,6 +40,7 @@ from dbfleet.spec import LocalTarget, S3Target
 
 CHUNK = 1 << 20
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 MEASURE_THREADS = 4
 """Files hashed at once: reads and sha256 release the GIL, so a backup set of many files measures in parallel."""
 
@@ -40,6 +49,14 @@ MEASURE_THREADS = 4
 class StoredObject:
     key: str
     size: int
+
+
+@dataclass(frozen=True)
+class InvalidRecord:
+    """A manifest or drill record in the target that dbfleet will not use: its key and why."""
+
+    key: str
+    reason: str
 
 
 class Storage(ABC):
@@ -117,33 +134,64 @@ class Storage(ABC):
         return Manifest.from_json(self.get_bytes(key), f"{self.description}/{key}")
 
     def manifests(self, cluster: str) -> builtins.list[Manifest]:
-        """Every readable manifest of a cluster; an unreadable one is a PermanentError naming it."""
-        found = []
+        """Every valid manifest of a cluster. One that is not (unreadable, a field of the wrong shape, a file key
+        outside the cluster, another cluster's or backup's name) is left out and recorded (invalid_records)."""
+        found, invalid = [], []
         for obj in self.list(cluster_prefix(cluster)):
             rest = obj.key[len(cluster_prefix(cluster)):]
             if rest.count("/") == 1 and rest.endswith("/manifest.json"):
                 try:
-                    found.append(self.load_manifest(obj.key))
+                    manifest = self.load_manifest(obj.key)
+                    if manifest.cluster != cluster or manifest.id != rest.split("/")[0]:
+                        raise ManifestError(obj.key, f"says cluster {manifest.cluster}, backup {manifest.id}, but "
+                                                     f"is stored as cluster {cluster}'s {rest.split('/')[0]}")
+                    found.append(manifest)
                 except ManifestError as exc:
-                    raise PermanentError(str(exc), cluster=cluster, action="read manifests") from None
+                    invalid.append(InvalidRecord(obj.key, exc.reason))
+        self._record_invalid(cluster, "manifests", invalid)
         return found
 
     def save_drill(self, record: DrillRecord) -> None:
         self.put_bytes(record.key, record.to_json().encode())
 
     def drills(self, cluster: str) -> builtins.list[DrillRecord]:
-        """Every drill record of a cluster, oldest first."""
+        """Every valid drill record of a cluster, oldest first; an invalid one is left out and recorded."""
         prefix = drill_key(cluster, "")[: -len(".json")]
-        records = [DrillRecord.from_json(self.get_bytes(o.key), o.key) for o in self.list(prefix)
-                   if o.key.endswith(".json")]
-        return sorted(records, key=lambda r: (r.finished_at, r.id))
+        records, invalid = [], []
+        for obj in self.list(prefix):
+            if not obj.key.endswith(".json"):
+                continue
+            try:
+                records.append(DrillRecord.from_json(self.get_bytes(obj.key), obj.key))
+            except ManifestError as exc:
+                invalid.append(InvalidRecord(obj.key, exc.reason))
+        self._record_invalid(cluster, "drills", invalid)
+        return sorted(records, key=lambda r: (r.finished, r.id))
+
+    def _record_invalid(self, cluster: str, kind: str, invalid: builtins.list[InvalidRecord]) -> None:
+        # Kept on the storage object, since manifests() keeps the return type its callers use.
+        by_cluster: dict[tuple[str, str], builtins.list[InvalidRecord]] = self.__dict__.setdefault("_invalid", {})
+        warned: set[InvalidRecord] = self.__dict__.setdefault("_warned", set())
+        by_cluster[(cluster, kind)] = invalid
+        for record in invalid:
+            if record not in warned:
+                warned.add(record)
+                log.warning("%s: %s in %s is left out: %s", cluster, record.key, self.description, record.reason)
+
+    def invalid_records(self, cluster: str) -> builtins.list[InvalidRecord]:
+        """The manifests and drill records of `cluster` that the last manifests() and drills() left out."""
+        by_cluster: dict[tuple[str, str], builtins.list[InvalidRecord]] = self.__dict__.get("_invalid", {})
+        return by_cluster.get((cluster, "manifests"), []) + by_cluster.get((cluster, "drills"), [])
 
     def last_drill(self, cluster: str) -> DrillRecord | None:
         records = self.drills(cluster)
         return records[-1] if records else None
 
     def verify_files(self, manifest: Manifest) -> builtins.list[str]:
-        """Each stored file whose size or sha256 differs from the manifest, as 'key: why'. Empty when intact."""
+        """Each stored file whose size or sha256 differs from the manifest, as 'key: why'. Empty when intact;
+        never empty for a manifest that lists no files, since then nothing was verified."""
+        if not manifest.files:
+            return ["the manifest lists no files, so there is nothing to verify"]
         problems = []
         found = self._on_threads(self._measure_if_present, [entry.key for entry in manifest.files])
         for entry, now in zip(manifest.files, found, strict=True):
@@ -225,13 +273,40 @@ class LocalStorage(Storage):
         return sorted(out, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
-        path.unlink(missing_ok=True)
-        # Drop directories left empty, up to the root, so a pruned backup leaves no trace.
-        parent = path.parent
-        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
+        """Remove one stored file without following any symbolic link: each directory on the way is opened
+        O_NOFOLLOW (a link there is refused), and a link as the file itself is removed, not what it names."""
+        parts = key.split("/")
+        if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise PermanentError(f"key {key!r} is not a normalised relative key; not deleted")
+        directory = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in parts[:-1]:
+                try:
+                    inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+                except FileNotFoundError:
+                    return
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise PermanentError(f"key {key!r} passes through {part!r}, a symbolic link or a file; "
+                                             "not deleted") from None
+                    raise
+                os.close(directory)
+                directory = inner
+            try:
+                os.unlink(parts[-1], dir_fd=directory)
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                raise PermanentError(f"key {key!r} is a directory; not deleted") from None
+        finally:
+            os.close(directory)
+        # Drop directories left empty, up to the root, so a pruned backup leaves no trace. rmdir never follows
+        # a link, and one that is not empty stays.
+        for depth in range(len(parts) - 1, 0, -1):
+            try:
+                os.rmdir(self.root.joinpath(*parts[:depth]))
+            except OSError:
+                break
 
 
 class S3Storage(Storage):

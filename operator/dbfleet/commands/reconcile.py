@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,9 @@ from dbfleet.commands.common import (
     fleet_of,
     inventory_path,
 )
-from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.access import FleetAccess, read_inventory
 from dbfleet.errors import ReconcileError
-from dbfleet.monitoring import metrics
+from dbfleet.monitoring import endpoint
 from dbfleet.reconcile.loop import CycleReport, Leader, Operator, watch
 from dbfleet.reconcile.status import record_cycle
 from dbfleet.secrets import SecretsError
@@ -107,10 +108,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                               "beside the inventory)")
     p.add_argument("--metrics-port", type=int, help="with --watch, serve /metrics here (default: the spec's "
                                                     "monitoring.operator_metrics_port; 0 picks a free port)")
-    p.add_argument("--metrics-address", default="0.0.0.0", help="address for /metrics (default 0.0.0.0)")
+    p.add_argument("--metrics-address",
+                   help="address for /metrics (default: the inventory's dbfleet_operator_address, where the fleet's "
+                        "Prometheus scrapes the operator; 127.0.0.1 when it names none)")
     p.add_argument("--no-metrics", action="store_true", help="with --watch, do not serve /metrics")
     add_operator_options(p)
     p.set_defaults(handler=lambda args: run_guarded(run, args))
+
+
+def metrics_endpoint(operator: Operator, args: argparse.Namespace) -> endpoint.Endpoint:
+    """Where and how /metrics is served: --metrics-address and --metrics-port, else the inventory and the spec."""
+    monitoring = operator.fleet.monitoring
+    inventory = operator.access.inventory
+    try:
+        inventory_vars = (read_inventory(inventory)["all"].get("vars") or {}) if inventory else {}
+        binding = endpoint.choose_binding(args.metrics_address, inventory_vars, inventory)
+        port = monitoring.operator_metrics_port if args.metrics_port is None else args.metrics_port
+        return endpoint.plan_endpoint(monitoring.operator_metrics, binding, port, inventory, operator.access.secrets)
+    except ReconcileError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,12 +163,13 @@ def run(args: argparse.Namespace) -> int:
 
     server = None
     if not args.no_metrics:
-        port = operator.fleet.monitoring.operator_metrics_port if args.metrics_port is None else args.metrics_port
+        planned = metrics_endpoint(operator, args)
         try:
-            server = metrics.serve(port, args.metrics_address)
-        except OSError as exc:
-            raise UsageError(f"cannot serve /metrics on {args.metrics_address}:{port}: {exc}") from None
-        print(f"reconcile: /metrics on {args.metrics_address}:{server.port}", file=sys.stderr, flush=True)
+            server = endpoint.serve(planned.port, planned.binding.address, planned.tls, planned.auth)
+        except (OSError, ReconcileError) as exc:
+            raise UsageError(f"cannot serve /metrics on {planned.binding.address}:{planned.port}: {exc}") from None
+        planned = replace(planned, port=server.port)
+        print(f"reconcile: /metrics on {planned.describe()}", file=sys.stderr, flush=True)
     try:
         return watch(operator, leader, args.interval, on_cycle)
     finally:

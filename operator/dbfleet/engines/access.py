@@ -19,8 +19,11 @@ import yaml
 
 from dbfleet.engines.credentials import Login
 from dbfleet.engines.executor import InventoryExecutor
+from dbfleet.engines.tls import fleet_ca
 from dbfleet.errors import PermanentError
+from dbfleet.inventory_format import load_inventory
 from dbfleet.secrets import load_secrets
+from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster
 
 CONNECT_TIMEOUT = 5
 """Seconds to wait for a host before calling it down for this cycle."""
@@ -31,7 +34,7 @@ def read_inventory(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise PermanentError(f"{path}: no such inventory (run `dbfleet lab up`, or pass --inventory)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_inventory(path)  # spec strings in it are tagged !unsafe
     except yaml.YAMLError as exc:
         raise PermanentError(f"{path}: not a YAML inventory: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("all"), dict):
@@ -81,6 +84,10 @@ class FleetAccess:
 
     def password(self, login: Login) -> str:
         return self.secret(login.secret)
+
+    def ca_file(self, cluster: PostgresCluster | MongoCluster | RedisCluster) -> Path | None:
+        """The CA this cluster's server certificates are checked against (engines.tls.fleet_ca)."""
+        return fleet_ca(cluster, self.inventory)
 
     @cached_property
     def executor(self) -> InventoryExecutor:

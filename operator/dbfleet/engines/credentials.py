@@ -42,3 +42,7 @@ REDIS_MONITOR = Login("dbfleet_monitor", "redis_monitor_password")
 
 REDIS_SENTINEL = Login(None, "redis_sentinel_password")
 """Sentinel's own requirepass."""
+
+EXPLAIN_ROLE = "dbfleet_explain"
+"""A PostgreSQL role without login that can read every table and nothing more (pg_read_all_data): the
+index advisor plans the spec's queries as it, never as the superuser (planning runs IMMUTABLE functions)."""

@@ -32,7 +32,7 @@ def endpoint_dsn(cluster: PostgresCluster, access: FleetAccess, read_only: bool 
         hosts = cluster.host_names()
         attrs = "standby" if read_only else "read-write"
     netloc = ",".join(f"{access.address(h)}:{port}" for h in hosts)
-    query = {**postgres_tls(cluster), "connect_timeout": str(CONNECT_TIMEOUT)}
+    query = {**postgres_tls(cluster, access.ca_file(cluster)), "connect_timeout": str(CONNECT_TIMEOUT)}
     if attrs:
         query["target_session_attrs"] = attrs
     database = quote(dbname or cluster.databases[0], safe="")

@@ -52,7 +52,8 @@ class MongoSession(EngineSession[MongoCluster]):
             self._client = MongoClient(hosts, username=MONGO_ADMIN.user, password=self.access.password(MONGO_ADMIN),
                                        authSource="admin", appname="dbfleet-operator",
                                        serverSelectionTimeoutMS=CONNECT_TIMEOUT * 1000,
-                                       connectTimeoutMS=CONNECT_TIMEOUT * 1000, **mongo_client_tls(cluster))
+                                       connectTimeoutMS=CONNECT_TIMEOUT * 1000,
+                                       **mongo_client_tls(cluster, self.access.ca_file(cluster)))
             self.connections += 1
         return self._client
 

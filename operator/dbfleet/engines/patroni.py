@@ -112,7 +112,7 @@ class PatroniApi:
         self.cluster = cluster
         self.access = access
         self.timeout = timeout
-        self.context: ssl.SSLContext = https_context(cluster, access.inventory)
+        self.context: ssl.SSLContext = https_context(cluster, access.ca_file(cluster))
 
     def url(self, host: str, path: str) -> str:
         return f"https://{self.access.address(host)}:{self.cluster.patroni.rest_api_port}/{path.lstrip('/')}"

@@ -26,6 +26,11 @@ BUNDLE = True
 """Bundle small files (most of a cluster's relation files) into a few repository objects: far fewer S3
 requests and files per backup, and a manifest of a handful of entries. `pgbackrest verify` still names the
 file inside a bundle that fails its checksum."""
+CIPHER_TYPE = "aes-256-cbc"
+"""The repository is always encrypted; the passphrase (secrets: backup_cipher_pass) is not in pgbackrest.conf
+but in an include file the role writes (CIPHER_INCLUDE) and, for a restore, in the tool's environment."""
+CIPHER_INCLUDE = "/etc/pgbackrest/conf.d/dbfleet-cipher.conf"
+CIPHER_PASS_ENV = "PGBACKREST_REPO1_CIPHER_PASS"
 RETENTION_FULL = "9999999"
 """Expiry is the operator's: a backup goes only once a newer one is verified by a restore drill."""
 
@@ -49,9 +54,10 @@ def repo_options(cluster: PostgresCluster) -> dict[str, str]:
     """The repo1-* options for the cluster's backup target."""
     target = cluster.backup.target
     if not isinstance(target, S3Target):
-        return {"repo1-path": repo_path(cluster)}
+        return {"repo1-cipher-type": CIPHER_TYPE, "repo1-path": repo_path(cluster)}
     url = urlparse(target.endpoint or f"https://s3.{target.region}.amazonaws.com")
-    options = {"repo1-type": "s3", "repo1-path": repo_path(cluster), "repo1-s3-bucket": target.bucket,
+    options = {"repo1-cipher-type": CIPHER_TYPE, "repo1-type": "s3", "repo1-path": repo_path(cluster),
+               "repo1-s3-bucket": target.bucket,
                "repo1-s3-region": target.region, "repo1-s3-endpoint": url.hostname or ""}
     if url.port:
         options["repo1-storage-port"] = str(url.port)

@@ -45,7 +45,12 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "
 lock's connection, kept between cycles, is the one that matters."""
 
 PERMANENT_CONNECT_SQLSTATES = {"3D000", "28P01", "28000"}  # no such database, bad password, rejected by pg_hba
-PERMANENT_CONNECT_MESSAGES = ("does not exist", "password authentication failed", "no pg_hba.conf entry")
+PERMANENT_CONNECT_MESSAGES = (
+    "does not exist", "password authentication failed", "no pg_hba.conf entry",
+    # Not the fleet's server, or not one that authenticates as the fleet's do: retrying will not change that.
+    "certificate verify failed", "authentication method requirement", "root certificate file",
+    "server certificate for",
+)
 
 Query = str | bytes | sql.SQL | sql.Composed
 """A statement: a constant string, or one composed with psycopg.sql from identifiers and literals."""
@@ -112,7 +117,8 @@ def connect(cluster: PostgresCluster, access: FleetAccess, host: str, dbname: st
     params: dict[str, Any] = {
         "host": access.address(host), "port": cluster.port, "dbname": dbname, "user": POSTGRES_SUPERUSER.user,
         "password": access.password(POSTGRES_SUPERUSER), "connect_timeout": CONNECT_TIMEOUT,
-        "application_name": application_name, "options": SESSION_OPTIONS, **KEEPALIVES, **postgres_tls(cluster)}
+        "application_name": application_name, "options": SESSION_OPTIONS, **KEEPALIVES,
+        **postgres_tls(cluster, access.ca_file(cluster))}
     try:
         return psycopg.connect(autocommit=True, prepare_threshold=None, **params)
     except psycopg.Error as exc:

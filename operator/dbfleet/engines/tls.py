@@ -1,9 +1,10 @@
 """How every dbfleet client reaches a server over TLS: one set of options per engine, from the cluster spec.
 
 The operator's sessions, the backups and the leader lock all take their TLS
-settings from here, so they cannot disagree. With no `tls.ca_cert` the lab CA
-is generated on the hosts and the operator does not hold it: the channel is
-encrypted but the server is not verified (PostgreSQL's sslmode=require).
+settings from here, so they cannot disagree. Servers are always verified:
+against the spec's `tls.ca_cert`, or the fleet CA the pki role made beside
+the inventory (`<inventory dir>/pki/ca.crt`). Every host certificate names
+the host, its address, localhost and 127.0.0.1, so host names are checked too.
 """
 
 from __future__ import annotations
@@ -12,61 +13,63 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from dbfleet.spec import MongoCluster, PostgresCluster
+from dbfleet.errors import PermanentError
+from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster
 
-CONTROLLER_PKI = "pki"
-"""The folder beside the inventory where the pki role keeps the fleet CA it made (roles/pki/defaults: pki_dir)."""
-
-
-def postgres_tls(cluster: PostgresCluster) -> dict[str, str]:
-    """libpq connection parameters: sslmode, and sslrootcert when the spec names a CA."""
-    if not cluster.tls.enabled:
-        return {"sslmode": "prefer"}
-    if cluster.tls.ca_cert:
-        return {"sslmode": "verify-full", "sslrootcert": cluster.tls.ca_cert}
-    return {"sslmode": "require"}
-
-
-def mongo_client_tls(cluster: MongoCluster) -> dict[str, Any]:
-    """pymongo keyword arguments."""
-    if not cluster.tls.enabled:
-        return {}
-    if cluster.tls.ca_cert:
-        return {"tls": True, "tlsCAFile": cluster.tls.ca_cert}
-    return {"tls": True, "tlsAllowInvalidCertificates": True}
-
+PKI_DIR = "pki"
+"""The pki role's `pki_dir`, relative to the inventory's folder: the fleet CA is `ca.crt` in it."""
 
 MONGO_HOST_CA = "/etc/mongodb/tls/ca.crt"
 """Where the mongo roles put the fleet CA on every MongoDB host (mongo_tls_dir/ca.crt)."""
+
+POSTGRES_AUTH = "scram-sha-256"
+"""The only way libpq may authenticate the operator (require_auth): a server that asks for a cleartext or
+md5 password, like an impostor would, gets nothing."""
+
+
+def fleet_ca(cluster: PostgresCluster | MongoCluster | RedisCluster, inventory: Path | None) -> Path | None:
+    """The CA the cluster's server certificates are verified against, as the operator sees it."""
+    if cluster.tls.ca_cert:
+        return Path(cluster.tls.ca_cert)
+    return None if inventory is None else inventory.parent / PKI_DIR / "ca.crt"
+
+
+def _required(cluster: PostgresCluster | MongoCluster | RedisCluster, ca: Path | None) -> Path:
+    if ca is None:
+        raise PermanentError(f"{cluster.name} has TLS but no CA to verify its servers with: give tls.ca_cert, "
+                             "or an inventory whose pki/ca.crt the playbooks made", cluster=cluster.name)
+    return ca
+
+
+def postgres_tls(cluster: PostgresCluster, ca: Path | None) -> dict[str, str]:
+    """libpq connection parameters: the server verified (verify-full) and SCRAM required."""
+    if not cluster.tls.enabled:
+        return {"sslmode": "prefer", "require_auth": POSTGRES_AUTH}
+    return {"sslmode": "verify-full", "sslrootcert": str(_required(cluster, ca)), "require_auth": POSTGRES_AUTH}
+
+
+def mongo_client_tls(cluster: MongoCluster, ca: Path | None) -> dict[str, Any]:
+    """pymongo keyword arguments: certificate and host name checked against the CA."""
+    if not cluster.tls.enabled:
+        return {}
+    return {"tls": True, "tlsCAFile": str(_required(cluster, ca))}
 
 
 def mongo_tool_args(cluster: MongoCluster) -> list[str]:
     """Options for mongodump and mongorestore run on a MongoDB host against 127.0.0.1.
 
-    The server's chain is checked against the CA the roles installed on the
-    host; the host name is not, because the tool dials the loopback address.
+    The server is checked against the CA the roles installed on the host;
+    127.0.0.1 is in every host certificate, so the host name is checked too.
     """
     if not cluster.tls.enabled:
         return []
-    return ["--tls", f"--tlsCAFile={MONGO_HOST_CA}", "--tlsAllowInvalidHostnames"]
+    return ["--tls", f"--tlsCAFile={MONGO_HOST_CA}"]
 
 
-def controller_ca(inventory: Path | None) -> Path | None:
-    """The fleet CA the pki role made on the controller beside the inventory, if it is there."""
-    if inventory is None:
-        return None
-    path = inventory.parent / CONTROLLER_PKI / "ca.crt"
-    return path if path.is_file() else None
-
-
-def https_context(cluster: PostgresCluster, inventory: Path | None) -> ssl.SSLContext:
-    """TLS for the HTTPS APIs on the hosts (Patroni's REST API): the spec's CA, else the CA the pki role made
-    beside the inventory; with neither the channel is encrypted but the server is not verified, as with
-    PostgreSQL's sslmode=require."""
-    ca = cluster.tls.ca_cert or controller_ca(inventory)
-    if ca:
-        return ssl.create_default_context(cafile=str(ca))
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
+def https_context(cluster: PostgresCluster, ca: Path | None) -> ssl.SSLContext:
+    """TLS for the HTTPS APIs on a cluster's hosts (Patroni's REST API, always HTTPS): the certificate and the
+    host name checked against the same CA as PostgreSQL's, whether or not the cluster's PostgreSQL uses TLS."""
+    if ca is None:
+        raise PermanentError(f"{cluster.name}: no CA to verify Patroni's REST API with: give tls.ca_cert, "
+                             "or an inventory whose pki/ca.crt the playbooks made", cluster=cluster.name)
+    return ssl.create_default_context(cafile=str(ca))

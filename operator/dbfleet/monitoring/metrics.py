@@ -1,4 +1,4 @@
-"""The operator's own Prometheus metrics, the helpers that record them, and the /metrics server.
+"""The operator's own Prometheus metrics and the helpers that record them (monitoring.endpoint serves them).
 
 Every metric lives in one registry, REGISTRY, so tests and the server see the
 same objects. Callers record facts as they learn them (a reconcile finished, a
@@ -9,12 +9,10 @@ stale backup keeps getting older even when nobody records anything.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -129,26 +127,3 @@ def set_index_counts(cluster: str, counts: Mapping[str, int]) -> None:
 def render() -> bytes:
     """The current metrics in Prometheus text format, as /metrics serves them."""
     return generate_latest(REGISTRY)
-
-
-class MetricsServer:
-    """A running /metrics endpoint; stop() frees the port."""
-
-    def __init__(self, server: WSGIServer, thread: threading.Thread):
-        self._server = server
-        self._thread = thread
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-def serve(port: int, address: str = "0.0.0.0") -> MetricsServer:
-    """Serve /metrics on address:port from a daemon thread (port 0 picks a free port)."""
-    server, thread = start_http_server(port, addr=address, registry=REGISTRY)
-    return MetricsServer(server, thread)

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg import sql
+
 from dbfleet.spec import MongoIndex, PgIndex
 
 TAG_PREFIX = "dbfleet:"
@@ -93,8 +95,8 @@ class ObservedIndex(IndexShape):
 
 
 def quote_ident(name: str) -> str:
-    """Quote an SQL identifier always, so reserved words and upper case survive."""
-    return '"' + name.replace('"', '""') + '"'
+    """Quote an SQL identifier always, so reserved words and upper case survive (psycopg's quoting)."""
+    return sql.Identifier(name).as_string(None)
 
 
 def split_table(table: str) -> tuple[str, str]:
@@ -149,13 +151,24 @@ def declaration_tag(spec: PgIndex | MongoIndex) -> str:
     return TAG_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def create_index_sql(spec: PgIndex) -> str:
+    """CREATE INDEX CONCURRENTLY for a declaration: names quoted by psycopg; each column and the predicate are
+    SQL that the spec checked at load with PostgreSQL's parser to be one index element and one expression."""
+    schema, table = split_table(spec.table)
+    statement = sql.SQL("CREATE {unique}INDEX CONCURRENTLY {name} ON {table} USING {method} ({columns}){where}").format(
+        unique=sql.SQL("UNIQUE " if spec.unique else ""),
+        name=sql.Identifier(spec.name),
+        table=sql.Identifier(schema, table),
+        method=sql.SQL(spec.method),  # one of the five access methods the spec's Literal allows
+        columns=sql.SQL(", ").join(sql.SQL(column) for column in spec.columns),
+        where=sql.SQL(" WHERE {}").format(sql.SQL(spec.where)) if spec.where else sql.SQL(""),
+    )
+    return statement.as_string(None)
+
+
 def desired_pg(spec: PgIndex) -> DesiredIndex:
     schema, table = split_table(spec.table)
-    create_sql = (
-        f"CREATE {'UNIQUE ' if spec.unique else ''}INDEX CONCURRENTLY {quote_ident(spec.name)} "
-        f"ON {quote_ident(schema)}.{quote_ident(table)} USING {spec.method} ({', '.join(spec.columns)})"
-        + (f" WHERE {spec.where}" if spec.where else "")
-    )
+    create_sql = create_index_sql(spec)
     tag = declaration_tag(spec)
     return DesiredIndex(
         database=spec.database, namespace=schema, scope=f"{schema}.{table}", name=spec.name,

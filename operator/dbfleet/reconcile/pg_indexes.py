@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
 
 from dbfleet.actions import Action
+from dbfleet.engines.credentials import EXPLAIN_ROLE
 from dbfleet.engines.postgres import PostgresSession
 from dbfleet.errors import PermanentError, ReconcileError
+from dbfleet.pg_syntax import UnsafeQuery, one_select
 from dbfleet.reconcile import advice as plans
 from dbfleet.reconcile.index_defs import observed_pg, quote_ident, split_table
 from dbfleet.reconcile.index_observation import IndexAdvice, ObservedDatabase, ObservedIndexes, TableStats
@@ -84,10 +88,22 @@ SELECT json_build_object(
 """
 
 STATEMENTS_SQL = """
-SELECT query FROM pg_stat_statements
-WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query ~* %s
-ORDER BY total_exec_time DESC LIMIT 20
+SELECT s.query, r.rolname FROM pg_stat_statements s LEFT JOIN pg_roles r ON r.oid = s.userid
+WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND s.query ~* %s
+ORDER BY s.total_exec_time DESC LIMIT 20
 """
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A query to explain for missing-index advice, and the role whose rights it is planned with."""
+
+    query: str
+    source: str
+    scopes: set[str] | None
+    """The tables whose scans are worth an index (None: any the query scans)."""
+    role: str
+    """The role that ran it (pg_stat_statements), or the read-only explain role for a query from the spec."""
 
 
 class PostgresIndexes:
@@ -157,8 +173,7 @@ class PostgresIndexes:
             return
         hot = {t.scope: t for t in database.tables.values()
                if t.seq_scans >= rule.min_seq_scans and t.live_rows >= rule.min_rows}
-        candidates: list[tuple[str, str, set[str] | None]] = [(q, "a query named in the spec", None)
-                                                              for q in rule.queries]
+        candidates = [Candidate(q, "a query named in the spec", None, EXPLAIN_ROLE) for q in rule.queries]
         if not hot and not candidates:
             return
         if "hypopg" not in extensions:
@@ -173,35 +188,50 @@ class PostgresIndexes:
         try:
             with conn.transaction(force_rollback=True):
                 self.session.run(primary, database.name, "SET TRANSACTION READ ONLY")
-                for query, source, scopes in candidates[:MAX_ADVICE_QUERIES]:
+                roles = {r["rolname"] for r in self.session.run(primary, database.name,
+                                                                 "SELECT rolname FROM pg_roles")}
+                for candidate in candidates[:MAX_ADVICE_QUERIES]:
+                    try:
+                        query = one_select(candidate.query)
+                    except UnsafeQuery as exc:
+                        database.notes.append(f"not explained, {exc}: {candidate.query[:80]!r}")
+                        continue
+                    if candidate.role not in roles:
+                        database.notes.append(f"not explained, role {candidate.role!r} is missing (run `dbfleet "
+                                              f"configure`): {candidate.query[:80]!r}")
+                        continue
                     try:
                         with conn.transaction():  # a savepoint: one bad query does not spoil the others
-                            self._advise_query(primary, database, query, source, scopes)
+                            # Planning runs IMMUTABLE functions, so never with more rights than the role
+                            # the query belongs to: the one that ran it, or the read-only explain role.
+                            self.session.run(primary, database.name,
+                                             sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(candidate.role)))
+                            self._advise_query(primary, database, query, candidate.source, candidate.scopes)
                     except PermanentError as exc:
-                        database.notes.append(f"cannot explain {query[:80]!r}: {exc.message}")
+                        database.notes.append(f"cannot explain {candidate.query[:80]!r}: {exc.message}")
         finally:
             if not conn.closed:
                 self.session.run(primary, database.name, "SELECT hypopg_reset()")
                 self.session.run(primary, database.name, "DEALLOCATE ALL")
 
     def _hot_queries(self, primary: str, database: ObservedDatabase,
-                     hot: dict[str, TableStats]) -> list[tuple[str, str, set[str] | None]]:
-        names = sorted({split_table(scope)[1] for scope in hot})
+                     hot: dict[str, TableStats]) -> list[Candidate]:
+        names = sorted({re.escape(split_table(scope)[1]) for scope in hot})
         pattern = r"\m(" + "|".join(names) + r")\M"
         try:
             rows = self.session.run(primary, database.name, STATEMENTS_SQL, [pattern])
         except PermanentError as exc:  # say, the extension exists but is not in shared_preload_libraries
             database.notes.append(f"pg_stat_statements unreadable ({exc.message}); hot tables not explained")
             return []
-        found: list[tuple[str, str, set[str] | None]] = []
+        found: list[Candidate] = []
         for row in rows:
             query = row["query"]
-            if not plans.is_read_query(query):
+            if not plans.is_read_query(query) or row["rolname"] is None:
                 continue
             for scope, table in hot.items():
                 if plans.mentions_table(query, split_table(scope)[1]):
                     source = f"hot sequential scans on {scope} ({table.seq_scans} scans, {table.live_rows} rows)"
-                    found.append((query, source, set(hot)))
+                    found.append(Candidate(query, source, set(hot), row["rolname"]))
                     break
         return found
 
@@ -227,7 +257,10 @@ class PostgresIndexes:
                 plans.plan_cost(before), plans.plan_cost(after)))
 
     def _explain(self, primary: str, dbname: str, query: str) -> Any:
-        """EXPLAIN without running the query; a normalized query with $n is explained as a generic plan."""
+        """EXPLAIN without running the query; a normalized query with $n is explained as a generic plan.
+
+        `query` is one SELECT as pg_syntax.one_select printed it, so it is one statement whatever it said.
+        """
         params = plans.parameter_count(query)
         if params == 0:
             explain = sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) ") + sql.SQL(query)

@@ -1,0 +1,120 @@
+"""Dumps are encrypted on their host before they leave it, in a directory nobody else can enter.
+
+Issue: MongoDB dumps and Redis snapshots were stored in clear, spooled under
+/var/tmp/dbfleet-spool made by `mkdir -p` with the default umask (0755, files
+0644), which a local user could create first and fill with symlinks; the
+mongodump credentials file had a guessable /tmp name. The scripts here run
+for real in a local shell with the real `age`; the "host" and the "scratch
+host" are this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from dbfleet.age_keys import new_identity
+from dbfleet.backups import spool
+from dbfleet.backups.access import BackupAccess
+from dbfleet.backups.storage import LocalStorage
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.executor import CommandFailed, ExecResult, Executor
+from dbfleet.secrets import BACKUP_AGE_IDENTITY
+from dbfleet.spec import LocalTarget, S3Target, load_fleet
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(shutil.which("age") is None, reason="age is not installed (scripts/bootstrap.sh)")
+
+
+class LocalShell(Executor):
+    def run(self, host: str, argv: Sequence[str], *, user: str | None = None, env: Mapping[str, str] | None = None,
+            timeout: float | None = 3600) -> ExecResult:
+        done = subprocess.run(list(argv), capture_output=True, text=True, env={**os.environ, **(env or {})},
+                              timeout=timeout)
+        return ExecResult(done.returncode, done.stdout, done.stderr)
+
+    def fetch(self, host: str, remote: str, local: Path) -> None:
+        shutil.copyfile(remote, local)
+
+
+class LocalScratch:
+    name = "local-scratch"
+    address = "127.0.0.1"
+    executor = LocalShell()
+
+    def put_file(self, source: Path, dest: str, owner: str | None = None, mode: int = 0o600) -> None:
+        shutil.copyfile(source, dest)
+        os.chmod(dest, mode)
+
+    def remove(self) -> None:
+        pass
+
+
+@pytest.fixture()
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(spool, "WORK_ROOT", str(tmp_path / "host" / "spool"))
+    monkeypatch.setattr(spool, "SCRATCH_IDENTITIES", str(tmp_path / "scratch-identities"))
+    (tmp_path / "host").mkdir()
+    return tmp_path
+
+
+def access_for(root: Path, s3: bool = False) -> BackupAccess:
+    cluster = load_fleet(REPO / "fleet.example.yaml").cluster("cache")
+    target = S3Target(kind="s3", bucket="backups", region="eu-west-1") if s3 else \
+        LocalTarget(kind="local", path=str(root / "target"))
+    cluster = cluster.model_copy(update={"backup": cluster.backup.model_copy(update={"target": target})})
+    storage = LocalStorage(root / ("bucket" if s3 else "target"))
+    return BackupAccess(cluster, LocalShell(), storage, FleetAccess({}, {BACKUP_AGE_IDENTITY: new_identity()}))
+
+
+SECRET = f"canary-{uuid.uuid4().hex}"
+
+
+@pytest.mark.parametrize("s3", [False, True], ids=["local target", "uploaded (S3)"])
+def test_a_dump_reaches_the_target_only_encrypted_and_decrypts_in_scratch(root: Path, s3: bool) -> None:
+    access = access_for(root, s3)
+    with spool.encrypted_dump(access, "host", "full-1", "dump.rdb") as dump:
+        workdir = Path(dump.workdir)
+        assert stat.S_IMODE(workdir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(Path(spool.WORK_ROOT).stat().st_mode) == 0o700
+        Path(dump.plain_path).write_text(SECRET * 100)
+    assert dump.key.endswith("/dump.rdb.age")
+    assert not workdir.exists()  # plaintext and work dir gone
+    stored = access.storage.get_bytes(dump.key)
+    assert SECRET.encode() not in stored and stored.startswith(b"age-encryption.org/v1")
+    if not s3:
+        assert stat.S_IMODE((root / "target" / dump.key).stat().st_mode) == 0o600
+    out = root / "restored.rdb"
+    spool.decrypt_into_scratch(access, LocalScratch(), dump.key, str(out))  # type: ignore[arg-type]
+    assert out.read_text() == SECRET * 100
+    assert not Path(spool.SCRATCH_IDENTITIES).exists()  # the identity does not stay behind
+
+
+def test_a_failing_tool_leaves_nothing_behind(root: Path) -> None:
+    access = access_for(root)
+    with pytest.raises(RuntimeError), spool.encrypted_dump(access, "host", "full-1", "dump.rdb") as dump:
+        Path(dump.plain_path).write_text(SECRET)
+        raise RuntimeError("redis-cli --rdb failed")
+    assert not Path(dump.workdir).exists()
+    assert not (root / "target" / dump.key).exists()
+
+
+@pytest.mark.parametrize("plant", ["symlink", "open directory"])
+def test_a_work_root_someone_else_prepared_is_refused(root: Path, plant: str) -> None:
+    work_root = Path(spool.WORK_ROOT)
+    if plant == "symlink":
+        (root / "elsewhere").mkdir(mode=0o700)
+        work_root.symlink_to(root / "elsewhere")
+    else:
+        work_root.mkdir()
+        work_root.chmod(0o777)
+    with pytest.raises(CommandFailed, match="dbfleet-refused"), \
+            spool.encrypted_dump(access_for(root), "host", "full-1", "dump.rdb"):
+        pytest.fail("the dump must not start")
