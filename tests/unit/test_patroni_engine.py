@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -93,3 +94,20 @@ def test_endpoint_dsns_list_every_haproxy_host_and_no_password() -> None:
     manual = PG.model_copy(update={"ha": "manual"})
     direct = endpoint_dsn(manual, ACCESS, read_only=True)
     assert ":5432," in direct and "target_session_attrs=standby" in direct
+
+
+def test_connect_prints_a_dsn_verified_against_the_inventorys_ca_from_any_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from dbfleet.cli import main
+    from dbfleet.inventory import HostAccess, build_inventory, host_roles, write_inventory
+
+    fleet = load_fleet(REPO / "fleet.example.yaml")
+    access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
+    write_inventory(build_inventory(fleet, access), tmp_path / "lab")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--spec", str(REPO / "fleet.example.yaml"), "connect", "--cluster", "pg-main",
+                 "--inventory", "lab/hosts.yml"]) == 0
+    dsn = capsys.readouterr().out.strip()
+    assert dsn.startswith("postgresql://app@10.0.0.")
+    ca = quote(str(tmp_path / "lab" / "pki" / "ca.crt"), safe="")
+    assert f"sslmode=verify-full&sslrootcert={ca}&require_auth=scram-sha-256" in dsn and "password" not in dsn

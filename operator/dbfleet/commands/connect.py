@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(cluster, PostgresCluster):
         raise UsageError(f"{cluster.name} is a {cluster.engine} cluster; connect prints PostgreSQL DSNs")
     try:
-        hosts = read_inventory_hosts(inventory_path(args))
-        access = FleetAccess({h: str(v["dbfleet_address"]) for h, v in hosts.items() if "dbfleet_address" in v}, {})
+        inventory = inventory_path(args).resolve()  # the DSN's sslrootcert must hold from any directory
+        hosts = read_inventory_hosts(inventory)
+        access = FleetAccess({h: str(v["dbfleet_address"]) for h, v in hosts.items() if "dbfleet_address" in v}, {},
+                             inventory)
         dsn = endpoint_dsn(cluster, access, read_only=args.ro, user=args.user, dbname=args.dbname)
     except ReconcileError as exc:
         raise UsageError(exc.message) from None
