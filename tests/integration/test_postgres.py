@@ -88,7 +88,9 @@ def test_data_directory_and_config_file_modes(pg: tuple[Any, PostgresCluster]) -
             assert f.user == "postgres" and f.mode == 0o640, f"{name}: {path} is {oct(f.mode)}"
         key = host.file("/etc/postgresql/tls/server.key")
         assert key.user == "postgres" and key.mode == 0o600, name
-        pgpass = host.file("/var/lib/postgresql/.pgpass")
+        # The replication password: dbfleet's passfile (ha: manual), or the one Patroni writes for itself.
+        pgpass = host.file("/var/lib/postgresql/.pgpass.patroni" if cluster.ha == "patroni"
+                           else "/var/lib/postgresql/.pgpass")
         assert pgpass.user == "postgres" and pgpass.mode == 0o600, name
 
 
