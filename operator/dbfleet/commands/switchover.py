@@ -9,6 +9,7 @@ cluster is refused with a pointer to playbooks/pg_switchover.yml.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dbfleet.commands.common import (
     EXIT_FAILED,
@@ -38,7 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for HOST to lead (default 60)")
     add_lab_options(p)
     p.add_argument("--inventory", help="an inventory file instead of the lab's")
-    p.add_argument("--secrets", help="secrets file (default: group_vars/all/secrets.yml beside the inventory)")
+    p.add_argument("--secrets", type=Path,
+                   help="secrets file (default: group_vars/all/secrets.yml beside the inventory)")
     add_json_option(p)
     p.set_defaults(handler=lambda args: run_guarded(run, args))
 
