@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+import yaml
 
 from dbfleet.monitoring.exporters import REDIS, SENTINEL
 from dbfleet.spec import RedisCluster
@@ -364,6 +365,25 @@ def test_second_converge_changes_nothing(cache: tuple[Any, RedisCluster]) -> Non
     assert result.ok, result.output[-4000:]
     assert result.changed == {}, f"a second run changed {result.changed}"
     assert current_master(lab, cluster) == master
+
+
+def test_switching_tls_in_place_is_refused_before_any_change_or_connection(
+        cache: tuple[Any, RedisCluster], tmp_path: Path) -> None:
+    """Flipping tls.enabled on a running cluster would have the roles ask the servers for the master in the
+    wrong mode (TLS off: the admin and Sentinel passwords in clear to TLS-only ports) and write a managed file
+    the next restart would pick up, splitting the cluster. Every host stops before either."""
+    lab, cluster = cache
+    flipped = cluster.model_dump(mode="json")
+    flipped["tls"]["enabled"] = not cluster.tls.enabled
+    extra = tmp_path / "flipped.yml"
+    extra.write_text(yaml.safe_dump({"cluster": flipped}))
+    result = lab.converge("redis.yml", ["-e", f"@{extra}"])
+    assert not result.ok, "a converge that flips tls.enabled must fail"
+    assert "does not switch a running cluster in place" in result.output, result.output[-3000:]
+    assert "Find the current master" not in result.output, "no server may be asked in the wrong mode"
+    assert result.changed == {}, f"the refused run changed {result.changed}"
+    master = current_master(lab, cluster)
+    assert node(lab, master, cluster).ping()
 
 
 def test_a_watching_operator_holds_a_fixed_number_of_redis_connections(
