@@ -7,9 +7,10 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 
+from dbfleet.engines.tls import REDIS_HOST_CA
 from mongo_support import require_server
+from redis_support import node as redis_node
 
 pytestmark = pytest.mark.lab
 
@@ -47,12 +48,15 @@ def test_redis_default_user_off_protected_mode_and_bind(configured: Any) -> None
         pytest.skip("the lab runs no Redis hosts")
     cluster = lab.fleet.of_engine("redis")[0]
     for h in cluster.data_hosts():
-        node = redis.Redis(lab.address(h.name), cluster.port, username="dbfleet_admin",
-                           password=lab.secrets["redis_admin_password"], socket_timeout=3, decode_responses=True)
+        node = redis_node(lab, h.name, cluster, timeout=3)
         default = node.acl_getuser("default")
         assert "off" in default["flags"], default
         assert node.config_get("protected-mode") == {"protected-mode": "yes"}
         assert node.config_get("bind")["bind"].split() == ["127.0.0.1", lab.address(h.name)]
+    if cluster.tls.enabled:
+        for h in cluster.all_hosts():
+            key = lab.host(h.name).file(f"{REDIS_HOST_CA.rsplit('/', 1)[0]}/server.key")
+            assert (key.mode, key.user, key.group) == (0o600, "redis", "redis"), h.name
 
 
 def test_mongo_authorization_keyfile_tls_not_root(configured: Any) -> None:

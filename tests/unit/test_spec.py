@@ -66,8 +66,6 @@ BAD_INPUTS = [
     ("mongo canary without a database", ("canary: app.events}", "canary: events}"),
      "clusters.1.backup.drill.canary", "'database.collection'"),
     ("patroni not implemented", ("    ha: manual\n", "    ha: patroni\n"), "clusters.0.ha", "not implemented yet"),
-    ("redis tls not implemented", ("min_replicas_to_write: 1", "min_replicas_to_write: 1\n    tls: {enabled: true}"),
-     "clusters.2.tls.enabled", "not implemented yet"),
     ("wrong api version", ("apiVersion: dbfleet/v1", "apiVersion: dbfleet/v9"), "apiVersion", "dbfleet/v1"),
     ("metrics password over plain http", ("    tls: true            #", "    tls: false           #"),
      "monitoring.operator_metrics.basic_auth", "needs tls: true"),
