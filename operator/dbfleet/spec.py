@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -282,6 +283,37 @@ class Synchronous(Strict):
     num_sync: Annotated[int, Field(ge=1)] = 1
 
 
+PGAUDIT_CLASSES = ("read", "write", "function", "role", "ddl", "misc", "misc_set", "all")
+"""pgaudit's statement classes for pgaudit.log (a class prefixed with '-' is subtracted, as in 'all, -misc')."""
+
+
+def _check_audit_class(value: str) -> str:
+    if value.removeprefix("-") not in PGAUDIT_CLASSES or value == "-all":
+        raise ValueError(f"{value!r} is not a pgaudit class; expected one of {', '.join(PGAUDIT_CLASSES)}, "
+                         "or one of them after '-' to subtract it")
+    return value
+
+
+class PgAudit(Strict):
+    """pgaudit's session audit logging: which statement classes the server log records, with an AUDIT line."""
+
+    log: Annotated[list[Annotated[str, AfterValidator(_check_audit_class)]], Field(min_length=1)]
+    log_catalog: bool = False
+    """Also statements that touch only pg_catalog (psql's \\d and the exporters' queries): noise, off by default."""
+    log_parameter: bool = False
+    log_relation: bool = False
+
+    @field_validator("log")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        repeated = sorted({c for c in value if value.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once")
+        if all(c.startswith("-") for c in value):
+            raise ValueError("only subtracted classes: name what to log, such as [all, -misc]")
+        return value
+
+
 class PostgresCluster(ClusterBase):
     engine: Literal["postgres"]
     version: str = "15"
@@ -295,6 +327,8 @@ class PostgresCluster(ClusterBase):
     parameters: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_.]*$")], str | int | float | bool] = {}
     synchronous: Synchronous = Synchronous()
     indexes: IndexPolicy = IndexPolicy()
+    audit: PgAudit | None = None
+    """pgaudit on every host of the cluster; None: not loaded."""
 
     @model_validator(mode="after")
     def _topology(self) -> PostgresCluster:
@@ -325,10 +359,14 @@ class PostgresCluster(ClusterBase):
             if len(parts) == 3 and parts[0] not in self.databases:
                 raise ValueError(f"backup.drill.canary: database {parts[0]!r} is not one of databases "
                                  f"{self.databases}")
-        protected = {"listen_addresses", "port", "ssl", "wal_level", "archive_command", "primary_conninfo"}
+        protected = {"listen_addresses", "port", "ssl", "wal_level", "archive_command", "primary_conninfo",
+                     "shared_preload_libraries"}
         clash = protected.intersection(self.parameters)
         if clash:
             raise ValueError(f"parameters: {sorted(clash)} are managed by dbfleet and cannot be set here")
+        audit_keys = sorted(k for k in self.parameters if k.startswith("pgaudit."))
+        if audit_keys:
+            raise ValueError(f"parameters: {audit_keys} are set from the cluster's audit section, not here")
         return self
 
     def all_hosts(self) -> list[Host]:

@@ -1,0 +1,99 @@
+"""The postgres_server role's pure parts: the rendered dbfleet.conf (pgaudit from the spec) and the tasks that
+send passwords keeping their statements out of pgaudit's log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
+
+from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
+from dbfleet.spec import load_fleet
+
+REPO = Path(__file__).resolve().parents[2]
+ROLE = REPO / "playbooks" / "roles" / "postgres_server"
+
+
+def _trusted(value: Any) -> Any:
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, dict):
+        return {k: _trusted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_trusted(v) for v in value]
+    return value
+
+
+def _render(template: str, host: str, **cluster_overrides: Any) -> str:
+    """Render a role template with the role defaults, the inventory's vars and the facts discover.yml sets."""
+    fleet = load_fleet(REPO / "fleet.example.yaml")
+    access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
+    inventory = build_inventory(fleet, access)["all"]
+    variables: dict[str, Any] = _trusted(yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()))
+    cluster = {**inventory["children"][cluster_group("pg-main")]["vars"]["cluster"], **cluster_overrides}
+    variables.update(inventory["vars"], **inventory["hosts"][host], cluster=cluster,
+                     postgres_is_primary=host == "pg-1", postgres_primary_address="10.0.0.1",
+                     postgres_slot=host.replace("-", "_"),
+                     dbfleet_secrets={"postgres_replication_password": "secret-replication"})
+    text = (ROLE / "templates" / template).read_text()
+    return str(Templar(loader=DataLoader(), variables=variables).template(trust_as_template(text)))
+
+
+def _settings(conf: str) -> dict[str, str]:
+    pairs = (line.split(" = ", 1) for line in conf.splitlines() if " = " in line and not line.startswith("#"))
+    return {k: v for k, v in pairs}
+
+
+@pytest.mark.parametrize("host", ["pg-1", "pg-2"])
+def test_the_lab_spec_preloads_pgaudit_beside_pg_stat_statements_and_sets_its_classes(host: str) -> None:
+    conf = _settings(_render("dbfleet.conf.j2", host))
+    assert conf["shared_preload_libraries"] == "'pg_stat_statements,pgaudit'"
+    assert conf["pgaudit.log"] == "'ddl,role'"
+    assert (conf["pgaudit.log_catalog"], conf["pgaudit.log_parameter"], conf["pgaudit.log_relation"]) == \
+        ("off", "off", "off")
+
+
+def test_without_audit_pgaudit_is_neither_loaded_nor_set() -> None:
+    conf = _render("dbfleet.conf.j2", "pg-1", audit=None)
+    assert _settings(conf)["shared_preload_libraries"] == "'pg_stat_statements'"
+    assert "pgaudit" not in conf
+
+
+def test_subtracted_classes_and_options_reach_the_file() -> None:
+    audit = {"log": ["all", "-misc"], "log_catalog": True, "log_parameter": False, "log_relation": True}
+    conf = _settings(_render("dbfleet.conf.j2", "pg-1", audit=audit))
+    assert conf["pgaudit.log"] == "'all,-misc'"
+    assert (conf["pgaudit.log_catalog"], conf["pgaudit.log_relation"]) == ("on", "on")
+
+
+def test_pgaudit_is_installed_by_the_role_and_in_the_lab_image() -> None:
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    assert "postgresql-{{ postgres_version }}-pgaudit" in defaults["postgres_packages"]
+    dockerfile = (REPO / "operator/dbfleet/lab/images/postgres/Dockerfile").read_text()
+    assert "postgresql-15-pgaudit" in dockerfile
+
+
+def _tasks(path: Path) -> list[dict[str, Any]]:
+    return list(yaml.safe_load(path.read_text()) or [])
+
+
+def test_every_task_that_sends_a_password_keeps_the_statement_out_of_the_audit_log() -> None:
+    """CREATE/ALTER ROLE ... PASSWORD 'x' is a ROLE statement: pgaudit would log its text, password and all."""
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    assert "pgaudit.log_statement=off" in defaults["postgres_secret_session_options"]
+    senders = [task for path in sorted((ROLE / "tasks").glob("*.yml")) for task in _tasks(path)
+               if "password" in (task.get("community.postgresql.postgresql_user") or {})]
+    assert len(senders) == 2
+    for task in senders:
+        assert task.get("environment", {}).get("PGOPTIONS") == "{{ postgres_secret_session_options }}", task["name"]
+
+
+def test_the_extension_is_created_after_the_restart_that_loads_the_library() -> None:
+    main = [task.get("name", "") for task in _tasks(ROLE / "tasks" / "main.yml")]
+    assert main.index("Audit with pgaudit as the spec says") > main.index("Restart where a changed setting needs it")
+    dropped = next(t for t in _tasks(ROLE / "tasks" / "primary.yml") if t["name"].startswith("Drop pgaudit"))
+    assert dropped["when"] == "not cluster.audit"
