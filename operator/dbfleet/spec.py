@@ -8,6 +8,7 @@ was expected.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -709,15 +710,30 @@ def parse_fleet(text: str, file: str = "<spec>") -> Fleet:
         raise SpecError(file, [SpecProblem("", 1, "nested too deeply")]) from None
 
 
-def load_fleet(path: str | Path) -> Fleet:
-    """Read and validate a fleet spec file."""
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated fleet and the sha256 of the exact bytes it was parsed from (the operator's audit trail names it)."""
+
+    fleet: Fleet
+    sha256: str
+
+
+def read_spec(path: str | Path) -> LoadedSpec:
+    """Read and validate a fleet spec file, hashing the bytes that were parsed (read once, so they are the same)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except FileNotFoundError:
         raise SpecError(str(p), [SpecProblem("", None, "no such file")]) from None
     except IsADirectoryError:
         raise SpecError(str(p), [SpecProblem("", None, "is a directory, expected a YAML file")]) from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(str(p), [SpecProblem("", None, f"not UTF-8 text: {exc.reason}")]) from None
-    return parse_fleet(text, str(p))
+    return LoadedSpec(parse_fleet(text, str(p)), hashlib.sha256(data).hexdigest())
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """Read and validate a fleet spec file."""
+    return read_spec(path).fleet
