@@ -96,4 +96,12 @@ def test_the_extension_is_created_after_the_restart_that_loads_the_library() -> 
     main = [task.get("name", "") for task in _tasks(ROLE / "tasks" / "main.yml")]
     assert main.index("Audit with pgaudit as the spec says") > main.index("Restart where a changed setting needs it")
     dropped = next(t for t in _tasks(ROLE / "tasks" / "primary.yml") if t["name"].startswith("Drop pgaudit"))
-    assert dropped["when"] == "not cluster.audit"
+    assert dropped["when"] == "cluster.audit is none"
+
+
+def test_logging_follows_the_cis_benchmark() -> None:
+    conf = _settings(_render("dbfleet.conf.j2", "pg-2"))
+    assert (conf["log_connections"], conf["log_disconnections"], conf["log_replication_commands"]) == \
+        ("on", "on", "on")
+    assert all(escape in conf["log_line_prefix"] for escape in ("%m", "%p", "%u", "%d", "%a", "%h"))
+    assert conf["log_timezone"] == "'UTC'" and conf["ssl_min_protocol_version"] == "'TLSv1.2'"
