@@ -155,12 +155,15 @@ def test_a_damaged_line_is_reported_by_number_and_the_rest_still_read(tmp_path: 
         handle.write(b'{"time": "2024-05-01T12:00:01+00:00", "cluster": "pg-ma\n')  # a torn write
         handle.write(b"[1, 2]\n\xff\xfe\n")
         handle.write(b'{"cluster": "pg-main"}\n')
+        bad_action = {**json.loads(path.read_text().splitlines()[0]), "action": "create-index"}
+        handle.write(json.dumps(bad_action).encode() + b"\n")
     _write(path, ("cache", T0 + 5))
     found = read_audit(path)
     assert [r["cluster"] for r in found.records] == ["pg-main", "cache"]
     assert [(p.line, p.message.split(" (")[0].split(":")[0]) for p in found.problems] == [
         (2, "not JSON"), (3, "expected a JSON object, got list"), (4, "not UTF-8 text"),
-        (5, "not an audit record")]
+        (5, "not an audit record"), (6, "not an audit record")]
+    assert "action is not an object" in found.problems[4].message
     assert found.problems[0].render(path) == f"{path}:2: " + found.problems[0].message
 
 

@@ -167,6 +167,9 @@ def _parse(text: str) -> tuple[dict[str, Any] | None, str]:
     missing = [k for k in FIELDS if k not in record]
     if missing:
         return None, f"not an audit record: missing {', '.join(missing)}"
+    action = record["action"]
+    if not isinstance(action, dict) or not {"kind", "target"} <= set(action):
+        return None, "not an audit record: action is not an object with kind and target"
     try:
         when = record_time(record)
     except ValueError:
@@ -208,7 +211,7 @@ def read_audit(path: Path, clusters: set[str] | None = None, since: datetime | N
 
 def render_record(record: dict[str, Any]) -> str:
     """One line of text: when, where, what, how it came out and why; then who, under which spec."""
-    action = record.get("action") or {}
+    action = record["action"]
     message = f" ({record['message']})" if record.get("message") else ""
     return (f"{record['time']} {record['cluster']} {record['reconciler']} {action.get('kind')} "
             f"{action.get('target')} -> {record['outcome']}{message}; reason: {record['reason']}; "
