@@ -8,6 +8,7 @@ was expected.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import re
@@ -448,7 +449,40 @@ def parameter_refusal(name: str) -> str | None:
         return _REFUSED_PARAMETERS[name]
     if name.startswith("ssl"):
         return "TLS settings are dbfleet's, set from the cluster's tls section"
+    if name.startswith("pgaudit."):
+        return "pgaudit is set from the cluster's audit section"
     return None
+
+
+PGAUDIT_CLASSES = ("read", "write", "function", "role", "ddl", "misc", "misc_set", "all")
+"""pgaudit's statement classes for pgaudit.log (a class prefixed with '-' is subtracted, as in 'all, -misc')."""
+
+
+def _check_audit_class(value: str) -> str:
+    if value.removeprefix("-") not in PGAUDIT_CLASSES or value == "-all":
+        raise ValueError(f"{value!r} is not a pgaudit class; expected one of {', '.join(PGAUDIT_CLASSES)}, "
+                         "or one of them after '-' to subtract it")
+    return value
+
+
+class PgAudit(Strict):
+    """pgaudit's session audit logging: which statement classes the server log records, with an AUDIT line."""
+
+    log: Annotated[list[Annotated[str, AfterValidator(_check_audit_class)]], Field(min_length=1)]
+    log_catalog: bool = False
+    """Also statements that touch only pg_catalog (psql's \\d and the exporters' queries): noise, off by default."""
+    log_parameter: bool = False
+    log_relation: bool = False
+
+    @field_validator("log")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        repeated = sorted({c for c in value if value.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once")
+        if all(c.startswith("-") for c in value):
+            raise ValueError("only subtracted classes: name what to log, such as [all, -misc]")
+        return value
 
 
 class PostgresCluster(ClusterBase):
@@ -464,6 +498,8 @@ class PostgresCluster(ClusterBase):
     parameters: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_.]*$")], str | int | float | bool] = {}
     synchronous: Synchronous = Synchronous()
     indexes: IndexPolicy = IndexPolicy()
+    audit: PgAudit | None = None
+    """pgaudit on every host of the cluster; None: not loaded."""
 
     @field_validator("parameters")
     @classmethod
@@ -1045,8 +1081,16 @@ def parse_fleet(text: str, file: str = "<spec>") -> Fleet:
         raise SpecError(file, [SpecProblem("", 1, "nested too deeply")]) from None
 
 
-def load_fleet(path: str | Path) -> Fleet:
-    """Read and validate a fleet spec file."""
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated fleet and the sha256 of the exact bytes it was parsed from (the operator's audit trail names it)."""
+
+    fleet: Fleet
+    sha256: str
+
+
+def read_spec(path: str | Path) -> LoadedSpec:
+    """Read and validate a fleet spec file, hashing the bytes that were parsed (read once, so they are the same)."""
     p = Path(path)
     try:
         with p.open("rb") as handle:
@@ -1062,4 +1106,9 @@ def load_fleet(path: str | Path) -> Fleet:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(str(p), [SpecProblem("", None, f"not UTF-8 text: {exc.reason}")]) from None
-    return parse_fleet(text, str(p))
+    return LoadedSpec(parse_fleet(text, str(p)), hashlib.sha256(raw).hexdigest())
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """Read and validate a fleet spec file."""
+    return read_spec(path).fleet

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dbfleet.spec import Fleet, load_fleet
+from dbfleet.spec import Fleet, LoadedSpec, read_spec
 
 DEFAULT_LAB = "lab"
 
@@ -35,8 +35,13 @@ def inventory_path(args: argparse.Namespace) -> Path:
     return Path(args.inventories) / "local" / str(args.lab) / "hosts.yml"
 
 
+def spec_of(args: argparse.Namespace) -> LoadedSpec:
+    """The --spec file, validated, with the sha256 of its bytes."""
+    return read_spec(args.spec)
+
+
 def fleet_of(args: argparse.Namespace) -> Fleet:
-    return load_fleet(args.spec)
+    return spec_of(args).fleet
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:

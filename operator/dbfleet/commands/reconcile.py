@@ -23,12 +23,13 @@ from dbfleet.commands.common import (
     add_json_option,
     add_lab_options,
     emit,
-    fleet_of,
     inventory_path,
+    spec_of,
 )
 from dbfleet.engines.access import FleetAccess, read_inventory
 from dbfleet.errors import ReconcileError
 from dbfleet.monitoring import endpoint
+from dbfleet.reconcile.audit import AUDIT_FILE_NAME, AuditError
 from dbfleet.reconcile.loop import CycleReport, Leader, Operator, watch
 from dbfleet.reconcile.status import record_cycle
 from dbfleet.secrets import SecretsError
@@ -57,8 +58,16 @@ def state_path(args: argparse.Namespace) -> Path:
     return getattr(args, "state", None) or inventory_path(args).parent / "operator-state.json"
 
 
-def build_operator(args: argparse.Namespace, stop: threading.Event | None = None) -> Operator:
-    fleet = fleet_of(args)
+def audit_path(args: argparse.Namespace) -> Path:
+    """The operator's audit trail, beside the state file."""
+    return state_path(args).parent / AUDIT_FILE_NAME
+
+
+def build_operator(args: argparse.Namespace, stop: threading.Event | None = None, audit: bool = False) -> Operator:
+    """The operator for these options; with `audit`, one that records every action it applies, and refuses to
+    start (UsageError) if its audit trail cannot be written safely."""
+    spec = spec_of(args)
+    fleet = spec.fleet
     names = {c.name for c in fleet.clusters}
     unknown = sorted(set(args.cluster or ()) - names)
     if unknown:
@@ -74,8 +83,16 @@ def build_operator(args: argparse.Namespace, stop: threading.Event | None = None
         access = FleetAccess.load(inventory_path(args), secrets_path(args))
     except (ReconcileError, SecretsError) as exc:
         raise UsageError(str(exc)) from None
+    record = None
+    if audit:
+        trail = wiring.audit_trail(audit_path(args), spec.sha256)
+        try:
+            trail.check()
+        except AuditError as exc:
+            raise UsageError(str(exc)) from None
+        record = trail.record
     return Operator(fleet, access, reconcilers=reconcilers, stop=stop,
-                    clusters=set(args.cluster) if args.cluster else None)
+                    clusters=set(args.cluster) if args.cluster else None, record=record)
 
 
 def leader_lock(operator: Operator, args: argparse.Namespace) -> Leader:
@@ -105,7 +122,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--leader-cluster", metavar="NAME",
                    help="PostgreSQL cluster whose primary holds the leader lock (default: the first)")
     p.add_argument("--state", type=Path, help="state file for `status` (default: operator-state.json "
-                                              "beside the inventory)")
+                                              "beside the inventory); the audit trail operator-audit.jsonl "
+                                              "is written beside it")
     p.add_argument("--metrics-port", type=int, help="with --watch, serve /metrics here (default: the spec's "
                                                     "monitoring.operator_metrics_port; 0 picks a free port)")
     p.add_argument("--metrics-address",
@@ -133,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive")
     stop = threading.Event()
-    operator = build_operator(args, stop)
+    operator = build_operator(args, stop, audit=True)
     operator.keep_sessions = args.watch  # a watching operator keeps its connections between cycles
     leader = leader_lock(operator, args)
     state = state_path(args)
