@@ -18,12 +18,12 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 import dbfleet
-from conftest import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".dbfleet",
@@ -120,7 +120,7 @@ def test_init_and_validate_from_an_empty_folder(venv: Venv, tmp_path: Path) -> N
     assert venv.package_files() == before, "a command wrote into the installed package"
 
 
-def _project_inventory(lab: Lab, project: Path) -> Path:
+def _project_inventory(lab: Any, project: Path) -> Path:
     """The lab's hosts in an inventory of the project's own: hosts, secrets and the fleet CA copied beside it."""
     folder = project / "inventories" / "wheel"
     shutil.copytree(lab.inventory_path.parent, folder, ignore=shutil.ignore_patterns("operator-state.json"))
@@ -128,7 +128,7 @@ def _project_inventory(lab: Lab, project: Path) -> Path:
 
 
 @pytest.mark.lab
-def test_configure_check_and_plan_against_the_lab_from_the_wheel(venv: Venv, configured: Lab,
+def test_configure_check_and_plan_against_the_lab_from_the_wheel(venv: Venv, configured: Any,
                                                                  tmp_path: Path) -> None:
     before = venv.package_files()
     project = tmp_path / "fleet"
