@@ -83,8 +83,11 @@ def build(output: Path) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dbfleet-collection-") as tmp:
         root = stage(Path(tmp))
-        done = subprocess.run(["ansible-galaxy", "collection", "build", str(root), "--output-path", str(output),
-                               "--force"], capture_output=True, text=True)
+        try:
+            done = subprocess.run(["ansible-galaxy", "collection", "build", str(root), "--output-path", str(output),
+                                   "--force"], capture_output=True, text=True)
+        except FileNotFoundError:
+            raise SystemExit("ansible-galaxy is not on PATH: install Ansible (pip install 'ansible>=12,<13')") from None
         if done.returncode != 0:
             raise SystemExit(f"ansible-galaxy collection build failed:\n{done.stdout}{done.stderr}")
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("Created collection")), "")
