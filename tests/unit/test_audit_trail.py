@@ -14,7 +14,7 @@ import pytest
 from dbfleet.actions import Action, Outcome
 from dbfleet.cli import main
 from dbfleet.commands.audit import parse_since
-from dbfleet.commands.reconcile import UsageError
+from dbfleet.commands.common import UsageError
 from dbfleet.reconcile.audit import FIELDS, AuditError, AuditTrail, read_audit
 
 SPEC_SHA = "ab" * 32

@@ -74,9 +74,11 @@ def test_postgres_errors_are_split_into_temporary_and_permanent(exc, kind):
 
 
 def _empty_fleet_files(tmp_path: Path) -> Path:
-    """An inventory with no hosts (every cluster is skipped) and its secrets file: reconcile runs without servers."""
+    """An inventory with one host of the example's PostgreSQL cluster and a secrets file, but no fleet CA beside
+    it: reconcile starts, and the cluster's observation fails at once (it never connects unverified), so it runs
+    without servers."""
     inventory = tmp_path / "hosts.yml"
-    inventory.write_text("all:\n  hosts: {}\n")
+    inventory.write_text("all:\n  hosts:\n    pg-1: {dbfleet_address: 127.0.0.1}\n")
     secrets = tmp_path / "group_vars" / "all" / "secrets.yml"
     secrets.parent.mkdir(parents=True)
     secrets.write_text("dbfleet_secrets: {}\n")
@@ -85,7 +87,7 @@ def _empty_fleet_files(tmp_path: Path) -> Path:
 
 def test_reconcile_creates_its_audit_trail_0600_beside_the_state(tmp_path, capsys):
     inventory = _empty_fleet_files(tmp_path)
-    assert main(["--spec", SPEC, "reconcile", "--once", "--inventory", str(inventory)]) == 0
+    assert main(["--spec", SPEC, "reconcile", "--once", "--inventory", str(inventory)]) == 1  # no CA: no cluster
     trail = tmp_path / "operator-audit.jsonl"
     assert trail.exists() and trail.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "operator-state.json").exists()

@@ -12,8 +12,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, add_json_option, add_lab_options, emit
-from dbfleet.commands.reconcile import UsageError, audit_path, run_guarded
+from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, UsageError, add_json_option, add_lab_options, emit
+from dbfleet.commands.reconcile import audit_path
 from dbfleet.reconcile.audit import read_audit, render_record
 from dbfleet.spec import DURATION, duration_seconds
 
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                                 "(2024-05-01T12:00Z; UTC without a zone) or a duration back "
                                                 "from now (30m, 2h, 7d)")
     add_json_option(p)
-    p.set_defaults(handler=lambda args: run_guarded(run, args))
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

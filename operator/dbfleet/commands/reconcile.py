@@ -19,24 +19,24 @@ from dbfleet import wiring
 from dbfleet.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
+    UsageError,
     add_json_option,
     add_lab_options,
     emit,
+    inventory_asked,
     inventory_path,
+    inventory_source,
+    one_line,
     spec_of,
 )
-from dbfleet.engines.access import FleetAccess, read_inventory
+from dbfleet.engines.access import FleetAccess, read_inventory, read_inventory_hosts
 from dbfleet.errors import ReconcileError
 from dbfleet.monitoring import endpoint
 from dbfleet.reconcile.audit import AUDIT_FILE_NAME, AuditError
 from dbfleet.reconcile.loop import CycleReport, Leader, Operator, watch
 from dbfleet.reconcile.status import record_cycle
 from dbfleet.secrets import SecretsError
-
-
-class UsageError(Exception):
-    """Bad options or missing files: exit 2 with the message."""
+from dbfleet.spec import Fleet
 
 
 def add_operator_options(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +63,18 @@ def audit_path(args: argparse.Namespace) -> Path:
     return state_path(args).parent / AUDIT_FILE_NAME
 
 
+def require_hosts(fleet: Fleet, args: argparse.Namespace) -> None:
+    """UsageError unless the inventory exists, parses and holds a host of the clusters asked for."""
+    try:
+        hosts = read_inventory_hosts(inventory_path(args))
+    except ReconcileError as exc:
+        raise UsageError(f"{one_line(exc.render())} ({inventory_source(args)})") from None
+    clusters = [c for c in fleet.clusters if not args.cluster or c.name in args.cluster]
+    if not any(h in hosts for c in clusters for h in c.host_names()):
+        which = f"clusters {', '.join(args.cluster)}" if args.cluster else f"the spec {args.spec}"
+        raise UsageError(f"inventory {inventory_asked(args)} has no host of {which}")
+
+
 def build_operator(args: argparse.Namespace, stop: threading.Event | None = None, audit: bool = False) -> Operator:
     """The operator for these options; with `audit`, one that records every action it applies, and refuses to
     start (UsageError) if its audit trail cannot be written safely."""
@@ -79,6 +91,7 @@ def build_operator(args: argparse.Namespace, stop: threading.Event | None = None
         if unknown:
             raise UsageError(f"--reconciler: no reconciler named {', '.join(unknown)}; there are {', '.join(known)}")
         reconcilers = [r for r in reconcilers if r.name in args.reconciler]
+    require_hosts(fleet, args)
     try:
         access = FleetAccess.load(inventory_path(args), secrets_path(args))
     except (ReconcileError, SecretsError) as exc:
@@ -103,14 +116,6 @@ def leader_lock(operator: Operator, args: argparse.Namespace) -> Leader:
         raise UsageError(f"--leader-cluster: {args.leader_cluster} is not a PostgreSQL cluster of the spec") from None
 
 
-def run_guarded(handler: Any, args: argparse.Namespace) -> int:
-    try:
-        return int(handler(args))
-    except UsageError as exc:
-        print(f"dbfleet {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("reconcile", help="bring the fleet to its spec: once, or in a loop; acts only as leader",
                        description="Observe every cluster, diff it against the spec and apply the actions. "
@@ -131,7 +136,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "Prometheus scrapes the operator; 127.0.0.1 when it names none)")
     p.add_argument("--no-metrics", action="store_true", help="with --watch, do not serve /metrics")
     add_operator_options(p)
-    p.set_defaults(handler=lambda args: run_guarded(run, args))
+    p.set_defaults(handler=run)
 
 
 def metrics_endpoint(operator: Operator, args: argparse.Namespace) -> endpoint.Endpoint:

@@ -24,6 +24,9 @@ except ImportError:  # reported by main(), so the pure logic stays importable
 DOCUMENTATION = r"""
 module: redis_sentinel_monitor
 short_description: Ensure a Sentinel monitors a master with the given settings
+description:
+  - SENTINEL MONITOR when the master is not monitored yet, SENTINEL SET for settings that differ.
+    A monitored master is never moved. Supports check mode.
 options:
   name: {description: Master name, type: str, required: true}
   master_host: {description: Master address, used only when the master is not monitored yet, type: str, required: true}
@@ -35,8 +38,8 @@ options:
     default: {}
   auth_user: {description: ACL user Sentinel uses on the data nodes, type: str}
   auth_pass: {description: Its password; set when the monitor is created, type: str, no_log: true}
-  login_host: {type: str, default: 127.0.0.1}
-  login_port: {type: int, default: 26379}
+  login_host: {description: Address of the Sentinel to talk to, type: str, default: 127.0.0.1}
+  login_port: {description: Its port, type: int, default: 26379}
   login_password: {description: The Sentinel's requirepass, type: str, no_log: true}
   tls: {description: Connect with TLS (the server listens on TLS only), type: bool, default: false}
   ca_file: {description: CA to check the server's certificate against; required with tls, type: path}
@@ -44,7 +47,7 @@ options:
 
 RETURN = r"""
 created: {description: Whether SENTINEL MONITOR was issued, type: bool, returned: always}
-changes: {description: Settings set, name -> [old, new], type: dict, returned: always}
+changes: {description: "Settings set, name -> [old, new]", type: dict, returned: always}
 master: {description: Address and port the Sentinel now reports for the master, type: list, returned: always}
 """
 

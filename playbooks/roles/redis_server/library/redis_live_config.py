@@ -23,15 +23,18 @@ except ImportError:  # reported by main(), so the pure logic stays importable
 DOCUMENTATION = r"""
 module: redis_live_config
 short_description: Apply Redis settings with CONFIG SET when they differ
+description:
+  - Reads the settings with CONFIG GET and sets the ones that differ with one CONFIG SET, so a change
+    needs no restart. An unknown setting fails. Supports check mode.
 options:
   settings: {description: Setting name -> value as written in redis.conf, type: dict, default: {}}
   secret_settings: {description: Same, for values never to be shown, type: dict, default: {}, no_log: true}
-  login_host: {type: str, default: 127.0.0.1}
-  login_port: {type: int, default: 6379}
-  login_user: {type: str}
-  login_password: {type: str, no_log: true}
+  login_host: {description: Address of the Redis node to talk to, type: str, default: 127.0.0.1}
+  login_port: {description: Its port, type: int, default: 6379}
+  login_user: {description: ACL user allowed CONFIG, type: str}
+  login_password: {description: Its password, type: str, no_log: true}
   tls: {description: Connect with TLS (the server listens on TLS only), type: bool, default: false}
-  ca_file: {description: CA to check the server's certificate against; required with tls, type: path}
+  ca_file: {description: CA to check the server certificate against; required with tls, type: path}
 """
 
 RETURN = r"""
