@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The package's static checks (run by scripts/test.sh): the declared import layers, ruff and mypy.
+# With .venv/bin/python (bootstrap.sh) when there is one, so the layers checked are this checkout's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PY=python3
+[[ -x .venv/bin/python ]] && PY=.venv/bin/python
 echo "[lint] import layers (lint-imports)" >&2
-lint-imports --no-cache >/dev/null || lint-imports --no-cache
+lint_imports() { "$PY" -c "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())" "$@"; }
+lint_imports --no-cache >/dev/null || lint_imports --no-cache
 echo "[lint] ruff" >&2
-ruff check --quiet .
+"$PY" -m ruff check --quiet .
 echo "[lint] mypy --strict (the dbfleet package)" >&2
-mypy
+"$PY" -m mypy

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from importlib import import_module
 
 from dbfleet import __version__
 from dbfleet.commands import COMMAND_MODULES
-from dbfleet.commands.common import EXIT_OK, EXIT_USAGE
+from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, add_project_options, settle_paths
+from dbfleet.shipped import ShippedFilesError
 from dbfleet.spec import SpecError
 
 
@@ -20,8 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Provision, configure and operate a PostgreSQL, MongoDB and Redis fleet from one spec.",
     )
     parser.add_argument("--version", action="version", version=f"dbfleet {__version__}")
-    parser.add_argument("--spec", default=os.environ.get("DBFLEET_SPEC", "fleet.example.yaml"),
-                        help="fleet spec file (default: $DBFLEET_SPEC or fleet.example.yaml)")
+    add_project_options(parser)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
@@ -38,10 +37,17 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        settle_paths(args, create_project=args.command == "init")
         return int(args.handler(args) or EXIT_OK)
     except SpecError as exc:
         print(f"dbfleet: invalid spec\n{exc}", file=sys.stderr)
         return EXIT_USAGE
+    except UsageError as exc:
+        print(f"dbfleet {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ShippedFilesError as exc:
+        print(f"dbfleet {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("dbfleet: interrupted", file=sys.stderr)
         return 130

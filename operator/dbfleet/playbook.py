@@ -1,4 +1,8 @@
-"""Run ansible-playbook from Python and read its PLAY RECAP, so callers can assert changed=0."""
+"""Run ansible-playbook from Python and read its PLAY RECAP, so callers can assert changed=0.
+
+The playbooks and ansible.cfg are the ones dbfleet ships (dbfleet.shipped); the
+inventory is made absolute here, so Ansible finds it whatever its working folder.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dbfleet import shipped
+
 RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
     r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+rescued=(?P<rescued>\d+)\s+ignored=(?P<ignored>\d+)"
 )
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,8 @@ def parse_recap(output: str) -> dict[str, HostStats]:
 
 
 def ansible_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment every Ansible run gets: the project's ansible.cfg, no colour, unbuffered."""
-    return {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
+    """The environment every Ansible run gets: dbfleet's ansible.cfg, no colour, unbuffered."""
+    return {**os.environ, "ANSIBLE_CONFIG": str(shipped.ansible_cfg()), "ANSIBLE_FORCE_COLOR": "0",
             "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
@@ -64,16 +69,18 @@ def run_shell(host: str, inventory: Path, command: str, timeout: float) -> subpr
     """One shell command on one inventory host through Ansible (its connection and become settings).
 
     Raises subprocess.TimeoutExpired after `timeout` seconds."""
-    cmd = ["ansible", host, "-i", str(inventory), "-m", "ansible.builtin.shell", "-a", command]
-    return subprocess.run(cmd, cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=timeout)
+    cmd = ["ansible", host, "-i", str(inventory.absolute()), "-m", "ansible.builtin.shell", "-a", command]
+    return subprocess.run(cmd, env=ansible_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def run_playbook(playbook: str, inventory: Path, extra: list[str] | None = None, echo: bool = True,
                  env: dict[str, str] | None = None, timeout: float = 1800) -> PlaybookResult:
-    """Run playbooks/<playbook> against `inventory`, streaming output when `echo`."""
-    cmd = ["ansible-playbook", "-i", str(inventory), str(REPO / "playbooks" / playbook), *(extra or [])]
+    """Run playbooks/<playbook> against `inventory`, streaming output when `echo`.
+
+    Raises shipped.ShippedFilesError when dbfleet ships no such playbook."""
+    cmd = ["ansible-playbook", "-i", str(inventory.absolute()), str(shipped.playbook(playbook)), *(extra or [])]
     full_env = ansible_env(env)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -83,3 +90,45 @@ def run_playbook(playbook: str, inventory: Path, extra: list[str] | None = None,
     code = proc.wait(timeout=timeout)
     output = "".join(lines)
     return PlaybookResult(code, parse_recap(output), output)
+
+
+class NoHostsError(Exception):
+    """The inventory is missing, unparsable, or gives the playbook no host to run on."""
+
+
+def _why_no_hosts(output: str) -> str:
+    if "Unable to parse" in output or "Failed to parse" in output:
+        return "could not be parsed as an inventory"
+    if "Could not match supplied host pattern" in output and "no hosts to target" in output:
+        return "has no host that the playbook and --limit select"
+    return "has no host that the playbook runs on"
+
+
+def list_hosts(playbook: str, inventory: Path, limit: str | None = None, timeout: float = 120) -> set[str]:
+    """The hosts `playbook` would run on (ansible-playbook --list-hosts), or NoHostsError saying why none.
+
+    Ansible itself only warns about a missing or unparsable inventory and then
+    runs on no host at all, reporting success; this check makes that an error."""
+    path = inventory.absolute()
+    if not path.exists():
+        raise NoHostsError(f"inventory {path} does not exist")
+    cmd = ["ansible-playbook", "--list-hosts", "-i", str(path), str(shipped.playbook(playbook))]
+    if limit:
+        cmd += ["--limit", limit]
+    done = subprocess.run(cmd, env=ansible_env(), capture_output=True, text=True, timeout=timeout)
+    output = done.stdout + done.stderr
+    hosts: set[str] = set()
+    listing = False
+    for line in done.stdout.splitlines():
+        if re.match(r"^\s+hosts \(\d+\):", line):
+            listing = True
+        elif listing and line.startswith(" " * 6) and line.strip():
+            hosts.add(line.strip())
+        else:
+            listing = False
+    if done.returncode != 0 and "no hosts to target" not in output:
+        last = next((ln for ln in reversed(output.splitlines()) if ln.strip()), "no output")
+        raise NoHostsError(f"ansible-playbook --list-hosts failed on inventory {path}: {last.strip()}")
+    if not hosts:
+        raise NoHostsError(f"inventory {path} {_why_no_hosts(output)}")
+    return hosts

@@ -8,6 +8,7 @@ was expected.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import re
@@ -492,7 +493,40 @@ def parameter_refusal(name: str) -> str | None:
         return _REFUSED_PARAMETERS[name]
     if name.startswith("ssl"):
         return "TLS settings are dbfleet's, set from the cluster's tls section"
+    if name.startswith("pgaudit."):
+        return "pgaudit is set from the cluster's audit section"
     return None
+
+
+PGAUDIT_CLASSES = ("read", "write", "function", "role", "ddl", "misc", "misc_set", "all")
+"""pgaudit's statement classes for pgaudit.log (a class prefixed with '-' is subtracted, as in 'all, -misc')."""
+
+
+def _check_audit_class(value: str) -> str:
+    if value.removeprefix("-") not in PGAUDIT_CLASSES or value == "-all":
+        raise ValueError(f"{value!r} is not a pgaudit class; expected one of {', '.join(PGAUDIT_CLASSES)}, "
+                         "or one of them after '-' to subtract it")
+    return value
+
+
+class PgAudit(Strict):
+    """pgaudit's session audit logging: which statement classes the server log records, with an AUDIT line."""
+
+    log: Annotated[list[Annotated[str, AfterValidator(_check_audit_class)]], Field(min_length=1)]
+    log_catalog: bool = False
+    """Also statements that touch only pg_catalog (psql's \\d and the exporters' queries): noise, off by default."""
+    log_parameter: bool = False
+    log_relation: bool = False
+
+    @field_validator("log")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        repeated = sorted({c for c in value if value.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once")
+        if all(c.startswith("-") for c in value):
+            raise ValueError("only subtracted classes: name what to log, such as [all, -misc]")
+        return value
 
 
 class PostgresCluster(ClusterBase):
@@ -510,6 +544,8 @@ class PostgresCluster(ClusterBase):
     patroni: Patroni = Patroni()
     endpoints: Endpoints = Endpoints()
     indexes: IndexPolicy = IndexPolicy()
+    audit: PgAudit | None = None
+    """pgaudit on every host of the cluster; None: not loaded."""
 
     @field_validator("parameters")
     @classmethod
@@ -708,13 +744,10 @@ class RedisCluster(ClusterBase):
     down_after_ms: Annotated[int, Field(ge=100)] = 5000
     failover_timeout_ms: Annotated[int, Field(ge=1000)] = 60000
     tls: TLS = TLS(enabled=False)
-    """Redis TLS is not implemented yet: off by default, and asking for it is refused at load."""
+    """Off unless asked for: the roles do not switch a running plaintext cluster to TLS in place (README, Redis)."""
 
     @model_validator(mode="after")
     def _topology(self) -> RedisCluster:
-        if self.tls.enabled:
-            raise ValueError("tls.enabled: TLS for Redis and Sentinel is not implemented yet; keep Redis on "
-                             "private subnets (the stacks' security groups) and set tls: {enabled: false}")
         if self.replicas > len(self.hosts) - 1:
             raise ValueError(
                 f"replicas: {self.replicas} replicas need {self.replicas + 1} hosts, "
@@ -1157,8 +1190,16 @@ def parse_fleet(text: str, file: str = "<spec>") -> Fleet:
         raise SpecError(file, [SpecProblem("", 1, "nested too deeply")]) from None
 
 
-def load_fleet(path: str | Path) -> Fleet:
-    """Read and validate a fleet spec file."""
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated fleet and the sha256 of the exact bytes it was parsed from (the operator's audit trail names it)."""
+
+    fleet: Fleet
+    sha256: str
+
+
+def read_spec(path: str | Path) -> LoadedSpec:
+    """Read and validate a fleet spec file, hashing the bytes that were parsed (read once, so they are the same)."""
     p = Path(path)
     try:
         with p.open("rb") as handle:
@@ -1174,4 +1215,9 @@ def load_fleet(path: str | Path) -> Fleet:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(str(p), [SpecProblem("", None, f"not UTF-8 text: {exc.reason}")]) from None
-    return parse_fleet(text, str(p))
+    return LoadedSpec(parse_fleet(text, str(p)), hashlib.sha256(raw).hexdigest())
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """Read and validate a fleet spec file."""
+    return read_spec(path).fleet

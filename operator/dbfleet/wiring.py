@@ -1,8 +1,8 @@
 """How the operator is put together, written down in one place.
 
 The reconcilers a cycle runs and their order, the columns `status` shows, how
-backups reach a cluster (storage, scratch hosts) and which lock makes one
-operator the leader. Commands and tests build operators from these; nothing
+backups reach a cluster (storage, scratch hosts), which lock makes one
+operator the leader and where it records what it does. Commands and tests build operators from these; nothing
 joins the loop by being imported.
 """
 
@@ -22,6 +22,7 @@ from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.postgres import PostgresSession, connect
 from dbfleet.lab.scratch import LabScratch, backup_volume_mountpoint
 from dbfleet.progress import Progress
+from dbfleet.reconcile.audit import AuditTrail
 from dbfleet.reconcile.index_reconciler import IndexReconciler
 from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
 from dbfleet.reconcile.loop import Leader, Reconciler
@@ -100,3 +101,9 @@ def leader_lock(fleet: Fleet, access: FleetAccess, lock_dir: Path, cluster_name:
         return connect(cluster, access, host, "postgres", operator_identity())
 
     return AdvisoryLeaderLock(lock_connection, where=f"the primary of {cluster.name}")
+
+
+def audit_trail(path: Path, spec_sha256: str) -> AuditTrail:
+    """The recorder of the operator's actions: JSON lines in `path` (beside the state file), naming this process
+    as the leader lock does and the spec by its hash."""
+    return AuditTrail(path, operator_identity(), spec_sha256)

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 
 from dbfleet.cli import main
+from redis_support import node as redis_node
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from test_indexes import CLUSTER, REPO, PgEnv, scratch_database
@@ -138,8 +138,7 @@ def test_a_spec_that_shrinks_a_cluster_is_refused_and_nothing_changes(pgenv: PgE
     if lab.has("redis"):
         cluster = lab.fleet.of_engine("redis")[0]
         for host in cluster.data_hosts():
-            node = redis.Redis(lab.address(host.name), cluster.port, username="dbfleet_admin",
-                               password=lab.secrets["redis_admin_password"], socket_timeout=3)
+            node = redis_node(lab, host.name, cluster, timeout=3)
             assert node.config_get("maxmemory")["maxmemory"] == str(128 * 1024 * 1024)
 
 

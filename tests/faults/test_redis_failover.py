@@ -20,8 +20,10 @@ import pytest
 import redis
 from redis.sentinel import Sentinel
 
+from dbfleet.engines.tls import redis_cli_tls_args
 from dbfleet.lab.topology import network_name
 from dbfleet.spec import RedisCluster
+from redis_support import node, sentinels
 
 pytestmark = pytest.mark.lab
 
@@ -58,18 +60,12 @@ def bounded(what: str, check: Callable[[], Any], timeout: float, every: float = 
 
 
 def sentinel_client(lab: Any, cluster: RedisCluster) -> Sentinel:
-    """An application's view: ask the Sentinels for the master, log in as `app`."""
-    return Sentinel([(lab.address(h.name), cluster.sentinel_port) for h in cluster.sentinel_hosts()],
-                    sentinel_kwargs={"password": lab.secrets["redis_sentinel_password"], "socket_timeout": TIMEOUT,
-                                     "socket_connect_timeout": TIMEOUT},
-                    username="app", password=lab.secrets["redis_app_password"], socket_timeout=TIMEOUT,
-                    socket_connect_timeout=TIMEOUT)
+    """An application's view: ask the Sentinels for the master, log in as `app` (over TLS when the spec says)."""
+    return sentinels(lab, cluster, timeout=TIMEOUT, username="app", password=lab.secrets["redis_app_password"])
 
 
 def admin(lab: Any, host: str, cluster: RedisCluster) -> redis.Redis:
-    return redis.Redis(lab.address(host), cluster.port, username="dbfleet_admin",
-                       password=lab.secrets["redis_admin_password"], socket_timeout=TIMEOUT,
-                       socket_connect_timeout=TIMEOUT, decode_responses=True)
+    return node(lab, host, cluster, timeout=TIMEOUT)
 
 
 def master_host(lab: Any, cluster: RedisCluster, sentinel: Sentinel) -> str:
@@ -160,8 +156,8 @@ def test_an_isolated_master_refuses_writes_and_rejoins(cache: tuple[Any, RedisCl
     def write_on_isolated() -> str:
         # From inside the container: the lab network is gone, loopback is not.
         _code, out = container.exec_run(
-            ["redis-cli", "-p", str(cluster.port), "--user", "dbfleet_admin", "--no-auth-warning",
-             "SET", "dbfleet:test:isolated", "1"],
+            ["redis-cli", *redis_cli_tls_args(cluster), "-h", "127.0.0.1", "-p", str(cluster.port),
+             "--user", "dbfleet_admin", "--no-auth-warning", "SET", "dbfleet:test:isolated", "1"],
             environment={"REDISCLI_AUTH": lab.secrets["redis_admin_password"]})
         return out.decode().strip()
 

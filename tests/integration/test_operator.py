@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +18,7 @@ import psycopg
 import pytest
 from test_indexes import CLUSTER, REPO, PgEnv, changes, outcomes, scratch_database, target
 
+from dbfleet.cli import main
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.postgres import PostgresSession, connect
 from dbfleet.reconcile.leader import LOCK_KEY, AdvisoryLeaderLock
@@ -114,3 +119,27 @@ def test_plan_needs_no_lock_and_changes_nothing(pgenv: PgEnv):
     assert pgenv.index_valid("orders_open_idx") is None
     pgenv.dbfleet("reconcile", "--once")
     assert pgenv.index_valid("orders_open_idx") is True
+
+
+def test_the_audit_trail_records_what_the_leader_did_and_only_that(pgenv: PgEnv):
+    trail = pgenv.workdir / "operator-audit.jsonl"
+    pgenv.dbfleet("reconcile", "--once")
+    before = trail.read_text().count("\n")
+    pgenv.sql("DROP INDEX orders_open_idx")
+    with other_operator(pgenv) as other:
+        assert other.acquire()
+        pgenv.dbfleet("reconcile", "--once")  # a standby observes and records nothing
+    assert trail.read_text().count("\n") == before
+    spec = pgenv.write_spec()
+    pgenv.dbfleet("reconcile", "--once", spec=spec)
+    lines = [json.loads(line) for line in trail.read_text().splitlines()[before:]]
+    assert [(r["cluster"], r["action"]["kind"], r["action"]["target"], r["outcome"]) for r in lines] == [
+        (CLUSTER, "create-index", target("orders_open_idx"), "done")]
+    assert lines[0]["spec_sha256"] == hashlib.sha256(spec.read_bytes()).hexdigest()
+    assert lines[0]["operator"].startswith("dbfleet-operator-leader ") and lines[0]["reason"]
+    assert trail.stat().st_mode & 0o777 == 0o600
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["audit", "--state", str(pgenv.workdir / "state.json"), "--cluster", CLUSTER, "--since", "10m",
+                     "--json"]) == 0
+    assert target("orders_open_idx") in [r["action"]["target"] for r in json.loads(out.getvalue())["records"]]

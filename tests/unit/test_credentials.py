@@ -10,6 +10,7 @@ really given, so the copies cannot drift again.
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.mongo import MongoSession
 from dbfleet.engines.postgres import PostgresSession
 from dbfleet.engines.redis import RedisSession
+from dbfleet.errors import PermanentError
 from dbfleet.secrets import BACKUP_AGE_IDENTITY, PASSWORD_KEYS
 from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster, load_fleet
 
@@ -67,10 +69,13 @@ def test_the_advisor_plans_as_the_read_only_role_the_postgres_role_creates() -> 
     assert "groups: [pg_read_all_data]" in tasks and "role_attr_flags: NOLOGIN" in tasks
 
 
+_PROJECT = Path(tempfile.mkdtemp(prefix="dbfleet-credentials-"))
 ACCESS = FleetAccess({h: "10.0.0.9" for c in FLEET.clusters for h in c.host_names()},
                      {**{key: f"pw-{key}" for key in PASSWORD_KEYS}, BACKUP_AGE_IDENTITY: new_identity()},
-                     Path("/fleet/inventories/local/lab/hosts.yml"))
-FLEET_CA = "/fleet/inventories/local/lab/pki/ca.crt"
+                     _PROJECT / "inventories/local/lab/hosts.yml")
+FLEET_CA = str(_PROJECT / "inventories/local/lab/pki/ca.crt")  # the pki role's CA, there as after a converge
+Path(FLEET_CA).parent.mkdir(parents=True)
+Path(FLEET_CA).write_text("-----BEGIN CERTIFICATE-----\n")
 
 
 def test_the_mongo_session_logs_in_as_the_user_the_roles_create(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,10 +151,25 @@ def test_the_fleet_ca_is_where_the_pki_role_makes_it() -> None:
     assert role_defaults("pki")["pki_dir"] == "{{ inventory_dir }}/" + tls.PKI_DIR
 
 
-def test_redis_sessions_log_in_as_the_monitor_user() -> None:
-    cluster = FLEET.cluster("cache")
+def with_tls(cluster: Any, enabled: bool = True) -> RedisCluster:
     assert isinstance(cluster, RedisCluster)
-    session = RedisSession(cluster, ACCESS)
+    return cluster.model_copy(update={"tls": cluster.tls.model_copy(update={"enabled": enabled})})
+
+
+def redis_access(tmp_path: Path) -> tuple[RedisCluster, FleetAccess, Path]:
+    """The example's Redis cluster, and access through an inventory with the fleet CA the pki role leaves
+    beside it."""
+    cluster = with_tls(FLEET.cluster("cache"))
+    inventory = tmp_path / "local" / "lab" / "hosts.yml"
+    ca = inventory.parent / "pki" / "ca.crt"
+    ca.parent.mkdir(parents=True)
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    return cluster, FleetAccess(ACCESS.addresses, ACCESS.secrets, inventory), ca
+
+
+def test_redis_sessions_log_in_as_the_monitor_user(tmp_path: Path) -> None:
+    cluster, access, _ = redis_access(tmp_path)
+    session = RedisSession(cluster, access)
     client = session.client("redis-1", cluster.port, credentials.REDIS_MONITOR)
     kwargs = client.connection_pool.connection_kwargs
     assert kwargs["username"] == role_defaults("redis_common")["redis_monitor_user"]
@@ -162,3 +182,75 @@ def test_patroni_namespace_is_the_one_etcd_grants() -> None:
 
     assert role_defaults("etcd")["etcd_patroni_namespace"] == NAMESPACE
 
+
+def test_redis_sessions_check_the_servers_certificate_and_name_against_the_fleet_ca(tmp_path: Path) -> None:
+    """Issue 17: Redis had no TLS. The example turns it on; the session's clients (data nodes and Sentinels)
+    verify the chain against the CA the pki role made and the address against the certificate."""
+    import redis
+
+    cluster, access, ca = redis_access(tmp_path)
+    session = RedisSession(cluster, access)
+    for port, login in ((cluster.port, credentials.REDIS_MONITOR), (cluster.sentinel_port, credentials.REDIS_SENTINEL)):
+        pool = session.client("redis-1", port, login).connection_pool
+        assert pool.connection_class is redis.SSLConnection
+        kwargs = pool.connection_kwargs
+        assert (kwargs["ssl_ca_certs"], kwargs["ssl_cert_reqs"], kwargs["ssl_check_hostname"]) == (
+            str(ca), "required", True)
+    session.close()
+
+
+def test_without_the_fleet_ca_a_redis_session_does_not_connect_unverified(tmp_path: Path) -> None:
+    cluster, access, ca = redis_access(tmp_path)
+    ca.unlink()
+    with pytest.raises(PermanentError, match="the CA .*ca.crt is not there"):
+        RedisSession(cluster, access).client("redis-1", cluster.port, credentials.REDIS_MONITOR)
+    with pytest.raises(PermanentError, match="no CA"):
+        tls.redis_client_tls(cluster, None)
+
+
+def test_the_operator_trusts_the_ca_the_pki_role_makes_beside_the_inventory(tmp_path: Path) -> None:
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    cluster, access, ca = redis_access(tmp_path)
+    defaults = {k: trust_as_template(v) if isinstance(v, str) else v for k, v in role_defaults("pki").items()}
+    variables = {**defaults, "inventory_dir": str(ca.parent.parent), "cluster": cluster.model_dump(mode="json")}
+    rendered = Templar(loader=DataLoader(), variables=variables).template(trust_as_template("{{ pki_ca_cert }}"))
+    assert Path(str(rendered)) == tls.fleet_ca(cluster, access.inventory) == ca
+
+
+def test_the_host_ca_the_redis_tools_trust_is_where_the_redis_roles_put_it() -> None:
+    common = role_defaults("redis_common")
+    assert tls.REDIS_HOST_CA == common["redis_tls_ca"].replace("{{ redis_tls_dir }}", common["redis_tls_dir"])
+    assert tls.REDIS_HOST_CA == role_defaults("redis_exporter")["redis_exporter_tls_ca"]
+
+
+def test_redis_cli_of_the_backups_and_of_the_role_handlers_use_the_same_tls() -> None:
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    from dbfleet.backups.access import BackupAccess
+    from dbfleet.backups.redis import cli
+    from dbfleet.backups.storage import LocalStorage
+    from dbfleet.engines.executor import ExecResult
+
+    cluster = with_tls(FLEET.cluster("cache"))
+    ran: list[list[str]] = []
+
+    class Hosts:
+        def run(self, host: str, argv: list[str], **kw: Any) -> ExecResult:
+            ran.append(list(argv))
+            return ExecResult(0, "", "")
+
+    access = BackupAccess(cluster, Hosts(), LocalStorage(Path("/nonexistent")), ACCESS)  # type: ignore[arg-type]
+    cli(access, "redis-2", "DBSIZE")
+    (argv,) = ran
+    assert argv[1:4] == ["--tls", "--cacert", tls.REDIS_HOST_CA] == tls.redis_cli_tls_args(cluster)
+    defaults = {k: trust_as_template(v) if isinstance(v, str) else v
+                for k, v in role_defaults("redis_common").items()}
+    for enabled in (True, False):
+        spec = with_tls(cluster, enabled)
+        variables = {**defaults, "cluster": spec.model_dump(mode="json")}
+        handlers = Templar(loader=DataLoader(), variables=variables).template(
+            trust_as_template("{{ redis_cli_tls_args }}"))
+        assert list(handlers) == tls.redis_cli_tls_args(spec), enabled

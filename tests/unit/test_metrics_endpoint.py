@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from dbfleet.cli import build_parser
-from dbfleet.commands.reconcile import UsageError, metrics_endpoint
+from dbfleet.commands.common import UsageError
+from dbfleet.commands.reconcile import metrics_endpoint
 from dbfleet.engines.access import FleetAccess
 from dbfleet.monitoring import metrics
 from dbfleet.monitoring.endpoint import (

@@ -19,8 +19,8 @@ from dbfleet.spec import PostgresCluster, load_fleet
 REPO = Path(__file__).resolve().parents[2]
 PG = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
 assert isinstance(PG, PostgresCluster)
-ACCESS = FleetAccess({"pg-1": "10.0.0.1", "pg-2": "10.0.0.2", "pg-3": "10.0.0.3"}, {},
-                     Path("/fleet/inventories/local/lab/hosts.yml"))
+ADDRESSES = {"pg-1": "10.0.0.1", "pg-2": "10.0.0.2", "pg-3": "10.0.0.3"}
+ACCESS = FleetAccess(ADDRESSES, {}, Path("/fleet/inventories/local/lab/hosts.yml"))
 
 CLUSTER_JSON: dict[str, Any] = {"members": [
     {"name": "pg-1", "role": "leader", "state": "running", "api_url": "https://10.0.0.1:8008/patroni",
@@ -84,15 +84,18 @@ def test_dynamic_config_follows_the_spec() -> None:
     assert dynamic_config(strict)["synchronous_mode_strict"] is True
 
 
-def test_endpoint_dsns_list_every_haproxy_host_and_no_password() -> None:
-    rw = endpoint_dsn(PG, ACCESS)
-    ro = endpoint_dsn(PG, ACCESS, read_only=True)
+def test_endpoint_dsns_list_every_haproxy_host_and_no_password(tmp_path: Path) -> None:
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "pki" / "ca.crt").write_text("a CA\n")
+    access = FleetAccess(ADDRESSES, {}, tmp_path / "hosts.yml")
+    rw = endpoint_dsn(PG, access)
+    ro = endpoint_dsn(PG, access, read_only=True)
     assert rw.startswith("postgresql://app@10.0.0.1:5000,10.0.0.2:5000,10.0.0.3:5000/app?")
     assert ro.startswith("postgresql://app@10.0.0.1:5001,10.0.0.2:5001,10.0.0.3:5001/app?")
-    assert "sslmode=verify-full" in rw and "sslrootcert=%2Ffleet%2Finventories%2Flocal%2Flab%2Fpki%2Fca.crt" in rw
+    assert f"sslmode=verify-full&sslrootcert={quote(str(tmp_path / 'pki' / 'ca.crt'), safe='')}" in rw
     assert "password" not in rw and "target_session_attrs" not in rw
     manual = PG.model_copy(update={"ha": "manual"})
-    direct = endpoint_dsn(manual, ACCESS, read_only=True)
+    direct = endpoint_dsn(manual, access, read_only=True)
     assert ":5432," in direct and "target_session_attrs=standby" in direct
 
 
@@ -104,6 +107,8 @@ def test_connect_prints_a_dsn_verified_against_the_inventorys_ca_from_any_direct
     fleet = load_fleet(REPO / "fleet.example.yaml")
     access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
     write_inventory(build_inventory(fleet, access), tmp_path / "lab")
+    (tmp_path / "lab" / "pki").mkdir()
+    (tmp_path / "lab" / "pki" / "ca.crt").write_text("a CA\n")
     monkeypatch.chdir(tmp_path)
     assert main(["--spec", str(REPO / "fleet.example.yaml"), "connect", "--cluster", "pg-main",
                  "--inventory", "lab/hosts.yml"]) == 0

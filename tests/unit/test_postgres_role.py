@@ -1,4 +1,6 @@
-"""The postgres_server role's rendered settings: a value from the spec stays inside one quoted value."""
+"""The postgres_server role's pure parts: the rendered dbfleet.conf (a value from the spec stays inside one quoted
+value; pgaudit from the spec; the CIS logging settings) and the tasks that send passwords keeping their statements
+out of the server log."""
 
 from __future__ import annotations
 
@@ -66,22 +68,97 @@ def _trusted(value: Any) -> Any:
         return trust_as_template(value)
     if isinstance(value, dict):
         return {k: _trusted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_trusted(v) for v in value]
     return value
 
 
-def render_settings(parameters: dict[str, Any], host: str = "pg-1", **role_vars: Any) -> str:
-    """dbfleet.conf.j2 for `host` with the role defaults, the inventory's vars, and `parameters` as the spec's."""
+def _render(template: str, host: str, role_vars: dict[str, Any] | None = None, **cluster_overrides: Any) -> str:
+    """Render a role template with the role defaults, the inventory's vars and the facts discover.yml sets."""
     fleet = load_fleet(REPO / "fleet.example.yaml")
     access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
     inventory = build_inventory(fleet, access)["all"]
-    cluster = {**inventory["children"][cluster_group("pg-main")]["vars"]["cluster"], "parameters": parameters}
     variables: dict[str, Any] = _trusted(yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()))
-    variables.update(inventory["vars"], **inventory["hosts"][host], cluster=cluster, postgres_is_primary=True)
-    variables.update(role_vars)
-    text = (ROLE / "templates" / "dbfleet.conf.j2").read_text()
+    cluster = {**inventory["children"][cluster_group("pg-main")]["vars"]["cluster"], **cluster_overrides}
+    variables.update(inventory["vars"], **inventory["hosts"][host], cluster=cluster,
+                     postgres_is_primary=host == "pg-1", postgres_primary_address="10.0.0.1",
+                     postgres_slot=host.replace("-", "_"),
+                     dbfleet_secrets={"postgres_replication_password": "secret-replication"})
+    variables.update(role_vars or {})
+    text = (ROLE / "templates" / template).read_text()
     # As the template action renders a file: backslashes in the template are the template's own.
     templar = Templar(loader=DataLoader(), variables=variables)
     return str(templar.template(trust_as_template(text), escape_backslashes=False))
+
+
+def render_settings(parameters: dict[str, Any], host: str = "pg-1", **role_vars: Any) -> str:
+    """dbfleet.conf.j2 for `host`, with `parameters` as the spec's."""
+    return _render("dbfleet.conf.j2", host, role_vars, parameters=parameters)
+
+
+def _settings(conf: str) -> dict[str, str]:
+    return dict(settings(conf))
+
+
+@pytest.mark.parametrize("host", ["pg-1", "pg-2"])
+def test_the_lab_spec_preloads_pgaudit_beside_pg_stat_statements_and_sets_its_classes(host: str) -> None:
+    conf = _settings(_render("dbfleet.conf.j2", host))
+    assert conf["shared_preload_libraries"] == "pg_stat_statements,pgaudit"
+    assert conf["pgaudit.log"] == "ddl,role"
+    assert (conf["pgaudit.log_catalog"], conf["pgaudit.log_parameter"], conf["pgaudit.log_relation"]) == \
+        ("off", "off", "off")
+
+
+def test_without_audit_pgaudit_is_neither_loaded_nor_set() -> None:
+    conf = _render("dbfleet.conf.j2", "pg-1", audit=None)
+    assert _settings(conf)["shared_preload_libraries"] == "pg_stat_statements"
+    assert "pgaudit" not in conf
+
+
+def test_subtracted_classes_and_options_reach_the_file() -> None:
+    audit = {"log": ["all", "-misc"], "log_catalog": True, "log_parameter": False, "log_relation": True}
+    conf = _settings(_render("dbfleet.conf.j2", "pg-1", audit=audit))
+    assert conf["pgaudit.log"] == "all,-misc"
+    assert (conf["pgaudit.log_catalog"], conf["pgaudit.log_relation"]) == ("on", "on")
+
+
+def test_pgaudit_is_installed_by_the_role_and_in_the_lab_image() -> None:
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    assert "postgresql-{{ postgres_version }}-pgaudit" in defaults["postgres_packages"]
+    dockerfile = (REPO / "operator/dbfleet/lab/images/postgres/Dockerfile").read_text()
+    assert "postgresql-15-pgaudit" in dockerfile
+
+
+def _tasks(path: Path) -> list[dict[str, Any]]:
+    return list(yaml.safe_load(path.read_text()) or [])
+
+
+def test_every_task_that_sends_a_password_keeps_the_statement_out_of_the_server_log() -> None:
+    """CREATE/ALTER ROLE ... PASSWORD 'x': PostgreSQL's statement logging writes it as sent (pgaudit redacts it)."""
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    options = defaults["postgres_secret_session_options"].split()
+    assert options == ["-c", "log_statement=none", "-c", "log_min_duration_statement=-1",
+                       "-c", "log_min_error_statement=panic"]
+    senders = [task for path in sorted((ROLE / "tasks").glob("*.yml")) for task in _tasks(path)
+               if "password" in (task.get("community.postgresql.postgresql_user") or {})]
+    assert len(senders) == 2
+    for task in senders:
+        assert task.get("environment", {}).get("PGOPTIONS") == "{{ postgres_secret_session_options }}", task["name"]
+
+
+def test_the_extension_is_created_after_the_restart_that_loads_the_library() -> None:
+    main = [task.get("name", "") for task in _tasks(ROLE / "tasks" / "main.yml")]
+    assert main.index("Audit with pgaudit as the spec says") > main.index("Restart where a changed setting needs it")
+    dropped = next(t for t in _tasks(ROLE / "tasks" / "primary.yml") if t["name"].startswith("Drop pgaudit"))
+    assert dropped["when"] == "cluster.audit is none"
+
+
+def test_logging_follows_the_cis_benchmark() -> None:
+    conf = _settings(_render("dbfleet.conf.j2", "pg-2"))
+    assert (conf["log_connections"], conf["log_disconnections"], conf["log_replication_commands"]) == \
+        ("on", "on", "on")
+    assert all(escape in conf["log_line_prefix"] for escape in ("%m", "%p", "%u", "%d", "%a", "%h"))
+    assert conf["log_timezone"] == "UTC" and conf["ssl_min_protocol_version"] == "TLSv1.2"
 
 
 HOSTILE = [
@@ -104,7 +181,7 @@ def test_a_hostile_parameter_value_stays_inside_one_quoted_value(value: str) -> 
 def test_ordinary_settings_render_as_before() -> None:
     read = dict(settings(render_settings({"shared_buffers": "128MB", "max_connections": 100, "jit": False})))
     assert (read["shared_buffers"], read["max_connections"], read["jit"]) == ("128MB", "100", "off")
-    assert read["log_line_prefix"] == "%m [%p] %q%u@%d "
+    assert read["log_line_prefix"] == "%m [%p] %q%u@%d app=%a client=%h "
     assert read["archive_command"] == "pgbackrest --stanza=pg-main archive-push %p"
 
 

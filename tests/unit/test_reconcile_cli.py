@@ -71,3 +71,52 @@ def test_postgres_errors_are_split_into_temporary_and_permanent(exc, kind):
     error = classify(exc, "pg-1", "database app")
     assert type(error) is kind
     assert error.host == "pg-1" and error.message.startswith("database app: ")
+
+
+def _empty_fleet_files(tmp_path: Path) -> Path:
+    """An inventory with one host of the example's PostgreSQL cluster and a secrets file, but no fleet CA beside
+    it: reconcile starts, and the cluster's observation fails at once (it never connects unverified), so it runs
+    without servers."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    pg-1: {dbfleet_address: 127.0.0.1}\n")
+    secrets = tmp_path / "group_vars" / "all" / "secrets.yml"
+    secrets.parent.mkdir(parents=True)
+    secrets.write_text("dbfleet_secrets: {}\n")
+    return inventory
+
+
+def test_reconcile_creates_its_audit_trail_0600_beside_the_state(tmp_path, capsys):
+    inventory = _empty_fleet_files(tmp_path)
+    assert main(["--spec", SPEC, "reconcile", "--once", "--inventory", str(inventory)]) == 1  # no CA: no cluster
+    trail = tmp_path / "operator-audit.jsonl"
+    assert trail.exists() and trail.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "operator-state.json").exists()
+    assert main(["audit", "--inventory", str(inventory)]) == 0
+    assert "(no actions recorded)" in capsys.readouterr().out
+
+
+def test_reconcile_refuses_to_start_when_its_audit_trail_is_a_link(tmp_path, capsys):
+    inventory = _empty_fleet_files(tmp_path)
+    (tmp_path / "operator-audit.jsonl").symlink_to(tmp_path / "elsewhere")
+    assert main(["--spec", SPEC, "reconcile", "--once", "--inventory", str(inventory)]) == 2
+    err = capsys.readouterr().err
+    assert f"dbfleet reconcile: {tmp_path / 'operator-audit.jsonl'}: is a symbolic link" in err
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "operator-state.json").exists()
+
+
+def test_the_operator_records_with_the_hash_of_the_spec_it_read(tmp_path):
+    import hashlib
+    import json
+
+    from dbfleet.actions import Action, Outcome
+    from dbfleet.commands.reconcile import build_operator
+
+    inventory = _empty_fleet_files(tmp_path)
+    args = build_parser().parse_args(["--spec", SPEC, "reconcile", "--once", "--inventory", str(inventory)])
+    operator = build_operator(args, audit=True)
+    assert operator.record is not None
+    operator.record(Outcome(Action("pg-main", "members", "start", "pg-2", "does not answer"), "done", "started"))
+    line = json.loads((tmp_path / "operator-audit.jsonl").read_text())
+    assert line["spec_sha256"] == hashlib.sha256(Path(SPEC).read_bytes()).hexdigest()
+    assert line["operator"].startswith("dbfleet-operator-leader ") and line["outcome"] == "done"
+    assert build_operator(args).record is None  # plan and status never act, so they keep no trail

@@ -3,16 +3,18 @@ reconcilers and sessions here are small in-process stand-ins for the engine inte
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from dbfleet.actions import Action
+from dbfleet.actions import Action, Outcome
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.base import EngineSession, Member, Topology
 from dbfleet.errors import PermanentError, TemporaryError
+from dbfleet.reconcile.audit import AuditError, AuditTrail
 from dbfleet.reconcile.leader import FileLeaderLock
 from dbfleet.reconcile.loop import Operator, watch
 from dbfleet.reconcile.retry import ClusterBackoff, RetryPolicy, call_with_retry
@@ -321,3 +323,58 @@ def test_state_survives_a_corrupt_file(tmp_path):
     state = tmp_path / "state.json"
     state.write_text("{not json")
     assert load_state(state) == {}
+
+
+# --------------------------------------------------------------------------- the audit trail
+
+
+def test_every_applied_action_is_one_line_of_the_audit_trail(tmp_path):
+    path = tmp_path / "operator-audit.jsonl"
+    trail = AuditTrail(path, "dbfleet-operator-leader test:1", "cd" * 32)
+    rec = Recorder({"pg-main/one": [PermanentError("duplicate key")], "cache/one": [TemporaryError("down")] * 5})
+    report = make_operator(rec, record=trail.record).run_cycle(apply=True)
+    outcomes = [o for c in report.clusters for o in c.outcomes]
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == len(outcomes) == 6  # two changes per cluster; the reports are not actions taken
+    assert [(r["cluster"], r["action"]["target"], r["outcome"]) for r in lines] == [
+        (o.action.cluster, o.action.target, o.status) for o in outcomes]
+    assert {r["outcome"] for r in lines} == {"done", "failed", "skipped"}
+    failed = next(r for r in lines if r["outcome"] == "failed" and r["cluster"] == "pg-main")
+    assert "duplicate key" in failed["message"] and failed["reason"] == "wanted"
+    assert all(r["spec_sha256"] == "cd" * 32 and r["operator"] == "dbfleet-operator-leader test:1" for r in lines)
+
+
+def test_a_plan_and_a_standby_record_nothing(tmp_path):
+    lines: list[Outcome] = []
+    make_operator(Recorder(), record=lines.append).run_cycle(apply=False)
+    watch(make_operator(Recorder(), record=lines.append), Standby(), 0.01, max_cycles=1)
+    assert lines == []
+
+
+def test_a_stopped_operator_records_what_it_skipped():
+    stop = threading.Event()
+    lines: list[Outcome] = []
+    report = make_operator(Recorder(stop=stop), stop=stop, record=lines.append).run_cycle(apply=True)
+    assert lines == [o for c in report.clusters for o in c.outcomes]
+    assert [o.status for o in lines][:2] == ["done", "skipped"]
+
+
+def test_an_action_the_trail_cannot_record_stops_all_acting_this_cycle():
+    rec, written = Recorder(), []
+
+    def record(outcome: Outcome) -> None:
+        if len(written) == 1:
+            raise AuditError("operator-audit.jsonl: cannot append to the audit trail: No space left on device")
+        written.append(outcome)
+
+    operator = make_operator(rec, record=record)
+    report = operator.run_cycle(apply=True)
+    assert rec.applied == ["pg-main/one", "pg-main/two"]  # the second was done, then could not be recorded
+    assert "the audit trail did not record make pg-main/two: " in report.clusters[0].error
+    assert not report.ok
+    skipped = [o for c in report.clusters[1:] for o in c.outcomes]
+    assert skipped and all(o.status == "skipped" and "the audit trail failed" in o.message for o in skipped)
+    written.clear()  # the next cycle tries again
+    rec.applied.clear()
+    operator.run_cycle(apply=True)
+    assert rec.applied[:2] == ["pg-main/one", "pg-main/two"]

@@ -13,8 +13,9 @@ import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 
+from dbfleet.engines import tls
 from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
-from dbfleet.spec import load_fleet
+from dbfleet.spec import RedisCluster, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "playbooks" / "roles"
@@ -106,17 +107,19 @@ def _trusted(value: Any) -> Any:
     return value
 
 
-def _render(role: str, template: str, host: str, **cluster_overrides: Any) -> str:
-    """Render a role template with the role defaults and the inventory's vars for `host`."""
+def _render(role: str, template: str, host: str, task_vars: dict[str, str] | None = None,
+            **cluster_overrides: Any) -> str:
+    """Render a role template with the role defaults (and redis_common's, which the server and Sentinel roles
+    depend on), the inventory's vars for `host` and the task's vars."""
     fleet = load_fleet(REPO / "fleet.example.yaml")
     access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
     inventory = build_inventory(fleet, access)["all"]
     variables: dict[str, Any] = {}
-    for defaults in ("redis_common", role):
+    for defaults in ("redis_common", role) if role != "redis_exporter" else (role,):
         variables.update(_trusted(yaml.safe_load((ROLES / defaults / "defaults" / "main.yml").read_text())))
     cluster = {**inventory["children"][cluster_group("cache")]["vars"]["cluster"], **cluster_overrides}
     variables.update(inventory["vars"], **inventory["hosts"][host], cluster=cluster,
-                     dbfleet_secrets={k: f"secret-{k}" for k in SECRET_KEYS})
+                     dbfleet_secrets={k: f"secret-{k}" for k in SECRET_KEYS}, **_trusted(task_vars or {}))
     text = (ROLES / role / "templates" / template).read_text()
     return str(Templar(loader=DataLoader(), variables=variables).template(trust_as_template(text)))
 
@@ -157,10 +160,70 @@ def test_acl_file_switches_default_off_and_stores_only_hashes() -> None:
 
 
 def test_sentinel_base_binds_its_address_and_requires_a_password() -> None:
-    conf = _render("redis_sentinel", "sentinel.conf.j2", "sentinel-1")
+    conf = _render("redis_sentinel", "sentinel.conf.j2", "sentinel-1", tls=PLAIN)
     assert conf.startswith("# dbfleet: Sentinel base config")
     lines = conf.splitlines()
     assert "port 26379" in lines and "protected-mode yes" in lines
     assert any(line.startswith("bind 127.0.0.1 10.0.0.") and len(line.split()) == 3 for line in lines)
     assert 'requirepass "secret-redis_sentinel_password"' in lines
     assert not any(line.startswith("sentinel monitor") for line in lines), "the monitor is set with SENTINEL MONITOR"
+
+
+# --------------------------------------------------------------------------- TLS (issue 17)
+
+PLAIN = {"enabled": False, "ca_cert": None, "ca_key": None}
+TLS_ON = {**PLAIN, "enabled": True}
+CA = tls.REDIS_HOST_CA
+TLS_DIR = CA.rsplit("/", 1)[0]
+
+
+def test_a_tls_data_node_has_no_plaintext_port_and_replicates_over_tls() -> None:
+    """Issue 17: Redis had no TLS, so ACL, replication and Sentinel passwords crossed the network in clear."""
+    conf = _settings(_render("redis_server", "dbfleet.conf.j2", "redis-2", tls=TLS_ON))
+    assert (conf["port"], conf["tls-port"]) == ("0", "6379")
+    assert (conf["tls-cert-file"], conf["tls-key-file"], conf["tls-ca-cert-file"]) == (
+        f"{TLS_DIR}/server.crt", f"{TLS_DIR}/server.key", CA)
+    assert (conf["tls-replication"], conf["tls-auth-clients"]) == ("yes", "no")
+
+
+def test_a_plaintext_data_node_says_so_explicitly() -> None:
+    """tls-port 0: a TLS port that CONFIG REWRITE once recorded in redis.conf cannot come back."""
+    conf = _settings(_render("redis_server", "dbfleet.conf.j2", "redis-2", tls=PLAIN))
+    assert (conf["port"], conf["tls-port"], conf["tls-replication"]) == ("6379", "0", "no")
+    assert "tls-cert-file" not in conf
+
+
+def test_a_tls_sentinel_listens_on_tls_only_and_talks_tls_to_nodes_and_peers() -> None:
+    lines = _render("redis_sentinel", "sentinel.conf.j2", "sentinel-1", tls=TLS_ON).splitlines()
+    for line in ("port 0", "tls-port 26379", f"tls-cert-file {TLS_DIR}/server.crt",
+                 f"tls-key-file {TLS_DIR}/server.key", f"tls-ca-cert-file {CA}", "tls-replication yes",
+                 "tls-auth-clients no"):
+        assert line in lines, line
+    plain = _render("redis_sentinel", "sentinel.conf.j2", "sentinel-1", tls=PLAIN).splitlines()
+    assert "port 26379" in plain and not any(line.startswith("tls-") for line in plain)
+
+
+@pytest.mark.parametrize("address_var, address", [("redis_exporter_address", "rediss://localhost:6379"),
+                                                   ("sentinel_exporter_address", "rediss://localhost:26379")])
+def test_the_exporters_dial_tls_and_check_the_certificate_against_the_fleet_ca(address_var: str, address: str) -> None:
+    # The task's vars, as redis_exporter/tasks/main.yml passes them for each exporter.
+    task_vars = {"exporter_address": f"{{{{ {address_var} }}}}", "exporter_user": "", "exporter_password": "pw",
+                 "exporter_listen_address": "10.0.0.2:9121"}
+    env = _render("redis_exporter", "exporter.default.j2", "redis-2", task_vars, tls=TLS_ON)
+    values = dict(line.split("=", 1) for line in env.splitlines() if "=" in line and not line.startswith("#"))
+    assert values["REDIS_ADDR"] == address
+    args = values["ARGS"].strip('"').split()
+    assert f"-tls-ca-cert-file={CA}" in args and "-skip-tls-verification" not in args
+    plain = _render("redis_exporter", "exporter.default.j2", "redis-2", task_vars, tls=PLAIN)
+    assert f"REDIS_ADDR={address.replace('rediss', 'redis')}" in plain.splitlines() and "tls" not in plain
+
+
+@pytest.mark.parametrize("module", [discovery, live_config, monitor], ids=lambda m: m.__name__)
+def test_each_role_module_connects_with_the_operators_tls_options(module: ModuleType) -> None:
+    """The modules run on the hosts (no dbfleet there): their options are checked against engines.tls here.
+    redis-py 4 on Debian 12 checks no host name unless asked, so they ask."""
+    example = load_fleet(REPO / "fleet.example.yaml").cluster("cache")
+    assert isinstance(example, RedisCluster)
+    cluster = example.model_copy(update={"tls": example.tls.model_copy(update={"enabled": True})})
+    assert module.tls_options(True, CA) == tls.redis_client_tls(cluster, CA)
+    assert module.tls_options(False, CA) == {}

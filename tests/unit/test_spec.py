@@ -99,8 +99,6 @@ BAD_INPUTS = [
      "clusters.0.endpoints.ro_port", "already endpoints.rw_port"),
     ("unknown patroni key", ("      loop_wait: 1\n", "      loop_wait: 1\n      loop_wiat: 2\n"),
      "clusters.0.patroni.loop_wiat", "unknown key"),
-    ("redis tls not implemented", ("min_replicas_to_write: 1", "min_replicas_to_write: 1\n    tls: {enabled: true}"),
-     "clusters.2.tls.enabled", "not implemented yet"),
     ("wrong api version", ("apiVersion: dbfleet/v1", "apiVersion: dbfleet/v9"), "apiVersion", "dbfleet/v1"),
     ("metrics password over plain http", ("    tls: true            #", "    tls: false           #"),
      "monitoring.operator_metrics.basic_auth", "needs tls: true"),
@@ -108,6 +106,24 @@ BAD_INPUTS = [
      "monitoring.operator_metrics.username", "does not match"),
     ("metrics tls not a boolean", ("    tls: true            #", "    tls: 'yes'           #"),
      "monitoring.operator_metrics.tls", "expected true or false"),
+    ("not a pgaudit class", ("audit: {log: [ddl, role]}", "audit: {log: [ddl, roles]}"), "clusters.0.audit.log.1",
+     "'roles' is not a pgaudit class"),
+    ("pgaudit class as config-file text", ("audit: {log: [ddl, role]}", "audit: {log: [\"ddl'\\nssl = off\"]}"),
+     "clusters.0.audit.log.0", "not a pgaudit class"),
+    ("pgaudit class twice", ("audit: {log: [ddl, role]}", "audit: {log: [ddl, role, ddl]}"), "clusters.0.audit.log",
+     "ddl listed more than once"),
+    ("pgaudit subtracting only", ("audit: {log: [ddl, role]}", "audit: {log: [-misc]}"), "clusters.0.audit.log",
+     "only subtracted classes"),
+    ("pgaudit without classes", ("audit: {log: [ddl, role]}", "audit: {log: []}"), "clusters.0.audit.log",
+     "at least 1"),
+    ("pgaudit unknown setting", ("audit: {log: [ddl, role]}", "audit: {log: [ddl], log_level: debug5}"),
+     "clusters.0.audit.log_level", "unknown key"),
+    ("pgaudit setting in parameters", ("      max_connections: 100\n", "      max_connections: 100\n"
+                                       "      pgaudit.log: none\n"),
+     "clusters.0.parameters.pgaudit.log", "audit section"),
+    ("preload libraries in parameters", ("      max_connections: 100\n", "      max_connections: 100\n"
+                                         "      shared_preload_libraries: auto_explain\n"),
+     "clusters.0.parameters.shared_preload_libraries", "loads code into the server"),
 ]
 
 
@@ -122,6 +138,21 @@ def test_bad_input_gets_a_located_error(name: str, edit: tuple[str, str], path: 
     # Every problem names the file and a line.
     assert all(line.startswith("fleet.yaml:") for line in rendered.splitlines()), rendered
     assert all(p.line is not None for p in err.problems)
+
+
+def test_the_lab_audits_ddl_and_role_changes_with_pgaudit() -> None:
+    pg = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
+    assert isinstance(pg, PostgresCluster) and pg.audit is not None
+    assert pg.audit.log == ["ddl", "role"] and not pg.audit.log_parameter
+
+
+def test_pgaudit_takes_its_classes_and_subtractions() -> None:
+    fleet = parse_fleet(EXAMPLE.replace("audit: {log: [ddl, role]}", "audit: {log: [all, -misc, -read]}"))
+    pg = fleet.cluster("pg-main")
+    assert isinstance(pg, PostgresCluster) and pg.audit is not None and pg.audit.log == ["all", "-misc", "-read"]
+    assert isinstance(fleet.cluster("pg-main"), PostgresCluster)
+    without = parse_fleet(EXAMPLE.replace("    audit: {log: [ddl, role]}", "    "))
+    assert without.clusters[0].audit is None  # type: ignore[union-attr]
 
 
 def test_line_number_points_at_the_key() -> None:

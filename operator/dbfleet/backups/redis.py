@@ -3,7 +3,8 @@
 `redis-cli --rdb` asks the server for a full sync, so the snapshot comes from
 a replica's fork and the primary does no extra work. It runs on the replica's
 own host as the operator's ACL user (`dbfleet_admin`, password
-`redis_admin_password`, passed in REDISCLI_AUTH, never argv). DBSIZE and the
+`redis_admin_password`, passed in REDISCLI_AUTH, never argv), over TLS when
+the cluster has it (engines.tls: the host's CA checks the server). DBSIZE and the
 spec's canary key are read on the same replica around the snapshot and kept in
 the manifest, so a drill can tell whether the restored server holds them.
 """
@@ -21,6 +22,7 @@ from dbfleet.backups.scratch import SCRATCH_HOST, ScratchHost
 from dbfleet.backups.spool import AGE_SUFFIX, CIPHER, decrypt_into_scratch, encrypted_dump, recipient, staged_locally
 from dbfleet.engines.credentials import REDIS_ADMIN
 from dbfleet.engines.executor import ExecResult
+from dbfleet.engines.tls import redis_cli_tls_args
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import RedisCluster
 
@@ -40,9 +42,8 @@ def _redis(cluster: Any) -> RedisCluster:
 def cli(access: BackupAccess, host: str, *args: str, timeout: float = 60) -> ExecResult:
     """redis-cli on `host` against its own server, as the admin ACL user."""
     cluster = _redis(access.cluster)
-    argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(cluster.port), "--user", str(REDIS_ADMIN.user),
-            "--no-auth-warning",
-            *args]
+    argv = ["redis-cli", *redis_cli_tls_args(cluster), "-h", "127.0.0.1", "-p", str(cluster.port),
+            "--user", str(REDIS_ADMIN.user), "--no-auth-warning", *args]
     return access.executor.run(host, argv, env={"REDISCLI_AUTH": access.password(REDIS_ADMIN)}, timeout=timeout)
 
 

@@ -1,5 +1,4 @@
 """CLI commands, one module each; every module has register(subparsers) and sets args.handler."""
 
-COMMAND_MODULES = [
-    "validate", "lab", "configure", "rules", "reconcile", "plan", "status", "backup", "switchover", "connect",
-]
+COMMAND_MODULES = ["init", "validate", "lab", "configure", "rules", "reconcile", "plan", "status", "backup",
+                   "audit", "switchover", "connect"]

@@ -1,30 +1,80 @@
-"""`dbfleet configure`: run the site playbook against the lab (or any) inventory."""
+"""`dbfleet configure`: run the site playbook (or another shipped one) against the lab's or any inventory.
+
+Before Ansible runs, the inventory must give the playbook at least one host:
+Ansible alone warns about a missing or unparsable inventory and then reports
+success on no host at all. The alert rules Prometheus gets are rendered from the
+spec for this run, so they always match the spec being configured.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
 
-from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, add_lab_options, inventory_path
-from dbfleet.playbook import run_playbook
+from dbfleet import shipped
+from dbfleet.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    add_lab_options,
+    fleet_of,
+    inventory_path,
+    inventory_source,
+)
+from dbfleet.monitoring.rules import render_rules
+from dbfleet.playbook import NoHostsError, list_hosts, run_playbook
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("configure", help="configure the hosts with Ansible (playbooks/site.yml)")
     add_lab_options(p)
-    p.add_argument("--inventory", help="an inventory file instead of the lab's")
-    p.add_argument("--playbook", default="site.yml", help="playbook under playbooks/ (default: site.yml)")
+    p.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
+    p.add_argument("--playbook", default="site.yml",
+                   help="one of the playbooks dbfleet ships, say postgres.yml (default: site.yml)")
     p.add_argument("--check", action="store_true", help="dry run: report what would change")
     p.add_argument("--limit", help="only these hosts or groups")
     p.set_defaults(handler=run)
 
 
+def _asked(args: argparse.Namespace) -> str:
+    parts = [inventory_source(args), f"playbook {args.playbook}"] + ([f"limit {args.limit}"] if args.limit else [])
+    return ", ".join(parts)
+
+
+def write_extra_vars(folder: Path, rules: Path) -> Path:
+    """A vars file for `-e @file`: the rules file's path marked unsafe, so Ansible never templates it."""
+    path = folder / "dbfleet-vars.yml"
+    path.write_text(f"prometheus_rules_source: !unsafe {json.dumps(str(rules))}\n", encoding="utf-8")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
-    extra = ["--diff"] if args.check else []
-    if args.check:
-        extra.append("--check")
+    inventory = inventory_path(args)
+    try:
+        shipped.playbook(args.playbook)
+    except shipped.ShippedFilesError as exc:
+        raise UsageError(f"--playbook: {exc}") from None
+    try:
+        hosts = list_hosts(args.playbook, inventory, args.limit)
+    except NoHostsError as exc:
+        hint = f"; `dbfleet lab up --lab {args.lab}` writes it" if not inventory.exists() and not args.inventory else ""
+        raise UsageError(f"{exc} ({_asked(args)}){hint}") from None
+    fleet = fleet_of(args)
+    extra = ["--diff", "--check"] if args.check else []
     if args.limit:
         extra += ["--limit", args.limit]
-    result = run_playbook(args.playbook, inventory_path(args), extra)
+    with tempfile.TemporaryDirectory(prefix="dbfleet-configure-") as tmp:
+        rules = Path(tmp) / "fleet.rules.yml"
+        rules.write_text(render_rules(fleet), encoding="utf-8")
+        extra += ["-e", f"@{write_extra_vars(Path(tmp), rules)}"]
+        result = run_playbook(args.playbook, inventory, extra)
     changed = sum(s.changed for s in result.stats.values())
     print(f"configure: {'ok' if result.ok else 'FAILED'}; {len(result.stats)} hosts, {changed} changes")
+    if result.ok and not result.stats:
+        print(f"dbfleet configure: Ansible ran on none of the {len(hosts)} hosts listed ({_asked(args)})",
+              file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK if result.ok else EXIT_FAILED

@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import argparse
 
-from dbfleet.commands.common import EXIT_OK, add_json_option, add_lab_options, emit, fleet_of, inventory_path
-from dbfleet.commands.reconcile import UsageError, run_guarded
+from dbfleet.commands.common import (
+    EXIT_OK,
+    UsageError,
+    add_json_option,
+    add_lab_options,
+    emit,
+    fleet_of,
+    inventory_path,
+)
 from dbfleet.engines.access import FleetAccess, read_inventory_hosts
 from dbfleet.engines.endpoints import endpoint_dsn
 from dbfleet.errors import ReconcileError
@@ -27,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_lab_options(p)
     p.add_argument("--inventory", help="an inventory file instead of the lab's")
     add_json_option(p)
-    p.set_defaults(handler=lambda args: run_guarded(run, args))
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, emit
-from dbfleet.commands.reconcile import add_operator_options, build_operator, run_guarded
+from dbfleet.commands.reconcile import add_operator_options, build_operator
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description="Observe and diff every cluster without changing anything. Needs no leader "
                                    "lock. Exit 1 if a cluster could not be observed.")
     add_operator_options(p)
-    p.set_defaults(handler=lambda args: run_guarded(run, args))
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

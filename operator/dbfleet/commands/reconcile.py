@@ -19,23 +19,24 @@ from dbfleet import wiring
 from dbfleet.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
+    UsageError,
     add_json_option,
     add_lab_options,
     emit,
-    fleet_of,
+    inventory_asked,
     inventory_path,
+    inventory_source,
+    one_line,
+    spec_of,
 )
-from dbfleet.engines.access import FleetAccess, read_inventory
+from dbfleet.engines.access import FleetAccess, read_inventory, read_inventory_hosts
 from dbfleet.errors import ReconcileError
 from dbfleet.monitoring import endpoint
+from dbfleet.reconcile.audit import AUDIT_FILE_NAME, AuditError
 from dbfleet.reconcile.loop import CycleReport, Leader, Operator, watch
 from dbfleet.reconcile.status import record_cycle
 from dbfleet.secrets import SecretsError
-
-
-class UsageError(Exception):
-    """Bad options or missing files: exit 2 with the message."""
+from dbfleet.spec import Fleet
 
 
 def add_operator_options(parser: argparse.ArgumentParser) -> None:
@@ -57,8 +58,28 @@ def state_path(args: argparse.Namespace) -> Path:
     return getattr(args, "state", None) or inventory_path(args).parent / "operator-state.json"
 
 
-def build_operator(args: argparse.Namespace, stop: threading.Event | None = None) -> Operator:
-    fleet = fleet_of(args)
+def audit_path(args: argparse.Namespace) -> Path:
+    """The operator's audit trail, beside the state file."""
+    return state_path(args).parent / AUDIT_FILE_NAME
+
+
+def require_hosts(fleet: Fleet, args: argparse.Namespace) -> None:
+    """UsageError unless the inventory exists, parses and holds a host of the clusters asked for."""
+    try:
+        hosts = read_inventory_hosts(inventory_path(args))
+    except ReconcileError as exc:
+        raise UsageError(f"{one_line(exc.render())} ({inventory_source(args)})") from None
+    clusters = [c for c in fleet.clusters if not args.cluster or c.name in args.cluster]
+    if not any(h in hosts for c in clusters for h in c.host_names()):
+        which = f"clusters {', '.join(args.cluster)}" if args.cluster else f"the spec {args.spec}"
+        raise UsageError(f"inventory {inventory_asked(args)} has no host of {which}")
+
+
+def build_operator(args: argparse.Namespace, stop: threading.Event | None = None, audit: bool = False) -> Operator:
+    """The operator for these options; with `audit`, one that records every action it applies, and refuses to
+    start (UsageError) if its audit trail cannot be written safely."""
+    spec = spec_of(args)
+    fleet = spec.fleet
     names = {c.name for c in fleet.clusters}
     unknown = sorted(set(args.cluster or ()) - names)
     if unknown:
@@ -70,12 +91,21 @@ def build_operator(args: argparse.Namespace, stop: threading.Event | None = None
         if unknown:
             raise UsageError(f"--reconciler: no reconciler named {', '.join(unknown)}; there are {', '.join(known)}")
         reconcilers = [r for r in reconcilers if r.name in args.reconciler]
+    require_hosts(fleet, args)
     try:
         access = FleetAccess.load(inventory_path(args), secrets_path(args))
     except (ReconcileError, SecretsError) as exc:
         raise UsageError(str(exc)) from None
+    record = None
+    if audit:
+        trail = wiring.audit_trail(audit_path(args), spec.sha256)
+        try:
+            trail.check()
+        except AuditError as exc:
+            raise UsageError(str(exc)) from None
+        record = trail.record
     return Operator(fleet, access, reconcilers=reconcilers, stop=stop,
-                    clusters=set(args.cluster) if args.cluster else None)
+                    clusters=set(args.cluster) if args.cluster else None, record=record)
 
 
 def leader_lock(operator: Operator, args: argparse.Namespace) -> Leader:
@@ -84,14 +114,6 @@ def leader_lock(operator: Operator, args: argparse.Namespace) -> Leader:
         return wiring.leader_lock(operator.fleet, operator.access, state_path(args).parent, args.leader_cluster)
     except KeyError:
         raise UsageError(f"--leader-cluster: {args.leader_cluster} is not a PostgreSQL cluster of the spec") from None
-
-
-def run_guarded(handler: Any, args: argparse.Namespace) -> int:
-    try:
-        return int(handler(args))
-    except UsageError as exc:
-        print(f"dbfleet {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -105,7 +127,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--leader-cluster", metavar="NAME",
                    help="PostgreSQL cluster whose primary holds the leader lock (default: the first)")
     p.add_argument("--state", type=Path, help="state file for `status` (default: operator-state.json "
-                                              "beside the inventory)")
+                                              "beside the inventory); the audit trail operator-audit.jsonl "
+                                              "is written beside it")
     p.add_argument("--metrics-port", type=int, help="with --watch, serve /metrics here (default: the spec's "
                                                     "monitoring.operator_metrics_port; 0 picks a free port)")
     p.add_argument("--metrics-address",
@@ -113,7 +136,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "Prometheus scrapes the operator; 127.0.0.1 when it names none)")
     p.add_argument("--no-metrics", action="store_true", help="with --watch, do not serve /metrics")
     add_operator_options(p)
-    p.set_defaults(handler=lambda args: run_guarded(run, args))
+    p.set_defaults(handler=run)
 
 
 def metrics_endpoint(operator: Operator, args: argparse.Namespace) -> endpoint.Endpoint:
@@ -133,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive")
     stop = threading.Event()
-    operator = build_operator(args, stop)
+    operator = build_operator(args, stop, audit=True)
     operator.keep_sessions = args.watch  # a watching operator keeps its connections between cycles
     leader = leader_lock(operator, args)
     state = state_path(args)

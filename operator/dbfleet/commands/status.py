@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dbfleet import wiring
 from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, emit, table
-from dbfleet.commands.reconcile import add_operator_options, build_operator, run_guarded, state_path
+from dbfleet.commands.reconcile import add_operator_options, build_operator, state_path
 from dbfleet.monitoring.figures import add_figures
 from dbfleet.reconcile.status import load_state, status_columns, status_rows
 
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--state", type=Path, help="reconcile state file (default: operator-state.json beside "
                                               "the inventory)")
     add_operator_options(p)
-    p.set_defaults(handler=lambda args: run_guarded(run, args))
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,13 +14,14 @@ from pathlib import Path
 from dbfleet.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
+    UsageError,
     add_json_option,
     add_lab_options,
     emit,
     fleet_of,
     inventory_path,
 )
-from dbfleet.commands.reconcile import UsageError, run_guarded, secrets_path
+from dbfleet.commands.reconcile import secrets_path
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.patroni import PatroniApi
 from dbfleet.errors import ReconcileError
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--secrets", type=Path,
                    help="secrets file (default: group_vars/all/secrets.yml beside the inventory)")
     add_json_option(p)
-    p.set_defaults(handler=lambda args: run_guarded(run, args))
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,7 +36,9 @@ def read_inventory(path: Path) -> dict[str, Any]:
     try:
         data = load_inventory(path)  # spec strings in it are tagged !unsafe
     except yaml.YAMLError as exc:
-        raise PermanentError(f"{path}: not a YAML inventory: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PermanentError(f"{path}: not a YAML inventory{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("all"), dict):
         raise PermanentError(f"{path}: not an inventory written by dbfleet (no `all` group)")
     return data

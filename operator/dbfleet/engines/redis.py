@@ -1,11 +1,13 @@
 """Redis adapter: observe the master, its replicas and the Sentinels (Redis has no index reconciler).
 
 Data nodes are read as the read-only `dbfleet_monitor` ACL user (INFO only);
-Sentinels with their requirepass (engines.credentials). One client per
-server and login is kept for the session's life, so a watching operator
-holds a fixed number of connections however many cycles it runs. The master is the one the Sentinels name
-for the cluster (their master name is the cluster name), cross-checked with
-each node's own INFO replication role.
+Sentinels with their requirepass (engines.credentials). With `tls.enabled`
+every connection is TLS, the server's certificate and address checked
+against the fleet CA (engines.tls). One client per server and login is kept
+for the session's life, so a watching operator holds a fixed number of
+connections however many cycles it runs. The master is the one the Sentinels
+name for the cluster (their master name is the cluster name), cross-checked
+with each node's own INFO replication role.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from redis.retry import Retry
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
 from dbfleet.engines.base import EngineSession, Member, Topology
 from dbfleet.engines.credentials import REDIS_MONITOR, REDIS_SENTINEL, Login
+from dbfleet.engines.tls import redis_client_tls
 from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.spec import RedisCluster
 
@@ -39,12 +42,14 @@ class RedisSession(EngineSession[RedisCluster]):
         key = (host, port, login.user)
         client = self._clients.get(key)
         if client is None:
+            tls = redis_client_tls(self.cluster, self.access.ca_file(self.cluster)) \
+                if self.cluster.tls.enabled else {}
             client = redis.Redis(host=self.access.address(host), port=port, username=login.user,
                                  password=self.access.password(login), socket_connect_timeout=CONNECT_TIMEOUT,
                                  socket_timeout=CONNECT_TIMEOUT, decode_responses=True, client_name=CLIENT_NAME,
                                  # The loop retries with its own backoff; redis-py's default 3 retries would
                                  # make a frozen cluster cost 20 s per command.
-                                 retry=Retry(NoBackoff(), 0))
+                                 retry=Retry(NoBackoff(), 0), **tls)
             self._clients[key] = client
             self.connections += 1
         return client

@@ -28,10 +28,18 @@ md5 password, like an impostor would, gets nothing."""
 
 
 def fleet_ca(cluster: PostgresCluster | MongoCluster | RedisCluster, inventory: Path | None) -> Path | None:
-    """The CA the cluster's server certificates are verified against, as the operator sees it."""
+    """The CA the cluster's server certificates are verified against, as the operator sees it. A
+    PermanentError when TLS is on and the file is not there: the operator never connects unverified."""
     if cluster.tls.ca_cert:
-        return Path(cluster.tls.ca_cert)
-    return None if inventory is None else inventory.parent / PKI_DIR / "ca.crt"
+        ca = Path(cluster.tls.ca_cert)
+    elif inventory is None:
+        return None
+    else:
+        ca = inventory.parent / PKI_DIR / "ca.crt"
+    if cluster.tls.enabled and not ca.is_file():
+        raise PermanentError(f"{cluster.name} has TLS, but the CA {ca} is not there: configure the cluster first "
+                             "(the pki role makes it), or set tls.ca_cert", cluster=cluster.name)
+    return ca
 
 
 def _required(cluster: PostgresCluster | MongoCluster | RedisCluster, ca: Path | None) -> Path:
@@ -64,6 +72,28 @@ def mongo_tool_args(cluster: MongoCluster) -> list[str]:
     if not cluster.tls.enabled:
         return []
     return ["--tls", f"--tlsCAFile={MONGO_HOST_CA}"]
+
+
+REDIS_HOST_CA = "/etc/dbfleet/redis-tls/ca.crt"
+"""Where redis_common puts the fleet CA on every Redis and Sentinel host (redis_tls_dir/ca.crt)."""
+
+
+def redis_client_tls(cluster: RedisCluster, ca: str | Path | None) -> dict[str, Any]:
+    """redis-py keyword arguments for data nodes and Sentinels alike: TLS, the chain checked against `ca`
+    and the host name (or address) against the certificate, which the pki role issues for the host's name,
+    its address, localhost and 127.0.0.1."""
+    if not cluster.tls.enabled:
+        return {}
+    checked = _required(cluster, None if ca is None else Path(ca))
+    return {"ssl": True, "ssl_ca_certs": str(checked), "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+
+
+def redis_cli_tls_args(cluster: RedisCluster) -> list[str]:
+    """Options for redis-cli run on a Redis host against its own server: TLS, the chain checked against the CA
+    the roles installed there. (redis-cli checks the chain, not the name; the certificate names 127.0.0.1.)"""
+    if not cluster.tls.enabled:
+        return []
+    return ["--tls", "--cacert", REDIS_HOST_CA]
 
 
 def https_context(cluster: PostgresCluster, ca: Path | None) -> ssl.SSLContext:

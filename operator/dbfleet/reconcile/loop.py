@@ -163,6 +163,11 @@ class CycleReport:
 
 SessionFactory = Callable[[AnyCluster, FleetAccess], AnySession]
 
+ActionRecorder = Callable[[Outcome], None]
+"""Keeps the audit trail: called once for every action the operator applies (done, failed or skipped). It raises
+if it could not record; the operator then acts on nothing more this cycle. dbfleet.wiring.audit_trail builds the
+one `reconcile` uses."""
+
 
 class Operator:
     """Runs cycles over a fleet. Stateless between cycles except for the per-cluster backoff."""
@@ -170,7 +175,8 @@ class Operator:
     def __init__(self, fleet: Fleet, access: FleetAccess, *, reconcilers: list[Reconciler[Any]],
                  retry: RetryPolicy = DEFAULT_RETRY, session_factory: SessionFactory = open_session,
                  sleep: Callable[[float], None] = time.sleep, stop: threading.Event | None = None,
-                 clusters: set[str] | None = None, keep_sessions: bool = False):
+                 clusters: set[str] | None = None, keep_sessions: bool = False,
+                 record: ActionRecorder | None = None):
         self.fleet = fleet
         self.access = access
         self.reconcilers = reconcilers
@@ -182,6 +188,10 @@ class Operator:
         self.backoff = ClusterBackoff()
         self.keep_sessions = keep_sessions
         """Keep each cluster's connections open from one cycle to the next (--watch); dropped after a failure."""
+        self.record = record
+        """The audit trail's recorder; None only where nothing is applied (plan, status) or in tests."""
+        self._unrecorded: str | None = None
+        """Why the last action could not be recorded: nothing more is applied this cycle."""
         self._sessions: dict[str, AnySession] = {}
 
     def close(self) -> None:
@@ -194,6 +204,7 @@ class Operator:
         """Observe and diff every cluster; act on the diffs when `apply`. Never raises for one cluster."""
         report = CycleReport(applied=apply)
         start = time.monotonic()
+        self._unrecorded = None
         for cluster in self.fleet.clusters:
             if self.only is not None and cluster.name not in self.only:
                 continue
@@ -285,11 +296,15 @@ class Operator:
         for action in actions:
             if not action.changes:
                 continue
+            if self._unrecorded:
+                # Not recorded either: the trail just failed. The report and the log still say it.
+                result.outcomes.append(Outcome(action, "skipped", f"the audit trail failed: {self._unrecorded}"))
+                continue
             if self.stop.is_set():
-                result.outcomes.append(Outcome(action, "skipped", "the operator is stopping"))
+                self._append(Outcome(action, "skipped", "the operator is stopping"), result)
                 continue
             if gave_up:
-                result.outcomes.append(Outcome(action, "skipped", f"after a temporary failure: {gave_up}"))
+                self._append(Outcome(action, "skipped", f"after a temporary failure: {gave_up}"), result)
                 continue
             start = time.monotonic()
             try:
@@ -306,7 +321,21 @@ class Operator:
                 log.warning("%s", outcome.render())
                 if isinstance(exc, TemporaryError):
                     gave_up = exc.message
-            result.outcomes.append(outcome)
+            self._append(outcome, result)
+
+    def _append(self, outcome: Outcome, result: ClusterReport) -> None:
+        """Add an applied action's outcome to the report and to the audit trail."""
+        result.outcomes.append(outcome)
+        if self.record is None:
+            return
+        try:
+            self.record(outcome)
+        except Exception as exc:  # whatever the recorder's failure, acting on unrecorded is what must stop
+            self._unrecorded = str(exc)
+            what = f"{outcome.action.kind} {outcome.action.target}"
+            error = f"cluster {outcome.action.cluster}: the audit trail did not record {what}: {exc}"
+            log.error("%s; nothing more is applied this cycle", error)
+            result.error = result.error or error
 
 
 class Leader(Protocol):

@@ -22,6 +22,10 @@ from ansible.module_utils.basic import AnsibleModule
 DOCUMENTATION = r"""
 module: etcd_auth
 short_description: Ensure etcd v3 authentication with a read-write user below one key prefix
+description:
+  - Through etcd's JSON gateway over TLS, makes sure C(root) exists with the root role, a user exists with its
+    password, a role of the same name may read and write only the keys below one prefix, and authentication is on.
+  - Each step runs only when what etcd reports differs, so a second run changes nothing.
 options:
   url: {description: A member's client URL, type: str, required: true}
   ca_file: {description: CA certificate that signed the member's certificate, type: path, required: true}

@@ -12,15 +12,18 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: mongodb_sharded_collection
 short_description: Shard a MongoDB collection on a key through mongos
+description:
+  - Runs shardCollection through mongos when the collection is not sharded yet. One already sharded on
+    the same key is left alone; one sharded on another key fails (no implicit resharding). Supports check mode.
 options:
   namespace: {description: "database.collection", required: true, type: str}
   key: {description: "shard key, e.g. {user_id: hashed}", required: true, type: dict}
-  login_host: {type: str, default: 127.0.0.1}
-  login_port: {type: int, default: 27017}
-  login_user: {type: str, required: true}
-  login_password: {type: str, required: true, no_log: true}
-  tls: {type: bool, default: false}
-  tls_ca_file: {type: str}
+  login_host: {description: Address of the mongos to talk to, type: str, default: 127.0.0.1}
+  login_port: {description: Its port, type: int, default: 27017}
+  login_user: {description: A user allowed to shard collections, type: str, required: true}
+  login_password: {description: Its password, type: str, required: true, no_log: true}
+  tls: {description: Connect with TLS, type: bool, default: false}
+  tls_ca_file: {description: CA file that signed the mongos certificate, type: str}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -21,6 +21,10 @@ from ansible.module_utils.basic import AnsibleModule
 DOCUMENTATION = r"""
 module: patroni_config
 short_description: Ensure Patroni's dynamic configuration holds the given settings
+description:
+  - Reads GET /config from a member's REST API and sends PATCH /config with only what differs; PostgreSQL
+    parameters no longer wanted are removed (set to null). Keys the caller does not mention are left alone.
+  - Check mode reports the PATCH without sending it.
 options:
   url: {description: "A member's REST API, e.g. https://10.0.0.1:8008", type: str, required: true}
   ca_file: {description: CA that signed the API's certificate, type: path, required: true}

@@ -6,6 +6,8 @@ Sentinel failover. This module asks every Sentinel for the master of the
 named cluster; when none answers (first deployment), it reads INFO
 replication on every data node; when that shows no replication yet, it
 returns the fallback (the spec's primary). It never changes anything.
+With `tls`, every connection is TLS and checks the server's certificate
+chain against `ca_file` and its address against the certificate's names.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ options:
   login_password: {description: Its password, type: str, no_log: true}
   fallback: {description: Address to use when nothing shows a master yet, type: str, required: true}
   timeout: {description: Seconds to wait for each answer, type: float, default: 2}
+  tls: {description: Connect with TLS (the servers listen on TLS only), type: bool, default: false}
+  ca_file: {description: CA to check the servers' certificates against; required with tls, type: path}
 """
 
 RETURN = r"""
@@ -68,9 +72,18 @@ def choose_master(sentinel_answers: dict, node_roles: dict, fallback: str) -> tu
     return fallback, "spec"
 
 
-def _ask_sentinel(address: str, port: int, password: str | None, name: str, timeout: float) -> str | None:
+def tls_options(tls: bool, ca_file: str | None) -> dict:
+    """redis-py's TLS arguments: the chain checked against ca_file, the host name or address against the
+    certificate (redis-py 4 on Debian 12 checks no name unless told to)."""
+    if not tls:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": ca_file, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+
+
+def _ask_sentinel(address: str, port: int, password: str | None, name: str, timeout: float,
+                  tls: dict) -> str | None:
     client = redis.Redis(host=address, port=port, password=password, socket_timeout=timeout,
-                         socket_connect_timeout=timeout, decode_responses=True)
+                         socket_connect_timeout=timeout, decode_responses=True, **tls)
     try:
         answer = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)
     except redis.RedisError:
@@ -80,9 +93,10 @@ def _ask_sentinel(address: str, port: int, password: str | None, name: str, time
     return answer[0] if answer else None
 
 
-def _node_role(address: str, port: int, user: str | None, password: str | None, timeout: float) -> dict | None:
+def _node_role(address: str, port: int, user: str | None, password: str | None, timeout: float,
+               tls: dict) -> dict | None:
     client = redis.Redis(host=address, port=port, username=user, password=password, socket_timeout=timeout,
-                         socket_connect_timeout=timeout, decode_responses=True)
+                         socket_connect_timeout=timeout, decode_responses=True, **tls)
     try:
         info = client.info("replication")
     except redis.RedisError:
@@ -107,18 +121,22 @@ def main() -> None:
             "login_password": {"type": "str", "no_log": True},
             "fallback": {"type": "str", "required": True},
             "timeout": {"type": "float", "default": 2.0},
+            "tls": {"type": "bool", "default": False},
+            "ca_file": {"type": "path"},
         },
+        required_if=[("tls", True, ["ca_file"])],
         supports_check_mode=True,
     )
     if redis is None:
         module.fail_json(msg=missing_required_lib("redis (Debian: python3-redis)"))
     p = module.params
-    answers = {s: _ask_sentinel(s, p["sentinel_port"], p["sentinel_password"], p["name"], p["timeout"])
+    tls = tls_options(p["tls"], p["ca_file"])
+    answers = {s: _ask_sentinel(s, p["sentinel_port"], p["sentinel_password"], p["name"], p["timeout"], tls)
                for s in p["sentinels"]}
     roles = {}
     if not any(answers.values()):
         for node in p["nodes"]:
-            role = _node_role(node, p["port"], p["login_user"], p["login_password"], p["timeout"])
+            role = _node_role(node, p["port"], p["login_user"], p["login_password"], p["timeout"], tls)
             if role is not None:
                 roles[node] = role
     address, source = choose_master(answers, roles, p["fallback"])

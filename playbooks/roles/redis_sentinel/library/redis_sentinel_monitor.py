@@ -6,6 +6,8 @@ epochs, the master's address after a failover), so this module works through
 Sentinel's commands instead of a template: SENTINEL MONITOR when the master is
 unknown, SENTINEL SET for settings that differ. It never moves a monitored
 master: where the master is, is Sentinel's decision after the first start.
+With `tls`, the connection is TLS and the Sentinel's certificate is checked
+against `ca_file`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ except ImportError:  # reported by main(), so the pure logic stays importable
 DOCUMENTATION = r"""
 module: redis_sentinel_monitor
 short_description: Ensure a Sentinel monitors a master with the given settings
+description:
+  - SENTINEL MONITOR when the master is not monitored yet, SENTINEL SET for settings that differ.
+    A monitored master is never moved. Supports check mode.
 options:
   name: {description: Master name, type: str, required: true}
   master_host: {description: Master address, used only when the master is not monitored yet, type: str, required: true}
@@ -33,14 +38,16 @@ options:
     default: {}
   auth_user: {description: ACL user Sentinel uses on the data nodes, type: str}
   auth_pass: {description: Its password; set when the monitor is created, type: str, no_log: true}
-  login_host: {type: str, default: 127.0.0.1}
-  login_port: {type: int, default: 26379}
+  login_host: {description: Address of the Sentinel to talk to, type: str, default: 127.0.0.1}
+  login_port: {description: Its port, type: int, default: 26379}
   login_password: {description: The Sentinel's requirepass, type: str, no_log: true}
+  tls: {description: Connect with TLS (the server listens on TLS only), type: bool, default: false}
+  ca_file: {description: CA to check the server's certificate against; required with tls, type: path}
 """
 
 RETURN = r"""
 created: {description: Whether SENTINEL MONITOR was issued, type: bool, returned: always}
-changes: {description: Settings set, name -> [old, new], type: dict, returned: always}
+changes: {description: "Settings set, name -> [old, new]", type: dict, returned: always}
 master: {description: Address and port the Sentinel now reports for the master, type: list, returned: always}
 """
 
@@ -58,6 +65,14 @@ def settings_to_change(observed: dict[str, str], quorum: int,
     return {k: (observed.get(k), v) for k, v in wanted.items() if observed.get(k) != v}
 
 
+def tls_options(tls: bool, ca_file: str | None) -> dict:
+    """redis-py's TLS arguments: the chain checked against ca_file, the host name or address against the
+    certificate (redis-py 4 on Debian 12 checks no name unless told to)."""
+    if not tls:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": ca_file, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -71,14 +86,18 @@ def main() -> None:
             "login_host": {"type": "str", "default": "127.0.0.1"},
             "login_port": {"type": "int", "default": 26379},
             "login_password": {"type": "str", "no_log": True},
+            "tls": {"type": "bool", "default": False},
+            "ca_file": {"type": "path"},
         },
+        required_if=[("tls", True, ["ca_file"])],
         supports_check_mode=True,
     )
     if redis is None:
         module.fail_json(msg=missing_required_lib("redis (Debian: python3-redis)"))
     p = module.params
     client = redis.Redis(host=p["login_host"], port=p["login_port"], password=p["login_password"],
-                         socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
+                         socket_timeout=5, socket_connect_timeout=5, decode_responses=True,
+                         **tls_options(p["tls"], p["ca_file"]))
     name = p["name"]
 
     def sentinel(*args: object) -> Any:
