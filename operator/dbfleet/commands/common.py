@@ -120,10 +120,24 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
         print(text)
 
 
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def table(rows: list[dict[str, Any]], columns: list[str], width: int | None = None,
+          shrink: list[str] | None = None) -> str:
+    """Rows under upper-case headers. With `width`, the `shrink` columns give up characters in that order (a
+    cut cell ends in `~`), each down to its header, until every line fits."""
     if not rows:
         return "(none)"
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    if width is not None:
+        excess = sum(widths.values()) + 2 * (len(columns) - 1) - width
+        for column in [c for c in shrink or columns if c in widths]:
+            cut = min(max(excess, 0), widths[column] - len(column))
+            widths[column] -= cut
+            excess -= cut
+
+    def cell(value: Any, size: int) -> str:
+        text = str(value)
+        return (text if len(text) <= size else text[: size - 1] + "~").ljust(size)
+
     head = "  ".join(c.upper().ljust(widths[c]) for c in columns)
-    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join([head, *body])
+    body = ["  ".join(cell(r.get(c, ""), widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in [head, *body])
