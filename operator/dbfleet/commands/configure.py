@@ -29,7 +29,11 @@ from dbfleet.playbook import NoHostsError, list_hosts, run_playbook
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("configure", help="configure the hosts with Ansible (playbooks/site.yml)")
+    p = sub.add_parser("configure", help="configure the hosts with Ansible (playbooks/site.yml)",
+                       description="Run one of the playbooks dbfleet ships (default site.yml) with dbfleet's "
+                                   "ansible.cfg against the lab's or another inventory, with alert rules rendered "
+                                   "from the spec. Exit 2 when the inventory gives the play no host, 1 when "
+                                   "Ansible fails.")
     add_lab_options(p)
     p.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
     p.add_argument("--playbook", default="site.yml",
