@@ -79,3 +79,22 @@ def test_a_tag_selects_only_its_part(tag: str, expected: list[str], excluded: li
         assert task in done.stdout, f"--tags {tag} should run {task!r}"
     for task in excluded:
         assert task not in done.stdout, f"--tags {tag} should not run {task!r}"
+
+
+def test_configure_passes_tags_to_ansible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dbfleet.cli import main
+    from dbfleet.commands import configure
+    from dbfleet.playbook import PlaybookResult
+
+    ran: list[list[str]] = []
+
+    def run_playbook(playbook: str, inventory: Path, extra: list[str]) -> PlaybookResult:
+        ran.append(extra)
+        return PlaybookResult(returncode=0, stats={}, output="")
+
+    monkeypatch.setattr(configure, "list_hosts", lambda *a: {"redis-1"})
+    monkeypatch.setattr(configure, "run_playbook", run_playbook)
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all: {}\n")
+    main(["configure", "--spec", str(REPO / "fleet.example.yaml"), "--inventory", str(inventory), "--tags", "redis"])
+    assert ran and ran[0][ran[0].index("--tags") + 1] == "redis"

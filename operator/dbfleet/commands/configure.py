@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="one of the playbooks dbfleet ships, say postgres.yml (default: site.yml)")
     p.add_argument("--check", action="store_true", help="dry run: report what would change")
     p.add_argument("--limit", help="only these hosts or groups")
+    p.add_argument("--tags", metavar="TAGS",
+                   help="only these parts, comma-separated: postgres, redis, mongo, monitoring, backups")
     p.set_defaults(handler=run)
 
 
@@ -70,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     extra = ["--diff", "--check"] if args.check else []
     if args.limit:
         extra += ["--limit", args.limit]
+    if args.tags:
+        extra += ["--tags", args.tags]
     with tempfile.TemporaryDirectory(prefix="dbfleet-configure-") as tmp:
         rules = Path(tmp) / "fleet.rules.yml"
         rules.write_text(render_rules(fleet), encoding="utf-8")
