@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = wants_json(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:  # named for the command they were given to, not for dbfleet as a whole
+            where = command_of(args)
+            raise ArgumentsError(f"unrecognized arguments: {' '.join(unknown)} (see `{where} --help`)", where)
     except ArgumentsError as exc:
         return fail(str(exc.location), str(exc), exc.location, as_json, EXIT_USAGE)
     except SystemExit as exc:  # --help and --version print and exit 0

@@ -185,7 +185,9 @@ def test_with_json_a_failure_is_one_object_on_stdout_and_the_exit_code_is_kept(
         assert body["ok"] is False and text in body["error"] and body["location"], (argv, body)
     assert checked > 15
     assert main(["lab", "up", "--json"]) == 2
-    assert "unrecognized arguments: --json" in json.loads(capsys.readouterr().out)["error"]
+    body = json.loads(capsys.readouterr().out)
+    assert body["error"] == "unrecognized arguments: --json (see `dbfleet lab up --help`)"
+    assert body["location"] == "dbfleet lab up"
 
 
 def test_json_failure_locations_say_where(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
