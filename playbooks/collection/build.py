@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PLAYBOOKS = HERE.parent
-STAGED_FILES = ("galaxy.yml", "README.md", "meta/runtime.yml")
+STAGED_FILES = ("galaxy.yml", "README.md", "CHANGELOG.md", "meta/runtime.yml")
 COLLECTION = "dbfleet.fleet"
 TEMPLATED = ("*.yml", "*.yaml", "*.j2")
 """Role files where a filter may be called."""

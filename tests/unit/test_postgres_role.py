@@ -190,3 +190,20 @@ def test_a_replica_streams_from_one_line_of_conninfo() -> None:
                                          postgres_primary_address="10.0.0.1")))
     assert read["primary_conninfo"].startswith("host=10.0.0.1 port=5432 user=replicator passfile=")
     assert "  " not in read["primary_conninfo"] and read["primary_slot_name"] == "pg_2"
+
+
+@pytest.mark.parametrize("audit", [None, {"log": ["ddl"]}])
+def test_a_restored_copy_preloads_what_the_clusters_servers_preload(audit: Any) -> None:
+    """Regression: a drill's scratch server loaded no pgaudit, so pg_amcheck's CREATE EXTENSION in a database
+    with the pgaudit extension failed ("pgaudit must be loaded via shared_preload_libraries")."""
+    from dbfleet.backups.postgres import scratch_server_conf
+    from dbfleet.spec import PgAudit, PostgresCluster
+
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    templar = Templar(loader=DataLoader(), variables={"cluster": {"audit": audit}})
+    preloaded = templar.template(trust_as_template(defaults["postgres_preload_libraries"]))
+    example = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
+    assert isinstance(example, PostgresCluster)
+    cluster = example.model_copy(update={"audit": None if audit is None else PgAudit(**audit)})
+    conf = dict(settings(scratch_server_conf(cluster)))
+    assert conf["shared_preload_libraries"].split(",") == list(preloaded)

@@ -50,10 +50,14 @@ def test_the_project_folder_comes_from_the_environment_then_the_current_director
     assert args.project == other and args.inventories == other / "inventories"
 
 
-def test_the_checkout_is_a_project_folder_with_the_example_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_checkout_is_a_project_folder_whose_lab_commands_use_the_example_spec(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     monkeypatch.delenv("DBFLEET_SPEC", raising=False)
     monkeypatch.delenv("DBFLEET_PROJECT", raising=False)
+    assert settled(["lab", "up"]).spec == SPEC
+    assert settled(["validate"]).spec is None  # issue 19: fleet.yaml, then $DBFLEET_SPEC; no silent example
+    monkeypatch.setenv("DBFLEET_SPEC", "fleet.example.yaml")
     assert settled(["validate"]).spec == SPEC
     assert settled(["rules"]).output == REPO / "monitoring" / "rules" / "fleet.rules.yml"
 
@@ -65,7 +69,8 @@ def test_a_missing_project_folder_or_spec_is_a_usage_error(tmp_path: Path, monke
     assert f"project folder {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     assert main(["--project", str(tmp_path), "validate"]) == 2
     err = capsys.readouterr().err
-    assert f"no fleet spec in {tmp_path}" in err and "dbfleet init" in err
+    assert f"no fleet spec: {tmp_path / 'fleet.yaml'} does not exist and $DBFLEET_SPEC is not set" in err
+    assert "dbfleet init" in err and len(err.splitlines()) == 1
 
 
 def test_init_makes_a_project_that_validates_and_is_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

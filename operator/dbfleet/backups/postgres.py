@@ -159,6 +159,20 @@ CANARY_ABSENT = "canary absent"
 INFO_MARK = "dbfleet-info:\n"
 
 
+SCRATCH_LIBRARIES = ("pg_stat_statements",)
+"""Loaded on every dbfleet PostgreSQL server (postgres_server's postgres_preload_libraries); pgaudit too when the
+cluster audits."""
+
+
+def scratch_server_conf(cluster: PostgresCluster) -> str:
+    """postgresql.conf for a restored copy in a scratch host (Debian keeps the real one in /etc, so the restored
+    directory has none). It preloads what the cluster's servers preload: a database whose pgaudit extension
+    exists refuses DDL (pg_amcheck's CREATE EXTENSION amcheck) unless pgaudit is loaded."""
+    libraries = [*SCRATCH_LIBRARIES, *(["pgaudit"] if cluster.audit is not None else [])]
+    return (f"port = 5432\nlisten_addresses = 'localhost'\nunix_socket_directories = '{SCRATCH_SOCKET}'\n"
+            f"archive_mode = off\nssl = off\nhot_standby = on\nshared_preload_libraries = '{','.join(libraries)}'\n")
+
+
 @dataclass(frozen=True)
 class BackupRun:
     """What the backup script printed, parsed."""
@@ -406,9 +420,8 @@ class PostgresBackups(EngineBackups):
             args += [f"--type={target.kind}", f"--target={value}", "--target-action=promote"]
         self._scratch_pgbackrest(access, scratch, *args, "restore", env=env)
         # Debian keeps postgresql.conf in /etc, so the restored directory has none: give it a minimal one.
-        ex.write_text(SCRATCH_HOST, f"{SCRATCH_PGDATA}/postgresql.conf",
-                      f"port = 5432\nlisten_addresses = 'localhost'\nunix_socket_directories = '{SCRATCH_SOCKET}'\n"
-                      "archive_mode = off\nssl = off\nhot_standby = on\n", owner="postgres")
+        ex.write_text(SCRATCH_HOST, f"{SCRATCH_PGDATA}/postgresql.conf", scratch_server_conf(_pg(access.cluster)),
+                      owner="postgres")
         ex.write_text(SCRATCH_HOST, f"{SCRATCH_PGDATA}/pg_hba.conf", "local all all trust\n", owner="postgres")
         ex.write_text(SCRATCH_HOST, f"{SCRATCH_PGDATA}/pg_ident.conf", "", owner="postgres")
         # Command-line settings beat postgresql.auto.conf, which may carry the source's ALTER SYSTEM values.

@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 the backup, restore or drill failed, 2 bad options or spec.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,18 @@ from dbfleet.backups.scheduler import engine_kind
 from dbfleet.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
+    UsageError,
+    WorkFailed,
     add_json_option,
     add_lab_options,
     emit,
     fleet_of,
+    inventory_asked,
     inventory_path,
+    one_line,
     table,
 )
+from dbfleet.engines.access import read_inventory_hosts
 from dbfleet.errors import ReconcileError
 from dbfleet.progress import Progress
 from dbfleet.secrets import SecretsError
@@ -44,27 +47,39 @@ def _common(p: argparse.ArgumentParser, cluster_required: bool = True) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("backup", help="take, list and prune backups")
+    p = sub.add_parser("backup", help="take, list and prune backups",
+                       description="Backups on demand, into the cluster's backup target, each with a verified "
+                                   "manifest. Exit 1 if the work failed, 2 for bad options, spec or inventory.")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
-    run_p = verbs.add_parser("run", help="take a backup now (pgBackRest, mongodump or redis-cli --rdb)")
+    run_p = verbs.add_parser("run", help="take a backup now (pgBackRest, mongodump or redis-cli --rdb)",
+                             description="Take one backup of --cluster now with its engine's tool and record "
+                                         "its manifest in the backup target.")
     _common(run_p)
     run_p.add_argument("--type", choices=["full", "diff", "incr", "snapshot"],
                        help="backup kind (default: full; Redis always takes a snapshot)")
     run_p.add_argument("--dry-run", action="store_true", help="say what would be taken, take nothing")
     run_p.set_defaults(handler=lambda a: _guard(run_backup, a))
-    list_p = verbs.add_parser("list", help="backups in the target with their manifest status")
+    list_p = verbs.add_parser("list", help="backups in the target with their manifest status",
+                              description="List the valid backups in each cluster's target, newest first.")
     _common(list_p, cluster_required=False)
     list_p.set_defaults(handler=lambda a: _guard(run_list, a))
-    prune_p = verbs.add_parser("prune", help="delete what retention allows and a newer verified backup supersedes")
+    prune_p = verbs.add_parser("prune", help="delete what retention allows and a newer verified backup supersedes",
+                               description="Delete the backups the spec's retention allows to go, never one "
+                                           "without a newer verified backup.")
     _common(prune_p, cluster_required=False)
     prune_p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     prune_p.set_defaults(handler=lambda a: _guard(run_prune, a))
-    mark_p = verbs.add_parser("mark", help="PostgreSQL: create a named restore point for `restore --to-name`")
+    mark_p = verbs.add_parser("mark", help="PostgreSQL: create a named restore point for `restore --to-name`",
+                              description="Create a named restore point on a PostgreSQL cluster's primary, "
+                                          "for `dbfleet restore --to-name`.")
     _common(mark_p)
     mark_p.add_argument("--name", required=True, help="restore point name")
     mark_p.set_defaults(handler=lambda a: _guard(run_mark, a))
 
-    r = sub.add_parser("restore", help="restore a backup into a scratch container (the live cluster is untouched)")
+    r = sub.add_parser("restore", help="restore a backup into a scratch container (the live cluster is untouched)",
+                       description="Restore a backup of --cluster into a scratch container, to the latest point, "
+                                   "a time or a named restore point, and check it. The live cluster is untouched. "
+                                   "Exit 1 if a check fails.")
     _common(r)
     to = r.add_mutually_exclusive_group()
     to.add_argument("--to-time", metavar="TS", help="recover to this time (ISO 8601, e.g. 2026-11-25T02:00:00Z)")
@@ -74,30 +89,46 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--dry-run", action="store_true", help="say which backup would be restored, restore nothing")
     r.set_defaults(handler=lambda a: _guard(run_restore, a))
 
-    d = sub.add_parser("drill", help="restore the newest backup into scratch and verify it; records RTO and RPO")
+    d = sub.add_parser("drill", help="restore the newest backup into scratch and verify it; records RTO and RPO",
+                       description="A restore drill: restore the newest backup of --cluster into scratch, verify "
+                                   "it and record the drill with its RTO and RPO. Exit 1 if it fails.")
     _common(d)
     d.set_defaults(handler=lambda a: _guard(run_drill_command, a))
 
 
 def _guard(handler: Any, args: argparse.Namespace) -> int:
+    """Secrets missing: a usage error (exit 2). A located failure of the work itself: exit 1, one line."""
     try:
         return int(handler(args))
-    except (SecretsError, KeyError) as exc:
-        print(f"dbfleet {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except SecretsError as exc:
+        raise UsageError(one_line(str(exc)), location="--secrets") from None
     except ReconcileError as exc:
-        print(f"dbfleet {args.command}: {exc.render()}", file=sys.stderr)
-        return EXIT_FAILED
+        where = ", ".join(f"{k} {v}" for k, v in (("cluster", exc.cluster), ("host", exc.host),
+                                                   ("action", exc.action)) if v)
+        raise WorkFailed(one_line(exc.render()), location=where or None) from None
 
 
 def _clusters(args: argparse.Namespace) -> list[Any]:
     fleet = fleet_of(args)
     if args.cluster:
+        names = [c.name for c in fleet.clusters]
+        if args.cluster not in names:
+            raise UsageError(f"--cluster: no cluster named {args.cluster}; the spec has {', '.join(names)}",
+                             location="--cluster")
         return [fleet.cluster(args.cluster)]
     return [c for c in fleet.clusters if c.backup.enabled]
 
 
 def _access(args: argparse.Namespace, cluster: Any) -> BackupAccess:
+    """The cluster's backup access; UsageError when the inventory is missing or unreadable, or has no host of a
+    cluster named by --cluster."""
+    try:
+        hosts = read_inventory_hosts(inventory_path(args))
+    except ReconcileError as exc:
+        raise UsageError(one_line(exc.render()), location=str(inventory_path(args))) from None
+    if args.cluster and not any(h in hosts for h in cluster.host_names()):
+        raise UsageError(f"inventory {inventory_asked(args)} has no host of cluster {cluster.name}",
+                         location=str(inventory_path(args)))
     return open_access(cluster, inventory_path(args), args.secrets, Progress("backup", quiet=args.json))
 
 
@@ -144,9 +175,8 @@ def run_mark(args: argparse.Namespace) -> int:
     cluster = _clusters(args)[0]
     adapter = adapter_for(cluster.engine)
     if not hasattr(adapter, "create_restore_point"):
-        print(f"dbfleet backup mark: named restore points are a PostgreSQL feature; {cluster.name} is "
-              f"{cluster.engine}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"named restore points are a PostgreSQL feature; {cluster.name} is {cluster.engine}",
+                         location="--cluster")
     lsn = adapter.create_restore_point(_access(args, cluster), args.name)
     emit(args, {"cluster": cluster.name, "name": args.name, "lsn": lsn}, f"{cluster.name}: restore point "
                                                                           f"{args.name!r} at {lsn}")
@@ -156,8 +186,11 @@ def run_mark(args: argparse.Namespace) -> int:
 def run_restore(args: argparse.Namespace) -> int:
     cluster = _clusters(args)[0]
     if args.to_time:
-        if parse_time(args.to_time) is None:
-            raise KeyError(f"--to-time {args.to_time!r} is not a time")
+        try:
+            parse_time(args.to_time)
+        except ValueError:
+            raise UsageError(f"--to-time: {args.to_time!r} is not an ISO 8601 time such as 2026-11-25T02:00:00Z",
+                             location="--to-time") from None
         target = RestoreTarget("time", args.to_time)
     elif args.to_name:
         target = RestoreTarget("name", args.to_name)

@@ -5,8 +5,10 @@ secrets, PKI and operator state beside each), the alert rules. It is the
 current directory, or --project DIR / $DBFLEET_PROJECT. A relative path in an
 option is taken from the project folder, as `git -C DIR` does, and every path
 is made absolute before a command uses it, so Ansible never resolves one in a
-folder of its own. A source checkout is a project folder too (its spec is
-fleet.example.yaml).
+folder of its own. A source checkout is a project folder too.
+
+The spec, when --spec names none: the project's fleet.yaml, then $DBFLEET_SPEC;
+the lab commands fall back to the example spec (the lab topology).
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dbfleet import shipped
 from dbfleet.spec import Fleet, LoadedSpec, read_spec
 
 DEFAULT_LAB = "lab"
 PROJECT_ENV = "DBFLEET_PROJECT"
 SPEC_ENV = "DBFLEET_SPEC"
-SPEC_NAMES = ("fleet.yaml", "fleet.example.yaml")
-"""The spec a project folder is read from when no --spec is given: the first that exists."""
+SPEC_NAME = "fleet.yaml"
+"""The spec a project folder is read from when no --spec is given (then $DBFLEET_SPEC)."""
+EXAMPLE_SPEC_NAME = "fleet.example.yaml"
+"""The lab commands' last resort: the project's example spec (a checkout's), else the one dbfleet ships."""
 PATH_OPTIONS = ("spec", "inventories", "inventory", "secrets", "state", "output", "directory")
 """Options holding a path, made absolute against the project folder."""
 
@@ -33,15 +38,38 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
-    """Bad options or missing files: the command line prints the message and exits 2."""
+    """Bad options or missing files: the command line prints the message and exits 2.
+
+    `location` says where the problem is, for --json: an option, a file, or the command when nothing narrower.
+    """
+
+    def __init__(self, message: str, location: str | None = None):
+        super().__init__(message)
+        self.location = location
 
 
-def add_project_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--project", metavar="DIR", default=os.environ.get(PROJECT_ENV),
+class WorkFailed(Exception):
+    """The work itself failed, located (cluster, host, action): the command line prints the message, exits 1."""
+
+    def __init__(self, message: str, location: str | None = None):
+        super().__init__(message)
+        self.location = location
+
+
+def add_project_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+    """--project, --spec and -v. With `suppress` (on each command's parser, so they may follow the command) an
+    option not given leaves the value parsed before the command alone."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--project", metavar="DIR", default=default(os.environ.get(PROJECT_ENV)),
                         help=f"project folder: the spec, inventories, secrets, PKI and operator state; relative "
                              f"paths in options are taken from it (default: ${PROJECT_ENV} or the current directory)")
-    parser.add_argument("--spec", default=os.environ.get(SPEC_ENV),
-                        help=f"fleet spec file (default: ${SPEC_ENV}, else {' or '.join(SPEC_NAMES)} in the project)")
+    parser.add_argument("--spec", metavar="FILE", default=default(None),
+                        help=f"fleet spec file (default: {SPEC_NAME} in the project, else ${SPEC_ENV}; the lab "
+                             f"commands then use the example spec)")
+    parser.add_argument("-v", "--verbose", action="count", default=default(0),
+                        help="more log output (-vv for debug)")
 
 
 def _absolute(project: Path, path: str | Path) -> Path:
@@ -61,8 +89,19 @@ def settle_paths(args: argparse.Namespace, create_project: bool = False) -> None
             setattr(args, name, _absolute(project, value))
     args.spec_defaulted = getattr(args, "spec", None) is None
     if args.spec_defaulted:
-        found = [project / n for n in SPEC_NAMES if (project / n).is_file()]
-        args.spec = found[0] if found else project / SPEC_NAMES[0]
+        args.spec = default_spec(project, os.environ.get(SPEC_ENV) or None, getattr(args, "spec_example", False))
+
+
+def default_spec(project: Path, from_env: str | None, example: bool) -> Path | None:
+    """The spec when --spec names none: the project's fleet.yaml, then $DBFLEET_SPEC (taken from the project
+    folder when relative); with `example` (the lab commands), then the example spec. None when there is none."""
+    if (project / SPEC_NAME).is_file():
+        return project / SPEC_NAME
+    if from_env:
+        return _absolute(project, from_env)
+    if example:
+        return project / EXAMPLE_SPEC_NAME if (project / EXAMPLE_SPEC_NAME).is_file() else shipped.example_spec()
+    return None
 
 
 def add_lab_options(parser: argparse.ArgumentParser) -> None:
@@ -100,11 +139,15 @@ def one_line(text: str) -> str:
 
 
 def spec_of(args: argparse.Namespace) -> LoadedSpec:
-    """The --spec file (or the project's), validated, with the sha256 of its bytes."""
+    """The --spec file (or the default one), validated, with the sha256 of its bytes."""
+    if args.spec is None:
+        raise UsageError(f"no fleet spec: {args.project / SPEC_NAME} does not exist and ${SPEC_ENV} is not set; "
+                         "`dbfleet init` writes a starter fleet.yaml there, or pass --spec FILE",
+                         location=str(args.project / SPEC_NAME))
     spec = Path(args.spec)
     if getattr(args, "spec_defaulted", False) and not spec.exists():
-        raise UsageError(f"no fleet spec in {spec.parent} (looked for {', '.join(SPEC_NAMES)}); "
-                         f"`dbfleet init` writes a starter fleet.yaml there, or pass --spec")
+        raise UsageError(f"no fleet spec: {args.project / SPEC_NAME} does not exist, nor ${SPEC_ENV}'s {spec}; "
+                         "`dbfleet init` writes a starter fleet.yaml, or pass --spec FILE", location=str(spec))
     return read_spec(spec)
 
 
@@ -120,10 +163,24 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
         print(text)
 
 
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def table(rows: list[dict[str, Any]], columns: list[str], width: int | None = None,
+          shrink: list[str] | None = None) -> str:
+    """Rows under upper-case headers. With `width`, the `shrink` columns give up characters in that order (a
+    cut cell ends in `~`), each down to its header, until every line fits."""
     if not rows:
         return "(none)"
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    if width is not None:
+        excess = sum(widths.values()) + 2 * (len(columns) - 1) - width
+        for column in [c for c in shrink or columns if c in widths]:
+            cut = min(max(excess, 0), widths[column] - len(column))
+            widths[column] -= cut
+            excess -= cut
+
+    def cell(value: Any, size: int) -> str:
+        text = str(value)
+        return (text if len(text) <= size else text[: size - 1] + "~").ljust(size)
+
     head = "  ".join(c.upper().ljust(widths[c]) for c in columns)
-    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join([head, *body])
+    body = ["  ".join(cell(r.get(c, ""), widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in [head, *body])

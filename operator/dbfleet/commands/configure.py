@@ -29,13 +29,19 @@ from dbfleet.playbook import NoHostsError, list_hosts, run_playbook
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("configure", help="configure the hosts with Ansible (playbooks/site.yml)")
+    p = sub.add_parser("configure", help="configure the hosts with Ansible (playbooks/site.yml)",
+                       description="Run one of the playbooks dbfleet ships (default site.yml) with dbfleet's "
+                                   "ansible.cfg against the lab's or another inventory, with alert rules rendered "
+                                   "from the spec. Exit 2 when the inventory gives the play no host, 1 when "
+                                   "Ansible fails.")
     add_lab_options(p)
     p.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
     p.add_argument("--playbook", default="site.yml",
                    help="one of the playbooks dbfleet ships, say postgres.yml (default: site.yml)")
     p.add_argument("--check", action="store_true", help="dry run: report what would change")
     p.add_argument("--limit", help="only these hosts or groups")
+    p.add_argument("--tags", metavar="TAGS",
+                   help="only these parts, comma-separated: postgres, redis, mongo, monitoring, backups")
     p.set_defaults(handler=run)
 
 
@@ -66,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     extra = ["--diff", "--check"] if args.check else []
     if args.limit:
         extra += ["--limit", args.limit]
+    if args.tags:
+        extra += ["--tags", args.tags]
     with tempfile.TemporaryDirectory(prefix="dbfleet-configure-") as tmp:
         rules = Path(tmp) / "fleet.rules.yml"
         rules.write_text(render_rules(fleet), encoding="utf-8")

@@ -17,7 +17,9 @@ DEFAULT_OUTPUT = Path("monitoring/rules/fleet.rules.yml")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("rules", help="generate Prometheus alert rules from the spec (print, --write or --check)")
+    p = sub.add_parser("rules", help="generate Prometheus alert rules from the spec (print, --write or --check)",
+                       description="Render the Prometheus alert rules from the spec's monitoring thresholds: print "
+                                   "them, write them (--write), or exit 1 if the file differs (--check).")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help=f"rules file for --write and --check (default: {DEFAULT_OUTPUT})")
     mode = p.add_mutually_exclusive_group()

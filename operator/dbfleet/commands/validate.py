@@ -8,7 +8,9 @@ from dbfleet.commands.common import EXIT_OK, add_json_option, emit, fleet_of
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("validate", help="check a fleet spec and summarise it")
+    p = sub.add_parser("validate", help="check a fleet spec and summarise it",
+                       description="Load the spec and validate it: print a line per cluster, or each problem "
+                                   "with its file, line and key path (exit 2).")
     add_json_option(p)
     p.set_defaults(handler=run)
 

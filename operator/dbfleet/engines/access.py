@@ -39,6 +39,10 @@ def read_inventory(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise PermanentError(f"{path}: not a YAML inventory{where}: {getattr(exc, 'problem', None) or exc}") from None
+    except UnicodeDecodeError:
+        raise PermanentError(f"{path}: not a YAML inventory: not UTF-8 text") from None
+    except IsADirectoryError:
+        raise PermanentError(f"{path}: not an inventory file but a folder") from None
     if not isinstance(data, dict) or not isinstance(data.get("all"), dict):
         raise PermanentError(f"{path}: not an inventory written by dbfleet (no `all` group)")
     return data

@@ -35,6 +35,16 @@ options:
   prefix: {description: Key prefix the user may read and write, type: str, required: true}
 """
 
+EXAMPLES = r"""
+- etcd_auth:
+    url: https://127.0.0.1:2379
+    ca_file: /etc/etcd/tls/ca.crt
+    root_password: "{{ etcd_root_password }}"
+    user: patroni
+    password: "{{ etcd_patroni_password }}"
+    prefix: /dbfleet/
+"""
+
 RETURN = r"""
 changes: {description: What was done, in order, type: list, returned: always}
 """

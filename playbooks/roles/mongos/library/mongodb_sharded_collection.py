@@ -26,6 +26,26 @@ options:
   tls_ca_file: {description: CA file that signed the mongos certificate, type: str}
 """
 
+EXAMPLES = r"""
+- name: Shard app.events on a hashed user_id through the local mongos
+  mongodb_sharded_collection:
+    namespace: app.events
+    key: {user_id: hashed}
+    login_port: 27017
+    login_user: admin
+    login_password: "{{ mongo_admin_password }}"
+    tls: true
+    tls_ca_file: /etc/mongodb/tls/ca.crt
+"""
+
+RETURN = r"""
+namespace: {description: The collection, database.collection, type: str, returned: success}
+key:
+  description: The shard key it is (or, when changed, will be) sharded on, field -> 1, -1 or hashed.
+  type: dict
+  returned: success
+"""
+
 from ansible.module_utils.basic import AnsibleModule
 
 

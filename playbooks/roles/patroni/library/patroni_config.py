@@ -33,6 +33,15 @@ options:
   config: {description: The wanted settings (a subset of the DCS configuration), type: dict, required: true}
 """
 
+EXAMPLES = r"""
+- patroni_config:
+    url: https://10.0.0.1:8008
+    ca_file: /etc/postgresql/tls/ca.crt
+    user: patroni
+    password: "{{ patroni_rest_password }}"
+    config: {ttl: 30, loop_wait: 10, postgresql: {parameters: {max_connections: 100}}}
+"""
+
 RETURN = r"""
 patch: {description: The body sent with PATCH /config (or that would be, in check mode), type: dict, returned: always}
 """

@@ -42,6 +42,18 @@ options:
   ca_file: {description: CA to check the servers' certificates against; required with tls, type: path}
 """
 
+EXAMPLES = r"""
+- name: Find the cache cluster's master (Sentinels, then the data nodes, then the spec's primary)
+  redis_current_master:
+    name: cache
+    sentinels: [10.0.3.21, 10.0.3.22, 10.0.3.23]
+    nodes: [10.0.3.11, 10.0.3.12, 10.0.3.13]
+    login_user: dbfleet_admin
+    login_password: "{{ redis_admin_password }}"
+    fallback: 10.0.3.11
+  register: redis_discovered
+"""
+
 RETURN = r"""
 address: {description: The master's address, type: str, returned: always}
 source: {description: "sentinel, replication or spec", type: str, returned: always}

@@ -45,6 +45,23 @@ options:
   ca_file: {description: CA to check the server's certificate against; required with tls, type: path}
 """
 
+EXAMPLES = r"""
+- name: Monitor the cache cluster's master from this Sentinel
+  redis_sentinel_monitor:
+    name: cache
+    master_host: 10.0.3.11
+    master_port: 6379
+    quorum: 2
+    settings:
+      down-after-milliseconds: 5000
+      failover-timeout: 60000
+      parallel-syncs: 1
+    auth_user: sentinel
+    auth_pass: "{{ redis_sentinel_password }}"
+    login_port: 26379
+    login_password: "{{ redis_sentinel_password }}"
+"""
+
 RETURN = r"""
 created: {description: Whether SENTINEL MONITOR was issued, type: bool, returned: always}
 changes: {description: "Settings set, name -> [old, new]", type: dict, returned: always}

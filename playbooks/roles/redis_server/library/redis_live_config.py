@@ -37,6 +37,21 @@ options:
   ca_file: {description: CA to check the server certificate against; required with tls, type: path}
 """
 
+EXAMPLES = r"""
+- name: Apply the managed settings to the running node
+  redis_live_config:
+    settings:
+      maxmemory: 256mb
+      maxmemory-policy: allkeys-lru
+    secret_settings:
+      masterauth: "{{ redis_replication_password }}"
+    login_port: 6379
+    login_user: dbfleet_admin
+    login_password: "{{ redis_admin_password }}"
+    tls: true
+    ca_file: /etc/redis/tls/ca.crt
+"""
+
 RETURN = r"""
 changes:
   description: "name -> [old, new] for each setting set; secrets show as (secret)"
