@@ -3,7 +3,8 @@
 `dbfleet reconcile --watch --interval 5` runs against the lab's PostgreSQL.
 Then, a few times each:
 - a declared index is dropped by hand: time until it is back and valid;
-- a replica's PostgreSQL is stopped: time until it streams from the primary again.
+- a replica's PostgreSQL is stopped: time until it streams from the primary again (with `ha: patroni` its
+  postmaster is killed instead and Patroni, not the operator, restarts it: the baseline is then loop_wait).
 The baseline is the watch interval: a ratio near 0.5 means the fix lands in
 the cycle after the fault, plus the time the fix itself takes.
 
@@ -68,8 +69,12 @@ def measure(state: Any, access: FleetAccess, workdir: Path) -> list[Result]:
     replica = pg.host_names()[-1]
     password = access.secret("postgres_superuser_password")
 
+    patroni = pg.ha == "patroni"
+    # With Patroni the primary is wherever the read-write endpoint leads (a failover test may have moved it).
+    host, port = (pg.endpoint_hosts()[0].name, pg.endpoints.rw_port) if patroni else (pg.primary, pg.port)
+
     def sql(query: str, db: str = DB) -> list[tuple[Any, ...]]:
-        with psycopg.connect(host=access.address(pg.primary), port=pg.port, dbname=db, user="postgres",
+        with psycopg.connect(host=access.address(host), port=port, dbname=db, user="postgres",
                              password=password, sslmode="require", autocommit=True, connect_timeout=5) as conn:
             cur = conn.execute(query)
             return cur.fetchall() if cur.description else []
@@ -79,7 +84,7 @@ def measure(state: Any, access: FleetAccess, workdir: Path) -> list[Result]:
                    f"WHERE c.relname = '{INDEX}'")
         return bool(rows and rows[0][0])
 
-    standby = replica.replace("-", "_")
+    standby = replica if patroni else replica.replace("-", "_")
 
     def replica_streaming() -> bool:
         rows = sql(f"SELECT 1 FROM pg_stat_replication WHERE application_name = '{standby}' "
@@ -104,8 +109,13 @@ def measure(state: Any, access: FleetAccess, workdir: Path) -> list[Result]:
             sql(f"DROP INDEX {INDEX}")
             dropped.append(wait_for("dropped index", index_valid))
             print(f"[bench] latency round {n + 1}/{ROUNDS}: stop PostgreSQL on {replica}", file=sys.stderr, flush=True)
-            subprocess.run(["docker", "exec", container, "systemctl", "stop", f"postgresql@{pg.version}-main"],
-                           check=True, timeout=60)
+            if patroni:  # Patroni owns the server: kill its postmaster; Patroni, not the operator, restarts it
+                subprocess.run(["docker", "exec", container, "sh", "-c",
+                                f"kill -KILL $(head -1 /var/lib/postgresql/{pg.version}/main/postmaster.pid)"],
+                               check=True, timeout=60)
+            else:
+                subprocess.run(["docker", "exec", container, "systemctl", "stop", f"postgresql@{pg.version}-main"],
+                               check=True, timeout=60)
             wait_for("replica leaving pg_stat_replication", lambda: not replica_streaming(), 30)
             stopped.append(wait_for("stopped replica", replica_streaming))
     finally:
@@ -115,15 +125,17 @@ def measure(state: Any, access: FleetAccess, workdir: Path) -> list[Result]:
         except subprocess.TimeoutExpired:
             operator.kill()
         log.close()
-        subprocess.run(["docker", "exec", container, "systemctl", "start", f"postgresql@{pg.version}-main"],
-                       timeout=60, check=False)
+        if not patroni:
+            subprocess.run(["docker", "exec", container, "systemctl", "start", f"postgresql@{pg.version}-main"],
+                           timeout=60, check=False)
         sql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", db="postgres")
     extra = {"rounds": ROUNDS, "interval_s": INTERVAL, "replica": replica}
     return [
         Result("latency", "dropped index: detect to valid again", statistics.median(dropped), "s", INTERVAL,
                "watch interval", {**extra, "all_s": [round(s, 2) for s in dropped]}),
-        Result("latency", "stopped replica: detect to streaming", statistics.median(stopped), "s", INTERVAL,
-               "watch interval", {**extra, "all_s": [round(s, 2) for s in stopped]}),
+        Result("latency", "killed replica: Patroni restarts it" if patroni else "stopped replica: detect to streaming",
+               statistics.median(stopped), "s", float(pg.patroni.loop_wait) if patroni else INTERVAL,
+               "loop_wait" if patroni else "watch interval", {**extra, "all_s": [round(s, 2) for s in stopped]}),
     ]
 
 

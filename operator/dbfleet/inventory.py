@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbfleet.engines import pgbackrest
+from dbfleet.engines import patroni, pgbackrest
 from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.mongo import mongos_hosts
 from dbfleet.inventory_format import SpecText, from_spec, inventory_yaml
@@ -42,7 +42,12 @@ def host_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
     for c in fleet.clusters:
         if isinstance(c, PostgresCluster):
             for i, h in enumerate(c.all_hosts()):
-                roles[h.name] = (c.name, ["postgres", "postgres_primary" if i == 0 else "postgres_replica"])
+                groups = ["postgres", "postgres_primary" if i == 0 else "postgres_replica"]
+                roles[h.name] = (c.name, groups + (["patroni"] if c.ha == "patroni" else []))
+            for group, hosts in (("etcd", c.etcd_hosts()), ("haproxy", c.endpoint_hosts())):
+                for h in hosts:
+                    cluster, groups = roles.get(h.name, (c.name, []))
+                    roles[h.name] = (cluster, groups + [group])
         elif isinstance(c, RedisCluster):
             data = [h.name for h in c.data_hosts()]
             for i, name in enumerate(data):
@@ -105,6 +110,8 @@ def cluster_vars(cluster: AnyCluster) -> dict[str, Any]:
                                                  "repo_path": pgbackrest.repo_path(cluster),
                                                  "log_path": pgbackrest.HOST_LOG_PATH,
                                                  "cipher_include": pgbackrest.CIPHER_INCLUDE})
+        if cluster.ha == "patroni":
+            found["dbfleet_patroni"] = from_spec(patroni.inventory_vars(cluster))
     return found
 
 

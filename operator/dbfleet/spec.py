@@ -413,10 +413,54 @@ class ClusterBase(Strict):
     def all_hosts(self) -> list[Host]:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def machines(self) -> list[Host]:
+        """Every host the cluster needs (PostgreSQL adds its etcd and HAProxy hosts of their own)."""
+        return self.all_hosts()
+
 
 class Synchronous(Strict):
     enabled: bool = False
     num_sync: Annotated[int, Field(ge=1)] = 1
+    strict: bool = False
+    """ha: patroni only: never acknowledge a commit without num_sync replicas, even when none is left
+    (Patroni's synchronous_mode_strict). Without it Patroni lets the primary write alone once no replica remains."""
+
+
+class Etcd(Strict):
+    """The DCS Patroni keeps its leader lock in: an etcd 3.4 cluster from Debian, with TLS and authentication."""
+
+    hosts: list[HostRef] = []
+    """The members; empty means the first of the cluster's `hosts`, an odd number of them up to five."""
+    client_port: Annotated[int, Field(ge=1024, le=65535)] = 2379
+    peer_port: Annotated[int, Field(ge=1024, le=65535)] = 2380
+
+
+class Patroni(Strict):
+    """Patroni's timings and behaviour (its dynamic configuration); see README "PostgreSQL: high availability"."""
+
+    ttl: Annotated[int, Field(ge=5, le=3600)] = 30
+    """Seconds the leader lock lives without a renewal: an unplanned failover starts at most this long after the
+    primary stops renewing it."""
+    loop_wait: Annotated[int, Field(ge=1, le=600)] = 10
+    retry_timeout: Annotated[int, Field(ge=1, le=600)] = 10
+    """Seconds a DCS or PostgreSQL operation is retried before the primary demotes itself."""
+    primary_start_timeout: Annotated[int, Field(ge=0, le=3600)] = 300
+    """After the primary's PostgreSQL crashes, seconds Patroni tries to restart it in place before failing over."""
+    maximum_lag_on_failover: Annotated[int, Field(ge=0)] = 1048576
+    failsafe_mode: bool = True
+    """With etcd's quorum lost, keep the primary while every member still answers it (Patroni's failsafe_mode);
+    false demotes it after retry_timeout."""
+    rest_api_port: Annotated[int, Field(ge=1024, le=65535)] = 8008
+    etcd: Etcd = Etcd()
+
+
+class Endpoints(Strict):
+    """HAProxy in front of the cluster: one port that reaches the primary, one that reaches the replicas."""
+
+    hosts: list[HostRef] = []
+    """Where HAProxy runs; empty means the cluster's PostgreSQL hosts."""
+    rw_port: Annotated[int, Field(ge=1024, le=65535)] = 5000
+    ro_port: Annotated[int, Field(ge=1024, le=65535)] = 5001
 
 
 _MANAGED = "managed by dbfleet (from port, tls, synchronous and the replication and archiving it sets up)"
@@ -489,7 +533,7 @@ class PostgresCluster(ClusterBase):
     engine: Literal["postgres"]
     version: str = "15"
     ha: Literal["manual", "patroni"] = "manual"
-    """manual: switchover with playbooks/pg_switchover.yml. patroni is reserved and refused at load."""
+    """manual: switchover with playbooks/pg_switchover.yml. patroni: Patroni on etcd fails over by itself."""
     hosts: Annotated[list[HostRef], Field(min_length=1)]
     """The first host is the initial primary."""
     replicas: Annotated[int, Field(ge=0)]
@@ -497,6 +541,8 @@ class PostgresCluster(ClusterBase):
     databases: list[Annotated[str, Field(pattern=IDENT)]] = ["app"]
     parameters: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_.]*$")], str | int | float | bool] = {}
     synchronous: Synchronous = Synchronous()
+    patroni: Patroni = Patroni()
+    endpoints: Endpoints = Endpoints()
     indexes: IndexPolicy = IndexPolicy()
     audit: PgAudit | None = None
     """pgaudit on every host of the cluster; None: not loaded."""
@@ -531,8 +577,7 @@ class PostgresCluster(ClusterBase):
                 raise ValueError(
                     f"indexes.declared.{i}.database: {idx.database!r} is not one of databases {self.databases}"
                 )
-        if self.ha == "patroni":
-            raise ValueError("ha: patroni is not implemented yet; use ha: manual and playbooks/pg_switchover.yml")
+        self._check_ha()
         canary = self.backup.drill.canary
         if canary is not None:
             parts = canary.split(".")
@@ -544,8 +589,72 @@ class PostgresCluster(ClusterBase):
                                  f"{self.databases}")
         return self
 
+    def _check_ha(self) -> None:
+        """What ha: patroni needs, and the keys that mean nothing without it."""
+        if self.ha == "manual":
+            for key in ("patroni", "endpoints"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key}: only used with ha: patroni (this cluster has ha: manual)")
+            if self.synchronous.strict:
+                raise ValueError("synchronous.strict: only with ha: patroni; with ha: manual synchronous "
+                                 "replication is set once the replicas stream")
+            return
+        p = self.patroni
+        if p.loop_wait + 2 * p.retry_timeout > p.ttl:
+            raise ValueError(f"patroni.ttl: {p.ttl} is less than loop_wait + 2 * retry_timeout "
+                             f"({p.loop_wait} + 2 * {p.retry_timeout}); the primary could lose the leader lock "
+                             "while it still retries")
+        if self.synchronous.strict and not self.synchronous.enabled:
+            raise ValueError("synchronous.strict: needs synchronous.enabled: true")
+        members = self.etcd_hosts()
+        names = [h.name for h in members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"patroni.etcd.hosts: {names} names a host twice")
+        if len(members) < 3 or len(members) % 2 == 0:
+            where = "patroni.etcd.hosts" if p.etcd.hosts else "hosts"
+            raise ValueError(f"{where}: etcd needs an odd number of members, at least 3, to keep a quorum when one "
+                             f"is lost; got {len(members)} ({', '.join(names)})"
+                             + ("" if p.etcd.hosts else "; name them under patroni.etcd.hosts"))
+        proxies = [h.name for h in self.endpoint_hosts()]
+        if len(set(proxies)) != len(proxies):
+            raise ValueError(f"endpoints.hosts: {proxies} names a host twice")
+        ports = {"port": self.port, "endpoints.rw_port": self.endpoints.rw_port,
+                 "endpoints.ro_port": self.endpoints.ro_port, "patroni.rest_api_port": p.rest_api_port,
+                 "patroni.etcd.client_port": p.etcd.client_port, "patroni.etcd.peer_port": p.etcd.peer_port}
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{key}: {port} is already {seen[port]}")
+            seen[port] = key
+
     def all_hosts(self) -> list[Host]:
+        """The PostgreSQL servers: the first host is the initial primary."""
         return [_as_host(h) for h in self.hosts[: self.replicas + 1]]
+
+    def etcd_hosts(self) -> list[Host]:
+        """etcd's members (ha: patroni): those the spec names, else the first of `hosts`, as many as make an odd
+        count up to five (3 of 3 or 4 hosts, 5 of 5 or more). `hosts`, not the servers `replicas` keeps, so
+        etcd's membership does not change when the replica count does."""
+        if self.ha != "patroni":
+            return []
+        if self.patroni.etcd.hosts:
+            return [_as_host(h) for h in self.patroni.etcd.hosts]
+        declared = [_as_host(h) for h in self.hosts]
+        count = min(5, len(declared) if len(declared) % 2 else len(declared) - 1)
+        return declared[:max(count, 1)]
+
+    def endpoint_hosts(self) -> list[Host]:
+        """Where HAProxy runs (ha: patroni): the hosts the spec names, else the PostgreSQL hosts."""
+        if self.ha != "patroni":
+            return []
+        return [_as_host(h) for h in self.endpoints.hosts] or self.all_hosts()
+
+    def machines(self) -> list[Host]:
+        """Every host the cluster needs: its PostgreSQL servers, then etcd and HAProxy hosts of their own."""
+        found = {h.name: h for h in self.all_hosts()}
+        for host in self.etcd_hosts() + self.endpoint_hosts():
+            found.setdefault(host.name, host)
+        return list(found.values())
 
     @property
     def primary(self) -> str:
@@ -739,7 +848,7 @@ class Fleet(Strict):
             if cluster.name in seen_clusters:
                 raise ValueError(f"clusters.{i}.name: cluster {cluster.name!r} is defined twice")
             seen_clusters.add(cluster.name)
-            hosts = cluster.all_hosts()
+            hosts = cluster.machines()
             if isinstance(cluster, RedisCluster):
                 # A Sentinel may share a machine with a Redis data node of its own cluster.
                 hosts = list({h.name: h for h in hosts}.values())

@@ -30,6 +30,7 @@ from dbfleet.reconcile.members import MemberReconciler
 from dbfleet.reconcile.status import (
     StatusContext,
     StatusProvider,
+    ha_columns,
     index_columns,
     last_reconcile_columns,
     pending_columns,
@@ -50,7 +51,7 @@ def _backup_columns(ctx: StatusContext) -> dict[str, Any]:
 
 def status_providers() -> list[StatusProvider]:
     """The columns of `dbfleet status`, left to right."""
-    return [topology_columns, index_columns, pending_columns, last_reconcile_columns, _backup_columns]
+    return [topology_columns, ha_columns, index_columns, pending_columns, last_reconcile_columns, _backup_columns]
 
 
 def backup_access(cluster: AnyCluster, session: AnySession, progress: Progress | None = None,

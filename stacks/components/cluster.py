@@ -80,13 +80,15 @@ class ClusterComponent(pulumi.ComponentResource):
                     for label, group_id, cidr in _origins(source, role.name, named, allowed_clients):
                         allow_ingress(groups[role.name], f"{name}-{role.name}-from-{label}-{rule.port}", rule.port,
                                       rule.why, self, source_group=group_id, cidr=cidr)
+        placed = _host_roles(roles)
+        owners = {owner.name for _, owner, _ in placed}
         profiles = {
             role.name: create_instance_profile(f"{name}-{role.name}", _grants(role, name, ctx), ctx.key_arn, ctx.region,
                                                self)
-            for role in roles
+            for role in roles if role.name in owners  # a role whose hosts another role owns needs no profile
         }
         self.hosts = {}
-        for host, owner, member_of in _host_roles(roles):
+        for host, owner, member_of in placed:
             group_ids = [groups[r.name].id for r in member_of if r.name in groups]
             group_ids += [ctx.groups[g] for r in member_of for g in r.fleet_groups] + [ctx.groups["egress"]]
             self.hosts[host.name] = FleetHost(

@@ -19,9 +19,14 @@ def as_hosts(refs: Iterable[str | spec.Host]) -> list[spec.Host]:
 
 
 def spread_groups(cluster: spec.PostgresCluster | spec.MongoCluster | spec.RedisCluster) -> list[list[spec.Host]]:
-    """The sets of hosts that must not share a zone: a primary with its replicas, each replica set, the helpers."""
+    """The sets of hosts that must not share a zone: a primary with its replicas, each replica set, etcd members and
+    HAProxy hosts of their own, the helpers."""
     if isinstance(cluster, spec.PostgresCluster):
-        return [cluster.all_hosts()]
+        servers = cluster.all_hosts()
+        names = {h.name for h in servers}
+        etcd = [h for h in cluster.etcd_hosts() if h.name not in names]
+        proxies = [h for h in cluster.endpoint_hosts() if h.name not in names | {e.name for e in etcd}]
+        return [group for group in (servers, etcd, proxies) if group]
     if isinstance(cluster, spec.RedisCluster):
         data = cluster.data_hosts()
         names = {h.name for h in data}

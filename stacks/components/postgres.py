@@ -1,4 +1,11 @@
-"""PostgresCluster: a primary and its streaming replicas, open to clients, each other, the operator and Prometheus."""
+"""PostgresCluster: a primary and its streaming replicas, open to clients, each other, the operator and Prometheus.
+
+With `ha: patroni` it also holds etcd (on the PostgreSQL hosts unless the spec
+names hosts of their own), Patroni's REST API and HAProxy's endpoints: etcd's
+client and peer ports are open only between the cluster's own hosts, the REST
+API to its members, HAProxy, the operator and Prometheus, and the endpoints to
+the cluster's clients and the operator.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +20,36 @@ POSTGRES_EXPORTER = 9187
 
 
 def postgres_roles(cluster: spec.PostgresCluster) -> list[RolePlan]:
-    """One role: every member may become primary, so primary and replicas share a group and a profile."""
-    return [RolePlan(
-        "postgres", tuple(cluster.all_hosts()),
-        ingress=(Ingress(cluster.port, ("clients", "operator"), "clients and the operator"),
-                 Ingress(cluster.port, ("self",), "replicas stream from the primary; pg_rewind after failover"),
-                 *scraped(POSTGRES_EXPORTER)),
-        data_dir="/var/lib/postgresql",
-        backups=True,
-    )]
+    """Every member may become primary, so primary and replicas share a group and a profile; with Patroni, etcd
+    and HAProxy are roles of their own (sharing the PostgreSQL hosts by default)."""
+    postgres = [Ingress(cluster.port, ("clients", "operator"), "clients and the operator"),
+                Ingress(cluster.port, ("self",), "replicas stream from the primary; pg_rewind after failover"),
+                *scraped(POSTGRES_EXPORTER)]
+    if cluster.ha != "patroni":
+        return [RolePlan("postgres", tuple(cluster.all_hosts()), ingress=tuple(postgres),
+                         data_dir="/var/lib/postgresql", backups=True)]
+    api, etcd = cluster.patroni.rest_api_port, cluster.patroni.etcd
+    postgres += [
+        Ingress(cluster.port, ("haproxy",), "HAProxy forwards the sessions of the endpoints"),
+        Ingress(api, ("self",), "Patroni members ask each other (failover, failsafe)"),
+        Ingress(api, ("haproxy",), "HAProxy health checks (/primary, /replica)"),
+        Ingress(api, ("operator",), "the operator reads roles and lag, and asks for a switchover"),
+        Ingress(api, ("monitoring",), "Prometheus scrapes the Patroni /metrics"),
+    ]
+    return [
+        RolePlan("postgres", tuple(cluster.all_hosts()), ingress=tuple(postgres), data_dir="/var/lib/postgresql",
+                 backups=True),
+        RolePlan("etcd", tuple(cluster.etcd_hosts()),
+                 ingress=(Ingress(etcd.client_port, ("postgres",), "Patroni keeps its leader lock in etcd"),
+                          Ingress(etcd.client_port, ("self",), "etcd members and etcdctl on them"),
+                          Ingress(etcd.peer_port, ("self",), "etcd peers (Raft)"),
+                          *scraped()),
+                 data_dir="/var/lib/etcd"),
+        RolePlan("haproxy", tuple(cluster.endpoint_hosts()),
+                 ingress=(Ingress(cluster.endpoints.rw_port, ("clients", "operator"), "the read-write endpoint"),
+                          Ingress(cluster.endpoints.ro_port, ("clients", "operator"), "the read-only endpoint"),
+                          *scraped())),
+    ]
 
 
 class PostgresCluster(ClusterComponent):

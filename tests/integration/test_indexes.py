@@ -73,11 +73,20 @@ class PgEnv:
 
     @property
     def primary(self) -> str:
-        return self.cluster.primary
+        """The host not in recovery now (a failover test may have moved it from the spec's first host)."""
+        for host in self.cluster.host_names():
+            try:
+                with self.connect(host, "postgres") as conn:
+                    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False:
+                        return str(host)
+            except psycopg.OperationalError:
+                continue
+        return str(self.cluster.primary)
 
     @property
     def replicas(self) -> list[str]:
-        return [h.name for h in self.cluster.all_hosts()[1:]]
+        primary = self.primary
+        return [h for h in self.cluster.host_names() if h != primary]
 
     def connect(self, host: str, dbname: str = DB) -> psycopg.Connection[Any]:
         return psycopg.connect(host=self.lab.address(host), port=self.cluster.port, dbname=dbname, user="postgres",

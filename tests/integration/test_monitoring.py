@@ -8,6 +8,7 @@ spec asks; bounded to this module and stopped at its end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -160,22 +161,34 @@ def _replicas(lab: Any) -> tuple[str, list[str]]:
     return next(h for h, s in states.items() if not s), [h for h, s in states.items() if s]
 
 
-def test_paused_replay_makes_the_replica_lag_grow(prom: tuple[Any, Prometheus]) -> None:
+def test_held_back_replay_makes_the_replica_lag_grow(prom: tuple[Any, Prometheus]) -> None:
+    """Replay on a replica is held back by a lock conflict: a transaction there reads the table the primary then
+    locks ACCESS EXCLUSIVE, so replay waits (max_standby_streaming_delay) while the WAL that follows arrives.
+    Not pg_wal_replay_pause(): Patroni resumes a paused replay on PostgreSQL 14 and later."""
     lab, p = prom
     if not lab.has("postgres"):
         pytest.skip("no PostgreSQL hosts in this lab")
     primary, replicas = _replicas(lab)
     replica = replicas[0]
-    _sql(lab, replica, "select pg_wal_replay_pause()")
+    _sql(lab, primary, "create table if not exists lag_probe (pad text)")
+    wait_for(f"lag_probe on {replica}", lambda: _sql(lab, replica, "select to_regclass('lag_probe')")[0][0],
+             timeout=30)
+    cluster = _pg(lab)
+    reader = psycopg.connect(host=lab.address(replica), port=cluster.port, dbname="postgres", user="postgres",
+                             password=lab.secrets["postgres_superuser_password"], sslmode="require",
+                             connect_timeout=5)
     try:
-        _sql(lab, primary, "create table if not exists lag_probe (pad text)")
-        _sql(lab, primary, "insert into lag_probe select repeat('x', 1000) from generate_series(1, 20000)")
+        reader.execute("select count(*) from lag_probe")  # holds ACCESS SHARE until the transaction ends
+        _sql(lab, primary, "do $$ begin lock table lag_probe in access exclusive mode; end $$")
+        _sql(lab, primary, "insert into lag_probe select md5(random()::text) from generate_series(1, 50000)")
         lag = wait_for(f"{replica}'s lag metric above 1 MB",
                        lambda: {h: v for h, v in p.query("dbfleet_pg_recovery_lag_bytes").items()
-                                if h == replica and v > 1_000_000}, timeout=30)
-        print(f"\n{replica} lag with replay paused: {lag[replica]:.0f} bytes")
+                                if h == replica and v > 1_000_000}, timeout=25)
+        print(f"\n{replica} lag with replay held back: {lag[replica]:.0f} bytes")
     finally:
-        _sql(lab, replica, "select pg_wal_replay_resume()")
+        with contextlib.suppress(psycopg.Error):
+            reader.rollback()
+        reader.close()
         _sql(lab, primary, "drop table if exists lag_probe")
     wait_for(f"{replica}'s lag back to 0", lambda: p.query("dbfleet_pg_recovery_lag_bytes").get(replica) == 0,
              timeout=30)
@@ -193,18 +206,40 @@ def test_stopping_a_replica_fires_the_replica_down_alert(prom: tuple[Any, Promet
     window = (duration_seconds(cluster.monitoring.alerts.replica_down_for)
               + 2 * duration_seconds(cluster.monitoring.scrape_interval) + 2)
     assert not p.firing("PostgresReplicaDown"), "no replica-down alert before the fault"
-    service = lab.host(replica).service("postgresql@15-main")
+    # Under Patroni the server is Patroni's: stopping Patroni stops it (and Patroni would restart a killed one).
+    unit = "patroni" if cluster.ha == "patroni" else "postgresql@15-main"
+    service = lab.host(replica).service(unit)
     stopped = time.monotonic()
-    assert lab.host(replica).run("systemctl stop postgresql@15-main").rc == 0
+    assert lab.host(replica).run(f"systemctl stop {unit}").rc == 0
     try:
         wait_for("PostgresReplicaDown firing", lambda: p.firing("PostgresReplicaDown"), timeout=window)
         print(f"\nPostgresReplicaDown fired {time.monotonic() - stopped:.1f}s after {replica} stopped "
               f"(for: {cluster.monitoring.alerts.replica_down_for}, bound {window:.0f}s)")
     finally:
-        assert lab.host(replica).run("systemctl start postgresql@15-main").rc == 0
+        assert lab.host(replica).run(f"systemctl start {unit}").rc == 0
     assert service.is_running
-    wait_for("the replica streaming again",
-             lambda: len(_sql(lab, _replicas(lab)[0],
-                              "select 1 from pg_stat_replication where state = 'streaming'")) == cluster.replicas,
-             timeout=60)
+
+    def streaming_again() -> bool:
+        try:  # the restarted server refuses connections until it has started
+            primary = _replicas(lab)[0]
+            return len(_sql(lab, primary, "select 1 from pg_stat_replication where state = 'streaming'")) \
+                == cluster.replicas
+        except psycopg.OperationalError:
+            return False
+
+    wait_for("the replica streaming again", streaming_again, timeout=120)
     wait_for("PostgresReplicaDown resolved", lambda: not p.firing("PostgresReplicaDown"), timeout=window)
+
+
+def test_patroni_metrics_show_one_primary_and_every_member_running(prom: tuple[Any, Prometheus]) -> None:
+    lab, p = prom
+    if not lab.has("postgres") or _pg(lab).ha != "patroni":
+        pytest.skip("no ha: patroni cluster in this lab")
+    cluster = _pg(lab)
+    primaries = wait_for("Patroni's /metrics scraped",
+                         lambda: p.query(f'sum by (cluster) (patroni_primary{{cluster="{cluster.name}"}})'),
+                         timeout=60)
+    assert list(primaries.values()) == [1.0], primaries
+    running = p.query(f'patroni_postgres_running{{cluster="{cluster.name}"}}')
+    assert len(running) == len(cluster.host_names()) and all(v == 1 for v in running.values()), running
+    assert not p.firing("PatroniNoLeader") and not p.firing("PatroniMemberNotRunning")

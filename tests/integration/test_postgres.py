@@ -53,8 +53,14 @@ def test_packages_installed_and_service_running(pg: tuple[Any, PostgresCluster])
         host = lab.host(name)
         for package in ("postgresql-15", "pgbackrest", "postgresql-15-hypopg"):
             assert host.package(package).is_installed, f"{name}: {package}"
-        service = host.service("postgresql@15-main")
-        assert service.is_running and service.is_enabled, name
+        if cluster.ha == "patroni":
+            # Patroni owns the server: its unit runs, Debian's cluster unit is neither running nor enabled.
+            assert host.service("patroni").is_running and host.service("patroni").is_enabled, name
+            assert not host.service("postgresql@15-main").is_enabled, name
+            assert host.file("/etc/postgresql/15/main/start.conf").content_string.strip().endswith("manual")
+        else:
+            service = host.service("postgresql@15-main")
+            assert service.is_running and service.is_enabled, name
 
 
 def test_listens_only_on_loopback_and_its_own_address(pg: tuple[Any, PostgresCluster]) -> None:
@@ -70,12 +76,21 @@ def test_data_directory_and_config_file_modes(pg: tuple[Any, PostgresCluster]) -
         host = lab.host(name)
         pgdata = host.file("/var/lib/postgresql/15/main")
         assert pgdata.is_directory and pgdata.user == "postgres" and pgdata.mode == 0o700, name
-        for path in ("/etc/postgresql/15/main/pg_hba.conf", "/etc/postgresql/15/main/conf.d/dbfleet.conf"):
+        owned = ["/etc/postgresql/15/main/pg_hba.conf"]
+        if cluster.ha == "manual":
+            owned.append("/etc/postgresql/15/main/conf.d/dbfleet.conf")
+        else:
+            config = host.file("/etc/patroni/config.yml")  # holds the passwords Patroni logs in with
+            assert config.user == "postgres" and config.mode == 0o600, f"{name}: config.yml is {oct(config.mode)}"
+            assert not host.file("/etc/postgresql/15/main/conf.d/dbfleet.conf").exists
+        for path in owned:
             f = host.file(path)
             assert f.user == "postgres" and f.mode == 0o640, f"{name}: {path} is {oct(f.mode)}"
         key = host.file("/etc/postgresql/tls/server.key")
         assert key.user == "postgres" and key.mode == 0o600, name
-        pgpass = host.file("/var/lib/postgresql/.pgpass")
+        # The replication password: dbfleet's passfile (ha: manual), or the one Patroni writes for itself.
+        pgpass = host.file("/var/lib/postgresql/.pgpass.patroni" if cluster.ha == "patroni"
+                           else "/var/lib/postgresql/.pgpass")
         assert pgpass.user == "postgres" and pgpass.mode == 0o600, name
 
 
@@ -108,7 +123,9 @@ def test_every_replica_streams_through_its_own_active_slot(pg: tuple[Any, Postgr
     lab, cluster = pg
     primary, replicas = roles(lab, cluster)
     assert len(replicas) == cluster.replicas
-    expected = {r.replace("-", "_") for r in replicas}
+    slots_wanted = {r.replace("-", "_") for r in replicas}
+    # ha: manual names each standby after its slot; Patroni names it after the member (slot: '-' -> '_').
+    expected = set(replicas) if cluster.ha == "patroni" else slots_wanted
     deadline = time.monotonic() + 30
     while True:
         streaming = dict(query(lab, cluster, primary,
@@ -116,13 +133,17 @@ def test_every_replica_streams_through_its_own_active_slot(pg: tuple[Any, Postgr
         slots = dict(query(lab, cluster, primary,
                            "select slot_name, active from pg_replication_slots where slot_type = 'physical'"))
         if {a for a, s in streaming.items() if s == "streaming"} == expected and \
-                all(slots.get(name) for name in expected):
+                all(slots.get(name) for name in slots_wanted):
             break
         assert time.monotonic() < deadline, f"streaming {streaming}, slots {slots}, expected {expected}"
         time.sleep(0.5)
     if cluster.synchronous.enabled:
         sync = dict(query(lab, cluster, primary, "select application_name, sync_state from pg_stat_replication"))
-        assert set(sync.values()) == {"quorum"}, f"ANY {cluster.synchronous.num_sync} quorum expected: {sync}"
+        if cluster.ha == "patroni":
+            # Patroni 3.0 names num_sync synchronous standbys (priority), the others are potential.
+            assert sum(s == "sync" for s in sync.values()) == cluster.synchronous.num_sync, sync
+        else:
+            assert set(sync.values()) == {"quorum"}, f"ANY {cluster.synchronous.num_sync} quorum expected: {sync}"
     for replica in replicas:
         conninfo = query(lab, cluster, replica, "select conninfo from pg_stat_wal_receiver")[0][0]
         assert f"host={lab.address(primary)}" in conninfo and "sslmode=verify-full" in conninfo, conninfo

@@ -157,15 +157,19 @@ def test_cis_file_modes(pg: tuple[Any, PostgresCluster]) -> None:
     expected = [  # (path, owner, the most open mode allowed)
         ("/var/lib/postgresql/15/main", "postgres", 0o700),              # the data directory
         ("/etc/postgresql/15/main/postgresql.conf", "postgres", 0o644),  # Debian's; no secret in it
-        ("/etc/postgresql/15/main/conf.d", "postgres", 0o750),
-        ("/etc/postgresql/15/main/conf.d/dbfleet.conf", "postgres", 0o640),
         ("/etc/postgresql/15/main/pg_hba.conf", "postgres", 0o640),
         ("/etc/postgresql/15/main/pg_ident.conf", "postgres", 0o640),
         ("/etc/postgresql/tls/server.key", "postgres", 0o600),           # the TLS key
-        ("/var/lib/postgresql/.pgpass", "postgres", 0o600),              # the replication password
         ("/usr/share/postgresql/15/extension", "root", 0o755),           # extension files owned by root
         ("/usr/lib/postgresql/15/lib", "root", 0o755),
     ]
+    if cluster.ha == "patroni":  # Patroni holds the settings (passwords among them) and its own passfile
+        expected += [("/etc/patroni/config.yml", "postgres", 0o600),
+                     ("/var/lib/postgresql/.pgpass.patroni", "postgres", 0o600)]
+    else:
+        expected += [("/etc/postgresql/15/main/conf.d", "postgres", 0o750),
+                     ("/etc/postgresql/15/main/conf.d/dbfleet.conf", "postgres", 0o640),
+                     ("/var/lib/postgresql/.pgpass", "postgres", 0o600)]  # the replication password
     problems = []
     for name in cluster.host_names():
         host = lab.host(name)

@@ -93,7 +93,7 @@ def test_nothing_is_open_to_everyone(example_run: Run) -> None:
 def test_group_and_rule_descriptions_are_ones_ec2_accepts(example_run: Run) -> None:
     described = [*example_run.of_type(GROUP), *example_run.of_type(INGRESS),
                  *example_run.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")]
-    assert len(described) == 45
+    assert len(described) == 61  # 45 before ha: patroni added etcd's and HAProxy's groups and 14 rules
     for resource in described:
         assert EC2_TEXT.match(resource.inputs["description"]), (resource.name, resource.inputs["description"])
 
@@ -103,7 +103,13 @@ def test_each_role_accepts_only_the_roles_that_need_it(example_run: Run) -> None
     by_target: dict[tuple[str, int], set[str]] = defaultdict(set)
     for target, port, source in rules:
         by_target[(target, port)].add(source)
-    assert by_target[("pg-main-postgres", 5432)] == {"lab-app", "lab-operator", "pg-main-postgres"}
+    assert by_target[("pg-main-postgres", 5432)] == {"lab-app", "lab-operator", "pg-main-postgres", "pg-main-haproxy"}
+    # ha: patroni: etcd only between the cluster's own hosts; Patroni's API to members, HAProxy, operator, Prometheus.
+    assert by_target[("pg-main-etcd", 2379)] == {"pg-main-postgres", "pg-main-etcd"}
+    assert by_target[("pg-main-etcd", 2380)] == {"pg-main-etcd"}
+    assert by_target[("pg-main-postgres", 8008)] == {"pg-main-postgres", "pg-main-haproxy", "lab-operator",
+                                                     "lab-monitoring"}
+    assert by_target[("pg-main-haproxy", 5000)] == by_target[("pg-main-haproxy", 5001)] == {"lab-app", "lab-operator"}
     assert by_target[("mongo-main-mongos", 27017)] == {"lab-app", "lab-operator"}
     assert by_target[("mongo-main-shard", 27017)] == {
         "mongo-main-shard", "mongo-main-mongos", "mongo-main-config", "lab-operator"}
@@ -311,7 +317,8 @@ def test_one_more_replica_adds_exactly_one_instance_and_volume(example_run: Run)
     assert set(before) <= set(after)
     # Nothing that existed changes: no host moves zone, no group or policy is rewritten.
     assert [key for key in before if before[key] != after[key]] == []
-    assert grown.outputs["hosts"]["pg-4"]["roles"] == ["postgres", "postgres_replica"]
+    # ha: patroni: Patroni owns the new replica and it serves the endpoints too; etcd keeps its three members.
+    assert grown.outputs["hosts"]["pg-4"]["roles"] == ["postgres", "postgres_replica", "patroni", "haproxy"]
 
 
 def test_s3_targets_get_their_named_bucket_and_prefix() -> None:
@@ -362,3 +369,19 @@ def test_client_cidrs_that_together_cover_more_than_the_bound_are_refused(cidrs:
 def test_client_cidrs_up_to_the_bound_are_written_in_network_form() -> None:
     fleet = _with_clients("10.0.0.0/9", "10.128.0.1/9", "2001:db8::/32", "10.0.0.0/9")
     assert fleet.clusters[0].allowed_clients == ["10.0.0.0/9", "10.128.0.0/9", "2001:db8::/32"]
+
+
+def test_etcd_and_haproxy_hosts_of_their_own_get_instances_spread_over_the_zones() -> None:
+    def own_hosts(data: dict[str, Any]) -> None:
+        pg = data["clusters"][0]
+        pg["patroni"]["etcd"] = {"hosts": ["etcd-1", "etcd-2", "etcd-3"]}
+        pg["endpoints"]["hosts"] = ["proxy-1", "proxy-2"]
+
+    run = run_program(fleet_variant(own_hosts))
+    for host in ("etcd-1", "etcd-2", "etcd-3", "proxy-1", "proxy-2"):
+        assert run.named(INSTANCE, host), host
+    zones = {h: run.outputs["hosts"][h]["zone"] for h in ("etcd-1", "etcd-2", "etcd-3")}
+    assert len(set(zones.values())) == 3, f"etcd members share a zone: {zones}"
+    assert run.outputs["hosts"]["etcd-1"]["roles"] == ["etcd"]
+    groups = set(run.named(INSTANCE, "etcd-2").inputs["vpcSecurityGroupIds"])
+    assert "pg-main-etcd-id" in groups and "pg-main-postgres-id" not in groups

@@ -49,6 +49,10 @@ def secret_key(value: str) -> str:
     (credentials.REDIS_ADMIN, "redis_common", "redis_admin_user", "redis_admin_password"),
     (credentials.REDIS_MONITOR, "redis_common", "redis_monitor_user", "redis_monitor_password"),
     (credentials.REDIS_SENTINEL, "redis_common", None, "redis_sentinel_password"),
+    (credentials.PATRONI_REST, "patroni", "patroni_rest_user", "patroni_rest_password"),
+    (credentials.ETCD_PATRONI, "patroni", "patroni_etcd_user", "patroni_etcd_password"),
+    (credentials.ETCD_PATRONI, "etcd", "etcd_patroni_user", "etcd_patroni_password"),
+    (credentials.ETCD_ROOT, "etcd", "etcd_root_user", "etcd_root_password"),
 ])
 def test_each_login_is_a_user_the_roles_create_with_the_password_they_set(
         login: credentials.Login, role: str, user_var: str | None, password_var: str) -> None:
@@ -171,6 +175,12 @@ def test_redis_sessions_log_in_as_the_monitor_user(tmp_path: Path) -> None:
     assert kwargs["username"] == role_defaults("redis_common")["redis_monitor_user"]
     assert session.client("redis-1", cluster.port, credentials.REDIS_MONITOR) is client  # one per server and login
     session.close()
+
+
+def test_patroni_namespace_is_the_one_etcd_grants() -> None:
+    from dbfleet.engines.patroni import NAMESPACE
+
+    assert role_defaults("etcd")["etcd_patroni_namespace"] == NAMESPACE
 
 
 def test_redis_sessions_check_the_servers_certificate_and_name_against_the_fleet_ca(tmp_path: Path) -> None:

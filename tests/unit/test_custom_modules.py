@@ -35,7 +35,8 @@ def load(path: Path) -> ModuleType:
 
 def test_the_roles_have_the_four_modules() -> None:
     assert {m.stem for m in MODULES} == {"mongodb_sharded_collection", "redis_current_master",
-                                         "redis_sentinel_monitor", "redis_live_config"}
+                                         "redis_sentinel_monitor", "redis_live_config", "etcd_auth",
+                                         "patroni_config"}
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)

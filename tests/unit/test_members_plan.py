@@ -10,7 +10,8 @@ from dbfleet.reconcile.members import planned_starts, postgres_start_command
 from dbfleet.spec import load_fleet
 
 FLEET = load_fleet(Path(__file__).resolve().parents[2] / "fleet.example.yaml")
-PG = FLEET.cluster("pg-main")
+PATRONI = FLEET.cluster("pg-main")
+PG = PATRONI.model_copy(update={"ha": "manual"})
 CACHE = FLEET.of_engine("redis")[0]
 
 
@@ -42,3 +43,16 @@ def test_redis_nodes_and_sentinels_get_their_own_units() -> None:
     starts = planned_starts(CACHE, Topology(CACHE.name, "redis", "redis-1", tuple(members)))
     assert [(a.target, a.detail["unit"]) for a in starts] == [("redis-2", "redis-server"),
                                                              ("sentinel-3", "redis-sentinel")]
+
+
+def test_with_patroni_a_stopped_member_is_reported_and_nothing_is_started() -> None:
+    actions = planned_starts(PATRONI, pg("pg-1", "pg-3"))
+    assert [(a.kind, a.target, a.changes) for a in actions] == [("report-member-down", "pg-3", False)]
+    assert "Patroni owns it" in actions[0].reason
+
+
+def test_with_patroni_a_cluster_without_a_leader_is_reported() -> None:
+    actions = planned_starts(PATRONI, pg(None, "pg-1"))
+    assert [(a.kind, a.target) for a in actions] == [("report-no-leader", "pg-main"), ("report-member-down", "pg-1")]
+    assert not any(a.changes for a in actions)
+    assert planned_starts(PATRONI, pg("pg-2")) == []

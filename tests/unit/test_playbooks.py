@@ -59,7 +59,10 @@ def listed_tags(playbook: Path) -> dict[str, set[str]]:
 def test_site_tags_each_engine_and_concern() -> None:
     plays = listed_tags(REPO / "playbooks" / "site.yml")
     assert set().union(*plays.values()) == TAGS
-    assert plays["PostgreSQL primary and streaming replicas"] == {"postgres", "backups"}
+    assert plays["PostgreSQL primary and streaming replicas (ha manual)"] == {"postgres", "backups"}
+    assert plays["PostgreSQL owned by Patroni (ha patroni)"] == {"postgres", "backups"}
+    assert plays["etcd, Patroni's DCS (ha patroni)"] == {"postgres"}
+    assert plays["HAProxy endpoints that follow the primary (ha patroni)"] == {"postgres"}
     assert plays["Redis data nodes"] == plays["Redis Sentinels"] == {"redis"}
     assert plays["MongoDB routers"] == {"mongo"}
     assert plays["PostgreSQL exporter"] == {"postgres", "monitoring"}

@@ -12,6 +12,26 @@ from dbfleet.spec import PostgresCluster, RedisCluster, SpecError, load_fleet, p
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = (REPO / "fleet.example.yaml").read_text()
+HA_LINE = next(line + "\n" for line in EXAMPLE.splitlines() if line.startswith("    ha: "))
+
+
+def as_manual(text: str) -> str:
+    """The example with pg-main on ha: manual: no patroni or endpoints section."""
+    lines = text.replace(HA_LINE, "    ha: manual\n").splitlines(keepends=True)
+    out, skipping = [], False
+    for line in lines:
+        if line.startswith("    patroni:"):
+            skipping = True
+            continue
+        if skipping and line.startswith("      "):
+            continue
+        skipping = False
+        if not line.startswith("    endpoints:"):
+            out.append(line)
+    return "".join(out)
+
+
+MANUAL = as_manual(EXAMPLE)
 
 
 def test_example_is_the_lab_topology() -> None:
@@ -34,7 +54,7 @@ def _error(text: str) -> SpecError:
 
 # (name, edit of the example, key path in the error, words the message must contain)
 BAD_INPUTS = [
-    ("unknown key", ("    ha: manual\n", "    ha: manual\n    colour: blue\n"), "clusters.0.colour", "unknown key"),
+    ("unknown key", (HA_LINE, HA_LINE + "    colour: blue\n"), "clusters.0.colour", "unknown key"),
     ("wrong type", ("replicas: 2\n    databases", "replicas: two\n    databases"), "clusters.0.replicas",
      "expected a whole number"),
     ("negative count", ("replicas: 2\n    databases", "replicas: -1\n    databases"), "clusters.0.replicas", ">= 0"),
@@ -65,7 +85,20 @@ BAD_INPUTS = [
      "clusters.0.backup.drill.canary", "not one of databases"),
     ("mongo canary without a database", ("canary: app.events}", "canary: events}"),
      "clusters.1.backup.drill.canary", "'database.collection'"),
-    ("patroni not implemented", ("    ha: manual\n", "    ha: patroni\n"), "clusters.0.ha", "not implemented yet"),
+    ("ttl below the loop and retries", ("      ttl: 8\n", "      ttl: 6\n"), "clusters.0.patroni.ttl",
+     "less than loop_wait + 2 * retry_timeout"),
+    ("etcd with an even number of members", ("      # etcd: {hosts: [pg-1, pg-2, pg-3]}",
+                                             "      etcd: {hosts: [pg-1, pg-2]}"),
+     "clusters.0.patroni.etcd.hosts", "odd number of members"),
+    ("etcd on a host of another cluster", ("      # etcd: {hosts: [pg-1, pg-2, pg-3]}",
+                                           "      etcd: {hosts: [pg-1, pg-2, redis-1]}"),
+     "clusters.2", "already used by cluster 'pg-main'"),
+    ("strict without synchronous", ("{enabled: true, num_sync: 1}", "{enabled: false, num_sync: 1, strict: true}"),
+     "clusters.0.synchronous.strict", "needs synchronous.enabled"),
+    ("endpoint port clash", ("{rw_port: 5000, ro_port: 5001}", "{rw_port: 5000, ro_port: 5000}"),
+     "clusters.0.endpoints.ro_port", "already endpoints.rw_port"),
+    ("unknown patroni key", ("      loop_wait: 1\n", "      loop_wait: 1\n      loop_wiat: 2\n"),
+     "clusters.0.patroni.loop_wiat", "unknown key"),
     ("wrong api version", ("apiVersion: dbfleet/v1", "apiVersion: dbfleet/v9"), "apiVersion", "dbfleet/v1"),
     ("metrics password over plain http", ("    tls: true            #", "    tls: false           #"),
      "monitoring.operator_metrics.basic_auth", "needs tls: true"),
@@ -123,7 +156,7 @@ def test_pgaudit_takes_its_classes_and_subtractions() -> None:
 
 
 def test_line_number_points_at_the_key() -> None:
-    text = EXAMPLE.replace("    ha: manual\n", "    ha: manual\n    colour: blue\n")
+    text = EXAMPLE.replace(HA_LINE, HA_LINE + "    colour: blue\n")
     line = next(i for i, text_line in enumerate(text.splitlines(), 1) if "colour" in text_line)
     assert _error(text).problems[0].line == line
 
@@ -147,6 +180,45 @@ def test_spec_models_are_frozen() -> None:
     fleet = parse_fleet(EXAMPLE)
     with pytest.raises(ValidationError):
         fleet.clusters[0].replicas = 7  # type: ignore[misc]
+
+
+# ha: manual keeps working, and refuses what only Patroni does.
+MANUAL_BAD = [
+    ("patroni section with ha manual", ("    ha: manual\n", "    ha: manual\n    patroni: {ttl: 30}\n"),
+     "clusters.0.patroni", "only used with ha: patroni"),
+    ("endpoints with ha manual", ("    ha: manual\n", "    ha: manual\n    endpoints: {rw_port: 6000}\n"),
+     "clusters.0.endpoints", "only used with ha: patroni"),
+    ("strict with ha manual", ("{enabled: true, num_sync: 1}", "{enabled: true, num_sync: 1, strict: true}"),
+     "clusters.0.synchronous.strict", "only with ha: patroni"),
+]
+
+
+@pytest.mark.parametrize("name,edit,path,words", MANUAL_BAD, ids=[b[0] for b in MANUAL_BAD])
+def test_manual_refuses_patroni_keys(name: str, edit: tuple[str, str], path: str, words: str) -> None:
+    old, new = edit
+    assert old in MANUAL, name
+    err = _error(MANUAL.replace(old, new, 1))
+    assert any(p.path == path for p in err.problems), str(err)
+    assert words in str(err)
+
+
+def test_patroni_defaults_put_etcd_and_haproxy_on_the_postgres_hosts() -> None:
+    pg = parse_fleet(EXAMPLE).cluster("pg-main")
+    assert isinstance(pg, PostgresCluster) and pg.ha == "patroni"
+    names = ["pg-1", "pg-2", "pg-3"]
+    assert [h.name for h in pg.etcd_hosts()] == [h.name for h in pg.endpoint_hosts()] == names
+    assert [h.name for h in pg.machines()] == names
+    manual = parse_fleet(MANUAL).cluster("pg-main")
+    assert isinstance(manual, PostgresCluster)
+    assert manual.ha == "manual" and manual.etcd_hosts() == [] and manual.endpoint_hosts() == []
+
+
+def test_etcd_and_haproxy_hosts_of_their_own_are_machines_of_the_cluster() -> None:
+    text = EXAMPLE.replace("      # etcd: {hosts: [pg-1, pg-2, pg-3]}", "      etcd: {hosts: [etcd-1, etcd-2, etcd-3]}")
+    text = text.replace("{rw_port: 5000, ro_port: 5001}", "{hosts: [proxy-1], rw_port: 5000, ro_port: 5001}")
+    pg = parse_fleet(text).cluster("pg-main")
+    assert [h.name for h in pg.all_hosts()] == ["pg-1", "pg-2", "pg-3"]
+    assert [h.name for h in pg.machines()] == ["pg-1", "pg-2", "pg-3", "etcd-1", "etcd-2", "etcd-3", "proxy-1"]
 
 
 # --------------------------------------------------------------------------- hostile YAML

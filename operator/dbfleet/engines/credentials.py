@@ -22,6 +22,15 @@ class Login:
 POSTGRES_SUPERUSER = Login("postgres", "postgres_superuser_password")
 """The operator's PostgreSQL login: index DDL, the leader lock, backups (pgBackRest runs as the OS user)."""
 
+PATRONI_REST = Login("patroni", "patroni_rest_password")
+"""Patroni's REST API user, for the calls that write (switchover, restart, PATCH /config); reads need none."""
+
+ETCD_ROOT = Login("root", "etcd_root_password")
+"""etcd's administrator: the etcd role sets up authentication with it."""
+
+ETCD_PATRONI = Login("patroni", "etcd_patroni_password")
+"""Patroni's etcd user: read and write below Patroni's namespace only."""
+
 MONGO_ADMIN = Login("dbfleet_admin", "mongo_admin_password")
 """The operator's MongoDB login through mongos, and mongodump's."""
 

@@ -2,7 +2,10 @@
 
 The operator connects as the `postgres` superuser (engines.credentials) with
 the TLS settings of engines.tls to each host's private address. The current
-primary is whichever member is not in recovery, so a switchover is followed.
+primary is whichever member is not in recovery, so a switchover is followed;
+with `ha: patroni` the roles, states, lag and timeline come from Patroni's
+REST API (engines.patroni) instead, and the servers are asked only when no
+member's API answers.
 Driver errors become TemporaryErrors (retry later) or PermanentErrors (report)
 naming the host; the password never appears in one.
 """
@@ -20,6 +23,7 @@ from psycopg.rows import dict_row
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
 from dbfleet.engines.base import EngineSession, Member, Topology
 from dbfleet.engines.credentials import POSTGRES_SUPERUSER
+from dbfleet.engines.patroni import PatroniApi, PatroniState
 from dbfleet.engines.tls import postgres_tls
 from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.spec import PostgresCluster
@@ -34,6 +38,11 @@ TEMPORARY_SQLSTATES = {
     "57014",  # query_canceled: statement_timeout
     "40001", "40P01",  # serialization failure, deadlock
 }
+
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+              "tcp_user_timeout": 10000}
+"""A server that vanished (a killed primary) is noticed in about 10 s, not the kernel's minutes: the leader
+lock's connection, kept between cycles, is the one that matters."""
 
 PERMANENT_CONNECT_SQLSTATES = {"3D000", "28P01", "28000"}  # no such database, bad password, rejected by pg_hba
 PERMANENT_CONNECT_MESSAGES = (
@@ -70,6 +79,22 @@ def pg_paths(cluster: PostgresCluster) -> PgPaths:
     return PgPaths(str(cluster.version))
 
 
+def patroni_members(hosts: list[str], state: PatroniState) -> list[Member]:
+    """The spec's hosts as Patroni sees them: the leader is primary, the others replicas; one Patroni does not
+    list is down (Patroni not running there, or its member key expired)."""
+    found = {m.name: m for m in state.members}
+    members = []
+    for host in hosts:
+        m = found.get(host)
+        if m is None:
+            members.append(Member(host, "unknown", False, "not in Patroni's member list (Patroni is not running)"))
+            continue
+        role = "primary" if m.role == "leader" else "replica"
+        lag = f", {m.lag} bytes behind" if m.lag else ""
+        members.append(Member(host, role, m.up, f"patroni {m.role}, {m.state}, timeline {m.timeline}{lag}"))
+    return members
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -92,7 +117,7 @@ def connect(cluster: PostgresCluster, access: FleetAccess, host: str, dbname: st
     params: dict[str, Any] = {
         "host": access.address(host), "port": cluster.port, "dbname": dbname, "user": POSTGRES_SUPERUSER.user,
         "password": access.password(POSTGRES_SUPERUSER), "connect_timeout": CONNECT_TIMEOUT,
-        "application_name": application_name, "options": SESSION_OPTIONS,
+        "application_name": application_name, "options": SESSION_OPTIONS, **KEEPALIVES,
         **postgres_tls(cluster, access.ca_file(cluster))}
     try:
         return psycopg.connect(autocommit=True, prepare_threshold=None, **params)
@@ -106,6 +131,7 @@ class PostgresSession(EngineSession[PostgresCluster]):
     def __init__(self, cluster: PostgresCluster, access: FleetAccess):
         super().__init__(cluster, access)
         self._conns: dict[tuple[str, str], psycopg.Connection[Any]] = {}
+        self._patroni: PatroniApi | None = None
 
     def connection(self, host: str, dbname: str) -> psycopg.Connection[Any]:
         conn = self._conns.get((host, dbname))
@@ -133,7 +159,40 @@ class PostgresSession(EngineSession[PostgresCluster]):
             conn.close()
         self._conns.clear()
 
+    @property
+    def patroni(self) -> PatroniApi:
+        """The cluster's Patroni REST API (ha: patroni)."""
+        if self._patroni is None:
+            self._patroni = PatroniApi(self.cluster, self.access)
+        return self._patroni
+
     def read_topology(self) -> Topology:
+        if self.cluster.ha == "patroni":
+            try:
+                return self._patroni_topology(self.patroni.cluster_state())
+            except TemporaryError as exc:
+                log.warning("%s: %s; asking the servers instead", self.cluster.name, exc.message)
+                topology = self._sql_topology()
+                topology.facts["patroni_error"] = exc.message
+                return topology
+        return self._sql_topology()
+
+    def _patroni_topology(self, state: PatroniState) -> Topology:
+        """Members as Patroni reports them; a spec host Patroni does not list is down."""
+        self.queries += 1
+        members = patroni_members(self.cluster.host_names(), state)
+        leader = state.leader
+        primary = leader.name if leader is not None and leader.up and leader.name in self.cluster.host_names() \
+            else None
+        standbys = sorted(m.name.replace("-", "_") for m in state.members if m.role != "leader" and m.up)
+        facts: dict[str, Any] = {"standbys": standbys, "patroni": {
+            "summary": state.summary(), "leader": leader.name if leader else None, "timeline": state.timeline,
+            "paused": state.paused, "source": state.source,
+            "members": {m.name: {"role": m.role, "state": m.state, "lag": m.lag, "timeline": m.timeline,
+                                 "pending_restart": m.pending_restart} for m in state.members}}}
+        return Topology(self.cluster.name, self.engine, primary, tuple(members), facts)
+
+    def _sql_topology(self) -> Topology:
         members = []
         for host in self.cluster.host_names():
             try:

@@ -9,6 +9,7 @@ the host, its address, localhost and 127.0.0.1, so host names are checked too.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,12 @@ def redis_cli_tls_args(cluster: RedisCluster) -> list[str]:
     if not cluster.tls.enabled:
         return []
     return ["--tls", "--cacert", REDIS_HOST_CA]
+
+
+def https_context(cluster: PostgresCluster, ca: Path | None) -> ssl.SSLContext:
+    """TLS for the HTTPS APIs on a cluster's hosts (Patroni's REST API, always HTTPS): the certificate and the
+    host name checked against the same CA as PostgreSQL's, whether or not the cluster's PostgreSQL uses TLS."""
+    if ca is None:
+        raise PermanentError(f"{cluster.name}: no CA to verify Patroni's REST API with: give tls.ca_cert, "
+                             "or an inventory whose pki/ca.crt the playbooks made", cluster=cluster.name)
+    return ssl.create_default_context(cafile=str(ca))

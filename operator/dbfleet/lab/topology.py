@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from dbfleet.inventory import host_roles
 from dbfleet.spec import Fleet
 
-IMAGE_FOR_GROUP = {"postgres": "postgres", "redis": "redis", "redis_sentinel": "redis", "mongo": "mongo",
-                   "monitoring": "monitor"}
+IMAGE_FOR_GROUP = {"postgres": "postgres", "etcd": "postgres", "haproxy": "postgres", "redis": "redis",
+                   "redis_sentinel": "redis", "mongo": "mongo", "monitoring": "monitor"}
+"""The image a host runs, by its first group found here; etcd and HAProxy hosts of their own use the PostgreSQL
+image, which carries both."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ REDIS = Exporter("redis", 9121, "redis")
 SENTINEL = Exporter("sentinel", 9355, "redis_sentinel")
 MONGODB = Exporter("mongodb", 9216, "mongo")
 NODE = Exporter("node", 9100, "all")
-EXPORTERS = (POSTGRES, REDIS, SENTINEL, MONGODB, NODE)
+PATRONI = Exporter("patroni", 8008, "patroni")
+"""Patroni's own /metrics on its REST API (HTTPS, the fleet CA), on every server of an ha: patroni cluster."""
+EXPORTERS = (POSTGRES, REDIS, SENTINEL, MONGODB, NODE, PATRONI)
 
 OPERATOR_JOB = "dbfleet-operator"
 PROMETHEUS_JOB = "prometheus"

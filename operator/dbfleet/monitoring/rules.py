@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from dbfleet.monitoring import metrics
-from dbfleet.monitoring.exporters import DATA_DIRECTORY_INFO, MONGODB, NODE, POSTGRES, REDIS, SENTINEL
+from dbfleet.monitoring.exporters import DATA_DIRECTORY_INFO, MONGODB, NODE, PATRONI, POSTGRES, REDIS, SENTINEL
 from dbfleet.schedule import parse_cron
 from dbfleet.spec import Fleet, MongoCluster, PostgresCluster, RedisCluster, duration_seconds
 
@@ -194,7 +194,35 @@ def postgres_rules(cluster: PostgresCluster) -> list[Rule]:
              summary="{{ $labels.host }} uses {{ $value | humanize }}%% of max_connections (limit %g%%)"
                      % alerts.connections_used_percent_max),
     ]
+    if cluster.ha == "patroni":
+        rules += patroni_rules(cluster)
     return rules + _shared_rules(cluster)
+
+
+FAILOVER_WINDOW = "10m"
+"""How long PatroniFailover stays firing after the primary changed."""
+
+
+def patroni_rules(cluster: PostgresCluster) -> list[Rule]:
+    """From Patroni's own /metrics: no leader, the primary changed, a member whose PostgreSQL is not running."""
+    name, alerts = cluster.name, cluster.monitoring.alerts
+    pt = _sel(name, job=PATRONI.job)
+    return [
+        Rule(alert="PatroniNoLeader",
+             expr=(f"max by (cluster) (patroni_primary{pt}) == 0\n"
+                   f"or\nmax by (cluster) (patroni_cluster_unlocked{pt}) == 1"),
+             for_=alerts.replica_down_for, severity="critical",
+             summary="%s has no leader: no member takes writes (Patroni fails over after ttl %ds; "
+                     "longer means no member can be promoted, or etcd has no quorum)" % (name, cluster.patroni.ttl)),
+        Rule(alert="PatroniFailover",
+             expr=f"changes(max by (cluster) (patroni_postgres_timeline{pt})[{FAILOVER_WINDOW}:]) > 0",
+             severity="warning",
+             summary="the primary of %s changed {{ $value }} time(s) in the last %s: a failover or a "
+                     "switchover" % (name, FAILOVER_WINDOW)),
+        Rule(alert="PatroniMemberNotRunning", expr=f"patroni_postgres_running{pt} == 0",
+             for_=alerts.replica_down_for, severity="critical",
+             summary="PostgreSQL on {{ $labels.host }} (%s) is not running under Patroni" % name),
+    ]
 
 
 def redis_rules(cluster: RedisCluster) -> list[Rule]:

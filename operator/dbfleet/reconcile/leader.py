@@ -57,11 +57,16 @@ class AdvisoryLeaderLock:
         """True if this process leads (already or now). Never raises: a failure just means 'not leader'."""
         if self.held:
             try:
-                self._conn.execute("SELECT 1")  # type: ignore[union-attr]
-                return True
+                row = self._conn.execute("SELECT pg_is_in_recovery()").fetchone()  # type: ignore[union-attr]
+                if row is not None and not row[0]:
+                    return True
+                # A demoted primary (Patroni after a partition) may keep its connections: the lock must live on
+                # the server that takes writes, or a second operator could take it on the new primary.
+                log.warning("leader lock server%s is no longer primary; taking the lock on the new one",
+                            f" ({self.where})" if self.where else "")
             except psycopg.Error:
                 log.warning("leader lock connection lost; trying to take the lock again")
-                self._drop()
+            self._drop()
         try:
             conn = self.connect()
         except ReconcileError as exc:

@@ -10,6 +10,10 @@ beside the promoted one would split the cluster. Redis data nodes and
 Sentinels are safe to start: the Sentinels turn an old master into a replica.
 Nothing is started while the cluster has no primary: that is a failover for
 the HA tooling or a human, not for a restart loop.
+
+With `ha: patroni` Patroni owns PostgreSQL: it restarts a crashed server, builds
+a missing replica and rewinds a former primary. The reconciler then only
+reports what is down (and a cluster without a leader), and starts nothing.
 """
 
 from __future__ import annotations
@@ -38,8 +42,25 @@ def postgres_start_command(paths: PgPaths) -> str:
             f"systemctl start {paths.service}")
 
 
+def patroni_reports(cluster: PostgresCluster, topology: Topology) -> list[Action]:
+    """What is down in a cluster Patroni owns, reported, never acted on."""
+    reports: list[Action] = []
+    if topology.primary is None:
+        reports.append(Action(cluster.name, RECONCILER, "report-no-leader", cluster.name,
+                              f"no member leads; Patroni promotes a replica once the leader lock expires "
+                              f"(ttl {cluster.patroni.ttl}s), or waits for etcd's quorum"))
+    for member in topology.members:
+        if not member.up:
+            reports.append(Action(cluster.name, RECONCILER, "report-member-down", member.host,
+                                  f"{member.host} is not running ({member.detail or 'down'}); Patroni owns it: "
+                                  "it restarts, rebuilds or rewinds the server, dbfleet starts nothing"))
+    return reports
+
+
 def planned_starts(cluster: AnyCluster, topology: Topology) -> list[Action]:
     """A `start` per listed member that does not answer, while the cluster's primary does."""
+    if isinstance(cluster, PostgresCluster) and cluster.ha == "patroni":
+        return patroni_reports(cluster, topology)
     if topology.primary is None or not isinstance(cluster, (PostgresCluster, RedisCluster)):
         return []
     actions: list[Action] = []
@@ -102,4 +123,4 @@ class MemberReconciler:
         return []
 
     def status(self, cluster: AnyCluster, observed: Topology, actions: list[Action]) -> dict[str, Any]:
-        return {"members_down": [a.target for a in actions]}
+        return {"members_down": [a.target for a in actions if a.kind in ("start", "report-member-down")]}

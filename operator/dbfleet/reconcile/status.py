@@ -45,6 +45,25 @@ def topology_columns(ctx: StatusContext) -> dict[str, Any]:
             "observed": "ok" if ctx.report.ok else f"FAILED: {ctx.report.error}"}
 
 
+def ha_columns(ctx: StatusContext) -> dict[str, Any]:
+    """PostgreSQL's HA mode; with Patroni its leader, state and timeline as its REST API reports them."""
+    cluster = ctx.cluster
+    if cluster.engine != "postgres":
+        return {}
+    ha = getattr(cluster, "ha", "manual")
+    topo = ctx.report.topology
+    if ha != "patroni" or topo is None:
+        return {"ha": ha}
+    facts = topo.facts.get("patroni")
+    if not facts:
+        return {"ha": f"patroni: API unreachable ({topo.facts.get('patroni_error', 'not observed')})"}
+    members = facts.get("members", {})
+    leader = facts.get("leader")
+    state = members.get(leader, {}).get("state", "") if leader else ""
+    text = f"patroni: {leader} {state}, timeline {facts.get('timeline')}" if leader else "patroni: NO LEADER"
+    return {"ha": text + (", paused" if facts.get("paused") else "")}
+
+
 def pending_columns(ctx: StatusContext) -> dict[str, Any]:
     changes = sum(a.changes for a in ctx.report.actions)
     return {"pending": changes, "findings": len(ctx.report.actions) - changes}

@@ -1,0 +1,205 @@
+"""Unplanned failover and planned switchover under Patroni, as a client of the read-write endpoint sees them.
+
+A writer commits one row per transaction through HAProxy's read-write port
+(the DSN of `dbfleet connect`). Three times each:
+- `docker kill` of the primary's container: seconds from the kill to the first
+  write acknowledged after it (then the container is started again and the
+  bench waits until it streams as a replica);
+- `dbfleet switchover` to the synchronous standby: the longest pause between
+  two acknowledged writes.
+The medians are printed beside the spec's ttl and loop_wait; the failover's
+baseline is ttl (a failover cannot start before the leader lock expires), the
+switchover's the manual play's 4.5 s (README, "Planned switchover").
+
+    python3 -m bench.bench_failover          # or: python3 -m bench.run --only failover
+
+DBFLEET_BENCH_LAB names the lab (default "bench"); DBFLEET_KEEP_LAB=1 keeps it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import ssl
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import redirect_stdout
+from itertools import pairwise
+from typing import Any
+
+import docker
+import psycopg
+
+from bench.common import SPEC, Result, converged_postgres_lab
+from dbfleet.spec import PostgresCluster, load_fleet
+
+LAB = os.environ.get("DBFLEET_BENCH_LAB", "bench")
+CLUSTER = "pg-main"
+ROUNDS = 3
+LIMIT = 120.0
+MANUAL_SWITCHOVER_SECONDS = 4.5
+"""The write outage of playbooks/pg_switchover.yml (ha: manual) measured by tests/faults/test_pg_switchover.py."""
+TABLE = "failover_bench"
+CLIENT = {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 1, "keepalives_interval": 1,
+          "keepalives_count": 2, "tcp_user_timeout": 3000}
+
+
+class Writer(threading.Thread):
+    """Commits numbered rows through the read-write endpoint hosts in turn; keeps each acknowledgement's time."""
+
+    def __init__(self, addresses: list[str], port: int, dbname: str, password: str):
+        super().__init__(daemon=True)
+        self.addresses, self.port, self.dbname, self.password = addresses, port, dbname, password
+        self.acked: list[float] = []
+        self.halt = threading.Event()
+
+    def connect(self, address: str) -> psycopg.Connection[Any]:
+        return psycopg.connect(host=address, port=self.port, dbname=self.dbname, user="postgres",
+                               password=self.password, sslmode="require", autocommit=True, **CLIENT)
+
+    def run(self) -> None:
+        conn, preferred, n = None, 0, 0
+        while not self.halt.is_set():
+            if conn is None:
+                for k in range(len(self.addresses)):
+                    try:
+                        conn = self.connect(self.addresses[(preferred + k) % len(self.addresses)])
+                        preferred = (preferred + k) % len(self.addresses)
+                        break
+                    except psycopg.Error:
+                        continue
+                if conn is None:
+                    time.sleep(0.1)
+                    continue
+            try:
+                conn.execute(f"INSERT INTO {TABLE} (id) VALUES (%s)", (n,))
+            except psycopg.Error:
+                conn.close()
+                conn = None
+                n += 1  # the lost commit may have landed: never retry its id
+                continue
+            self.acked.append(time.time())
+            n += 1
+            time.sleep(0.02)
+        if conn is not None:
+            conn.close()
+
+    def first_after(self, moment: float, limit: float = LIMIT) -> float:
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            later = [t for t in self.acked if t > moment]
+            if later:
+                return later[0]
+            time.sleep(0.05)
+        raise RuntimeError(f"no write acknowledged within {limit:.0f}s")
+
+    def longest_gap(self, since: float, until: float) -> float:
+        times = [t for t in self.acked if since <= t <= until]
+        return max((b - a for a, b in pairwise(times)), default=0.0)
+
+
+class Api:
+    def __init__(self, addresses: dict[str, str], port: int, ca: str):
+        self.addresses, self.port = addresses, port
+        self.context = ssl.create_default_context(cafile=ca)
+
+    def members(self) -> dict[str, dict[str, Any]]:
+        for address in self.addresses.values():
+            try:
+                with urllib.request.urlopen(f"https://{address}:{self.port}/cluster", timeout=2,
+                                            context=self.context) as response:
+                    return {m["name"]: m for m in json.loads(response.read())["members"]}
+            except OSError:
+                continue
+        return {}
+
+    def healthy(self) -> str | None:
+        members = self.members()
+        leader = next((n for n, m in members.items() if m["role"] == "leader" and m["state"] == "running"), None)
+        if leader is None or len(members) != len(self.addresses):
+            return None
+        timeline = members[leader].get("timeline")
+        ok = all(m["state"] in ("running", "streaming") and m.get("timeline") == timeline for m in members.values())
+        return leader if ok else None
+
+
+def wait_for(what: str, check: Any, limit: float = LIMIT) -> Any:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise RuntimeError(f"{what}: not within {limit:.0f}s")
+
+
+def run() -> list[Result]:
+    from dbfleet.cli import main as dbfleet
+
+    pg = load_fleet(SPEC).cluster(CLUSTER)
+    assert isinstance(pg, PostgresCluster)
+    if pg.ha != "patroni":
+        raise RuntimeError(f"{CLUSTER} is not ha: patroni in {SPEC}")
+    client = docker.from_env()
+    with converged_postgres_lab(LAB) as (state, access):
+        addresses = {h: access.address(h) for h in pg.host_names()}
+        api = Api(addresses, pg.patroni.rest_api_port, str(state.inventory.parent / "pki" / "ca.crt"))
+        endpoints = [access.address(h.name) for h in pg.endpoint_hosts()]
+        password = access.secret("postgres_superuser_password")
+        wait_for("a healthy cluster", api.healthy)
+        with psycopg.connect(host=endpoints[0], port=pg.endpoints.rw_port, dbname=pg.databases[0], user="postgres",
+                             password=password, sslmode="require", autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+            conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY)")
+        writer = Writer(endpoints, pg.endpoints.rw_port, pg.databases[0], password)
+        writer.start()
+        failovers: list[float] = []
+        switchovers: list[float] = []
+        try:
+            for _ in range(ROUNDS):
+                leader = wait_for("a healthy cluster", api.healthy)
+                container = client.containers.get(f"dbfleet-{LAB}-{leader}")
+                killed = time.time()
+                container.kill()
+                try:
+                    failovers.append(writer.first_after(killed) - killed)
+                finally:
+                    container.start()
+                print(f"[bench] failover: {failovers[-1]:.2f}s after killing {leader}", file=sys.stderr)
+            for _ in range(ROUNDS):
+                leader = wait_for("a healthy cluster", api.healthy)
+                target = wait_for("a synchronous standby",
+                                  lambda: next((n for n, m in api.members().items() if m["role"] == "sync_standby"),
+                                               None))
+                started = time.time()
+                with redirect_stdout(io.StringIO()):
+                    code = dbfleet(["--spec", str(SPEC), "switchover", "--cluster", CLUSTER, "--to", target,
+                                    "--lab", LAB])
+                if code != 0:
+                    raise RuntimeError(f"dbfleet switchover to {target} exited {code}")
+                writer.first_after(time.time())
+                switchovers.append(writer.longest_gap(started, time.time()))
+                print(f"[bench] switchover {leader} -> {target}: longest write pause {switchovers[-1]:.2f}s",
+                      file=sys.stderr)
+            wait_for("a healthy cluster", api.healthy)
+        finally:
+            writer.halt.set()
+            writer.join(timeout=30)
+    settings = {"ttl": pg.patroni.ttl, "loop_wait": pg.patroni.loop_wait, "retry_timeout": pg.patroni.retry_timeout}
+    return [
+        Result("failover", "kill primary -> first write (median of 3)", statistics.median(failovers), "s",
+               float(pg.patroni.ttl), "ttl", {**settings, "rounds": [round(x, 2) for x in failovers]}),
+        Result("failover", "switchover write pause (median of 3)", statistics.median(switchovers), "s",
+               MANUAL_SWITCHOVER_SECONDS, "pg_switchover.yml",
+               {**settings, "rounds": [round(x, 2) for x in switchovers]}),
+    ]
+
+
+if __name__ == "__main__":
+    for result in run():
+        print(f"{result.metric}: {result.value:.2f} {result.unit} (ttl {result.extra['ttl']}s, loop_wait "
+              f"{result.extra['loop_wait']}s; baseline {result.baseline_name} {result.baseline})")

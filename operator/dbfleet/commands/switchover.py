@@ -1,0 +1,82 @@
+"""`dbfleet switchover`: hand the primary of an `ha: patroni` cluster to a named replica, through Patroni.
+
+--dry-run prints the planned action (marked `!`, destructive) and changes
+nothing. Without it the leader's Patroni is asked (POST /switchover, as the
+REST API user) and the command waits until the candidate leads. An `ha: manual`
+cluster is refused with a pointer to playbooks/pg_switchover.yml.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dbfleet.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    add_json_option,
+    add_lab_options,
+    emit,
+    fleet_of,
+    inventory_path,
+)
+from dbfleet.commands.reconcile import secrets_path
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.patroni import PatroniApi
+from dbfleet.errors import ReconcileError
+from dbfleet.reconcile.switchover import plan_switchover, switch_over
+from dbfleet.secrets import SecretsError
+from dbfleet.spec import PostgresCluster
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("switchover", help="planned switchover of an ha: patroni cluster to a named replica",
+                       description="Ask Patroni to hand the primary to HOST and wait until it leads. "
+                                   "--dry-run prints the plan only.")
+    p.add_argument("--cluster", required=True, help="PostgreSQL cluster (ha: patroni)")
+    p.add_argument("--to", required=True, metavar="HOST", help="the replica that becomes primary")
+    p.add_argument("--dry-run", action="store_true", help="print the planned switchover and change nothing")
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for HOST to lead (default 60)")
+    add_lab_options(p)
+    p.add_argument("--inventory", help="an inventory file instead of the lab's")
+    p.add_argument("--secrets", type=Path,
+                   help="secrets file (default: group_vars/all/secrets.yml beside the inventory)")
+    add_json_option(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    fleet = fleet_of(args)
+    try:
+        cluster = fleet.cluster(args.cluster)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    if not isinstance(cluster, PostgresCluster):
+        raise UsageError(f"{cluster.name} is a {cluster.engine} cluster; switchover is for PostgreSQL")
+    if cluster.ha != "patroni":
+        raise UsageError(f"{cluster.name} has ha: manual; switch over with "
+                         f"ansible-playbook playbooks/pg_switchover.yml -e new_primary={args.to}")
+    try:
+        access = FleetAccess.load(inventory_path(args), secrets_path(args))
+    except (ReconcileError, SecretsError) as exc:
+        raise UsageError(str(exc)) from None
+    api = PatroniApi(cluster, access)
+    try:
+        action = plan_switchover(cluster, api.cluster_state(), args.to)
+    except ReconcileError as exc:
+        emit(args, {"cluster": cluster.name, "ok": False, "error": exc.render()}, f"switchover refused: {exc}")
+        return EXIT_FAILED
+    if args.dry_run:
+        emit(args, {"cluster": cluster.name, "dry_run": True, "action": action.as_dict()},
+             f"{action.render()}\n(dry run: nothing changed; ! destructive change)")
+        return EXIT_OK
+    try:
+        message = switch_over(api, action, timeout=args.timeout)
+    except ReconcileError as exc:
+        emit(args, {"cluster": cluster.name, "ok": False, "action": action.as_dict(), "error": exc.render()},
+             f"{action.render()} -> failed ({exc})")
+        return EXIT_FAILED
+    emit(args, {"cluster": cluster.name, "ok": True, "action": action.as_dict(), "message": message},
+         f"{action.render()} -> done ({message})")
+    return EXIT_OK

@@ -1,0 +1,180 @@
+"""Patroni (ha: patroni): its dynamic configuration as the spec decides it, and its REST API.
+
+The roles put `dynamic_config` into Patroni's DCS (the patroni role lays the
+PostgreSQL parameters on top); the operator reads each member's role, state,
+lag and timeline from `GET /cluster`, and asks for a switchover with
+`POST /switchover`, the only call here that writes (basic auth as the REST
+API user, over TLS). Reads need no password: Patroni only guards the calls
+that change something.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
+from dbfleet.engines.credentials import PATRONI_REST
+from dbfleet.engines.tls import https_context
+from dbfleet.errors import PermanentError, TemporaryError
+from dbfleet.spec import PostgresCluster
+
+NAMESPACE = "/dbfleet/"
+"""Patroni's namespace in etcd; the etcd role lets Patroni's user read and write only below it."""
+
+RUNNING_STATES = ("running", "streaming")
+"""Member states (GET /cluster) of a server that answers: the leader runs, a replica streams or runs."""
+
+
+def dynamic_config(cluster: PostgresCluster) -> dict[str, Any]:
+    """The spec's part of Patroni's dynamic configuration (the DCS `config` key), without parameters."""
+    p, sync = cluster.patroni, cluster.synchronous
+    return {
+        "ttl": p.ttl, "loop_wait": p.loop_wait, "retry_timeout": p.retry_timeout,
+        "maximum_lag_on_failover": p.maximum_lag_on_failover, "primary_start_timeout": p.primary_start_timeout,
+        "synchronous_mode": sync.enabled, "synchronous_mode_strict": sync.enabled and sync.strict,
+        "synchronous_node_count": sync.num_sync, "failsafe_mode": p.failsafe_mode,
+        "postgresql": {"use_pg_rewind": True, "use_slots": True},
+    }
+
+
+def inventory_vars(cluster: PostgresCluster) -> dict[str, Any]:
+    """What the patroni, etcd and haproxy roles read beside the spec (inventory cluster vars)."""
+    return {"namespace": NAMESPACE, "dcs": dynamic_config(cluster)}
+
+
+@dataclass(frozen=True)
+class PatroniMember:
+    """One member as Patroni's GET /cluster reports it."""
+
+    name: str
+    role: str
+    """'leader', 'sync_standby' or 'replica'."""
+    state: str
+    """'running', 'streaming', 'starting', 'stopped', 'crashed', 'creating replica', ..."""
+    timeline: int | None = None
+    lag: int | None = None
+    """Bytes behind the leader (None on the leader, or when Patroni does not know)."""
+    pending_restart: bool = False
+
+    @property
+    def up(self) -> bool:
+        return self.state in RUNNING_STATES
+
+
+@dataclass(frozen=True)
+class PatroniState:
+    """The whole cluster as one member's REST API saw it."""
+
+    members: tuple[PatroniMember, ...]
+    source: str
+    """The member whose API answered."""
+    paused: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def leader(self) -> PatroniMember | None:
+        return next((m for m in self.members if m.role == "leader"), None)
+
+    @property
+    def timeline(self) -> int | None:
+        leader = self.leader
+        return leader.timeline if leader else None
+
+    def summary(self) -> str:
+        leader = self.leader
+        if leader is None:
+            return "patroni: no leader"
+        paused = ", paused" if self.paused else ""
+        return f"patroni: leader {leader.name} ({leader.state}), timeline {leader.timeline}{paused}"
+
+
+def parse_cluster(data: dict[str, Any], source: str) -> PatroniState:
+    """GET /cluster's JSON as a PatroniState."""
+    members = []
+    for m in data.get("members", []):
+        lag = m.get("lag")
+        members.append(PatroniMember(str(m["name"]), str(m.get("role", "")), str(m.get("state", "")),
+                                     int(m["timeline"]) if m.get("timeline") is not None else None,
+                                     lag if isinstance(lag, int) else None, bool(m.get("pending_restart"))))
+    return PatroniState(tuple(members), source, bool(data.get("pause")), data)
+
+
+class PatroniApi:
+    """Patroni's REST API on each member of one cluster, over TLS with the fleet CA."""
+
+    def __init__(self, cluster: PostgresCluster, access: FleetAccess, timeout: float = CONNECT_TIMEOUT):
+        self.cluster = cluster
+        self.access = access
+        self.timeout = timeout
+        self.context: ssl.SSLContext = https_context(cluster, access.ca_file(cluster))
+
+    def url(self, host: str, path: str) -> str:
+        return f"https://{self.access.address(host)}:{self.cluster.patroni.rest_api_port}/{path.lstrip('/')}"
+
+    def request(self, host: str, path: str, method: str = "GET", body: dict[str, Any] | None = None,
+                timeout: float | None = None) -> tuple[int, Any]:
+        """(status, decoded body) of one call; a TemporaryError naming the host when it does not answer."""
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if method != "GET":
+            login = f"{PATRONI_REST.user}:{self.access.password(PATRONI_REST)}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(login).decode()
+        request = urllib.request.Request(self.url(host, path), data, headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout, context=self.context) as response:
+                return response.status, _decode(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, _decode(exc.read())
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TemporaryError(f"Patroni REST API {method} /{path.lstrip('/')}: {reason}", host=host,
+                                 cluster=self.cluster.name) from None
+
+    def cluster_state(self) -> PatroniState:
+        """GET /cluster from the first member that answers."""
+        failures = []
+        for host in self.cluster.host_names():
+            try:
+                status, data = self.request(host, "cluster")
+            except TemporaryError as exc:
+                failures.append(f"{host}: {exc.message}")
+                continue
+            if status == 200 and isinstance(data, dict):
+                return parse_cluster(data, host)
+            failures.append(f"{host}: HTTP {status}")
+        raise TemporaryError("no member's Patroni REST API answers (" + "; ".join(failures) + ")",
+                             cluster=self.cluster.name, action="read Patroni state")
+
+    def switchover(self, leader: str, candidate: str, timeout: float = 60) -> str:
+        """POST /switchover to the leader's API; Patroni waits for the candidate to take over."""
+        status, data = self.request(leader, "switchover", "POST", {"leader": leader, "candidate": candidate},
+                                    timeout=timeout)
+        text = data if isinstance(data, str) else json.dumps(data)
+        if status == 200:
+            return text
+        if status in (401, 403):
+            raise PermanentError(f"Patroni refused the credentials for a switchover: {text}", host=leader,
+                                 cluster=self.cluster.name, action="switchover")
+        if status in (412, 400):
+            raise PermanentError(f"Patroni refused the switchover to {candidate}: {text}", host=leader,
+                                 cluster=self.cluster.name, action="switchover")
+        raise TemporaryError(f"switchover to {candidate}: HTTP {status}: {text}", host=leader,
+                             cluster=self.cluster.name, action="switchover")
+
+
+def _decode(raw: bytes) -> Any:
+    text = raw.decode("utf-8", "replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text.strip()
+

@@ -1,0 +1,324 @@
+"""PostgreSQL under Patroni, proven under faults: a writer logs every acknowledged commit through the
+read-write endpoint while the primary is killed, crashed, cut off, or etcd loses a member or its quorum.
+
+For each fault the test prints the outage (from the fault to the first write
+acknowledged after it), the acknowledged commits lost (must be 0: synchronous
+mode is on in the lab's spec) and how long the old primary took to rejoin as
+a streaming replica, and records them in bench/results/pg_failover.json.
+Each test is bounded (OUTAGE_BOUND, REJOIN_BOUND) and leaves a healthy
+cluster for the next one. Traffic goes only to the lab's own containers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import docker as docker_sdk
+import pytest
+from patroni_support import (
+    TABLE,
+    Partition,
+    Patroni,
+    Writer,
+    bounded,
+    docker,
+    lost_commits,
+    partition_possible,
+    prepare_table,
+    report,
+    stored_ids,
+)
+
+from dbfleet import wiring
+from dbfleet.cli import main
+from dbfleet.engines.access import FleetAccess
+from dbfleet.engines.postgres import connect
+from dbfleet.lab.topology import network_name
+from dbfleet.reconcile.leader import LOCK_KEY
+from dbfleet.spec import PostgresCluster
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "bench" / "results" / "pg_failover.json"
+OUTAGE_BOUND = 60.0
+REJOIN_BOUND = 120.0
+HEALTHY_BOUND = 180.0
+
+
+@pytest.fixture(scope="module")
+def ha(configured: Any) -> tuple[Any, PostgresCluster, Patroni]:
+    if not configured.has("postgres"):
+        pytest.skip("the lab runs no PostgreSQL hosts")
+    cluster = configured.fleet.of_engine("postgres")[0]
+    if cluster.ha != "patroni":
+        pytest.skip("the lab's PostgreSQL cluster is not ha: patroni")
+    return configured, cluster, Patroni(configured, cluster)
+
+
+@pytest.fixture
+def writer(ha: tuple[Any, PostgresCluster, Patroni]) -> Iterator[Writer]:
+    lab, cluster, patroni = ha
+    bounded("a healthy cluster before the fault", patroni.healthy, HEALTHY_BOUND, every=1)
+    w = Writer(lab, cluster, lab.secrets["postgres_superuser_password"])
+    prepare_table(w)
+    w.start()
+    w.wait_for_write_after(time.time(), 30)
+    yield w
+    w.finish()
+
+
+def record(fault: str, figures: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data[fault] = figures
+    RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def finish_and_count(writer: Writer, since: float) -> dict[str, Any]:
+    time.sleep(1)
+    writer.finish()
+    lost = lost_commits(writer)
+    assert lost == [], f"acknowledged but missing after the fault: {lost[:20]}"
+    return {"acked": len(writer.acked), "lost": len(lost), "longest_gap_s": round(writer.longest_gap(since), 2)}
+
+
+def test_primary_container_killed(ha: tuple[Any, PostgresCluster, Patroni], writer: Writer) -> None:
+    lab, cluster, patroni = ha
+    old = patroni.leader()
+    assert old
+    container = docker_sdk.from_env().containers.get(lab.container(old))
+    killed = time.time()
+    container.kill()
+    try:
+        first = writer.wait_for_write_after(killed, OUTAGE_BOUND, not_on=lab.address(old))
+        outage = first.at - killed
+        new = bounded("a new leader", lambda: patroni.new_leader(old), OUTAGE_BOUND)[0]
+        assert first.server == lab.address(new), (first, new)
+    finally:
+        container.start()
+    started = time.time()
+    _, rejoin = bounded(f"{old} streaming from {new}", lambda: patroni.replica_streams(old, new), REJOIN_BOUND, 0.5)
+    figures = {"outage_s": round(outage, 2), "old_primary_rejoined_s": round(rejoin, 1), "old": old, "new": new,
+               "ttl": cluster.patroni.ttl, "loop_wait": cluster.patroni.loop_wait,
+               **finish_and_count(writer, killed)}
+    report("primary container killed", figures)
+    record("container_killed", {**figures, "rejoin_from": "docker start", "started": started})
+
+
+def test_primary_postmaster_sigkilled_patroni_restarts_it(ha: tuple[Any, PostgresCluster, Patroni],
+                                                          writer: Writer) -> None:
+    lab, cluster, patroni = ha
+    old = patroni.leader()
+    assert old
+    pid = postmaster_pid(lab, cluster, old)
+    assert pid.isdigit(), pid
+    killed = time.time()
+    docker("exec", lab.container(old), "kill", "-KILL", pid)
+    # The backends outlive their postmaster for a moment and may still acknowledge a commit or two: the outage
+    # is the longest pause between acknowledged writes from the kill until the writes go on after the restart.
+    _, restarted = bounded(f"PostgreSQL restarted on {old}", lambda: postmaster_pid(lab, cluster, old) not in
+                           ("", pid), OUTAGE_BOUND)
+    leader = bounded("a leader after the crash", patroni.leader, OUTAGE_BOUND)[0]
+    first = writer.wait_for_write_after(killed + restarted, OUTAGE_BOUND)
+    outage = writer.longest_gap(killed)
+    # primary_start_timeout (300 s in the spec's defaults) lets Patroni restart PostgreSQL in place: no failover.
+    assert leader == old and first.server == lab.address(old), (leader, first)
+    _, healthy = bounded("every member streaming again", patroni.healthy, REJOIN_BOUND, 0.5)
+    figures = {"outage_s": round(outage, 2), "restarted_in_place": leader == old,
+               "primary_start_timeout": cluster.patroni.primary_start_timeout, "replicas_back_s": round(healthy, 1),
+               **finish_and_count(writer, killed)}
+    report("primary postmaster SIGKILLed", figures)
+    record("postmaster_sigkilled", figures)
+
+
+def postmaster_pid(lab: Any, cluster: PostgresCluster, host: str) -> str:
+    return docker("exec", lab.container(host), "sh", "-c",
+                  f"head -1 /var/lib/postgresql/{cluster.version}/main/postmaster.pid 2>/dev/null",
+                  check=False).stdout.strip()
+
+
+ISOLATED_WRITER = r"""
+import sys, time, psycopg2
+table, stop = sys.argv[1], time.time() + float(sys.argv[2])
+n = 10_000_000
+while time.time() < stop:
+    try:
+        conn = psycopg2.connect(dbname=sys.argv[3], host="/var/run/postgresql", port=sys.argv[4], connect_timeout=1)
+        conn.autocommit = True
+        cur = conn.cursor()
+        while time.time() < stop:
+            cur.execute(f"INSERT INTO {table} (id) VALUES (%s)", (n,))
+            print(f"ack {n} {time.time():.3f}", flush=True)
+            n += 1
+            time.sleep(0.02)
+    except Exception as exc:
+        print(f"error {time.time():.3f} {type(exc).__name__}", flush=True)
+        time.sleep(0.2)
+"""
+
+
+def test_primary_cut_off_stops_writing_within_ttl_and_rejoins(ha: tuple[Any, PostgresCluster, Patroni],
+                                                              writer: Writer) -> None:
+    lab, cluster, patroni = ha
+    old = patroni.leader()
+    assert old
+    why = partition_possible()
+    if why:
+        pytest.skip(why)
+    client = docker_sdk.from_env()
+    container = client.containers.get(lab.container(old))
+    subnet = client.networks.get(network_name(lab.name)).attrs["IPAM"]["Config"][0]["Subnet"]
+    partition = Partition(container, subnet)
+    budget = cluster.patroni.ttl + 30
+    # A writer on the old primary itself, through its local socket: what it gets acknowledged after the cut
+    # would be a write only that server has.
+    local = subprocess.Popen(["docker", "exec", "-u", "postgres", lab.container(old), "python3", "-c",
+                              ISOLATED_WRITER, TABLE, str(budget), cluster.databases[0], str(cluster.port)],
+                             stdout=subprocess.PIPE, text=True)
+
+    def read_only() -> bool:
+        done = docker("exec", "-u", "postgres", lab.container(old), "psql", "-XAtc",
+                      "SELECT pg_is_in_recovery()", "-p", str(cluster.port), check=False, timeout=10)
+        return done.returncode != 0 or done.stdout.strip() == "t"
+
+    time.sleep(1)
+    cut = time.time()
+    partition.cut()
+    try:
+        _, demoted = bounded(f"{old} refusing writes once cut off", read_only, budget, every=0.25)
+        first = writer.wait_for_write_after(cut, OUTAGE_BOUND, not_on=lab.address(old))
+        outage = first.at - cut
+        new = bounded("a new leader", lambda: patroni.new_leader(old), OUTAGE_BOUND)[0]
+    finally:
+        partition.heal()
+    reconnected = time.time()
+    _, rejoin = bounded(f"{old} back as a replica of {new}", lambda: patroni.replica_streams(old, new), REJOIN_BOUND,
+                        0.5)
+    rejoin = time.time() - reconnected
+    out, _ = local.communicate(timeout=budget + 30)  # it stops by itself `budget` seconds after it started
+    acks = [(int(n), float(t)) for kind, n, t in (line.split()[:3] for line in out.splitlines()
+                                                 if line.startswith("ack "))]
+    isolated_acks = [n for n, t in acks if t > cut]
+    new_first = writer.first_ack_after(cut, lab.address(new))
+    assert new_first is not None
+    overlap = [n for n, t in acks if t >= new_first.at]
+    assert overlap == [], f"{old} acknowledged {len(overlap)} writes while {new} was primary"
+    # A commit the synchronous standby had before the cut may still be acknowledged just after it; what must
+    # never happen is an acknowledged write only the cut-off server has.
+    missing = sorted(set(isolated_acks) - stored_ids(writer))
+    assert missing == [], f"{old} acknowledged writes after the cut that {new} does not have: {missing[:10]}"
+    figures = {"outage_s": round(outage, 2), "old_primary_read_only_s": round(demoted, 1),
+               "ttl": cluster.patroni.ttl, "acks_on_isolated_primary_after_cut": len(isolated_acks),
+               "acks_by_two_primaries_at_once": len(overlap), "old_primary_rejoined_s": round(rejoin, 1),
+               "old": old, "new": new, **finish_and_count(writer, cut)}
+    report("primary cut off the network", figures)
+    assert demoted <= cluster.patroni.ttl + 5, f"{old} still took writes {demoted:.1f}s after the cut"
+    record("network_cut", figures)
+
+
+def _stop_etcd(lab: Any, host: str) -> None:
+    docker("exec", lab.container(host), "systemctl", "stop", "etcd")
+
+
+def _start_etcd(lab: Any, host: str) -> None:
+    docker("exec", lab.container(host), "systemctl", "start", "etcd", check=False, timeout=120)
+
+
+def test_one_etcd_member_lost_nothing_happens(ha: tuple[Any, PostgresCluster, Patroni], writer: Writer) -> None:
+    lab, cluster, patroni = ha
+    leader = patroni.leader()
+    members = [h.name for h in cluster.etcd_hosts()]
+    victim = next(h for h in members if h != leader)
+    timeline = patroni.members()[leader]["timeline"]
+    stopped = time.time()
+    _stop_etcd(lab, victim)
+    try:
+        time.sleep(max(2 * cluster.patroni.ttl, 10))
+        assert patroni.leader() == leader, "the primary changed while only one etcd member was down"
+        assert patroni.members()[leader]["timeline"] == timeline
+    finally:
+        _start_etcd(lab, victim)
+    gap = writer.longest_gap(stopped)
+    figures = {"longest_write_gap_s": round(gap, 2), "leader_kept": leader, "timeline_kept": timeline,
+               **finish_and_count(writer, stopped)}
+    report("one etcd member lost", figures)
+    # Nothing like a failover: the leader and timeline stay, and no pause as long as the leader lock's ttl.
+    assert gap < cluster.patroni.ttl, f"writes paused {gap:.1f}s with one etcd member down"
+    record("etcd_member_lost", figures)
+
+
+def test_etcd_quorum_lost_the_primary_stays_in_failsafe_mode(ha: tuple[Any, PostgresCluster, Patroni],
+                                                             writer: Writer) -> None:
+    """With failsafe_mode (the lab's spec) Patroni keeps the primary while every member answers it."""
+    lab, cluster, patroni = ha
+    if not cluster.patroni.failsafe_mode:
+        pytest.skip("the spec turns failsafe_mode off: the primary demotes instead")
+    leader = patroni.leader()
+    victims = [h.name for h in cluster.etcd_hosts() if h.name != leader][:2]
+    if len(victims) < 2:
+        victims = [h.name for h in cluster.etcd_hosts()][:2]
+    lost = time.time()
+    for host in victims:
+        _stop_etcd(lab, host)
+    try:
+        window = 2 * cluster.patroni.ttl + 5
+        time.sleep(window)
+        status, data = patroni.get(leader, "patroni")
+        assert status == 200 and data.get("role") in ("master", "primary"), data
+        gap = writer.longest_gap(lost)
+        written = len([a for a in writer.acked if a.at > lost])
+    finally:
+        for host in victims:
+            _start_etcd(lab, host)
+    bounded("etcd and Patroni healthy again", patroni.healthy, HEALTHY_BOUND, every=1)
+    figures = {"etcd_members_stopped": len(victims), "observed_s": window, "writes_during_quorum_loss": written,
+               "longest_write_gap_s": round(gap, 2), "leader_kept": leader, **finish_and_count(writer, lost)}
+    report("etcd quorum lost (failsafe mode)", figures)
+    assert written > 0 and gap < cluster.patroni.ttl, figures
+    record("etcd_quorum_lost", figures)
+
+
+def test_switchover_under_load_through_patroni(ha: tuple[Any, PostgresCluster, Patroni], writer: Writer) -> None:
+    """`dbfleet switchover` (after its --dry-run) hands the primary to the synchronous standby under load."""
+    lab, cluster, patroni = ha
+    old = patroni.leader()
+    members = patroni.members()
+    target = next(n for n, m in members.items() if m.get("role") == "sync_standby")
+    argv = ["--spec", str(REPO / "fleet.example.yaml"), "switchover", "--cluster", cluster.name, "--to", target,
+            "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets)]
+    out = StringIO()
+    with redirect_stdout(out):
+        assert main([*argv, "--dry-run"]) == 0
+    assert out.getvalue().startswith(f"! {cluster.name} patroni switchover {target}: leader {old} -> {target}")
+    assert patroni.leader() == old, "a dry run changed the leader"
+    access = FleetAccess.load(lab.inventory_path, lab.state.secrets)
+    lock = wiring.leader_lock(lab.fleet, access, Path("/nonexistent"), cluster.name)
+    assert lock.acquire(), lock.holder
+    started = time.time()
+    with redirect_stdout(StringIO()) as done:
+        code = main(argv)
+    assert code == 0, done.getvalue()
+    assert patroni.leader() == target
+    # The operator's leader lock follows: the next cycle finds its server demoted and takes the lock on the new one.
+    assert lock.acquire(), lock.holder
+    with connect(cluster, access, target, "postgres") as conn:
+        holders = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                               "objid = %s", [LOCK_KEY & 0xFFFFFFFF]).fetchone()
+    assert holders == (1,), "the leader lock is not held on the new primary"
+    lock.release()
+    first = writer.wait_for_write_after(time.time(), OUTAGE_BOUND)
+    assert first.server == lab.address(target)
+    _, rejoin = bounded(f"{old} streaming from {target}", lambda: patroni.replica_streams(old, target),
+                        REJOIN_BOUND, 0.5)
+    figures = {"write_pause_s": round(writer.longest_gap(started), 2), "old_primary_rejoined_s": round(rejoin, 1),
+               "old": old, "new": target, **finish_and_count(writer, started)}
+    report("switchover under load", figures)
+    record("switchover", figures)
