@@ -142,10 +142,41 @@ def test_a_spec_that_shrinks_a_cluster_is_refused_and_nothing_changes(pgenv: PgE
             assert node.config_get("maxmemory")["maxmemory"] == str(128 * 1024 * 1024)
 
 
+def _patroni_member_down_is_reported_and_left_to_patroni(pgenv: PgEnv, replica: str) -> None:
+    """Under ha: patroni the members reconciler reports a stopped member and starts nothing: Patroni owns it."""
+    container = pgenv.lab.container(replica)
+
+    def docker(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", "exec", container, *argv], capture_output=True, text=True, timeout=60,
+                              check=check)
+
+    spec = pgenv.write_spec()
+    docker("systemctl", "stop", "patroni")
+    try:
+        code, plan = run_cli(pgenv, spec, "plan", "--cluster", CLUSTER, "--reconciler", "members")
+        assert code == 0 and [(a["kind"], a["target"]) for a in plan["actions"]] == \
+            [("report-member-down", replica)], plan
+        code, once = run_cli(pgenv, spec, "reconcile", "--once", "--cluster", CLUSTER, "--reconciler", "members")
+        assert code == 0, once
+        assert docker("systemctl", "is-active", "patroni", check=False).stdout.strip() != "active"
+    finally:
+        docker("systemctl", "start", "patroni", check=False)
+    deadline = time.monotonic() + 60
+    while True:
+        code, again = run_cli(pgenv, spec, "plan", "--cluster", CLUSTER, "--reconciler", "members")
+        if code == 0 and again["actions"] == []:
+            break
+        assert time.monotonic() < deadline, f"{replica} is not back under Patroni within 60 s: {again}"
+        time.sleep(1)
+
+
 def test_a_stopped_replica_is_started_again_but_a_former_primary_is_not(pgenv: PgEnv) -> None:
     lab = pgenv.lab
     pg = lab.fleet.cluster(CLUSTER)
     replica = pg.host_names()[-1]
+    if pg.ha == "patroni":
+        _patroni_member_down_is_reported_and_left_to_patroni(pgenv, replica)
+        return
     container, unit = lab.container(replica), f"postgresql@{pg.version}-main"
     signal_file = f"/var/lib/postgresql/{pg.version}/main/standby.signal"
     spec = pgenv.write_spec()
