@@ -240,6 +240,14 @@ def test_patroni_metrics_show_one_primary_and_every_member_running(prom: tuple[A
                          lambda: p.query(f'sum by (cluster) (patroni_primary{{cluster="{cluster.name}"}})'),
                          timeout=60)
     assert list(primaries.values()) == [1.0], primaries
-    running = p.query(f'patroni_postgres_running{{cluster="{cluster.name}"}}')
-    assert len(running) == len(cluster.host_names()) and all(v == 1 for v in running.values()), running
-    assert not p.firing("PatroniNoLeader") and not p.firing("PatroniMemberNotRunning")
+
+    def all_running() -> dict[Any, float] | None:
+        running = p.query(f'patroni_postgres_running{{cluster="{cluster.name}"}}')
+        every = len(running) == len(cluster.host_names()) and all(v == 1 for v in running.values())
+        return running if every else None
+
+    # A member restarted by the test before may still show its last scrape's 0: wait for fresh scrapes.
+    window = 3 * duration_seconds(cluster.monitoring.scrape_interval) + 10
+    wait_for("every member running in Patroni's /metrics", all_running, timeout=window)
+    wait_for("PatroniNoLeader and PatroniMemberNotRunning resolved",
+             lambda: not p.firing("PatroniNoLeader") and not p.firing("PatroniMemberNotRunning"), timeout=window)

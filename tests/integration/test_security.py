@@ -163,17 +163,21 @@ def test_cis_file_modes(pg: tuple[Any, PostgresCluster]) -> None:
         ("/usr/share/postgresql/15/extension", "root", 0o755),           # extension files owned by root
         ("/usr/lib/postgresql/15/lib", "root", 0o755),
     ]
+    passfile = None
     if cluster.ha == "patroni":  # Patroni holds the settings (passwords among them) and its own passfile
-        expected += [("/etc/patroni/config.yml", "postgres", 0o600),
-                     ("/var/lib/postgresql/.pgpass.patroni", "postgres", 0o600)]
+        expected += [("/etc/patroni/config.yml", "postgres", 0o600)]
+        passfile = "/var/lib/postgresql/.pgpass.patroni"  # written when Patroni streams: on every replica
     else:
         expected += [("/etc/postgresql/15/main/conf.d", "postgres", 0o750),
                      ("/etc/postgresql/15/main/conf.d/dbfleet.conf", "postgres", 0o640),
                      ("/var/lib/postgresql/.pgpass", "postgres", 0o600)]  # the replication password
     problems = []
+    primary = current_primary(lab, cluster)
     for name in cluster.host_names():
         host = lab.host(name)
         problems += [f"{name}: {p}" for path, user, most in expected for p in _mode_problems(host, path, user, most)]
+        if passfile and (name != primary or host.file(passfile).exists):  # the leader has one if it once streamed
+            problems += [f"{name}: {p}" for p in _mode_problems(host, passfile, "postgres", 0o600)]
         data_mode = pg_settings(lab, cluster, name, ["data_directory_mode"])["data_directory_mode"]
         if data_mode != "0700":
             problems.append(f"{name}: data_directory_mode {data_mode}")
