@@ -451,6 +451,11 @@ class Patroni(Strict):
     """With etcd's quorum lost, keep the primary while every member still answers it (Patroni's failsafe_mode);
     false demotes it after retry_timeout."""
     rest_api_port: Annotated[int, Field(ge=1024, le=65535)] = 8008
+    on_diverged: Literal["report", "rewind"] = "report"
+    """A replica that replayed past its leader's fork point (an asynchronous replica restoring the old timeline's
+    WAL from the archive after Patroni's one check at the change of leader) can follow no one. `rewind` lets the
+    operator restart Patroni on it, and Patroni's start-up check rewinds it with pg_rewind, discarding its WAL
+    past the fork, which the leader never had; `report` only reports it."""
     etcd: Etcd = Etcd()
 
 

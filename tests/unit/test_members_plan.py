@@ -56,3 +56,32 @@ def test_with_patroni_a_cluster_without_a_leader_is_reported() -> None:
     assert [(a.kind, a.target) for a in actions] == [("report-no-leader", "pg-main"), ("report-member-down", "pg-1")]
     assert not any(a.changes for a in actions)
     assert planned_starts(PATRONI, pg("pg-2")) == []
+
+
+def patroni_facts(**members: dict[str, object]) -> dict[str, object]:
+    return {"patroni": {"leader": "pg-2", "timeline": 2, "members": members}}
+
+
+def test_with_patroni_a_replica_past_the_fork_is_rewound_only_under_the_policy() -> None:
+    facts = patroni_facts(**{"pg-2": {"role": "leader", "timeline": 2},
+                             "pg-3": {"role": "replica", "timeline": 1, "replayed": "0/29000000",
+                                      "diverged_at": "0/28021EA0"}})
+    topology = Topology("pg-main", "postgres", "pg-2", pg("pg-2").members, facts)
+    rewind_policy = PATRONI.model_copy(update={"patroni": PATRONI.patroni.model_copy(update={"on_diverged": "rewind"})})
+    [rewind] = planned_starts(rewind_policy, topology)
+    assert (rewind.kind, rewind.target, rewind.destructive, rewind.changes) == ("rewind", "pg-3", True, True)
+    assert "past the fork at 0/28021EA0" in rewind.reason and rewind.detail["command"] == "systemctl restart patroni"
+    report_policy = PATRONI.model_copy(update={"patroni": PATRONI.patroni.model_copy(update={"on_diverged": "report"})})
+    [report] = planned_starts(report_policy, topology)
+    assert (report.kind, report.changes) == ("report-diverged", False) and "patronictl reinit" in report.reason
+
+
+def test_a_replica_behind_the_fork_is_left_to_follow() -> None:
+    facts = patroni_facts(**{"pg-3": {"role": "replica", "timeline": 1, "replayed": "0/28000000"}})
+    assert planned_starts(PATRONI, Topology("pg-main", "postgres", "pg-2", pg("pg-2").members, facts)) == []
+
+
+def test_the_spec_default_only_reports_a_diverged_replica() -> None:
+    from dbfleet.spec import Patroni
+
+    assert Patroni().on_diverged == "report"

@@ -15,7 +15,8 @@ import json
 import ssl
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
@@ -61,6 +62,10 @@ class PatroniMember:
     lag: int | None = None
     """Bytes behind the leader (None on the leader, or when Patroni does not know)."""
     pending_restart: bool = False
+    replayed: int | None = None
+    """Where the member replayed to (GET /patroni), asked only of a member behind the leader's timeline."""
+    diverged_at: int | None = None
+    """The leader's fork point from the member's timeline, when the member replayed past it (see fork_point)."""
 
     @property
     def up(self) -> bool:
@@ -76,6 +81,8 @@ class PatroniState:
     """The member whose API answered."""
     paused: bool = False
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    history: tuple[tuple[int, int], ...] = ()
+    """The leader's timeline history as (parent timeline, switch point), read only when a member is behind."""
 
     @property
     def leader(self) -> PatroniMember | None:
@@ -92,6 +99,43 @@ class PatroniState:
             return "patroni: no leader"
         paused = ", paused" if self.paused else ""
         return f"patroni: leader {leader.name} ({leader.state}), timeline {leader.timeline}{paused}"
+
+
+def parse_lsn(text: str) -> int:
+    """'0/28021EA0' as a byte position."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def format_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def parse_history(data: Any) -> tuple[tuple[int, int], ...]:
+    """GET /history's lines ([timeline, switch point, reason, ...]) as (parent timeline, switch point)."""
+    lines: list[tuple[int, int]] = []
+    for line in data if isinstance(data, list) else []:
+        if not isinstance(line, list) or len(line) < 2:
+            continue
+        lsn = line[1]
+        lines.append((int(line[0]), lsn if isinstance(lsn, int) else parse_lsn(str(lsn))))
+    return tuple(lines)
+
+
+def fork_point(timeline: int | None, replayed: int | None, history: Sequence[tuple[int, int]]) -> int | None:
+    """Where the leader's history left `timeline`, if a member on it replayed past that point; None otherwise.
+
+    Such a member holds WAL the leader never had and can follow no one until it is rewound. This is the rule of
+    Patroni's own diverged-LSN check for a replica; Patroni 3.0.2 makes that check once, when the replica
+    changes leader, so WAL of the old timeline restored from the archive afterwards goes unseen."""
+    if timeline is None or replayed is None:
+        return None
+    for parent, switchpoint in history:
+        if parent == timeline:
+            return switchpoint if replayed > switchpoint else None
+        if parent > timeline:  # the leader's history does not pass through the member's timeline
+            return switchpoint
+    return None
 
 
 def parse_cluster(data: dict[str, Any], source: str) -> PatroniState:
@@ -149,10 +193,45 @@ class PatroniApi:
                 failures.append(f"{host}: {exc.message}")
                 continue
             if status == 200 and isinstance(data, dict):
-                return parse_cluster(data, host)
+                return self.with_divergence(parse_cluster(data, host))
             failures.append(f"{host}: HTTP {status}")
         raise TemporaryError("no member's Patroni REST API answers (" + "; ".join(failures) + ")",
                              cluster=self.cluster.name, action="read Patroni state")
+
+    def with_divergence(self, state: PatroniState) -> PatroniState:
+        """The state with each member behind the leader's timeline checked against the leader's history.
+
+        Asks GET /history of the leader and GET /patroni of those members only, so a healthy cycle costs no
+        extra call; a member or leader that does not answer is left unchecked this cycle."""
+        leader = state.leader
+        if leader is None or leader.timeline is None:
+            return state
+        behind = {m.name for m in state.members
+                  if m.role != "leader" and m.timeline is not None and m.timeline < leader.timeline}
+        if not behind:
+            return state
+        try:
+            status, raw = self.request(leader.name, "history")
+        except TemporaryError:
+            return state
+        history = parse_history(raw) if status == 200 else ()
+        members = []
+        for m in state.members:
+            if m.name in behind:
+                replayed = self.replayed(m.name)
+                m = replace(m, replayed=replayed, diverged_at=fork_point(m.timeline, replayed, history))
+            members.append(m)
+        return replace(state, members=tuple(members), history=history)
+
+    def replayed(self, host: str) -> int | None:
+        """GET /patroni's xlog.replayed_location of one member; None when it does not say."""
+        try:
+            status, data = self.request(host, "patroni")
+        except TemporaryError:
+            return None
+        xlog = data.get("xlog") if status == 200 and isinstance(data, dict) else None
+        value = xlog.get("replayed_location") if isinstance(xlog, dict) else None
+        return value if isinstance(value, int) else None
 
     def switchover(self, leader: str, candidate: str, timeout: float = 60) -> str:
         """POST /switchover to the leader's API; Patroni waits for the candidate to take over."""

@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
 from dbfleet.engines.base import EngineSession, Member, Topology
 from dbfleet.engines.credentials import POSTGRES_SUPERUSER
-from dbfleet.engines.patroni import PatroniApi, PatroniState
+from dbfleet.engines.patroni import PatroniApi, PatroniState, format_lsn
 from dbfleet.engines.tls import postgres_tls
 from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.spec import PostgresCluster
@@ -189,7 +189,10 @@ class PostgresSession(EngineSession[PostgresCluster]):
             "summary": state.summary(), "leader": leader.name if leader else None, "timeline": state.timeline,
             "paused": state.paused, "source": state.source,
             "members": {m.name: {"role": m.role, "state": m.state, "lag": m.lag, "timeline": m.timeline,
-                                 "pending_restart": m.pending_restart} for m in state.members}}}
+                                 "pending_restart": m.pending_restart,
+                                 **({"replayed": format_lsn(m.replayed)} if m.replayed is not None else {}),
+                                 **({"diverged_at": format_lsn(m.diverged_at)} if m.diverged_at is not None else {})}
+                        for m in state.members}}}
         return Topology(self.cluster.name, self.engine, primary, tuple(members), facts)
 
     def _sql_topology(self) -> Topology:

@@ -14,6 +14,12 @@ the HA tooling or a human, not for a restart loop.
 With `ha: patroni` Patroni owns PostgreSQL: it restarts a crashed server, builds
 a missing replica and rewinds a former primary. The reconciler then only
 reports what is down (and a cluster without a leader), and starts nothing.
+One case Patroni 3.0.2 misses: a replica that replayed past its new leader's
+fork point after Patroni's one check at the change of leader (old-timeline WAL
+restored from the archive). It can follow no one; with `patroni.on_diverged:
+rewind` the reconciler restarts Patroni there (a destructive `rewind`: the
+start-up check runs pg_rewind, discarding the WAL the leader never had),
+otherwise it reports it.
 """
 
 from __future__ import annotations
@@ -54,7 +60,31 @@ def patroni_reports(cluster: PostgresCluster, topology: Topology) -> list[Action
             reports.append(Action(cluster.name, RECONCILER, "report-member-down", member.host,
                                   f"{member.host} is not running ({member.detail or 'down'}); Patroni owns it: "
                                   "it restarts, rebuilds or rewinds the server, dbfleet starts nothing"))
-    return reports
+    return reports + diverged_members(cluster, topology)
+
+
+def diverged_members(cluster: PostgresCluster, topology: Topology) -> list[Action]:
+    """A `rewind` (or, without the policy, a report) per member past the leader's fork point."""
+    patroni = topology.facts.get("patroni") or {}
+    actions: list[Action] = []
+    for name, member in sorted((patroni.get("members") or {}).items()):
+        fork = member.get("diverged_at")
+        if fork is None:
+            continue
+        why = (f"{name} replayed timeline {member.get('timeline')} to {member.get('replayed')}, past the fork "
+               f"at {fork} of leader {patroni.get('leader')}'s timeline {patroni.get('timeline')}: it can follow "
+               "no leader until it is rewound")
+        if cluster.patroni.on_diverged == "rewind":
+            actions.append(Action(cluster.name, RECONCILER, "rewind", name,
+                                  f"{why}; restart Patroni there, whose start-up check runs pg_rewind (the WAL "
+                                  "past the fork, never on the leader, is discarded)", destructive=True,
+                                  detail={"unit": "patroni", "command": "systemctl restart patroni",
+                                          "done": "restarted patroni to rewind", "fork": fork}))
+        else:
+            actions.append(Action(cluster.name, RECONCILER, "report-diverged", name,
+                                  f"{why}; `patroni.on_diverged: rewind` lets dbfleet restart Patroni there to "
+                                  "rewind it, or rebuild it with `patronictl reinit`", detail={"fork": fork}))
+    return actions
 
 
 def planned_starts(cluster: AnyCluster, topology: Topology) -> list[Action]:
@@ -107,7 +137,7 @@ class MemberReconciler:
             raise TemporaryError(f"ansible did not finish starting {action.detail['unit']} within "
                                  f"{START_TIMEOUT}s", cluster=action.cluster, host=action.target) from None
         if done.returncode == 0:
-            return f"started {action.detail['unit']}"
+            return str(action.detail.get("done", f"started {action.detail['unit']}"))
         tail = (done.stdout.strip().splitlines() or done.stderr.strip().splitlines() or ["no output"])
         if "no standby.signal" in done.stdout:
             raise PermanentError("no standby.signal: this host was a primary; run playbooks/pg_switchover.yml "
@@ -115,12 +145,13 @@ class MemberReconciler:
                                  host=action.target, action="start")
         if done.returncode == 4:  # ansible: host unreachable
             raise TemporaryError(f"unreachable for Ansible: {tail[-1][:300]}", cluster=action.cluster,
-                                 host=action.target, action="start")
-        raise TemporaryError(f"start {action.detail['unit']} failed: {tail[-1][:300]}", cluster=action.cluster,
-                             host=action.target, action="start")
+                                 host=action.target, action=action.kind)
+        raise TemporaryError(f"{action.kind} {action.detail['unit']} failed: {tail[-1][:300]}",
+                             cluster=action.cluster, host=action.target, action=action.kind)
 
     def notes(self, observed: Topology) -> list[str]:
         return []
 
     def status(self, cluster: AnyCluster, observed: Topology, actions: list[Action]) -> dict[str, Any]:
-        return {"members_down": [a.target for a in actions if a.kind in ("start", "report-member-down")]}
+        return {"members_down": [a.target for a in actions if a.kind in ("start", "report-member-down")],
+                "members_diverged": [a.target for a in actions if a.kind in ("rewind", "report-diverged")]}
