@@ -90,7 +90,15 @@ def prom(configured: Any) -> Iterator[tuple[Any, Prometheus]]:
 def test_every_target_is_up_including_the_operator(prom: tuple[Any, Prometheus]) -> None:
     lab, p = prom
     deadline = time.monotonic() + 60
-    while down := [f"{t['scrapeUrl']}: {t['health']} {t['lastError']}" for t in p.targets() if t["health"] != "up"]:
+
+    def not_up() -> list[str]:
+        """Targets not up yet; a Prometheus that has not loaded its targets yet (right after the converge) has
+        none, which is not 'all up'."""
+        targets = p.targets()
+        return [f"{t['scrapeUrl']}: {t['health']} {t['lastError']}" for t in targets if t["health"] != "up"] \
+            or ([] if targets else ["no targets loaded yet"])
+
+    while down := not_up():
         assert time.monotonic() < deadline, f"targets not up within 60s: {down}"
         time.sleep(1)
     jobs = {t["labels"]["job"] for t in p.targets()}
