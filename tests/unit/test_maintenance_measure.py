@@ -69,7 +69,7 @@ def test_the_metrics_follow_the_latest_observation_only():
             'method="pgstatindex"} 0.4') in text
     assert "t_unknown" not in text
     assert 'dbfleet_pg_table_dead_tuple_ratio{cluster="pg-x",database="app",table="public.t"} 0.25' in text
-    assert 'dbfleet_pg_database_xid_age{cluster="pg-x",database="app"} 1234.0' in text
+    assert 'dbfleet_pg_table_dead_tuples{cluster="pg-x",database="app",table="public.t"} 25.0' in text
     assert ('dbfleet_pg_table_last_vacuum_timestamp_seconds{cluster="pg-x",database="app",table="public.t"} '
             '1.7672256e+09') in text
     metrics.set_maintenance("pg-x", ObservedMaintenance("pg-x", datetime(2026, 1, 1), "pg-1"))

@@ -33,8 +33,10 @@ INDEX_BLOAT_RATIO = "dbfleet_pg_index_bloat_ratio"
 TABLE_BLOAT_RATIO = "dbfleet_pg_table_bloat_ratio"
 DEAD_TUPLE_RATIO = "dbfleet_pg_table_dead_tuple_ratio"
 LAST_VACUUM = "dbfleet_pg_table_last_vacuum_timestamp_seconds"
+DEAD_TUPLES = "dbfleet_pg_table_dead_tuples"
 XID_AGE = "dbfleet_pg_database_xid_age"
 MXID_AGE = "dbfleet_pg_database_mxid_age"
+"""Wraparound ages come from the postgres exporter (its dbfleet_pg_database query), sampled every scrape."""
 
 RECONCILE_DURATION = Histogram(
     "dbfleet_reconcile_duration_seconds", "Time one reconciler took for one cluster.",
@@ -92,8 +94,8 @@ REGISTRY.register(_BackupAge())
 
 
 class _Maintenance(Collector):
-    """Bloat, vacuum and wraparound figures of the last maintenance observation per cluster, replaced whole each
-    cycle so a dropped index or table leaves no stale series."""
+    """Bloat and vacuum figures of the last maintenance observation per cluster, replaced whole each cycle so a
+    dropped index or table leaves no stale series."""
 
     def __init__(self) -> None:
         self.clusters: dict[str, Any] = {}
@@ -111,10 +113,8 @@ class _Maintenance(Collector):
                                  labels=["cluster", "database", "table"])
         vacuumed = GaugeMetricFamily(LAST_VACUUM, "When a table was last vacuumed, by hand or autovacuum (Unix time;"
                                      " 0 if never).", labels=["cluster", "database", "table"])
-        xid = GaugeMetricFamily(XID_AGE, "age(datfrozenxid) of a database, as the operator read it.",
-                                labels=["cluster", "database"])
-        mxid = GaugeMetricFamily(MXID_AGE, "mxid_age(datminmxid) of a database, as the operator read it.",
-                                 labels=["cluster", "database"])
+        dead_count = GaugeMetricFamily(DEAD_TUPLES, "Dead tuples of a table (pg_stat_user_tables.n_dead_tup).",
+                                       labels=["cluster", "database", "table"])
         for cluster, observed in sorted(self.clusters.items()):
             for i in observed.all_indexes():
                 if i.wasted_bytes is not None:
@@ -129,12 +129,10 @@ class _Maintenance(Collector):
             for v in observed.all_vacuum():
                 labels = [cluster, v.database, f"{v.schema}.{v.name}"]
                 dead.add_metric(labels, v.dead_ratio)
+                dead_count.add_metric(labels, float(v.dead_tuples))
                 last = v.last_vacuum
                 vacuumed.add_metric(labels, last.replace(tzinfo=UTC).timestamp() if last else 0.0)
-            for a in observed.ages:
-                xid.add_metric([cluster, a.name], float(a.xid_age))
-                mxid.add_metric([cluster, a.name], float(a.mxid_age))
-        return [ratio, wasted, table_ratio, table_wasted, dead, vacuumed, xid, mxid]
+        return [ratio, wasted, table_ratio, table_wasted, dead, dead_count, vacuumed]
 
 
 _MAINTENANCE = _Maintenance()
