@@ -47,7 +47,7 @@ def test_a_full_policy_is_read_with_its_types() -> None:
 def test_the_example_has_a_report_only_policy_and_none_is_allowed() -> None:
     example = parse_fleet(EXAMPLE, "fleet.yaml").cluster("pg-main")
     assert isinstance(example, PostgresCluster) and example.maintenance is not None
-    assert example.maintenance.index_bloat.action == "report" and example.maintenance.autovacuum
+    assert example.maintenance.index_bloat.action == "report" and example.maintenance.window is not None
     bare = parse_fleet(_without_maintenance(), "fleet.yaml").cluster("pg-main")
     assert isinstance(bare, PostgresCluster) and bare.maintenance is None
 
