@@ -353,7 +353,7 @@ class IndexBloatPolicy(Strict):
     action: Literal["report", "reindex"] = "report"
     disk_margin: Annotated[float, Field(ge=1, le=100)] = 2.0
     """A rebuild runs only while free disk on the primary exceeds the index's size times this."""
-    exact_below: Annotated[str, Field(pattern=SIZE)] = "1gb"
+    exact_below: Annotated[str, Field(pattern=SIZE)] = "100mb"
     """Indexes smaller than this are measured exactly (pgstatindex reads them); larger ones are estimated
     from the catalog statistics."""
     clean_debris: bool = False
@@ -367,7 +367,7 @@ class TableBloatPolicy(Strict):
     action: Literal["report", "repack"] = "report"
     disk_margin: Annotated[float, Field(ge=1, le=100)] = 2.0
     """pg_repack runs only while free disk on the primary exceeds the table's total size times this."""
-    exact_below: Annotated[str, Field(pattern=SIZE)] = "1gb"
+    exact_below: Annotated[str, Field(pattern=SIZE)] = "100mb"
     """Tables smaller than this are measured with pgstattuple_approx; larger ones estimated from statistics."""
 
 
