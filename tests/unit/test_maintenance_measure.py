@@ -74,3 +74,25 @@ def test_the_metrics_follow_the_latest_observation_only():
             '1.7672256e+09') in text
     metrics.set_maintenance("pg-x", ObservedMaintenance("pg-x", datetime(2026, 1, 1), "pg-1"))
     assert "t_pkey" not in metrics.render().decode()
+
+
+def test_the_reconciler_applies_to_postgres_clusters_with_a_policy_and_reports_status():
+    from pathlib import Path
+
+    from dbfleet.actions import Action
+    from dbfleet.reconcile.maintenance_reconciler import MaintenanceReconciler
+    from dbfleet.spec import load_fleet
+
+    fleet = load_fleet(Path(__file__).resolve().parents[2] / "fleet.example.yaml")
+    rec = MaintenanceReconciler(clock=lambda: datetime(2026, 11, 28, 3, 0))
+    assert rec.applies_to(fleet.cluster("pg-main"))
+    assert not rec.applies_to(fleet.cluster("cache")) and not rec.applies_to(fleet.cluster("mongo-main"))
+    bare = fleet.cluster("pg-main").model_copy(update={"maintenance": None})
+    assert not rec.applies_to(bare)
+    obs = ObservedMaintenance("pg-main", datetime(2026, 11, 28, 3, 0), "pg-1", 10**12, "/data")
+    obs.ages = [DatabaseAge("app", 900, 3), DatabaseAge("postgres", 1200, 3)]
+    found = Action("pg-main", "maintenance", "report-index-bloat", "app/public.i", "bloated")
+    status = rec.status(fleet.cluster("pg-main"), obs, [found])
+    assert status["window"] == "inside the window until 2026-11-28 05:00 UTC"
+    assert status["bloated"] == "1 idx, 0 tbl" and status["xid_age"] == 1200
+    assert status["maintenance"]["free_bytes"] == 10**12
