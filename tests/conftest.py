@@ -104,5 +104,5 @@ def lab() -> Lab:
 def configured(lab: Lab) -> Lab:
     """The lab after one full site.yml converge, which must succeed."""
     result = lab.converge_once("site.yml")
-    assert result.ok, "site.yml converge failed:\n" + result.output[-6000:]
+    assert result.ok, f"site.yml converge failed:\n{result.failures()}\n--- its last lines:\n{result.output[-3000:]}"
     return lab

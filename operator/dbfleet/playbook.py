@@ -44,6 +44,21 @@ class PlaybookResult:
     def ok(self) -> bool:
         return self.returncode == 0 and all(not s.failed and not s.unreachable for s in self.stats.values())
 
+    def failures(self, limit: int = 4000) -> str:
+        """Each failed or unreachable result with the TASK line above it, for an error message.
+
+        A converge's tail shows only the recap; the failure that stopped a host is often thousands of
+        lines earlier."""
+        blocks: list[str] = []
+        task = ""
+        lines = self.output.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("TASK ["):
+                task = line
+            elif line.startswith(("fatal: [", "failed: [")) or "UNREACHABLE!" in line:
+                blocks.append("\n".join([task, *lines[i:i + 8]]))
+        return "\n".join(blocks)[-limit:]
+
 
 def parse_recap(output: str) -> dict[str, HostStats]:
     stats: dict[str, HostStats] = {}

@@ -91,7 +91,15 @@ def prom(configured: Any) -> Iterator[tuple[Any, Prometheus]]:
 def test_every_target_is_up_including_the_operator(prom: tuple[Any, Prometheus]) -> None:
     lab, p = prom
     deadline = time.monotonic() + 60
-    while down := [f"{t['scrapeUrl']}: {t['health']} {t['lastError']}" for t in p.targets() if t["health"] != "up"]:
+
+    def not_up() -> list[str]:
+        """Targets not up yet; a Prometheus that has not loaded its targets yet (right after the converge) has
+        none, which is not 'all up'."""
+        targets = p.targets()
+        return [f"{t['scrapeUrl']}: {t['health']} {t['lastError']}" for t in targets if t["health"] != "up"] \
+            or ([] if targets else ["no targets loaded yet"])
+
+    while down := not_up():
         assert time.monotonic() < deadline, f"targets not up within 60s: {down}"
         time.sleep(1)
     jobs = {t["labels"]["job"] for t in p.targets()}
@@ -137,6 +145,12 @@ def test_figures_are_sane(prom: tuple[Any, Prometheus]) -> None:
         assert hit and all(0 <= v <= 1 for v in hit.values()), hit
         assert p.query("dbfleet_pg_statements_mean_seconds"), "mean query time"
         assert p.query("dbfleet_pg_statements_p95_seconds"), "p95 query time"
+        # Wraparound ages per database from the exporter, and the operator's vacuum figures (maintenance policy).
+        ages = wait_for("xid ages", lambda: p.get("/api/v1/query", query="dbfleet_pg_database_xid_age")["result"],
+                        timeout=30)
+        assert {r["metric"]["datname"] for r in ages} >= {"postgres", "template0"}
+        assert all(0 < float(r["value"][1]) < 2**31 for r in ages), ages
+        assert p.query("dbfleet_pg_database_mxid_age"), "multixact ages"
     if lab.has("redis"):
         memory = p.query("redis_memory_used_bytes / redis_memory_max_bytes")
         assert memory and all(0 < v < 1 for v in memory.values()), memory

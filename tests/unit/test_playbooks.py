@@ -101,3 +101,22 @@ def test_configure_passes_tags_to_ansible(tmp_path: Path, monkeypatch: pytest.Mo
     inventory.write_text("all: {}\n")
     main(["configure", "--spec", str(REPO / "fleet.example.yaml"), "--inventory", str(inventory), "--tags", "redis"])
     assert ran and ran[0][ran[0].index("--tags") + 1] == "redis"
+
+
+def test_a_failed_converge_names_the_task_that_failed_not_only_the_recap() -> None:
+    from dbfleet.playbook import PlaybookResult, parse_recap
+
+    output = "\n".join([
+        "TASK [pgbackrest : Create the stanza] ****",
+        "ok: [pg-2]",
+        'fatal: [pg-1]: FAILED! => {"msg": "archive-push timed out"}',
+        "TASK [postgres_exporter : Install] ****",
+        "ok: [pg-2]",
+        "PLAY RECAP ****",
+        "pg-1 : ok=3 changed=0 unreachable=0 failed=1 skipped=0 rescued=0 ignored=0",
+    ])
+    result = PlaybookResult(returncode=2, stats=parse_recap(output), output=output)
+    assert not result.ok
+    failures = result.failures()
+    assert failures.startswith("TASK [pgbackrest : Create the stanza]")
+    assert "archive-push timed out" in failures and "postgres_exporter" not in failures.split("\n")[0]

@@ -12,7 +12,15 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, UsageError, add_json_option, add_lab_options, emit
+from dbfleet.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    add_inventory_option,
+    add_json_option,
+    add_lab_options,
+    emit,
+)
 from dbfleet.commands.reconcile import audit_path
 from dbfleet.reconcile.audit import read_audit, render_record
 from dbfleet.spec import DURATION, duration_seconds
@@ -38,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "and its reason, the outcome and the sha256 of the spec it ran. Exit 1 if a line "
                                    "is damaged, 2 for bad options or when there is no trail.")
     add_lab_options(p)
-    p.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
+    add_inventory_option(p)
     p.add_argument("--state", type=Path, help="the reconcile state file; the trail is beside it (default: "
                                               "operator-state.json beside the inventory)")
     p.add_argument("--cluster", action="append", metavar="NAME", help="only this cluster (repeatable)")

@@ -21,6 +21,7 @@ from dbfleet.commands.common import (
     EXIT_OK,
     UsageError,
     WorkFailed,
+    add_inventory_option,
     add_json_option,
     add_lab_options,
     emit,
@@ -39,7 +40,7 @@ from dbfleet.wiring import open_access
 
 def _common(p: argparse.ArgumentParser, cluster_required: bool = True) -> None:
     add_lab_options(p)
-    p.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
+    add_inventory_option(p)
     p.add_argument("--secrets", type=Path, help="secrets file (default: beside the inventory)")
     p.add_argument("--cluster", required=cluster_required, help="cluster name from the spec"
                    + ("" if cluster_required else " (default: every cluster with backups enabled)"))

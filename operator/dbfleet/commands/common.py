@@ -111,6 +111,10 @@ def add_lab_options(parser: argparse.ArgumentParser) -> None:
                         help="inventories folder (default: inventories in the project)")
 
 
+def add_inventory_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 

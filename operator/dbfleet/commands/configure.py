@@ -19,6 +19,7 @@ from dbfleet.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    add_inventory_option,
     add_lab_options,
     fleet_of,
     inventory_path,
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "from the spec. Exit 2 when the inventory gives the play no host, 1 when "
                                    "Ansible fails.")
     add_lab_options(p)
-    p.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
+    add_inventory_option(p)
     p.add_argument("--playbook", default="site.yml",
                    help="one of the playbooks dbfleet ships, say postgres.yml (default: site.yml)")
     p.add_argument("--check", action="store_true", help="dry run: report what would change")

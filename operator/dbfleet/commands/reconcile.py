@@ -20,6 +20,7 @@ from dbfleet.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    add_inventory_option,
     add_json_option,
     add_lab_options,
     emit,
@@ -41,7 +42,7 @@ from dbfleet.spec import Fleet
 
 def add_operator_options(parser: argparse.ArgumentParser) -> None:
     add_lab_options(parser)
-    parser.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
+    add_inventory_option(parser)
     parser.add_argument("--secrets", type=Path,
                         help="secrets file (default: group_vars/all/secrets.yml beside the inventory)")
     parser.add_argument("--cluster", action="append", metavar="NAME", help="only this cluster (repeatable)")

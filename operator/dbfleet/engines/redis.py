@@ -42,8 +42,7 @@ class RedisSession(EngineSession[RedisCluster]):
         key = (host, port, login.user)
         client = self._clients.get(key)
         if client is None:
-            tls = redis_client_tls(self.cluster, self.access.ca_file(self.cluster)) \
-                if self.cluster.tls.enabled else {}
+            tls = redis_client_tls(self.cluster, self.access.ca_file(self.cluster))
             client = redis.Redis(host=self.access.address(host), port=port, username=login.user,
                                  password=self.access.password(login), socket_connect_timeout=CONNECT_TIMEOUT,
                                  socket_timeout=CONNECT_TIMEOUT, decode_responses=True, client_name=CLIENT_NAME,
