@@ -1,6 +1,6 @@
 """Run the benchmarks and print a table of ratios against the standard tools.
 
-    python3 -m bench.run [--only converge,backup,reconcile,latency] [--json]
+    python3 -m bench.run [--only converge,backup,reconcile,latency,maintenance] [--json]
 
 Results are also written to bench/results/results.json.
 """
@@ -21,6 +21,7 @@ BENCHES = {
     "reconcile": "bench.bench_reconcile",
     "backup": "bench.bench_backup",
     "latency": "bench.bench_latency",
+    "maintenance": "bench.bench_maintenance",
 }
 
 

@@ -9,7 +9,7 @@ refuses a schedule that can never fire, such as `0 0 31 2 *`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cronsim import CronSim, CronSimError
 
@@ -89,3 +89,44 @@ def is_due(expr: str, last_run: datetime | None, now: datetime) -> bool:
     if fired is None or fired > now:
         return False
     return last_run is None or fired > last_run
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """Where `now` stands in a window that opens on one cron schedule and closes on another (UTC)."""
+
+    open: bool
+    next_start: datetime | None
+    """The next opening strictly after now (None if the start schedule never fires again within a year)."""
+    closes: datetime | None
+    """While open: the next closing at or after now."""
+
+    def describe(self) -> str:
+        if self.open:
+            until = f" until {self.closes:%Y-%m-%d %H:%M} UTC" if self.closes else ""
+            return f"inside the window{until}"
+        start = f"{self.next_start:%Y-%m-%d %H:%M} UTC" if self.next_start else "never within a year"
+        return f"waiting for the window (next start {start})"
+
+
+def _latest_at_or_before(expr: str, now: datetime) -> datetime | None:
+    """The latest minute at or before `now` that the expression fires on, within a year."""
+    return parse_cron(expr).previous(now.replace(second=0, microsecond=0) + timedelta(minutes=1))
+
+
+def window_state(start: str, end: str, now: datetime) -> WindowState:
+    """Open when the latest start at or before now is later than the latest end at or before now.
+
+    A window opens at its start minute and is closed from its end minute on; a minute where both schedules
+    fire closes it. `now` is naive UTC or aware (compared in UTC).
+    """
+    if now.tzinfo is not None:
+        now = now.astimezone(UTC).replace(tzinfo=None)
+    opened = _latest_at_or_before(start, now)
+    closed = _latest_at_or_before(end, now)
+    is_open = opened is not None and (closed is None or opened > closed)
+    next_start = next(CronSim(" ".join(start.split()), now.replace(second=0, microsecond=0)), None)
+    closes = next(CronSim(" ".join(end.split()), now.replace(second=0, microsecond=0)), None) if is_open else None
+    if next_start is not None and next_start > now + timedelta(days=366):
+        next_start = None
+    return WindowState(is_open, next_start, closes)

@@ -326,6 +326,165 @@ class IndexPolicy(Strict):
     missing: MissingRule = MissingRule()
 
 
+# --------------------------------------------------------------------------- maintenance
+
+
+class MaintenanceWindow(Strict):
+    """When data may be rewritten (REINDEX, pg_repack, debris dropped): from each `start` to the next `end`, UTC.
+
+    Both are five-field cron expressions; the window is open when the latest start at or before now is later
+    than the latest end at or before now (a minute where both fire closes it)."""
+
+    start: Annotated[str, AfterValidator(_check_cron)]
+    end: Annotated[str, AfterValidator(_check_cron)]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> MaintenanceWindow:
+        if " ".join(self.start.split()) == " ".join(self.end.split()):
+            raise ValueError("end: the same expression as start, so the window would never open")
+        return self
+
+
+class IndexBloatPolicy(Strict):
+    """B-tree index bloat: measured each cycle, reported over max_ratio, rebuilt concurrently in the window."""
+
+    max_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    """Wasted bytes over the index's size above which an index is called bloated."""
+    action: Literal["report", "reindex"] = "report"
+    disk_margin: Annotated[float, Field(ge=1, le=100)] = 2.0
+    """A rebuild runs only while free disk on the primary exceeds the index's size times this."""
+    exact_below: Annotated[str, Field(pattern=SIZE)] = "100mb"
+    """Indexes smaller than this are measured exactly (pgstatindex reads them); larger ones are estimated
+    from the catalog statistics."""
+    clean_debris: bool = False
+    """Drop the invalid _ccnew/_ccold copies an interrupted REINDEX CONCURRENTLY left, in the window."""
+
+
+class TableBloatPolicy(Strict):
+    """Table bloat: measured each cycle, reported over max_ratio, repacked with pg_repack in the window."""
+
+    max_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    action: Literal["report", "repack"] = "report"
+    disk_margin: Annotated[float, Field(ge=1, le=100)] = 2.0
+    """pg_repack runs only while free disk on the primary exceeds the table's total size times this."""
+    exact_below: Annotated[str, Field(pattern=SIZE)] = "100mb"
+    """Tables smaller than this are measured with pgstattuple_approx; larger ones estimated from statistics."""
+
+
+class VacuumHealth(Strict):
+    """Thresholds for the vacuum findings and alerts: dead tuples, autovacuum lag, transaction ID wraparound."""
+
+    dead_tuple_ratio_max: Annotated[float, Field(gt=0, le=1)] = 0.2
+    min_dead_tuples: Annotated[int, Field(ge=0)] = 10000
+    """A table with fewer dead tuples than this is never reported (a small table's ratio swings)."""
+    autovacuum_age_max: Annotated[str, Field(pattern=DURATION)] = "1d"
+    """A table over dead_tuple_ratio_max whose last (auto)vacuum is older than this: autovacuum is behind."""
+    xid_age_max: Annotated[int, Field(ge=1_000_000, le=2_000_000_000)] = 1_000_000_000
+    """age(datfrozenxid) above which wraparound is reported; PostgreSQL stops writes near 2^31."""
+    mxid_age_max: Annotated[int, Field(ge=1_000_000, le=2_000_000_000)] = 1_000_000_000
+
+
+ScaleFactor = Annotated[float, Field(ge=0, le=100)]
+Threshold = Annotated[int, Field(ge=0, le=2_147_483_647)]
+FreezeAge = Annotated[int, Field(ge=0, le=2_000_000_000)]
+
+
+class AutovacuumSettings(Strict):
+    """Per-table autovacuum storage parameters: only these names, each with PostgreSQL's type and range."""
+
+    autovacuum_enabled: bool | None = None
+    autovacuum_vacuum_threshold: Threshold | None = None
+    autovacuum_vacuum_scale_factor: ScaleFactor | None = None
+    autovacuum_vacuum_insert_threshold: Annotated[int, Field(ge=-1, le=2_147_483_647)] | None = None
+    autovacuum_vacuum_insert_scale_factor: ScaleFactor | None = None
+    autovacuum_analyze_threshold: Threshold | None = None
+    autovacuum_analyze_scale_factor: ScaleFactor | None = None
+    autovacuum_vacuum_cost_delay: Annotated[float, Field(ge=-1, le=100)] | None = None
+    autovacuum_vacuum_cost_limit: Annotated[int, Field(ge=-1, le=10000)] | None = None
+    autovacuum_freeze_min_age: Annotated[int, Field(ge=0, le=1_000_000_000)] | None = None
+    autovacuum_freeze_max_age: Annotated[int, Field(ge=100_000, le=2_000_000_000)] | None = None
+    autovacuum_freeze_table_age: FreezeAge | None = None
+    autovacuum_multixact_freeze_min_age: Annotated[int, Field(ge=0, le=1_000_000_000)] | None = None
+    autovacuum_multixact_freeze_max_age: Annotated[int, Field(ge=10_000, le=2_000_000_000)] | None = None
+    autovacuum_multixact_freeze_table_age: FreezeAge | None = None
+    log_autovacuum_min_duration: Annotated[int, Field(ge=-1, le=2_147_483_647)] | None = None
+
+    def declared(self) -> dict[str, bool | int | float]:
+        """The settings given, by name."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class TableAutovacuum(Strict):
+    """Autovacuum settings declared for one table, applied with ALTER TABLE ... SET (...)."""
+
+    database: Annotated[str, Field(pattern=IDENT)]
+    table: Annotated[str, Field(pattern=QUALIFIED_IDENT)]
+    settings: AutovacuumSettings
+
+    @model_validator(mode="after")
+    def _some(self) -> TableAutovacuum:
+        if not self.settings.declared():
+            raise ValueError("settings: name at least one autovacuum setting")
+        return self
+
+
+class PostgresMaintenance(Strict):
+    """A PostgreSQL cluster's maintenance policy (README: Maintenance)."""
+
+    window: MaintenanceWindow | None = None
+    """None: nothing that rewrites data ever runs; bloat is only reported."""
+    lock_timeout: Annotated[str, Field(pattern=r"^[0-9]+(ms|s)$")] = "5s"
+    """How long a rebuild or repack waits for a lock before giving up (and so how long it can block others)."""
+    index_bloat: IndexBloatPolicy = IndexBloatPolicy()
+    table_bloat: TableBloatPolicy = TableBloatPolicy()
+    vacuum: VacuumHealth = VacuumHealth()
+    autovacuum: list[TableAutovacuum] = []
+
+    @field_validator("lock_timeout")
+    @classmethod
+    def _bounded_lock_timeout(cls, value: str) -> str:
+        ms = lock_timeout_ms(value)
+        if not 1 <= ms <= 600_000:
+            raise ValueError(f"{value!r}: expected from 1ms to 600s")
+        return value
+
+    @field_validator("autovacuum")
+    @classmethod
+    def _once_per_table(cls, value: list[TableAutovacuum]) -> list[TableAutovacuum]:
+        seen: set[tuple[str, str]] = set()
+        for entry in value:
+            key = (entry.database, entry.table if "." in entry.table else f"public.{entry.table}")
+            if key in seen:
+                raise ValueError(f"{entry.database}/{entry.table} is declared twice; merge its settings")
+            seen.add(key)
+        return value
+
+
+def lock_timeout_ms(value: str) -> int:
+    """'250ms' or '5s' in milliseconds."""
+    return int(value[:-2]) if value.endswith("ms") else int(value[:-1]) * 1000
+
+
+def size_bytes(value: str) -> int:
+    """'512kb', '1gb' (the SIZE pattern) in bytes."""
+    digits = value.rstrip("bkmg")
+    return int(digits) * {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30}[value[len(digits):]]
+
+
+class RedisFragmentation(Strict):
+    """Redis memory fragmentation: active defragmentation on the servers, and when to alert."""
+
+    activedefrag: bool = False
+    max_ratio: Annotated[float, Field(gt=1, le=100)] = 1.5
+    """mem_fragmentation_ratio above which RedisFragmentationHigh fires..."""
+    min_used: Annotated[str, Field(pattern=SIZE)] = "100mb"
+    """... once the server uses at least this much memory (a small dataset's ratio means little)."""
+
+
+class RedisMaintenance(Strict):
+    fragmentation: RedisFragmentation = RedisFragmentation()
+
+
 # --------------------------------------------------------------------------- monitoring
 
 
@@ -485,6 +644,21 @@ class PgAudit(Strict):
         return value
 
 
+def _check_maintenance(maintenance: PostgresMaintenance, databases: list[str]) -> None:
+    for i, entry in enumerate(maintenance.autovacuum):
+        if entry.database not in databases:
+            raise ValueError(f"maintenance.autovacuum.{i}.database: {entry.database!r} is not one of "
+                             f"databases {databases}")
+    if maintenance.window is None:
+        for part, action in (("index_bloat", maintenance.index_bloat.action),
+                             ("table_bloat", maintenance.table_bloat.action)):
+            if action != "report":
+                raise ValueError(f"maintenance.{part}.action: {action} needs maintenance.window, the hours "
+                                 "when data may be rewritten")
+        if maintenance.index_bloat.clean_debris:
+            raise ValueError("maintenance.index_bloat.clean_debris: needs maintenance.window")
+
+
 class PostgresCluster(ClusterBase):
     engine: Literal["postgres"]
     version: str = "15"
@@ -500,6 +674,8 @@ class PostgresCluster(ClusterBase):
     indexes: IndexPolicy = IndexPolicy()
     audit: PgAudit | None = None
     """pgaudit on every host of the cluster; None: not loaded."""
+    maintenance: PostgresMaintenance | None = None
+    """Bloat, vacuum health and the window to act in; None: the maintenance reconciler leaves the cluster alone."""
 
     @field_validator("parameters")
     @classmethod
@@ -542,6 +718,8 @@ class PostgresCluster(ClusterBase):
             if len(parts) == 3 and parts[0] not in self.databases:
                 raise ValueError(f"backup.drill.canary: database {parts[0]!r} is not one of databases "
                                  f"{self.databases}")
+        if self.maintenance is not None:
+            _check_maintenance(self.maintenance, self.databases)
         return self
 
     def all_hosts(self) -> list[Host]:
@@ -634,6 +812,7 @@ class RedisCluster(ClusterBase):
     min_replicas_max_lag: Annotated[int, Field(ge=1, le=3600)] = 10
     down_after_ms: Annotated[int, Field(ge=100)] = 5000
     failover_timeout_ms: Annotated[int, Field(ge=1000)] = 60000
+    maintenance: RedisMaintenance = RedisMaintenance()
     tls: TLS = TLS(enabled=False)
     """Off unless asked for: the roles do not switch a running plaintext cluster to TLS in place (README, Redis)."""
 

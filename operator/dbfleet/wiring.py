@@ -26,12 +26,14 @@ from dbfleet.reconcile.audit import AuditTrail
 from dbfleet.reconcile.index_reconciler import IndexReconciler
 from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
 from dbfleet.reconcile.loop import Leader, Reconciler
+from dbfleet.reconcile.maintenance_reconciler import MaintenanceReconciler
 from dbfleet.reconcile.members import MemberReconciler
 from dbfleet.reconcile.status import (
     StatusContext,
     StatusProvider,
     index_columns,
     last_reconcile_columns,
+    maintenance_columns,
     pending_columns,
     topology_columns,
 )
@@ -40,8 +42,9 @@ from dbfleet.spec import Fleet, PostgresCluster, S3Target
 
 def reconcilers() -> list[Reconciler[Any]]:
     """What one cycle does to each cluster, in this order: members first (a stopped replica is started before
-    anything reads from it), then indexes, then backups."""
-    return [MemberReconciler(), IndexReconciler(), BackupReconciler(backup_access)]
+    anything reads from it), then indexes, then maintenance (bloat, vacuum, wraparound; it rebuilds only in its
+    window), then backups."""
+    return [MemberReconciler(), IndexReconciler(), MaintenanceReconciler(), BackupReconciler(backup_access)]
 
 
 def _backup_columns(ctx: StatusContext) -> dict[str, Any]:
@@ -50,7 +53,8 @@ def _backup_columns(ctx: StatusContext) -> dict[str, Any]:
 
 def status_providers() -> list[StatusProvider]:
     """The columns of `dbfleet status`, left to right."""
-    return [topology_columns, index_columns, pending_columns, last_reconcile_columns, _backup_columns]
+    return [topology_columns, index_columns, maintenance_columns, pending_columns, last_reconcile_columns,
+            _backup_columns]
 
 
 def backup_access(cluster: AnyCluster, session: AnySession, progress: Progress | None = None,

@@ -144,6 +144,12 @@ def test_figures_are_sane(prom: tuple[Any, Prometheus]) -> None:
         assert hit and all(0 <= v <= 1 for v in hit.values()), hit
         assert p.query("dbfleet_pg_statements_mean_seconds"), "mean query time"
         assert p.query("dbfleet_pg_statements_p95_seconds"), "p95 query time"
+        # Wraparound ages per database from the exporter, and the operator's vacuum figures (maintenance policy).
+        ages = wait_for("xid ages", lambda: p.get("/api/v1/query", query="dbfleet_pg_database_xid_age")["result"],
+                        timeout=30)
+        assert {r["metric"]["datname"] for r in ages} >= {"postgres", "template0"}
+        assert all(0 < float(r["value"][1]) < 2**31 for r in ages), ages
+        assert p.query("dbfleet_pg_database_mxid_age"), "multixact ages"
     if lab.has("redis"):
         memory = p.query("redis_memory_used_bytes / redis_memory_max_bytes")
         assert memory and all(0 < v < 1 for v in memory.values()), memory

@@ -303,6 +303,7 @@ def test_settings_follow_the_spec(cache: tuple[Any, RedisCluster]) -> None:
         "min-replicas-max-lag": str(cluster.min_replicas_max_lag),
         "appendonly": "yes" if "aof" in cluster.persistence else "no",
         "protected-mode": "yes",
+        "activedefrag": "yes" if cluster.maintenance.fragmentation.activedefrag else "no",
     }
     for h in cluster.data_hosts():
         got = node(lab, h.name, cluster).config_get("*")

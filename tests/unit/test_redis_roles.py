@@ -146,6 +146,13 @@ def test_data_node_binds_loopback_and_its_own_address_only() -> None:
     assert (conf["maxmemory"], conf["maxmemory-policy"]) == ("128mb", "allkeys-lru")
     assert (conf["min-replicas-to-write"], conf["min-replicas-max-lag"]) == ("1", "5")
     assert conf["masteruser"] == "replicator"
+    assert conf["activedefrag"] == "no"
+
+
+def test_activedefrag_follows_the_spec() -> None:
+    conf = _settings(_render("redis_server", "dbfleet.conf.j2", "redis-2",
+                             maintenance={"fragmentation": {"activedefrag": True}}))
+    assert conf["activedefrag"] == "yes"
 
 
 def test_acl_file_switches_default_off_and_stores_only_hashes() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from datetime import UTC
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -27,6 +29,14 @@ BACKUP_LAST_SUCCESS = "dbfleet_backup_last_success_timestamp_seconds"
 BACKUP_AGE = "dbfleet_backup_age_seconds"
 DRILL_SUCCESS = "dbfleet_restore_drill_success"
 DRILL_LAST = "dbfleet_restore_drill_last_timestamp_seconds"
+INDEX_BLOAT_RATIO = "dbfleet_pg_index_bloat_ratio"
+TABLE_BLOAT_RATIO = "dbfleet_pg_table_bloat_ratio"
+DEAD_TUPLE_RATIO = "dbfleet_pg_table_dead_tuple_ratio"
+LAST_VACUUM = "dbfleet_pg_table_last_vacuum_timestamp_seconds"
+DEAD_TUPLES = "dbfleet_pg_table_dead_tuples"
+XID_AGE = "dbfleet_pg_database_xid_age"
+MXID_AGE = "dbfleet_pg_database_mxid_age"
+"""Wraparound ages come from the postgres exporter (its dbfleet_pg_database query), sampled every scrape."""
 
 RECONCILE_DURATION = Histogram(
     "dbfleet_reconcile_duration_seconds", "Time one reconciler took for one cluster.",
@@ -81,6 +91,58 @@ class _BackupAge(Collector):
 
 
 REGISTRY.register(_BackupAge())
+
+
+class _Maintenance(Collector):
+    """Bloat and vacuum figures of the last maintenance observation per cluster, replaced whole each cycle so a
+    dropped index or table leaves no stale series."""
+
+    def __init__(self) -> None:
+        self.clusters: dict[str, Any] = {}
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        ratio = GaugeMetricFamily(INDEX_BLOAT_RATIO, "Wasted share of a B-tree index (pgstatindex or estimate).",
+                                  labels=["cluster", "database", "index", "method"])
+        wasted = GaugeMetricFamily("dbfleet_pg_index_wasted_bytes", "Wasted bytes of a B-tree index.",
+                                   labels=["cluster", "database", "index", "method"])
+        table_ratio = GaugeMetricFamily(TABLE_BLOAT_RATIO, "Wasted share of a table (pgstattuple_approx or estimate).",
+                                        labels=["cluster", "database", "table", "method"])
+        table_wasted = GaugeMetricFamily("dbfleet_pg_table_wasted_bytes", "Wasted bytes of a table.",
+                                         labels=["cluster", "database", "table", "method"])
+        dead = GaugeMetricFamily(DEAD_TUPLE_RATIO, "Dead tuples over live and dead tuples of a table.",
+                                 labels=["cluster", "database", "table"])
+        vacuumed = GaugeMetricFamily(LAST_VACUUM, "When a table was last vacuumed, by hand or autovacuum (Unix time;"
+                                     " 0 if never).", labels=["cluster", "database", "table"])
+        dead_count = GaugeMetricFamily(DEAD_TUPLES, "Dead tuples of a table (pg_stat_user_tables.n_dead_tup).",
+                                       labels=["cluster", "database", "table"])
+        for cluster, observed in sorted(self.clusters.items()):
+            for i in observed.all_indexes():
+                if i.wasted_bytes is not None:
+                    labels = [cluster, i.database, i.scope, i.method]
+                    ratio.add_metric(labels, i.ratio or 0.0)
+                    wasted.add_metric(labels, float(i.wasted_bytes))
+            for t in observed.all_tables():
+                if t.wasted_bytes is not None:
+                    labels = [cluster, t.database, f"{t.schema}.{t.name}", t.method]
+                    table_ratio.add_metric(labels, t.ratio or 0.0)
+                    table_wasted.add_metric(labels, float(t.wasted_bytes))
+            for v in observed.all_vacuum():
+                labels = [cluster, v.database, f"{v.schema}.{v.name}"]
+                dead.add_metric(labels, v.dead_ratio)
+                dead_count.add_metric(labels, float(v.dead_tuples))
+                last = v.last_vacuum
+                vacuumed.add_metric(labels, last.replace(tzinfo=UTC).timestamp() if last else 0.0)
+        return [ratio, wasted, table_ratio, table_wasted, dead, dead_count, vacuumed]
+
+
+_MAINTENANCE = _Maintenance()
+REGISTRY.register(_MAINTENANCE)
+
+
+def set_maintenance(cluster: str, observed: Any) -> None:
+    """The maintenance reconciler's latest observation of a cluster (a reconcile.ObservedMaintenance: duck-typed,
+    as monitoring sits below reconcile)."""
+    _MAINTENANCE.clusters[cluster] = observed
 
 
 def record_reconcile(cluster: str, reconciler: str, seconds: float, error: bool = False) -> None:

@@ -24,7 +24,15 @@ import yaml
 from dbfleet.monitoring import metrics
 from dbfleet.monitoring.exporters import DATA_DIRECTORY_INFO, MONGODB, NODE, POSTGRES, REDIS, SENTINEL
 from dbfleet.schedule import parse_cron
-from dbfleet.spec import Fleet, MongoCluster, PostgresCluster, RedisCluster, duration_seconds
+from dbfleet.spec import (
+    Fleet,
+    MongoCluster,
+    PostgresCluster,
+    PostgresMaintenance,
+    RedisCluster,
+    duration_seconds,
+    size_bytes,
+)
 
 BACKUP_GRACE_FRACTION = 0.5
 """A backup may be this fraction of its longest scheduled gap late (a long full delays the next run)..."""
@@ -194,7 +202,38 @@ def postgres_rules(cluster: PostgresCluster) -> list[Rule]:
              summary="{{ $labels.host }} uses {{ $value | humanize }}%% of max_connections (limit %g%%)"
                      % alerts.connections_used_percent_max),
     ]
-    return rules + _shared_rules(cluster)
+    return rules + maintenance_rules(cluster) + _shared_rules(cluster)
+
+
+def maintenance_rules(cluster: PostgresCluster) -> list[Rule]:
+    """Wraparound from the exporter's ages (every cluster; the spec's maintenance.vacuum thresholds or their
+    defaults), and autovacuum falling behind from the operator's table figures (clusters with a policy)."""
+    name = cluster.name
+    c, pg = _sel(name), _sel(name, job=POSTGRES.job)
+    policy = cluster.maintenance or PostgresMaintenance()
+    vacuum = policy.vacuum
+    rules = [Rule(
+        alert="PostgresWraparoundApproaching",
+        expr=(f"max by (cluster, datname) ({metrics.XID_AGE}{pg}) > {vacuum.xid_age_max}\n"
+              f"or\nmax by (cluster, datname) ({metrics.MXID_AGE}{pg}) > {vacuum.mxid_age_max}"),
+        for_=SUSTAINED, severity="critical",
+        summary="database {{ $labels.datname }} of %s is {{ $value | humanize }} transaction or multixact IDs "
+                "from its last freeze (limits %d, %d): vacuum it before PostgreSQL stops writes"
+                % (name, vacuum.xid_age_max, vacuum.mxid_age_max),
+    )]
+    if cluster.maintenance is not None:
+        allowed = duration_seconds(vacuum.autovacuum_age_max)
+        rules.append(Rule(
+            alert="PostgresAutovacuumBehind",
+            expr=(f"{metrics.DEAD_TUPLE_RATIO}{c} > {vacuum.dead_tuple_ratio_max:g}\n"
+                  f"and on (cluster, database, table) {metrics.DEAD_TUPLES}{c} >= {vacuum.min_dead_tuples}\n"
+                  f"and on (cluster, database, table) time() - {metrics.LAST_VACUUM}{c} > {allowed}"),
+            for_=SUSTAINED, severity="warning",
+            summary="{{ $labels.database }}.{{ $labels.table }} of %s is {{ $value | humanizePercentage }} dead "
+                    "tuples and not vacuumed for %s: autovacuum is not keeping up"
+                    % (name, prom_duration(allowed)),
+        ))
+    return rules
 
 
 def redis_rules(cluster: RedisCluster) -> list[Rule]:
@@ -238,6 +277,13 @@ def redis_rules(cluster: RedisCluster) -> list[Rule]:
              for_=SUSTAINED,
              summary="Redis on {{ $labels.host }} uses {{ $value | humanize }}%% of maxmemory (limit %g%%)"
                      % alerts.memory_used_percent_max),
+        Rule(alert="RedisFragmentationHigh",
+             expr=(f"redis_mem_fragmentation_ratio{rd} > {cluster.maintenance.fragmentation.max_ratio:g}\n"
+                   f"and\nredis_memory_used_bytes{rd} >= {size_bytes(cluster.maintenance.fragmentation.min_used)}"),
+             for_=SUSTAINED,
+             summary="Redis on {{ $labels.host }} (%s) holds {{ $value }} times the memory its data needs "
+                     "(limit %g); turn on maintenance.fragmentation.activedefrag or restart it"
+                     % (name, cluster.maintenance.fragmentation.max_ratio)),
         Rule(alert="RedisCacheHitRatioLow",
              expr=f"dbfleet:redis_cache_hit_ratio:rate{c} < {alerts.cache_hit_ratio_min:g}", for_=CACHE_FOR,
              summary="keyspace hit ratio on {{ $labels.host }} is {{ $value | humanizePercentage }} "

@@ -58,6 +58,12 @@ def last_reconcile_columns(ctx: StatusContext) -> dict[str, Any]:
     return {"last_reconcile": f"{result} {age(seconds)} ago ({ctx.last.get('done', 0)} changes)"}
 
 
+def maintenance_columns(ctx: StatusContext) -> dict[str, Any]:
+    """The maintenance window, bloat and the oldest xid age; per index and table figures only in --json."""
+    keys = ("window", "bloated", "xid_age", "maintenance")
+    return {k: ctx.report.status[k] for k in keys if k in ctx.report.status}
+
+
 def index_columns(ctx: StatusContext) -> dict[str, Any]:
     keys = ("indexes", "declared", "invalid", "unused", "duplicate")
     return {k: ctx.report.status[k] for k in keys if k in ctx.report.status}
@@ -82,7 +88,7 @@ def status_rows(fleet: Any, report: CycleReport, state: dict[str, Any],
 def status_columns(rows: list[dict[str, Any]]) -> list[str]:
     columns: list[str] = []
     for row in rows:
-        columns += [k for k in row if k not in columns]
+        columns += [k for k in row if k not in columns and not isinstance(row[k], (dict, list))]
     return columns
 
 
