@@ -9,7 +9,7 @@ from backup_support import converged_lab, fresh_access
 
 from dbfleet.backups.drills import run_drill, scratch_for
 from dbfleet.backups.engine import RestoreTarget
-from dbfleet.backups.redis import RedisBackups, cli
+from dbfleet.backups.redis import RedisBackups, cli, current_primary
 from dbfleet.backups.runner import take_backup
 from dbfleet.backups.scratch import SCRATCH_HOST
 from dbfleet.lab.scratch import leftover_scratch
@@ -28,7 +28,8 @@ def redis_access(request: pytest.FixtureRequest):
 
 def test_redis_round_trips(redis_access) -> None:
     lab, access = redis_access
-    primary = access.cluster.primary
+    primary = current_primary(access)  # a Sentinel failover (tests/faults) may have moved it from the spec's
+    assert primary, "no Redis data node answers as master"
     canary = access.cluster.backup.drill.canary
     marker = uuid.uuid4().hex
     values = {f"dbfleet:test:{marker}:{i}": f"value-{i}-{marker}" for i in range(50)}
@@ -64,8 +65,10 @@ def test_a_missing_canary_key_is_set_before_the_snapshot_and_proven(redis_access
     """SET NX on the primary, seen by the replica before its snapshot; the drill then finds it restored."""
     lab, access = redis_access
     canary = access.cluster.backup.drill.canary
-    cli(access, access.cluster.primary, "DEL", canary)
-    assert int(cli(access, access.cluster.primary, "WAIT", "2", "5000").out.strip()) >= 1
+    primary = current_primary(access)
+    assert primary, "no Redis data node answers as master"
+    cli(access, primary, "DEL", canary)
+    assert int(cli(access, primary, "WAIT", "2", "5000").out.strip()) >= 1
     backup = take_backup(access, "snapshot")
     assert str(backup.detail["canary_value"]).startswith("dbfleet restore-drill canary")
     record = run_drill(access)

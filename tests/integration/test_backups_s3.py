@@ -13,7 +13,7 @@ from s3_server import S3Server, run_s3_server
 
 from dbfleet.backups.drills import run_drill
 from dbfleet.backups.manifest import Manifest
-from dbfleet.backups.redis import cli
+from dbfleet.backups.redis import cli, current_primary
 from dbfleet.backups.runner import take_backup
 from dbfleet.backups.storage import S3Storage
 from dbfleet.progress import Progress
@@ -89,8 +89,10 @@ def test_redis_backup_to_s3_and_drill_from_it(s3: S3Server, request: pytest.Fixt
     target = S3Target(kind="s3", bucket=BUCKET, prefix=prefix, endpoint=s3.endpoint)
     cluster = cluster.model_copy(update={"backup": cluster.backup.model_copy(update={"target": target})})
     access = open_access(cluster, lab.inventory_path, progress=Progress("test", quiet=True))
-    cli(access, cluster.primary, "SET", cluster.backup.drill.canary, prefix)
-    cli(access, cluster.primary, "WAIT", "1", "5000")
+    primary = current_primary(access)
+    assert primary, "no Redis data node answers as master"
+    cli(access, primary, "SET", cluster.backup.drill.canary, prefix)
+    cli(access, primary, "WAIT", "1", "5000")
     backup = take_backup(access, "snapshot")
     assert backup.files[0].key == f"dbfleet/cache/{backup.id}/dump.rdb.age"
     raw = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")

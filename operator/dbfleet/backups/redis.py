@@ -63,6 +63,11 @@ def _roles(access: BackupAccess) -> list[tuple[str, str, str]]:
     return answered
 
 
+def current_primary(access: BackupAccess) -> str | None:
+    """The data node that answers as master now (after a Sentinel failover, not the spec's first host)."""
+    return next((host for host, role, _ in _roles(access) if role == "master"), None)
+
+
 def pick_replica(access: BackupAccess) -> str:
     """A replica whose link to the primary is up; the primary only when no replica is."""
     cluster = _redis(access.cluster)
@@ -87,7 +92,7 @@ def ensure_canary(access: BackupAccess, replica: str, timeout: float = 10.0) -> 
     key = cluster.backup.drill.canary
     if not key or cli(access, replica, "EXISTS", key).out.strip() == "1":
         return
-    primary = next((host for host, role, _ in _roles(access) if role == "master"), None)
+    primary = current_primary(access)
     if primary is None:
         return
     value = f"dbfleet restore-drill canary, set {utcnow().isoformat(timespec='seconds')}"
