@@ -78,7 +78,7 @@ def test_site_tags_each_engine_and_concern() -> None:
     assert set().union(*plays.values()) == TAGS
     assert plays["PostgreSQL primary and streaming replicas (ha manual)"] == {"postgres", "backups"}
     assert plays["PostgreSQL owned by Patroni (ha patroni)"] == {"postgres", "backups"}
-    assert plays["etcd, Patroni's DCS (ha patroni)"] == {"postgres"}
+    assert plays["Patroni's DCS, etcd (ha patroni)"] == {"postgres"}
     assert plays["HAProxy endpoints that follow the primary (ha patroni)"] == {"postgres"}
     assert plays["Redis data nodes"] == plays["Redis Sentinels"] == {"redis"}
     assert plays["MongoDB routers"] == {"mongo"}
