@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what dbfleet needs on a fresh Debian 12 machine: Debian packages
-# (docker.io, debootstrap, promtool, PostgreSQL client tools), then this
+# (docker.io, debootstrap, promtool, etcd for the leader-lock tests, PostgreSQL client tools), then this
 # checkout's Python package (editable) with its test extras in .venv/ inside the
 # checkout. scripts/*.sh run everything with .venv/bin/python, so two checkouts
 # on one machine never share an install nor run each other's code.
@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker.io debootstrap iproute2 prometheus postgresql-client-15 redis-tools age openssl)
+APT_PACKAGES=(docker.io debootstrap iproute2 prometheus postgresql-client-15 redis-tools age openssl etcd-server
+              etcd-client)
 # Debian's own python3 makes virtual environments only with python3-venv.
 python3 -c "import ensurepip" 2>/dev/null || APT_PACKAGES+=(python3-venv)
 
@@ -20,7 +21,7 @@ if ((${#missing[@]})); then
   echo "[bootstrap] installing Debian packages: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # prometheus is only wanted for promtool here: keep its service from starting on this machine.
+  # prometheus is only wanted for promtool here, etcd for a test's own server: keep their services from starting.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -24,6 +24,7 @@ PASSWORD_KEYS = (
     "patroni_rest_password",
     "etcd_root_password",
     "etcd_patroni_password",
+    "etcd_operator_password",
     "redis_app_password",
     "redis_replication_password",
     "redis_sentinel_password",

@@ -1016,12 +1016,31 @@ class FleetMonitoring(Strict):
     operator_metrics: OperatorMetrics = OperatorMetrics()
 
 
+LeaderBackend = Literal["etcd", "postgres", "file"]
+"""Where the operators' leader lock lives (README "One leader")."""
+
+
+class OperatorSettings(Strict):
+    """How the fleet's operators agree which one of them acts (dbfleet.wiring.leader_lock)."""
+
+    leader: LeaderBackend | None = None
+    """`etcd`: a lease in the etcd of a PostgreSQL cluster with ha: patroni; `postgres`: an advisory lock on a
+    PostgreSQL cluster's primary; `file`: a lock file, one machine only. Unset: Fleet.leader_backend decides."""
+    lease_ttl: Annotated[int, Field(ge=5, le=600)] = 60
+    """leader: etcd: seconds the lease outlives its last keep-alive. The operator renews it each cycle and before
+    each act, so it bounds how long a leader that stopped (paused, partitioned) still blocks the others, and how
+    long an act already started may overlap a new leader's."""
+    no_leader_alert_cycles: Annotated[int, Field(ge=1, le=1000)] = 3
+    """OperatorNoLeader fires once no operator has known a leader for this many cycles in a row."""
+
+
 class Fleet(Strict):
     """The whole fleet spec: api version, fleet metadata and the clusters."""
 
     apiVersion: Literal["dbfleet/v1"]
     fleet: FleetMeta
     monitoring: FleetMonitoring = FleetMonitoring()
+    operator: OperatorSettings = OperatorSettings()
     clusters: Annotated[list[Cluster], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -1043,7 +1062,21 @@ class Fleet(Strict):
                         f"{seen_hosts[host.name]!r}; each host belongs to one place"
                     )
                 seen_hosts[host.name] = cluster.name
+        self._check_leader()
         return self
+
+    def _check_leader(self) -> None:
+        """The leader lock's store must exist in this fleet; lease_ttl means something only for etcd."""
+        chosen, backend = self.operator.leader, self.leader_backend()
+        if chosen == "etcd" and not self.etcd_clusters():
+            raise ValueError("operator.leader: etcd needs a PostgreSQL cluster with ha: patroni, whose etcd holds "
+                             "the lease; no cluster runs etcd (choose postgres or file)")
+        if chosen == "postgres" and not self.of_engine("postgres"):
+            raise ValueError("operator.leader: postgres needs a PostgreSQL cluster, whose primary holds the lock; "
+                             "the spec has none (choose file)")
+        if "lease_ttl" in self.operator.model_fields_set and backend != "etcd":
+            raise ValueError(f"operator.lease_ttl: only used with leader: etcd (this fleet's leader lock is "
+                             f"{backend})")
 
     # -- lookups used by every consumer ------------------------------------
 
@@ -1055,6 +1088,19 @@ class Fleet(Strict):
 
     def of_engine(self, engine: str) -> list[Any]:
         return [c for c in self.clusters if c.engine == engine]
+
+    def etcd_clusters(self) -> list[PostgresCluster]:
+        """The PostgreSQL clusters that run etcd (ha: patroni), in spec order."""
+        return [c for c in self.clusters if isinstance(c, PostgresCluster) and c.ha == "patroni"]
+
+    def leader_backend(self) -> LeaderBackend:
+        """operator.leader, or its default: etcd when a PostgreSQL cluster runs Patroni (etcd outlives any one
+        PostgreSQL server), else postgres when there is a PostgreSQL cluster, else file."""
+        if self.operator.leader is not None:
+            return self.operator.leader
+        if self.etcd_clusters():
+            return "etcd"
+        return "postgres" if self.of_engine("postgres") else "file"
 
 
 # --------------------------------------------------------------------------- loading

@@ -19,10 +19,12 @@ from dbfleet.backups.storage import storage_for
 from dbfleet.engines import AnySession, open_session
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.base import AnyCluster
+from dbfleet.engines.etcd import operator_gateway
 from dbfleet.engines.postgres import PostgresSession, connect
 from dbfleet.lab.scratch import LabScratch, backup_volume_mountpoint
 from dbfleet.progress import Progress
 from dbfleet.reconcile.audit import AuditTrail
+from dbfleet.reconcile.etcd_leader import EtcdLeaderLock
 from dbfleet.reconcile.index_reconciler import IndexReconciler
 from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
 from dbfleet.reconcile.loop import Leader, Reconciler
@@ -85,12 +87,23 @@ def open_access(cluster: AnyCluster, inventory: Path, secrets: Path | None = Non
     return backup_access(cluster, open_session(cluster, fleet), progress, s3_client)
 
 
-def leader_lock(fleet: Fleet, access: FleetAccess, lock_dir: Path, cluster_name: str | None = None) -> Leader:
-    """The advisory lock on the chosen (default: first) PostgreSQL cluster's primary; a file lock without one.
+def leader_candidates(fleet: Fleet) -> list[PostgresCluster]:
+    """The clusters that can hold the leader lock the spec chooses: those running etcd for `etcd`, the PostgreSQL
+    clusters for `postgres`, none for `file`."""
+    backend = fleet.leader_backend()
+    if backend == "etcd":
+        return fleet.etcd_clusters()
+    return [c for c in fleet.clusters if isinstance(c, PostgresCluster)] if backend == "postgres" else []
 
-    Raises KeyError when `cluster_name` is not a PostgreSQL cluster of the spec.
+
+def leader_lock(fleet: Fleet, access: FleetAccess, lock_dir: Path, cluster_name: str | None = None) -> Leader:
+    """The leader lock of the spec's operator.leader (Fleet.leader_backend): a lease in the etcd of the chosen
+    (default: first) Patroni cluster, the advisory lock on the chosen (default: first) PostgreSQL cluster's primary,
+    or a file lock in `lock_dir`.
+
+    Raises KeyError when `cluster_name` is not among leader_candidates.
     """
-    clusters = [c for c in fleet.clusters if isinstance(c, PostgresCluster)]
+    clusters = leader_candidates(fleet)
     if cluster_name:
         clusters = [c for c in clusters if c.name == cluster_name]
         if not clusters:
@@ -98,6 +111,9 @@ def leader_lock(fleet: Fleet, access: FleetAccess, lock_dir: Path, cluster_name:
     if not clusters:
         return FileLeaderLock(lock_dir / "operator-leader.lock")
     cluster = clusters[0]
+    if fleet.leader_backend() == "etcd":
+        return EtcdLeaderLock(lambda: operator_gateway(cluster, access), fleet.operator.lease_ttl,
+                              where=f"the etcd of {cluster.name}")
 
     def lock_connection() -> psycopg.Connection[Any]:
         with PostgresSession(cluster, access) as session:

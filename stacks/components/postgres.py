@@ -2,9 +2,10 @@
 
 With `ha: patroni` it also holds etcd (on the PostgreSQL hosts unless the spec
 names hosts of their own), Patroni's REST API and HAProxy's endpoints: etcd's
-client and peer ports are open only between the cluster's own hosts, the REST
-API to its members, HAProxy, the operator and Prometheus, and the endpoints to
-the cluster's clients and the operator.
+peer port is open only between the cluster's own hosts and its client port to
+them and the operator (its leader lease; etcd's authentication keeps it below
+its own prefix), the REST API to its members, HAProxy, the operator and
+Prometheus, and the endpoints to the cluster's clients and the operator.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def postgres_roles(cluster: spec.PostgresCluster) -> list[RolePlan]:
                  backups=True),
         RolePlan("etcd", tuple(cluster.etcd_hosts()),
                  ingress=(Ingress(etcd.client_port, ("postgres",), "Patroni keeps its leader lock in etcd"),
+                          Ingress(etcd.client_port, ("operator",), "the operator keeps its leader lease in etcd"),
                           Ingress(etcd.client_port, ("self",), "etcd members and etcdctl on them"),
                           Ingress(etcd.peer_port, ("self",), "etcd peers (Raft)"),
                           *scraped()),

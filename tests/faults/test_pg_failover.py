@@ -42,7 +42,7 @@ from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.postgres import connect
 from dbfleet.lab.topology import network_name
 from dbfleet.reconcile.leader import LOCK_KEY
-from dbfleet.spec import PostgresCluster
+from dbfleet.spec import OperatorSettings, PostgresCluster
 
 pytestmark = pytest.mark.lab
 
@@ -331,7 +331,8 @@ def test_switchover_under_load_through_patroni(ha: tuple[Any, PostgresCluster, P
     assert out.getvalue().startswith(f"! {cluster.name} patroni switchover {target}: leader {old} -> {target}")
     assert patroni.leader() == old, "a dry run changed the leader"
     access = FleetAccess.load(lab.inventory_path, lab.state.secrets)
-    lock = wiring.leader_lock(lab.fleet, access, Path("/nonexistent"), cluster.name)
+    advisory = lab.fleet.model_copy(update={"operator": OperatorSettings(leader="postgres")})
+    lock = wiring.leader_lock(advisory, access, Path("/nonexistent"), cluster.name)
     assert lock.acquire(), lock.holder
     started = time.time()
     with redirect_stdout(StringIO()) as done:

@@ -13,7 +13,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class PgEnv:
 
     lab: Any
     workdir: Path
+    operator: dict[str, Any] = field(default_factory=dict)
+    """The spec's operator section in the specs written here; empty: the example's defaults."""
 
     @property
     def cluster(self) -> Any:
@@ -107,6 +109,8 @@ class PgEnv:
         pg = next(c for c in data["clusters"] if c["name"] == CLUSTER)
         pg["databases"] = [DB]
         pg["indexes"] = {**POLICY, **policy_changes}
+        if self.operator:
+            data["operator"] = self.operator
         path = self.workdir / f"spec-{len(list(self.workdir.glob('spec-*')))}.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path

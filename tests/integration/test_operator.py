@@ -1,4 +1,8 @@
-"""The operator process against the lab's PostgreSQL: one leader acts, --watch stops on SIGTERM, status."""
+"""The operator process against the lab's PostgreSQL: one leader acts, --watch stops on SIGTERM, status.
+
+Its leader lock here is the PostgreSQL advisory lock (operator.leader: postgres); the etcd lease, the default
+for the example's Patroni cluster, is tested against a real etcd in test_etcd_leader.py and in the lab by
+tests/faults/test_operator_faults.py."""
 
 from __future__ import annotations
 
@@ -32,7 +36,9 @@ LOCK_HOLDERS = (f"SELECT a.application_name FROM pg_locks l JOIN pg_stat_activit
 
 @pytest.fixture(scope="module")
 def pgenv(configured: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgEnv]:
-    yield from scratch_database(configured, tmp_path_factory.mktemp("operator"))
+    for env in scratch_database(configured, tmp_path_factory.mktemp("operator")):
+        env.operator = {"leader": "postgres"}  # this module is about the advisory lock; etcd's is test_etcd_leader
+        yield env
 
 
 def lock_holders(env: PgEnv) -> list[str]:

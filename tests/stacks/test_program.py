@@ -93,7 +93,7 @@ def test_nothing_is_open_to_everyone(example_run: Run) -> None:
 def test_group_and_rule_descriptions_are_ones_ec2_accepts(example_run: Run) -> None:
     described = [*example_run.of_type(GROUP), *example_run.of_type(INGRESS),
                  *example_run.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")]
-    assert len(described) == 61  # 45 before ha: patroni added etcd's and HAProxy's groups and 14 rules
+    assert len(described) == 62  # 45 before ha: patroni added etcd's and HAProxy's groups and 15 rules
     for resource in described:
         assert EC2_TEXT.match(resource.inputs["description"]), (resource.name, resource.inputs["description"])
 
@@ -104,8 +104,9 @@ def test_each_role_accepts_only_the_roles_that_need_it(example_run: Run) -> None
     for target, port, source in rules:
         by_target[(target, port)].add(source)
     assert by_target[("pg-main-postgres", 5432)] == {"lab-app", "lab-operator", "pg-main-postgres", "pg-main-haproxy"}
-    # ha: patroni: etcd only between the cluster's own hosts; Patroni's API to members, HAProxy, operator, Prometheus.
-    assert by_target[("pg-main-etcd", 2379)] == {"pg-main-postgres", "pg-main-etcd"}
+    # ha: patroni: etcd's peers only between its members, its clients Patroni and the operator (its leader lease);
+    # Patroni's API to members, HAProxy, operator, Prometheus.
+    assert by_target[("pg-main-etcd", 2379)] == {"pg-main-postgres", "pg-main-etcd", "lab-operator"}
     assert by_target[("pg-main-etcd", 2380)] == {"pg-main-etcd"}
     assert by_target[("pg-main-postgres", 8008)] == {"pg-main-postgres", "pg-main-haproxy", "lab-operator",
                                                      "lab-monitoring"}

@@ -53,6 +53,7 @@ def secret_key(value: str) -> str:
     (credentials.ETCD_PATRONI, "patroni", "patroni_etcd_user", "patroni_etcd_password"),
     (credentials.ETCD_PATRONI, "etcd", "etcd_patroni_user", "etcd_patroni_password"),
     (credentials.ETCD_ROOT, "etcd", "etcd_root_user", "etcd_root_password"),
+    (credentials.ETCD_OPERATOR, "etcd", "etcd_operator_user", "etcd_operator_password"),
 ])
 def test_each_login_is_a_user_the_roles_create_with_the_password_they_set(
         login: credentials.Login, role: str, user_var: str | None, password_var: str) -> None:
@@ -181,6 +182,25 @@ def test_patroni_namespace_is_the_one_etcd_grants() -> None:
     from dbfleet.engines.patroni import NAMESPACE
 
     assert role_defaults("etcd")["etcd_patroni_namespace"] == NAMESPACE
+
+
+def test_the_operator_s_etcd_prefix_reaches_the_etcd_role_and_is_apart_from_patroni_s() -> None:
+    """The prefix the leader lock writes below is the one the etcd role grants the operator's user, carried by
+    the inventory (dbfleet_patroni.operator_prefix), and neither user's range holds the other's keys."""
+    from dbfleet.engines.etcd import LEADER_KEY, OPERATOR_PREFIX
+    from dbfleet.engines.patroni import NAMESPACE, inventory_vars
+    from dbfleet.inventory import cluster_vars
+
+    defaults = role_defaults("etcd")
+    assert defaults["etcd_operator_prefix"] == "{{ dbfleet_patroni.operator_prefix }}"
+    pg = FLEET.cluster("pg-main")
+    assert isinstance(pg, PostgresCluster)
+    assert inventory_vars(pg)["operator_prefix"] == OPERATOR_PREFIX
+    assert str(cluster_vars(pg)["dbfleet_patroni"]["operator_prefix"]) == OPERATOR_PREFIX
+    assert LEADER_KEY.startswith(OPERATOR_PREFIX) and OPERATOR_PREFIX.endswith("/")
+    assert not OPERATOR_PREFIX.startswith(NAMESPACE) and not NAMESPACE.startswith(OPERATOR_PREFIX)
+    tasks = (REPO / "playbooks/roles/etcd/tasks/main.yml").read_text()
+    assert 'user: "{{ etcd_operator_user }}"' in tasks and 'prefix: "{{ etcd_operator_prefix }}"' in tasks
 
 
 def test_redis_sessions_check_the_servers_certificate_and_name_against_the_fleet_ca(tmp_path: Path) -> None:

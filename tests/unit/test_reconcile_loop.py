@@ -14,9 +14,10 @@ from dbfleet.actions import Action, Outcome
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.base import EngineSession, Member, Topology
 from dbfleet.errors import PermanentError, TemporaryError
+from dbfleet.monitoring import metrics
 from dbfleet.reconcile.audit import AuditError, AuditTrail
 from dbfleet.reconcile.leader import FileLeaderLock
-from dbfleet.reconcile.loop import Operator, watch
+from dbfleet.reconcile.loop import Operator, leadership, watch
 from dbfleet.reconcile.retry import ClusterBackoff, RetryPolicy, call_with_retry
 from dbfleet.reconcile.status import load_state, record_cycle, status_columns, status_rows
 from dbfleet.spec import load_fleet
@@ -218,8 +219,11 @@ def test_render_shows_reasons_marks_and_outcomes():
 
 
 class Standby:
+    backend = "postgres"
+    where = "the primary of pg-main"
     held = False
     holder = "dbfleet-operator-leader other:1 from 10.0.0.9 (pid 42)"
+    fault = ""
 
     def __init__(self) -> None:
         self.released = False
@@ -227,15 +231,99 @@ class Standby:
     def acquire(self) -> bool:
         return False
 
+    def confirm(self) -> bool:
+        return False
+
+    def current_holder(self) -> str:
+        return self.holder
+
     def release(self) -> None:
         self.released = True
+
+
+class Cutoff(Standby):
+    """A lock whose store does not answer: nobody is known to lead."""
+
+    backend = "etcd"
+    where = "the etcd of pg-main"
+    holder = "nobody known (no etcd member answers lease/grant)"
+    fault = "no etcd member answers lease/grant (https://10.0.0.1:2379: timed out)"
+
+
+class Fading(Standby):
+    """Leads at the start of the cycle; the store confirms `confirms` acts, then the lease is gone."""
+
+    backend = "etcd"
+    where = "the etcd of pg-main"
+    holder = "this process"
+
+    def __init__(self, confirms: int, fault: str = "") -> None:
+        super().__init__()
+        self.confirms = confirms
+        self.checks = 0
+        self.lost_fault = fault
+
+    def acquire(self) -> bool:
+        return True
+
+    def confirm(self) -> bool:
+        self.checks += 1
+        if self.checks <= self.confirms:
+            return True
+        self.fault = self.lost_fault
+        self.holder = "dbfleet-operator-leader other:7 (etcd lease 2a)"
+        return False
 
 
 def test_watch_without_the_lock_only_observes_and_releases_on_exit():
     rec, leader, reports = Recorder(), Standby(), []
     assert watch(make_operator(rec), leader, 0.01, reports.append, max_cycles=2) == 0
     assert rec.applied == [] and len(reports) == 2 and leader.released
-    assert reports[0].leader.startswith("standby: dbfleet-operator-leader other:1")
+    assert reports[0].leader.startswith("not leader, observed only: dbfleet-operator-leader other:1")
+    assert metrics.NO_LEADER_CYCLES._value.get() == 0  # another operator leads: that is not "no leader"
+
+
+def test_watch_with_the_lock_store_down_observes_counts_the_cycles_and_says_why():
+    rec, reports = Recorder(), []
+    assert watch(make_operator(rec), Cutoff(), 0.01, reports.append, max_cycles=3) == 0
+    assert rec.applied == [] and all(not r.applied for r in reports)
+    assert all(c.topology is not None for c in reports[-1].clusters)  # still observed
+    assert metrics.NO_LEADER_CYCLES._value.get() == 3
+    assert metrics.LEADER.labels("etcd")._value.get() == 0
+    assert reports[2].leader.startswith("no leader known for 3 cycles, observed only, nothing acted on: the leader "
+                                        "lock (etcd, the etcd of pg-main) did not answer: no etcd member answers")
+    assert reports[2].as_dict()["leader_backend"] == "etcd"
+    text = metrics.render().decode()
+    assert "dbfleet_operator_cycles_without_leader 3.0" in text
+
+
+def test_every_act_is_fenced_and_none_starts_once_leadership_is_lost():
+    rec, leader = Recorder(), Fading(confirms=1)
+    recorded: list[Outcome] = []
+    operator = make_operator(rec, record=recorded.append)
+    report = operator.run_cycle(apply=True, leader=leader)
+    assert rec.applied == ["pg-main/one"]  # the first act was confirmed; the lease was gone before the second
+    assert leader.checks == 2  # asked once more, then not again this cycle
+    skipped = [o for c in report.clusters for o in c.outcomes if o.status == "skipped"]
+    assert len(skipped) == 5 and all("not started: leadership not confirmed (this process no longer holds the lock; "
+                                     "holder: dbfleet-operator-leader other:7" in o.message for o in skipped)
+    assert [o.status for o in recorded] == ["done"] + ["skipped"] * 5  # the trail says what was not done too
+    assert leadership(True, leader, lost=operator.unfenced).startswith(
+        "this process led until the fencing check before an act failed: this process no longer holds the lock")
+
+
+def test_a_fence_that_cannot_reach_the_store_refuses_the_act_with_the_store_s_reason():
+    rec, leader = Recorder(), Fading(confirms=0, fault="no etcd member answers lease/keepalive")
+    report = make_operator(rec).run_cycle(apply=True, leader=leader)
+    assert rec.applied == []
+    assert {o.message for c in report.clusters for o in c.outcomes} == {
+        "not started: leadership not confirmed (no etcd member answers lease/keepalive)"}
+
+
+def test_without_a_leader_given_acts_are_not_fenced():
+    rec = Recorder()
+    make_operator(rec).run_cycle(apply=True)
+    assert len(rec.applied) == 6
 
 
 def test_watch_as_leader_acts_and_stops_when_told(tmp_path):
@@ -255,9 +343,12 @@ def test_watch_as_leader_acts_and_stops_when_told(tmp_path):
 
 def test_the_file_lock_admits_one_holder(tmp_path):
     a, b = FileLeaderLock(tmp_path / "l"), FileLeaderLock(tmp_path / "l")
-    assert a.acquire() and a.acquire()
-    assert not b.acquire() and "holding" in b.holder
+    assert b.current_holder() == "nobody"
+    assert a.acquire() and a.acquire() and a.confirm()
+    assert not b.acquire() and "holding" in b.holder and not b.fault
+    assert b.current_holder() == f"the process holding {tmp_path / 'l'}" and a.current_holder() == "this process"
     a.release()
+    assert not a.confirm() and b.current_holder() == "nobody"
     assert b.acquire()
     b.release()
 

@@ -121,6 +121,10 @@ BAD_INPUTS = [
     ("pgaudit setting in parameters", ("      max_connections: 100\n", "      max_connections: 100\n"
                                        "      pgaudit.log: none\n"),
      "clusters.0.parameters.pgaudit.log", "audit section"),
+    ("an unknown leader lock", ("monitoring:\n  operator_metrics:", "operator: {leader: zookeeper}\nmonitoring:\n"
+                                "  operator_metrics:"), "operator.leader", "expected 'etcd', 'postgres' or 'file'"),
+    ("a lease far too short", ("monitoring:\n  operator_metrics:", "operator: {lease_ttl: 1}\nmonitoring:\n"
+                               "  operator_metrics:"), "operator.lease_ttl", ">= 5"),
     ("preload libraries in parameters", ("      max_connections: 100\n", "      max_connections: 100\n"
                                          "      shared_preload_libraries: auto_explain\n"),
      "clusters.0.parameters.shared_preload_libraries", "loads code into the server"),
@@ -211,6 +215,51 @@ def test_patroni_defaults_put_etcd_and_haproxy_on_the_postgres_hosts() -> None:
     manual = parse_fleet(MANUAL).cluster("pg-main")
     assert isinstance(manual, PostgresCluster)
     assert manual.ha == "manual" and manual.etcd_hosts() == [] and manual.endpoint_hosts() == []
+
+
+# --------------------------------------------------------------------------- the operator's leader lock
+
+OPERATOR_AT = "monitoring:\n  operator_metrics:"
+
+
+def _with_operator(text: str, settings: str) -> str:
+    assert OPERATOR_AT in text
+    return text.replace(OPERATOR_AT, f"operator: {settings}\n{OPERATOR_AT}", 1)
+
+
+def _without_postgres(text: str) -> str:
+    """The example without pg-main: its cluster entry runs up to the next `  - name:`."""
+    start = text.index("  - name: pg-main")
+    return text[:start] + text[text.index("  - name: mongo-main"):]
+
+
+def test_the_leader_lock_defaults_to_etcd_then_postgres_then_a_file() -> None:
+    assert parse_fleet(EXAMPLE).leader_backend() == "etcd"  # pg-main runs Patroni, so etcd
+    assert parse_fleet(MANUAL).leader_backend() == "postgres"
+    assert parse_fleet(_without_postgres(EXAMPLE)).leader_backend() == "file"
+    chosen = parse_fleet(_with_operator(EXAMPLE, "{leader: postgres}"))
+    assert chosen.leader_backend() == "postgres" and chosen.operator.lease_ttl == 60
+    assert parse_fleet(_with_operator(EXAMPLE, "{leader: etcd, lease_ttl: 20}")).operator.lease_ttl == 20
+    assert parse_fleet(_with_operator(MANUAL, "{leader: file}")).leader_backend() == "file"
+
+
+LEADER_BAD = [
+    ("etcd without a Patroni cluster", MANUAL, "{leader: etcd}", "no cluster runs etcd (choose postgres or file)"),
+    ("postgres without PostgreSQL", _without_postgres(EXAMPLE), "{leader: postgres}",
+     "the spec has none (choose file)"),
+    ("a lease for the advisory lock", MANUAL, "{lease_ttl: 30}", "only used with leader: etcd (this fleet's leader "
+                                                                 "lock is postgres)"),
+    ("a lease for a file lock", EXAMPLE, "{leader: file, lease_ttl: 30}", "only used with leader: etcd"),
+]
+
+
+@pytest.mark.parametrize("name,text,settings,words", LEADER_BAD, ids=[b[0] for b in LEADER_BAD])
+def test_a_leader_lock_the_fleet_cannot_hold_is_a_located_error(name: str, text: str, settings: str,
+                                                                  words: str) -> None:
+    err = _error(_with_operator(text, settings))
+    key = "operator.lease_ttl" if "lease_ttl" in settings else "operator.leader"
+    problem = next(p for p in err.problems if p.path == key)
+    assert words in problem.message and problem.line == text.splitlines().index("monitoring:") + 1, str(err)
 
 
 def test_etcd_and_haproxy_hosts_of_their_own_are_machines_of_the_cluster() -> None:

@@ -34,7 +34,7 @@ from dbfleet.engines.access import FleetAccess, read_inventory, read_inventory_h
 from dbfleet.errors import ReconcileError
 from dbfleet.monitoring import endpoint
 from dbfleet.reconcile.audit import AUDIT_FILE_NAME, AuditError
-from dbfleet.reconcile.loop import CycleReport, Leader, Operator, watch
+from dbfleet.reconcile.loop import CycleReport, Leader, Operator, leadership, watch
 from dbfleet.reconcile.status import record_cycle
 from dbfleet.secrets import SecretsError
 from dbfleet.spec import Fleet
@@ -111,10 +111,19 @@ def build_operator(args: argparse.Namespace, stop: threading.Event | None = None
 
 def leader_lock(operator: Operator, args: argparse.Namespace) -> Leader:
     """The leader lock for this operator (dbfleet.wiring.leader_lock), --leader-cluster checked."""
+    fleet = operator.fleet
     try:
-        return wiring.leader_lock(operator.fleet, operator.access, state_path(args).parent, args.leader_cluster)
+        return wiring.leader_lock(fleet, operator.access, state_path(args).parent, args.leader_cluster)
     except KeyError:
-        raise UsageError(f"--leader-cluster: {args.leader_cluster} is not a PostgreSQL cluster of the spec") from None
+        names = ", ".join(c.name for c in wiring.leader_candidates(fleet)) or "none"
+        raise UsageError(f"--leader-cluster: {args.leader_cluster} cannot hold the leader lock, which is on "
+                         f"{fleet.leader_backend()} (operator.leader); the clusters that can: {names}") from None
+
+
+def add_leader_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--leader-cluster", metavar="NAME",
+                        help="the PostgreSQL cluster that holds the leader lock (operator.leader): in its etcd, or on "
+                             "its primary (default: the first that can)")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -125,8 +134,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mode.add_argument("--once", action="store_true", help="one cycle, then exit (1 if anything failed)")
     mode.add_argument("--watch", action="store_true", help="cycle until SIGTERM or SIGINT")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between cycles with --watch (default 30)")
-    p.add_argument("--leader-cluster", metavar="NAME",
-                   help="PostgreSQL cluster whose primary holds the leader lock (default: the first)")
+    add_leader_option(p)
     p.add_argument("--state", type=Path, help="state file for `status` (default: operator-state.json "
                                               "beside the inventory); the audit trail operator-audit.jsonl "
                                               "is written beside it")
@@ -160,14 +168,19 @@ def run(args: argparse.Namespace) -> int:
     operator = build_operator(args, stop, audit=True)
     operator.keep_sessions = args.watch  # a watching operator keeps its connections between cycles
     leader = leader_lock(operator, args)
+    ttl = operator.fleet.operator.lease_ttl
+    if args.watch and leader.backend == "etcd" and args.interval >= ttl:
+        raise UsageError(f"--interval {args.interval:g}: the leader's etcd lease (operator.lease_ttl {ttl}s) would "
+                         "expire between two cycles; choose a shorter interval or a longer lease_ttl")
     state = state_path(args)
     if args.once:
         try:
             is_leader = leader.acquire()
-            report = operator.run_cycle(apply=is_leader)
+            report = operator.run_cycle(apply=is_leader, leader=leader)
         finally:
             leader.release()
-        report.leader = "this process leads" if is_leader else f"not leader, observed only: {leader.holder} leads"
+        report.leader = leadership(is_leader, leader, lost=operator.unfenced)
+        report.leader_backend = leader.backend
         record_cycle(state, report)
         emit(args, report.as_dict(), report.render())
         return EXIT_OK if report.ok else EXIT_FAILED

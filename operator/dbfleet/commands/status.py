@@ -1,4 +1,5 @@
-"""`dbfleet status`: one row per cluster (engine, primary, members up, indexes, last reconcile, Prometheus figures).
+"""`dbfleet status`: who holds the leader lock, then one row per cluster (engine, primary, members up, indexes, last
+reconcile, Prometheus figures).
 
 Like `kubectl get` and `patronictl list`, the table shows the columns that
 matter in 100 characters; `--wide` shows every column, and `--json` every value.
@@ -13,7 +14,7 @@ from typing import Any
 
 from dbfleet import wiring
 from dbfleet.commands.common import EXIT_FAILED, EXIT_OK, emit, table
-from dbfleet.commands.reconcile import add_operator_options, build_operator, state_path
+from dbfleet.commands.reconcile import add_leader_option, add_operator_options, build_operator, leader_lock, state_path
 from dbfleet.monitoring.figures import add_figures
 from dbfleet.reconcile.status import load_state, status_columns, status_rows
 
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                               "the inventory)")
     p.add_argument("--wide", action="store_true",
                    help="every column: indexes, findings, drills with RTO and RPO, Prometheus figures")
+    add_leader_option(p)
     add_operator_options(p)
     p.set_defaults(handler=run)
 
@@ -46,11 +48,18 @@ def render_status(rows: list[dict[str, Any]], wide: bool) -> str:
     return table(rows, [c for c in NARROW_COLUMNS if c in present], width=NARROW_WIDTH, shrink=NARROW_CUT)
 
 
+def leader_line(leader: dict[str, str]) -> str:
+    """The line above the table: which lock makes one operator the leader, and who holds it now."""
+    return f"leader lock: {leader['backend']} ({leader['where']}), held by {leader['holder']}"
+
+
 def run(args: argparse.Namespace) -> int:
     operator = build_operator(args)
+    lock = leader_lock(operator, args)
+    leader = {"backend": lock.backend, "where": lock.where, "holder": lock.current_holder()}
     report = operator.run_cycle(apply=False)
     rows = status_rows(operator.fleet, report, load_state(state_path(args)), wiring.status_providers())
     rows = add_figures(rows, operator.fleet, operator.access.addresses,
                        lambda message: print(message, file=sys.stderr))
-    emit(args, {"clusters": rows}, render_status(rows, args.wide))
+    emit(args, {"leader": leader, "clusters": rows}, leader_line(leader) + "\n" + render_status(rows, args.wide))
     return EXIT_OK if report.ok else EXIT_FAILED

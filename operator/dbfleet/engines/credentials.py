@@ -31,6 +31,9 @@ ETCD_ROOT = Login("root", "etcd_root_password")
 ETCD_PATRONI = Login("patroni", "etcd_patroni_password")
 """Patroni's etcd user: read and write below Patroni's namespace only."""
 
+ETCD_OPERATOR = Login("dbfleet_operator", "etcd_operator_password")
+"""The operator's etcd user: its leader lease and key, read and write below engines.etcd.OPERATOR_PREFIX only."""
+
 MONGO_ADMIN = Login("dbfleet_admin", "mongo_admin_password")
 """The operator's MongoDB login through mongos, and mongodump's."""
 

@@ -97,9 +97,14 @@ def redis_cli_tls_args(cluster: RedisCluster) -> list[str]:
 
 
 def https_context(cluster: PostgresCluster, ca: Path | None) -> ssl.SSLContext:
-    """TLS for the HTTPS APIs on a cluster's hosts (Patroni's REST API, always HTTPS): the certificate and the
-    host name checked against the same CA as PostgreSQL's, whether or not the cluster's PostgreSQL uses TLS."""
+    """TLS for the HTTPS APIs on a cluster's hosts (Patroni's REST API and etcd, always HTTPS): the certificate
+    and the host name checked against the same CA as PostgreSQL's, whether or not the cluster's PostgreSQL uses
+    TLS."""
     if ca is None:
-        raise PermanentError(f"{cluster.name}: no CA to verify Patroni's REST API with: give tls.ca_cert, "
-                             "or an inventory whose pki/ca.crt the playbooks made", cluster=cluster.name)
+        raise PermanentError(f"{cluster.name}: no CA to verify Patroni's REST API and etcd with: give "
+                             "tls.ca_cert, or an inventory whose pki/ca.crt the playbooks made", cluster=cluster.name)
+    if not ca.is_file():
+        raise PermanentError(f"{cluster.name}: the CA {ca} to verify Patroni's REST API and etcd with is not there: "
+                             "configure the cluster first (the pki role makes it), or set tls.ca_cert",
+                             cluster=cluster.name)
     return ssl.create_default_context(cafile=str(ca))

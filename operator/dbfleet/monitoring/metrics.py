@@ -37,6 +37,8 @@ DEAD_TUPLES = "dbfleet_pg_table_dead_tuples"
 XID_AGE = "dbfleet_pg_database_xid_age"
 MXID_AGE = "dbfleet_pg_database_mxid_age"
 """Wraparound ages come from the postgres exporter (its dbfleet_pg_database query), sampled every scrape."""
+CYCLES_WITHOUT_LEADER = "dbfleet_operator_cycles_without_leader"
+"""Consecutive cycles in which the leader lock's store did not answer this operator (OperatorNoLeader)."""
 
 RECONCILE_DURATION = Histogram(
     "dbfleet_reconcile_duration_seconds", "Time one reconciler took for one cluster.",
@@ -69,6 +71,11 @@ DRILL_RTO = Gauge("dbfleet_restore_drill_rto_seconds", "Recovery time of the las
 DRILL_RPO = Gauge("dbfleet_restore_drill_rpo_seconds",
                   "Recovery point of the last restore drill: how much time of writes the restore lost.",
                   ["cluster"], registry=REGISTRY)
+LEADER = Gauge("dbfleet_operator_leader", "1 while this operator process holds the leader lock, else 0.",
+               ["backend"], registry=REGISTRY)
+NO_LEADER_CYCLES = Gauge(CYCLES_WITHOUT_LEADER, "Consecutive cycles in which the leader lock's store did not answer "
+                         "this operator, so it could not lead nor learn who does; 0 while it leads or sees a leader.",
+                         registry=REGISTRY)
 INDEXES = Gauge("dbfleet_indexes", "Index counts per cluster: declared, missing, unused, duplicate, invalid.",
                 ["cluster", "state"], registry=REGISTRY)
 
@@ -157,6 +164,12 @@ def record_reconcile(cluster: str, reconciler: str, seconds: float, error: bool 
 def record_action(cluster: str, kind: str, count: int = 1) -> None:
     """The operator applied `count` actions of `kind` to a cluster."""
     ACTIONS.labels(cluster, kind).inc(count)
+
+
+def record_leadership(backend: str, leads: bool, cycles_without_leader: int) -> None:
+    """What this cycle's acquire of the leader lock found."""
+    LEADER.labels(backend).set(1 if leads else 0)
+    NO_LEADER_CYCLES.set(cycles_without_leader)
 
 
 def record_backup(cluster: str, kind: str, finished_at: float, size_bytes: float, duration_seconds: float) -> None:

@@ -2,7 +2,8 @@
 
 One rule group per cluster, every expression filtered on that cluster's label,
 so clusters with different thresholds never share a rule; one more group for
-the fleet (targets outside any cluster, and the data-directory disk ratio).
+the fleet (targets outside any cluster, the data-directory disk ratio, and an
+operator that has known no leader for operator.no_leader_alert_cycles cycles).
 The series come from the exporters the playbooks install (postgres, redis,
 sentinel, mongodb, node; the PostgreSQL custom queries are in
 playbooks/roles/postgres_exporter/templates/queries.yaml.j2) and from the
@@ -22,7 +23,16 @@ from typing import Any
 import yaml
 
 from dbfleet.monitoring import metrics
-from dbfleet.monitoring.exporters import DATA_DIRECTORY_INFO, MONGODB, NODE, PATRONI, POSTGRES, REDIS, SENTINEL
+from dbfleet.monitoring.exporters import (
+    DATA_DIRECTORY_INFO,
+    MONGODB,
+    NODE,
+    OPERATOR_JOB,
+    PATRONI,
+    POSTGRES,
+    REDIS,
+    SENTINEL,
+)
 from dbfleet.schedule import parse_cron
 from dbfleet.spec import (
     Fleet,
@@ -392,8 +402,23 @@ def fleet_group(fleet: Fleet) -> dict[str, Any]:
         Rule(alert="DataDiskUsageHigh", expr=f'{DATA_DIR_RATIO}{{cluster=""}} * 100 > {disk_max:g}', for_=SUSTAINED,
              summary="{{ $labels.path }} on {{ $labels.host }} is {{ $value | humanize }}%% full (limit %g%%)"
                      % disk_max),
+        operator_no_leader_rule(fleet),
     ]
     return {"name": "dbfleet-fleet", "rules": [r.as_dict() for r in rules]}
+
+
+def operator_no_leader_rule(fleet: Fleet) -> Rule:
+    """No operator has known a leader for operator.no_leader_alert_cycles cycles: every scraped operator's
+    store of the leader lock failed to answer it, so nobody acts on any cluster. The least count among the
+    operators, so one operator cut off while another leads does not fire it."""
+    cycles, backend = fleet.operator.no_leader_alert_cycles, fleet.leader_backend()
+    operator = f'{{job="{OPERATOR_JOB}"}}'
+    return Rule(alert="OperatorNoLeader",
+                expr=f"min by (job) ({metrics.CYCLES_WITHOUT_LEADER}{operator}) >= {cycles}",
+                severity="critical",
+                summary="no dbfleet operator has known a leader for {{ $value }} cycles (limit %d): the leader "
+                        "lock's store (operator.leader: %s) does not answer, so nothing is acted on: backups, "
+                        "drills and repairs wait; the operators' reports say why" % (cycles, backend))
 
 
 def cluster_group(cluster: PostgresCluster | RedisCluster | MongoCluster) -> dict[str, Any]:

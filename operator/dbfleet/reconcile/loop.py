@@ -7,6 +7,10 @@ CycleReport whose sentences say what happened. Retries belong to the loop:
 a TemporaryError is retried with backoff, a PermanentError is recorded, and a
 failing cluster never stops the others. `watch` repeats cycles until SIGTERM,
 finishing the action in flight first.
+
+Fencing: when a cycle applies, the leader lock is confirmed with its store
+(`Leader.confirm`, for etcd a keep-alive) just before each act, and no act
+starts without it; once lost, the rest of the cycle's changes are skipped.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ class CycleReport:
     applied: bool
     clusters: list[ClusterReport] = field(default_factory=list)
     leader: str = ""
+    """Who leads, or why nobody is known to (leadership())."""
+    leader_backend: str = ""
     started: float = field(default_factory=time.time)
     seconds: float = 0.0
 
@@ -155,7 +161,8 @@ class CycleReport:
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"applied": self.applied, "ok": self.ok, "leader": self.leader, "started": self.started,
+        return {"applied": self.applied, "ok": self.ok, "leader": self.leader,
+                "leader_backend": self.leader_backend, "started": self.started,
                 "seconds": round(self.seconds, 3), "queries": self.queries, "connections": self.connections,
                 "actions": [a.as_dict() for a in self.actions()],
                 "clusters": [c.as_dict() for c in self.clusters]}
@@ -192,7 +199,15 @@ class Operator:
         """The audit trail's recorder; None only where nothing is applied (plan, status) or in tests."""
         self._unrecorded: str | None = None
         """Why the last action could not be recorded: nothing more is applied this cycle."""
+        self._fence: Leader | None = None
+        self._unfenced: str | None = None
+        """Why leadership could not be confirmed before an act: nothing more is applied this cycle."""
         self._sessions: dict[str, AnySession] = {}
+
+    @property
+    def unfenced(self) -> str | None:
+        """Why the last cycle stopped acting: leadership could not be confirmed before an act; None if it could."""
+        return self._unfenced
 
     def close(self) -> None:
         """Close the sessions kept between cycles."""
@@ -200,11 +215,15 @@ class Operator:
             session.close()
         self._sessions.clear()
 
-    def run_cycle(self, apply: bool, respect_backoff: bool = False) -> CycleReport:
-        """Observe and diff every cluster; act on the diffs when `apply`. Never raises for one cluster."""
+    def run_cycle(self, apply: bool, respect_backoff: bool = False, leader: Leader | None = None) -> CycleReport:
+        """Observe and diff every cluster; act on the diffs when `apply`. Never raises for one cluster.
+
+        With `leader`, each act starts only after leader.confirm() (fencing); without one (tests, benchmarks)
+        acts are not fenced."""
         report = CycleReport(applied=apply)
         start = time.monotonic()
         self._unrecorded = None
+        self._fence, self._unfenced = leader, None
         for cluster in self.fleet.clusters:
             if self.only is not None and cluster.name not in self.only:
                 continue
@@ -306,6 +325,10 @@ class Operator:
             if gave_up:
                 self._append(Outcome(action, "skipped", f"after a temporary failure: {gave_up}"), result)
                 continue
+            if not self._fenced():
+                self._append(Outcome(action, "skipped", f"not started: leadership not confirmed ({self._unfenced})"),
+                             result)
+                continue
             start = time.monotonic()
             try:
                 message, attempts = call_with_retry(lambda a=action: reconciler.act(a, session),  # type: ignore[misc]
@@ -322,6 +345,16 @@ class Operator:
                 if isinstance(exc, TemporaryError):
                     gave_up = exc.message
             self._append(outcome, result)
+
+    def _fenced(self) -> bool:
+        """The fencing check just before an act: the leader lock confirmed with its store now. Once it fails,
+        it fails for the rest of the cycle; the next cycle's acquire decides again."""
+        if self._fence is None:
+            return True
+        if self._unfenced is None and not self._fence.confirm():
+            self._unfenced = self._fence.fault or f"this process no longer holds the lock; holder: {self._fence.holder}"
+            log.error("leadership lost before an act (%s); nothing more is applied this cycle", self._unfenced)
+        return self._unfenced is None
 
     def _append(self, outcome: Outcome, result: ClusterReport) -> None:
         """Add an applied action's outcome to the report and to the audit trail."""
@@ -341,26 +374,58 @@ class Operator:
 class Leader(Protocol):
     """The lock that makes one operator the one that acts (dbfleet.wiring.leader_lock chooses it)."""
 
+    backend: str
+    """etcd, postgres or file (the spec's operator.leader)."""
+    where: str
     holder: str
+    """Who leads, as the last acquire or confirm saw it ("this process" when it is us)."""
+    fault: str
+    """Why the lock's store could not say who leads, after the last acquire or confirm; "" when it answered."""
 
     @property
     def held(self) -> bool: ...
 
     def acquire(self) -> bool: ...
 
+    def confirm(self) -> bool:
+        """Fencing: asks the lock's store whether this process still holds the lock (and renews it)."""
+        ...
+
     def release(self) -> None: ...
+
+    def current_holder(self) -> str:
+        """Who holds the lock now, read only; for `status`."""
+        ...
+
+
+def leadership(is_leader: bool, leader: Leader, cycles_without_leader: int = 0, lost: str | None = None) -> str:
+    """The cycle report's sentence on leadership: that this process leads (or led until an act could not confirm
+    it: `lost`), who does, or why nobody is known to and so why this process only observes."""
+    if is_leader:
+        return f"this process led until the fencing check before an act failed: {lost}" if lost else \
+            "this process leads"
+    if leader.fault:
+        count = f" for {cycles_without_leader} cycles" if cycles_without_leader > 1 else ""
+        return (f"no leader known{count}, observed only, nothing acted on: the leader lock ({leader.backend}, "
+                f"{leader.where}) did not answer: {leader.fault}")
+    return f"not leader, observed only: {leader.holder or 'another operator'} leads"
 
 
 def watch(operator: Operator, leader: Leader, interval: float,
           on_cycle: Callable[[CycleReport], None] = lambda report: None, max_cycles: int | None = None) -> int:
-    """Cycle until operator.stop is set (SIGTERM): act while leader, only observe otherwise."""
-    cycles = 0
+    """Cycle until operator.stop is set (SIGTERM): act while leader, only observe otherwise.
+
+    A cycle in which the lock's store does not answer counts towards dbfleet_operator_cycles_without_leader;
+    observing, /metrics and the state file go on."""
+    cycles = without_leader = 0
     try:
         while not operator.stop.is_set():
             is_leader = leader.acquire()
-            report = operator.run_cycle(apply=is_leader, respect_backoff=True)
-            holder = leader.holder or "another operator"
-            report.leader = "this process leads" if is_leader else f"standby: {holder} leads"
+            without_leader = 0 if is_leader or not leader.fault else without_leader + 1
+            metrics.record_leadership(leader.backend, is_leader, without_leader)
+            report = operator.run_cycle(apply=is_leader, respect_backoff=True, leader=leader)
+            report.leader = leadership(is_leader, leader, without_leader, operator.unfenced)
+            report.leader_backend = leader.backend
             on_cycle(report)
             cycles += 1
             if max_cycles is not None and cycles >= max_cycles:
