@@ -79,12 +79,13 @@ def operator_heals(lab: Any, cluster: PostgresCluster) -> Callable[[], str]:
         if leader or time.monotonic() - last[0] < 10:
             return leader
         last[0] = time.monotonic()
-        argv = ["--spec", str(REPO / "fleet.example.yaml"), "--json", "reconcile", "--once", "--cluster",
-                cluster.name, "--reconciler", "members", "--inventory", str(lab.inventory_path),
-                "--secrets", str(lab.state.secrets), "--state", str(lab.state.secrets.with_name("failover-state.json"))]
+        argv = ["--spec", str(REPO / "fleet.example.yaml"), "reconcile", "--once", "--cluster", cluster.name,
+                "--reconciler", "members", "--inventory", str(lab.inventory_path), "--secrets",
+                str(lab.state.secrets), "--state", str(lab.state.secrets.with_name("failover-state.json")), "--json"]
         with redirect_stdout(StringIO()) as out:
-            main(argv)
-        report_ = json.loads(out.getvalue() or "{}")
+            code = main(argv)
+        assert code in (0, 1), f"dbfleet reconcile refused its arguments: {out.getvalue()}"
+        report_ = json.loads(out.getvalue())
         for c in report_.get("clusters", []):
             HEALED.extend(o for o in c.get("outcomes", []) if o.get("kind") == "rewind")
         return ""
