@@ -79,12 +79,13 @@ def operator_heals(lab: Any, cluster: PostgresCluster) -> Callable[[], str]:
         if leader or time.monotonic() - last[0] < 10:
             return leader
         last[0] = time.monotonic()
-        argv = ["--spec", str(REPO / "fleet.example.yaml"), "--json", "reconcile", "--once", "--cluster",
-                cluster.name, "--reconciler", "members", "--inventory", str(lab.inventory_path),
-                "--secrets", str(lab.state.secrets), "--state", str(lab.state.secrets.with_name("failover-state.json"))]
+        argv = ["--spec", str(REPO / "fleet.example.yaml"), "reconcile", "--once", "--cluster", cluster.name,
+                "--reconciler", "members", "--inventory", str(lab.inventory_path), "--secrets",
+                str(lab.state.secrets), "--state", str(lab.state.secrets.with_name("failover-state.json")), "--json"]
         with redirect_stdout(StringIO()) as out:
-            main(argv)
-        report_ = json.loads(out.getvalue() or "{}")
+            code = main(argv)
+        assert code in (0, 1), f"dbfleet reconcile refused its arguments: {out.getvalue()}"
+        report_ = json.loads(out.getvalue())
         for c in report_.get("clusters", []):
             HEALED.extend(o for o in c.get("outcomes", []) if o.get("kind") == "rewind")
         return ""
@@ -96,8 +97,8 @@ def operator_heals(lab: Any, cluster: PostgresCluster) -> Callable[[], str]:
 def writer(ha: tuple[Any, PostgresCluster, Patroni]) -> Iterator[Writer]:
     lab, cluster, patroni = ha
     bounded("a healthy cluster before the fault", operator_heals(lab, cluster), HEALTHY_BOUND, every=1)
-    if HEALED:
-        print(f"\n  the operator rewound a diverged replica: {json.dumps(HEALED[-1])}")
+    while HEALED:
+        print(f"\n  the operator rewound a diverged replica: {json.dumps(HEALED.pop(0))}")
     w = Writer(lab, cluster, lab.secrets["postgres_superuser_password"])
     prepare_table(w)
     w.start()
@@ -162,7 +163,9 @@ def test_primary_postmaster_sigkilled_patroni_restarts_it(ha: tuple[Any, Postgre
     outage = writer.longest_gap(killed)
     # primary_start_timeout (300 s in the spec's defaults) lets Patroni restart PostgreSQL in place: no failover.
     assert leader == old and first.server == lab.address(old), (leader, first)
-    _, healthy = bounded("every member streaming again", patroni.healthy, REJOIN_BOUND, 0.5)
+    # The crash can leave an asynchronous replica past the fork of a failover just before (it restores the old
+    # timeline from the archive once its stream breaks): the operator's loop, running here, rewinds it.
+    _, healthy = bounded("every member streaming again", operator_heals(lab, cluster), REJOIN_BOUND, 0.5)
     figures = {"outage_s": round(outage, 2), "restarted_in_place": leader == old,
                "primary_start_timeout": cluster.patroni.primary_start_timeout, "replicas_back_s": round(healthy, 1),
                **finish_and_count(writer, killed)}
@@ -309,7 +312,7 @@ def test_etcd_quorum_lost_the_primary_stays_in_failsafe_mode(ha: tuple[Any, Post
     finally:
         for host in victims:
             _start_etcd(lab, host)
-    bounded("etcd and Patroni healthy again", patroni.healthy, HEALTHY_BOUND, every=1)
+    bounded("etcd and Patroni healthy again", operator_heals(lab, cluster), HEALTHY_BOUND, every=1)
     figures = {"etcd_members_stopped": len(victims), "observed_s": window, "writes_during_quorum_loss": written,
                "longest_write_gap_s": round(gap, 2), "leader_kept": leader, **finish_and_count(writer, lost)}
     report("etcd quorum lost (failsafe mode)", figures)
