@@ -6,11 +6,9 @@ test_redis_roles.py; the modules' decisions are tested on plain values.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,6 +16,8 @@ import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.parsing.yaml.loader import AnsibleLoader
 from ansible.template import Templar, trust_as_template
+from role_support import role_module as _module
+from role_support import trusted as _trusted
 
 from dbfleet.engines.patroni import dynamic_config
 from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
@@ -31,27 +31,9 @@ FLEET = load_fleet(REPO / "fleet.example.yaml")
 sys.path.insert(0, str(REPO / "playbooks" / "filter_plugins"))
 import dbfleet_postgres as filters  # noqa: E402
 
-
-def _module(role: str, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROLES / role / "library" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 ETCD_AUTH = _module("etcd", "etcd_auth")
 PATRONI_CONFIG = _module("patroni", "patroni_config")
 
-
-def _trusted(value: Any) -> Any:
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {k: _trusted(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_trusted(v) for v in value]
-    return value
 
 
 def _variables(host: str, fleet_text: str = SPEC_TEXT) -> dict[str, Any]:

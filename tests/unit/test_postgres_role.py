@@ -12,6 +12,7 @@ import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+from role_support import trusted as _trusted
 
 from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
 from dbfleet.spec import load_fleet
@@ -62,15 +63,6 @@ def settings(conf: str) -> list[tuple[str, str]]:
         found.append((match["name"], _unquote(match["value"])))
     return found
 
-
-def _trusted(value: Any) -> Any:
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {k: _trusted(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_trusted(v) for v in value]
-    return value
 
 
 def _render(template: str, host: str, role_vars: dict[str, Any] | None = None, **cluster_overrides: Any) -> str:

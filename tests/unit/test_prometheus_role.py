@@ -9,6 +9,7 @@ import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+from role_support import trusted as _trusted
 
 from dbfleet.inventory import HostAccess, build_inventory, host_roles
 from dbfleet.spec import Fleet, load_fleet, parse_fleet
@@ -18,15 +19,6 @@ ROLE = REPO / "playbooks" / "roles" / "prometheus"
 OPERATOR = "172.30.0.1"
 PASSWORD = "operator-metrics-secret-4xQ"
 
-
-def _trusted(value: Any) -> Any:
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {k: _trusted(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_trusted(v) for v in value]
-    return value
 
 
 def _render(fleet: Fleet) -> tuple[str, dict[str, Any]]:

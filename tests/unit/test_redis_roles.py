@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,6 +11,8 @@ import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+from role_support import role_module as _module
+from role_support import trusted as _trusted
 
 from dbfleet.engines import tls
 from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
@@ -22,13 +23,6 @@ ROLES = REPO / "playbooks" / "roles"
 SECRET_KEYS = ("redis_admin_password", "redis_app_password", "redis_replication_password",
                "redis_sentinel_password", "redis_monitor_password")
 
-
-def _module(role: str, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROLES / role / "library" / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 discovery = _module("redis_common", "redis_current_master")
@@ -96,15 +90,6 @@ def test_sentinel_master_reply_and_changes() -> None:
 
 # --------------------------------------------------------------------------- rendered files
 
-
-def _trusted(value: Any) -> Any:
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, dict):
-        return {k: _trusted(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_trusted(v) for v in value]
-    return value
 
 
 def _render(role: str, template: str, host: str, task_vars: dict[str, str] | None = None,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dbfleet import shipped
-from dbfleet.spec import Fleet, LoadedSpec, read_spec
+from dbfleet.spec import Fleet, LoadedSpec, PostgresCluster, read_spec
 
 DEFAULT_LAB = "lab"
 PROJECT_ENV = "DBFLEET_PROJECT"
@@ -113,6 +113,18 @@ def add_lab_options(parser: argparse.ArgumentParser) -> None:
 
 def add_inventory_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inventory", type=Path, help="an inventory file instead of the lab's")
+
+
+def postgres_cluster(fleet: Fleet, name: str, refusal: str) -> PostgresCluster:
+    """The spec's PostgreSQL cluster `name`; a UsageError for an unknown name, or naming the engine and
+    `refusal` (what the command does) for a cluster of another engine."""
+    try:
+        cluster = fleet.cluster(name)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    if not isinstance(cluster, PostgresCluster):
+        raise UsageError(f"{cluster.name} is a {cluster.engine} cluster; {refusal}")
+    return cluster
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

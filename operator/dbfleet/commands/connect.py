@@ -10,16 +10,17 @@ import argparse
 from dbfleet.commands.common import (
     EXIT_OK,
     UsageError,
+    add_inventory_option,
     add_json_option,
     add_lab_options,
     emit,
     fleet_of,
     inventory_path,
+    postgres_cluster,
 )
 from dbfleet.engines.access import FleetAccess, read_inventory_hosts
 from dbfleet.engines.endpoints import endpoint_dsn
 from dbfleet.errors import ReconcileError
-from dbfleet.spec import PostgresCluster
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,19 +33,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--user", default="app", help="user name in the DSN (default: app)")
     p.add_argument("--dbname", help="database (default: the cluster's first)")
     add_lab_options(p)
-    p.add_argument("--inventory", help="an inventory file instead of the lab's")
+    add_inventory_option(p)
     add_json_option(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     fleet = fleet_of(args)
-    try:
-        cluster = fleet.cluster(args.cluster)
-    except KeyError as exc:
-        raise UsageError(str(exc.args[0])) from None
-    if not isinstance(cluster, PostgresCluster):
-        raise UsageError(f"{cluster.name} is a {cluster.engine} cluster; connect prints PostgreSQL DSNs")
+    cluster = postgres_cluster(fleet, args.cluster, "connect prints PostgreSQL DSNs")
     try:
         inventory = inventory_path(args).resolve()  # the DSN's sslrootcert must hold from any directory
         hosts = read_inventory_hosts(inventory)

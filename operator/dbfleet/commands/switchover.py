@@ -15,11 +15,13 @@ from dbfleet.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    add_inventory_option,
     add_json_option,
     add_lab_options,
     emit,
     fleet_of,
     inventory_path,
+    postgres_cluster,
 )
 from dbfleet.commands.reconcile import secrets_path
 from dbfleet.engines.access import FleetAccess
@@ -27,7 +29,6 @@ from dbfleet.engines.patroni import PatroniApi
 from dbfleet.errors import ReconcileError
 from dbfleet.reconcile.switchover import plan_switchover, switch_over
 from dbfleet.secrets import SecretsError
-from dbfleet.spec import PostgresCluster
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the planned switchover and change nothing")
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for HOST to lead (default 60)")
     add_lab_options(p)
-    p.add_argument("--inventory", help="an inventory file instead of the lab's")
+    add_inventory_option(p)
     p.add_argument("--secrets", type=Path,
                    help="secrets file (default: group_vars/all/secrets.yml beside the inventory)")
     add_json_option(p)
@@ -48,12 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     fleet = fleet_of(args)
-    try:
-        cluster = fleet.cluster(args.cluster)
-    except KeyError as exc:
-        raise UsageError(str(exc.args[0])) from None
-    if not isinstance(cluster, PostgresCluster):
-        raise UsageError(f"{cluster.name} is a {cluster.engine} cluster; switchover is for PostgreSQL")
+    cluster = postgres_cluster(fleet, args.cluster, "switchover is for PostgreSQL")
     if cluster.ha != "patroni":
         raise UsageError(f"{cluster.name} has ha: manual; switch over with "
                          f"ansible-playbook playbooks/pg_switchover.yml -e new_primary={args.to}")
