@@ -136,11 +136,15 @@ def test_configure_check_and_plan_against_the_lab_from_the_wheel(venv: Venv, con
     inventory = _project_inventory(configured, project)
     assert (inventory.parent / "pki" / "ca.crt").exists(), "the lab has no fleet CA after site.yml"
 
-    done = venv.dbfleet("configure", "--check", "--inventory", "inventories/wheel/hosts.yml", cwd=project)
+    # One host of each kind the lab runs (PostgreSQL, Redis, monitoring...): every role's path through the wheel
+    # is taken, at a fraction of a check of every host (which the session's converge already covers).
+    one_of_each = sorted({configured.hosts_of(h.engine)[0] for h in configured.state.hosts})
+    done = venv.dbfleet("configure", "--check", "--inventory", "inventories/wheel/hosts.yml",
+                        "--limit", ",".join(one_of_each), cwd=project)
     assert "configure: ok;" in done.stdout
     ansible = done.stderr  # the command streams Ansible's output there
     ran = {line.split()[0] for line in ansible.splitlines() if " : ok=" in line}
-    assert ran == set(configured.hostvars), "the check did not run on every host of the lab"
+    assert ran == set(one_of_each), "the check did not run on the hosts asked for"
     assert str(venv.package / "data" / "playbooks" / "roles") in ansible, "the roles did not come from the wheel"
 
     plan = json.loads(venv.dbfleet("--project", str(project), "plan", "--inventory", str(inventory), "--json",
