@@ -42,10 +42,10 @@ stamp=.venv/dbfleet-bootstrap.stamp
 want=$(sha256sum pyproject.toml | cut -c1-16)
 # Reinstalled when .venv's own dbfleet is not this checkout's (say the checkout moved), whatever PYTHONPATH says.
 if [[ $(imported env -u PYTHONPATH) != "$here" || ! -f $stamp || $(cat "$stamp") != "$want" ]] \
-    || ! "$PY" -c "import testinfra, pulumi_aws, importlinter, mypy, ruff, ansiblelint" 2>/dev/null; then
+    || ! "$PY" -c "import testinfra, pulumi_aws, importlinter, mypy, ruff, ansiblelint, ansible_mitogen" 2>/dev/null; then
   echo "[bootstrap] installing the dbfleet Python package (editable) and test dependencies into .venv" >&2
   "$PY" -m pip install -q -e '.[test]' 2>&1 | grep -v -E "^(WARNING|DEPRECATION|\[notice\])" || true
-  "$PY" -c "import testinfra, pulumi_aws, importlinter, mypy, ruff, ansiblelint" || { echo "[bootstrap] pip install failed" >&2; exit 1; }
+  "$PY" -c "import testinfra, pulumi_aws, importlinter, mypy, ruff, ansiblelint, ansible_mitogen" || { echo "[bootstrap] pip install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
 got=$(imported env)

@@ -35,7 +35,7 @@ def test_containers_are_reachable_systemd_hosts(lab, engine: str) -> None:
         assert host.run("systemctl is-system-running").stdout.strip() in ("running", "degraded")
         assert host.exists("python3"), "Ansible needs python3 on every host"
         assert lab.address(name) in host.check_output("ip -4 -o addr show")
-        assert lab.hostvars[name]["ansible_connection"] == "community.docker.docker"
+        assert lab.hostvars[name]["ansible_connection"] == "docker"
 
 
 def test_second_up_changes_nothing(lab) -> None:

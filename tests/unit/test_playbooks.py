@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,40 @@ def test_a_failed_converge_names_the_task_that_failed_not_only_the_recap() -> No
     failures = result.failures()
     assert failures.startswith("TASK [pgbackrest : Create the stanza]")
     assert "archive-push timed out" in failures and "postgres_exporter" not in failures.split("\n")[0]
+
+
+def test_mitogen_is_the_strategy_when_installed_and_not_turned_off(tmp_path: Path) -> None:
+    from dbfleet.playbook import mitogen_strategy
+
+    pytest.importorskip("ansible_mitogen")  # a test dependency (pyproject [test]); dbfleet[fast] for users
+    chosen = mitogen_strategy({})
+    assert chosen["ANSIBLE_STRATEGY"] == "mitogen_linear"
+    assert (Path(chosen["ANSIBLE_STRATEGY_PLUGINS"]) / "mitogen_linear.py").is_file()
+    assert mitogen_strategy({"DBFLEET_MITOGEN": "0"}) == {}
+    assert mitogen_strategy({"ANSIBLE_STRATEGY": "free"}) == {}, "the user's own strategy is kept"
+
+
+def test_a_play_runs_under_mitogen_with_the_shipped_config(tmp_path: Path) -> None:
+    """The strategy dbfleet picks really runs the play's modules in Mitogen's interpreter (its process title is
+    `python(mitogen:user@host:pid)`), and with DBFLEET_MITOGEN=0 in a plain interpreter: the check can fail."""
+    from dbfleet.playbook import ansible_env, mitogen_strategy
+
+    pytest.importorskip("ansible_mitogen")
+    play = tmp_path / "play.yml"
+    play.write_text("- hosts: all\n  gather_facts: false\n  tasks:\n"
+                    "    - ansible.builtin.shell: tr '\\\\0' ' ' < /proc/$PPID/cmdline\n      register: parent\n"
+                    "      changed_when: false\n    - ansible.builtin.debug: {var: parent.stdout}\n")
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(f"all:\n  hosts:\n    here: {{ansible_connection: local, "
+                         f"ansible_python_interpreter: {sys.executable}}}\n")
+    plain = {k: v for k, v in ansible_env().items() if k not in ("ANSIBLE_STRATEGY", "ANSIBLE_STRATEGY_PLUGINS")}
+    parents = {}
+    for mitogen in ("1", "0"):
+        env = plain | mitogen_strategy({"DBFLEET_MITOGEN": mitogen})
+        done = subprocess.run(["ansible-playbook", "-i", str(inventory), str(play)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        parents[mitogen] = done.stdout
+    assert "(mitogen:" in parents["1"], parents["1"][-2000:]
+    assert "(mitogen:" not in parents["0"] and sys.executable in parents["0"], parents["0"][-2000:]
+

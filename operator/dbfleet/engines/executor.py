@@ -3,7 +3,7 @@
 The operator runs on its own machine and drives tools that live on the database
 hosts (pgBackRest, pg_amcheck, mongodump). An InventoryExecutor (built by
 FleetAccess from the inventory) reads each host's `ansible_connection` and
-routes every call the way Ansible would: `community.docker.docker` hosts through the Docker API,
+routes every call the way Ansible would: `docker` (`community.docker.docker`) hosts through the Docker API,
 any other through the ssh client. Secrets travel in `env`, never in argv, so
 they do not show up in a process list or a log line.
 """
@@ -27,7 +27,8 @@ from dbfleet.errors import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
 
-DOCKER_CONNECTION = "community.docker.docker"
+DOCKER_CONNECTIONS = frozenset({"docker", "community.docker.docker"})
+"""Ansible routes the short name to the collection's plugin; Mitogen takes over only the short name."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class InventoryExecutor(Executor):
     def __init__(self, hostvars: Mapping[str, Mapping[str, Any]], docker_client: Any = None):
         self.hostvars = {h: dict(v) for h, v in hostvars.items()}
         docker_hosts = {h: str(v.get("ansible_host", h)) for h, v in self.hostvars.items()
-                        if v.get("ansible_connection") == DOCKER_CONNECTION}
+                        if v.get("ansible_connection") in DOCKER_CONNECTIONS}
         self._docker = DockerExecutor(docker_hosts, docker_client) if docker_hosts else None
         self._ssh = SshExecutor({h: v for h, v in self.hostvars.items() if h not in docker_hosts})
 

@@ -181,7 +181,7 @@ def up(fleet: Fleet, lab: str, inventories: Path, engines: set[str] | None = Non
     gateway = str(next(subnet.hosts()))
     access = {
         h.name: HostAccess(h.address, {
-            "ansible_connection": "community.docker.docker",
+            "ansible_connection": "docker",  # community.docker.docker; under Mitogen, its own docker connection
             "ansible_host": container_name(lab, h.name),
             "ansible_user": "root",
             "ansible_python_interpreter": "/usr/bin/python3",
