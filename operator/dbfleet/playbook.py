@@ -101,7 +101,8 @@ def mitogen_strategy(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
 def ansible_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every Ansible run gets: dbfleet's ansible.cfg, Mitogen where installed, no colour,
     unbuffered."""
-    return {**os.environ, "ANSIBLE_CONFIG": str(shipped.ansible_cfg()), **mitogen_strategy(),
+    asked = {**os.environ, **(extra or {})}
+    return {**os.environ, "ANSIBLE_CONFIG": str(shipped.ansible_cfg()), **mitogen_strategy(asked),
             "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 

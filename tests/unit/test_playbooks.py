@@ -174,3 +174,11 @@ def test_a_play_runs_under_mitogen_with_the_shipped_config(tmp_path: Path) -> No
     assert "(mitogen:" in parents["1"], parents["1"][-2000:]
     assert "(mitogen:" not in parents["0"] and sys.executable in parents["0"], parents["0"][-2000:]
 
+
+
+def test_a_run_asked_without_mitogen_gets_ansible_s_own_strategy() -> None:
+    from dbfleet.playbook import ansible_env
+
+    pytest.importorskip("ansible_mitogen")
+    assert "ANSIBLE_STRATEGY" not in ansible_env({"DBFLEET_MITOGEN": "0"})
+    assert ansible_env({"DBFLEET_MITOGEN": "1"}).get("ANSIBLE_STRATEGY") == "mitogen_linear"
