@@ -73,8 +73,8 @@ def _render(template: str, host: str, role_vars: dict[str, Any] | None = None, *
     variables: dict[str, Any] = _trusted(yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()))
     cluster = {**inventory["children"][cluster_group("pg-main")]["vars"]["cluster"], **cluster_overrides}
     variables.update(inventory["vars"], **inventory["hosts"][host], cluster=cluster,
-                     postgres_is_primary=host == "pg-1", postgres_primary_address="10.0.0.1",
-                     postgres_slot=host.replace("-", "_"),
+                     postgres_is_primary=host == "pg-1", postgres_server_primary_address="10.0.0.1",
+                     postgres_server_slot=host.replace("-", "_"),
                      dbfleet_secrets={"postgres_replication_password": "secret-replication"})
     variables.update(role_vars or {})
     text = (ROLE / "templates" / template).read_text()
@@ -116,7 +116,7 @@ def test_subtracted_classes_and_options_reach_the_file() -> None:
 
 def test_pgaudit_is_installed_by_the_role_and_in_the_lab_image() -> None:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    assert "postgresql-{{ postgres_version }}-pgaudit" in defaults["postgres_packages"]
+    assert "postgresql-{{ postgres_version }}-pgaudit" in defaults["postgres_server_packages"]
     dockerfile = (REPO / "operator/dbfleet/lab/images/postgres/Dockerfile").read_text()
     assert "postgresql-15-pgaudit" in dockerfile
 
@@ -128,14 +128,15 @@ def _tasks(path: Path) -> list[dict[str, Any]]:
 def test_every_task_that_sends_a_password_keeps_the_statement_out_of_the_server_log() -> None:
     """CREATE/ALTER ROLE ... PASSWORD 'x': PostgreSQL's statement logging writes it as sent (pgaudit redacts it)."""
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    options = defaults["postgres_secret_session_options"].split()
+    options = defaults["postgres_server_secret_session_options"].split()
     assert options == ["-c", "log_statement=none", "-c", "log_min_duration_statement=-1",
                        "-c", "log_min_error_statement=panic"]
     senders = [task for path in sorted((ROLE / "tasks").glob("*.yml")) for task in _tasks(path)
                if "password" in (task.get("community.postgresql.postgresql_user") or {})]
     assert len(senders) == 2
     for task in senders:
-        assert task.get("environment", {}).get("PGOPTIONS") == "{{ postgres_secret_session_options }}", task["name"]
+        pgoptions = task.get("environment", {}).get("PGOPTIONS")
+        assert pgoptions == "{{ postgres_server_secret_session_options }}", task["name"]
 
 
 def test_the_extension_is_created_after_the_restart_that_loads_the_library() -> None:
@@ -178,8 +179,8 @@ def test_ordinary_settings_render_as_before() -> None:
 
 
 def test_a_replica_streams_from_one_line_of_conninfo() -> None:
-    read = dict(settings(render_settings({}, host="pg-2", postgres_is_primary=False, postgres_slot="pg_2",
-                                         postgres_primary_address="10.0.0.1")))
+    read = dict(settings(render_settings({}, host="pg-2", postgres_is_primary=False, postgres_server_slot="pg_2",
+                                         postgres_server_primary_address="10.0.0.1")))
     assert read["primary_conninfo"].startswith("host=10.0.0.1 port=5432 user=replicator passfile=")
     assert "  " not in read["primary_conninfo"] and read["primary_slot_name"] == "pg_2"
 

@@ -196,7 +196,7 @@ def test_a_tls_sentinel_listens_on_tls_only_and_talks_tls_to_nodes_and_peers() -
 
 
 @pytest.mark.parametrize("address_var, address", [("redis_exporter_address", "rediss://localhost:6379"),
-                                                   ("sentinel_exporter_address", "rediss://localhost:26379")])
+                                                   ("redis_exporter_sentinel_address", "rediss://localhost:26379")])
 def test_the_exporters_dial_tls_and_check_the_certificate_against_the_fleet_ca(address_var: str, address: str) -> None:
     # The task's vars, as redis_exporter/tasks/main.yml passes them for each exporter.
     task_vars = {"exporter_address": f"{{{{ {address_var} }}}}", "exporter_user": "", "exporter_password": "pw",

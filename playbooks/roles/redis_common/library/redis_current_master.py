@@ -51,7 +51,7 @@ EXAMPLES = r"""
     login_user: dbfleet_admin
     login_password: "{{ redis_admin_password }}"
     fallback: 10.0.3.11
-  register: redis_discovered
+  register: redis_common_discovered
 """
 
 RETURN = r"""
