@@ -137,6 +137,32 @@ def wait_for(what: str, check: Any, limit: float = LIMIT) -> Any:
     raise RuntimeError(f"{what}: not within {limit:.0f}s")
 
 
+def healing(api: Api, state: Any, rewinds: list[str]) -> Any:
+    """A check for wait_for that, while the cluster is not healthy, runs the operator's members reconciler every
+    10 s as its loop would: a replica left past the new leader's fork point is rewound by the operator
+    (`patroni.on_diverged: rewind`), not by Patroni alone (README, "High availability with Patroni")."""
+    from dbfleet.cli import main as dbfleet
+
+    last = [time.monotonic()]
+    state_file = state.secrets.with_name("bench-failover-state.json")
+
+    def check() -> str | None:
+        leader = api.healthy()
+        if leader or time.monotonic() - last[0] < 10:
+            return leader
+        last[0] = time.monotonic()
+        out = io.StringIO()
+        with redirect_stdout(out):
+            dbfleet(["--spec", str(SPEC), "reconcile", "--once", "--cluster", CLUSTER, "--reconciler", "members",
+                     "--inventory", str(state.inventory), "--secrets", str(state.secrets), "--state",
+                     str(state_file), "--json"])
+        for cluster in json.loads(out.getvalue() or "{}").get("clusters", []):
+            rewinds.extend(o["target"] for o in cluster.get("outcomes", []) if o.get("kind") == "rewind")
+        return None
+
+    return check
+
+
 def run() -> list[Result]:
     from dbfleet.cli import main as dbfleet
 
@@ -150,7 +176,9 @@ def run() -> list[Result]:
         api = Api(addresses, pg.patroni.rest_api_port, str(state.inventory.parent / "pki" / "ca.crt"))
         endpoints = [access.address(h.name) for h in pg.endpoint_hosts()]
         password = access.secret("postgres_superuser_password")
-        wait_for("a healthy cluster", api.healthy)
+        rewinds: list[str] = []
+        healthy = healing(api, state, rewinds)
+        wait_for("a healthy cluster", healthy)
         with psycopg.connect(host=endpoints[0], port=pg.endpoints.rw_port, dbname=pg.databases[0], user="postgres",
                              password=password, sslmode="require", autocommit=True) as conn:
             conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
@@ -161,7 +189,7 @@ def run() -> list[Result]:
         switchovers: list[float] = []
         try:
             for _ in range(ROUNDS):
-                leader = wait_for("a healthy cluster", api.healthy)
+                leader = wait_for("a healthy cluster", healthy)
                 container = client.containers.get(f"dbfleet-{LAB}-{leader}")
                 killed = time.time()
                 container.kill()
@@ -171,7 +199,7 @@ def run() -> list[Result]:
                     container.start()
                 print(f"[bench] failover: {failovers[-1]:.2f}s after killing {leader}", file=sys.stderr)
             for _ in range(ROUNDS):
-                leader = wait_for("a healthy cluster", api.healthy)
+                leader = wait_for("a healthy cluster", healthy)
                 target = wait_for("a synchronous standby",
                                   lambda: next((n for n, m in api.members().items() if m["role"] == "sync_standby"),
                                                None))
@@ -185,11 +213,12 @@ def run() -> list[Result]:
                 switchovers.append(writer.longest_gap(started, time.time()))
                 print(f"[bench] switchover {leader} -> {target}: longest write pause {switchovers[-1]:.2f}s",
                       file=sys.stderr)
-            wait_for("a healthy cluster", api.healthy)
+            wait_for("a healthy cluster", healthy)
         finally:
             writer.halt.set()
             writer.join(timeout=30)
-    settings = {"ttl": pg.patroni.ttl, "loop_wait": pg.patroni.loop_wait, "retry_timeout": pg.patroni.retry_timeout}
+    settings = {"ttl": pg.patroni.ttl, "loop_wait": pg.patroni.loop_wait, "retry_timeout": pg.patroni.retry_timeout,
+                "operator_rewinds": rewinds}
     return [
         Result("failover", "kill primary -> first write (median of 3)", statistics.median(failovers), "s",
                float(pg.patroni.ttl), "ttl", {**settings, "rounds": [round(x, 2) for x in failovers]}),
