@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from process_support import stop
+
 from dbfleet.engines.credentials import ETCD_OPERATOR
 
 TOKEN_TTL = 3
@@ -136,10 +138,5 @@ def run_etcd(workdir: Path, prefix: str) -> Iterator[EtcdServer]:
         setup_auth(server, prefix)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc, grace=10)
         shutil.rmtree(workdir / "data", ignore_errors=True)

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from process_support import stop
+
 
 @dataclass(frozen=True)
 class S3Server:
@@ -87,9 +89,4 @@ def run_s3_server(workdir: Path) -> Iterator[S3Server]:
         _wait_port(ports["https"], proc, log)
         yield S3Server(f"https://127.0.0.1:{ports['https']}", access_key, secret_key, cert)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc, grace=5)

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_support import empty_fleet_files
 
 from dbfleet import wiring
 from dbfleet.cli import main
@@ -86,18 +87,9 @@ def test_an_etcd_lock_whose_members_do_not_answer_names_each_and_never_raises(tm
     assert all(f"https://127.0.0.1:{p}: " in lock.fault for p in ports)
 
 
-def _files(tmp_path: Path) -> Path:
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text("all:\n  hosts:\n    pg-1: {dbfleet_address: 127.0.0.1}\n")
-    secrets = tmp_path / "group_vars" / "all" / "secrets.yml"
-    secrets.parent.mkdir(parents=True)
-    secrets.write_text("dbfleet_secrets: {}\n")
-    return inventory
-
-
 def test_watch_refuses_an_interval_the_lease_would_not_outlive(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                                                 ) -> None:
-    inventory = _files(tmp_path)
+    inventory = empty_fleet_files(tmp_path)
     argv = ["--spec", str(SPEC), "reconcile", "--watch", "--interval", "60", "--inventory", str(inventory),
             "--no-metrics"]
     assert main(argv) == 2
@@ -107,7 +99,7 @@ def test_watch_refuses_an_interval_the_lease_would_not_outlive(tmp_path: Path, c
 
 def test_a_leader_cluster_that_cannot_hold_the_lock_is_a_usage_error(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    inventory = _files(tmp_path)
+    inventory = empty_fleet_files(tmp_path)
     assert main(["--spec", str(SPEC), "reconcile", "--once", "--leader-cluster", "cache",
                  "--inventory", str(inventory)]) == 2
     assert ("--leader-cluster: cache cannot hold the leader lock, which is on etcd (operator.leader); the clusters "
@@ -118,7 +110,7 @@ def test_once_and_status_say_which_lock_and_why_nobody_leads(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """No fleet CA beside the inventory: the etcd lock cannot be checked, so nobody is known to lead; the
     cluster is not observed either (exit 1), and both commands say so."""
-    inventory = _files(tmp_path)
+    inventory = empty_fleet_files(tmp_path)
     assert main(["--spec", str(SPEC), "reconcile", "--once", "--json", "--inventory", str(inventory)]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["leader_backend"] == "etcd" and not report["applied"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cli_support import empty_fleet_files
 
 from dbfleet.cli import build_parser, main
 from dbfleet.engines.postgres import classify
@@ -71,20 +72,8 @@ def test_postgres_errors_are_split_into_temporary_and_permanent(exc, kind):
     assert error.host == "pg-1" and error.message.startswith("database app: ")
 
 
-def _empty_fleet_files(tmp_path: Path) -> Path:
-    """An inventory with one host of the example's PostgreSQL cluster and a secrets file, but no fleet CA beside
-    it: reconcile starts, and the cluster's observation fails at once (it never connects unverified), so it runs
-    without servers."""
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text("all:\n  hosts:\n    pg-1: {dbfleet_address: 127.0.0.1}\n")
-    secrets = tmp_path / "group_vars" / "all" / "secrets.yml"
-    secrets.parent.mkdir(parents=True)
-    secrets.write_text("dbfleet_secrets: {}\n")
-    return inventory
-
-
 def test_reconcile_creates_its_audit_trail_0600_beside_the_state(tmp_path, capsys):
-    inventory = _empty_fleet_files(tmp_path)
+    inventory = empty_fleet_files(tmp_path)
     assert main(["--spec", SPEC, "reconcile", "--once", "--inventory", str(inventory)]) == 1  # no CA: no cluster
     trail = tmp_path / "operator-audit.jsonl"
     assert trail.exists() and trail.stat().st_mode & 0o777 == 0o600
@@ -94,7 +83,7 @@ def test_reconcile_creates_its_audit_trail_0600_beside_the_state(tmp_path, capsy
 
 
 def test_reconcile_refuses_to_start_when_its_audit_trail_is_a_link(tmp_path, capsys):
-    inventory = _empty_fleet_files(tmp_path)
+    inventory = empty_fleet_files(tmp_path)
     (tmp_path / "operator-audit.jsonl").symlink_to(tmp_path / "elsewhere")
     assert main(["--spec", SPEC, "reconcile", "--once", "--inventory", str(inventory)]) == 2
     err = capsys.readouterr().err
@@ -109,7 +98,7 @@ def test_the_operator_records_with_the_hash_of_the_spec_it_read(tmp_path):
     from dbfleet.actions import Action, Outcome
     from dbfleet.commands.reconcile import build_operator
 
-    inventory = _empty_fleet_files(tmp_path)
+    inventory = empty_fleet_files(tmp_path)
     args = build_parser().parse_args(["--spec", SPEC, "reconcile", "--once", "--inventory", str(inventory)])
     operator = build_operator(args, audit=True)
     assert operator.record is not None
