@@ -124,6 +124,30 @@ def parse_history(data: Any) -> tuple[tuple[int, int], ...]:
     return tuple(lines)
 
 
+WAL_SEGMENT_BYTES = 16 * 1024 * 1024
+"""PostgreSQL's default wal_segment_size, which dbfleet does not change."""
+
+
+def off_history_segment(wal: str, history: Sequence[tuple[int, int]],
+                        segment_bytes: int = WAL_SEGMENT_BYTES) -> bool:
+    """Whether WAL segment file `wal` (24 hex digits: timeline, log, segment) lies on a timeline the leader's
+    history left at or before the segment's end: WAL the current timeline never replays.
+
+    A member that pg_rewind moved to a new timeline can keep such segments in pg_wal; promoted later, it queues
+    them for archiving, and pgBackRest refuses each one that the archive holds with other bytes, which stops all
+    archiving behind it (README: Patroni, known issues). `history` is (parent timeline, switch point) as
+    parse_history gives it, oldest first."""
+    if len(wal) != 24 or any(c not in "0123456789ABCDEF" for c in wal.upper()):
+        return False
+    timeline, log, seg = int(wal[:8], 16), int(wal[8:16], 16), int(wal[16:], 16)
+    start = log * 0x1_0000_0000 + seg * segment_bytes
+    for parent, switchpoint in history:
+        if parent == timeline:
+            # Wholly after the switch point, or holding it: the next timeline has its own file for that segment.
+            return start + segment_bytes > switchpoint
+    return False
+
+
 def fork_point(timeline: int | None, replayed: int | None, history: Sequence[tuple[int, int]]) -> int | None:
     """Where the leader's history left `timeline`, if a member on it replayed past that point; None otherwise.
 
