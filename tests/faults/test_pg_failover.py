@@ -39,7 +39,8 @@ from patroni_support import (
 from dbfleet import wiring
 from dbfleet.cli import main
 from dbfleet.engines.access import FleetAccess
-from dbfleet.engines.postgres import connect
+from dbfleet.engines.patroni import WAL_SEGMENT_BYTES, parse_history
+from dbfleet.engines.postgres import connect, pg_paths
 from dbfleet.lab.topology import network_name
 from dbfleet.reconcile.leader import LOCK_KEY
 from dbfleet.spec import OperatorSettings, PostgresCluster
@@ -357,3 +358,90 @@ def test_switchover_under_load_through_patroni(ha: tuple[Any, PostgresCluster, P
                "old": old, "new": target, **finish_and_count(writer, started)}
     report("switchover under load", figures)
     record("switchover", figures)
+
+
+def _sql(lab: Any, cluster: PostgresCluster, host: str, query: str) -> Any:
+    access = FleetAccess.load(lab.inventory_path, lab.state.secrets)
+    with connect(cluster, access, host, "postgres") as conn:
+        return conn.execute(query).fetchone()
+
+
+def _as_postgres(lab: Any, host: str, script: str) -> None:
+    docker("exec", "-u", "postgres", lab.container(host), "sh", "-ec", script)
+
+
+def _archiver(lab: Any, cluster: PostgresCluster, host: str) -> tuple[str | None, str | None, bool]:
+    """(last archived, last failed, failing now) of the host's pg_stat_archiver."""
+    return _sql(lab, cluster, host, "SELECT last_archived_wal, last_failed_wal, last_failed_time > "
+                                    "coalesce(last_archived_time, '-infinity') FROM pg_stat_archiver")
+
+
+def test_archiving_stuck_on_a_stale_segment_is_unblocked_by_the_operator(
+        ha: tuple[Any, PostgresCluster, Patroni]) -> None:
+    """The state a member reaches when Patroni rewound it and it leads later (README: Patroni, archiving after a
+    rewind), made on purpose: a segment of the previous timeline, past where the current one forked, queued in the
+    leader's pg_wal under a name the archive already holds with other bytes. pgBackRest refuses it and archives
+    nothing behind it (`pgbackrest check` times out); the operator's members reconciler (`on_diverged: rewind`)
+    marks it archived, and archiving works again."""
+    lab, cluster, patroni = ha
+    assert cluster.patroni.on_diverged == "rewind", "the lab's spec should let the operator act"
+    leader, _ = bounded("a healthy cluster", operator_heals(lab, cluster), HEALTHY_BOUND, every=1)
+    status, history = patroni.get(leader, "history")
+    if status == 200 and not history:  # run alone on a fresh lab: a switchover makes the parent timeline
+        target = next(n for n, m in patroni.members().items() if m.get("role") != "leader")
+        with redirect_stdout(StringIO()) as out:
+            assert main(["--spec", str(REPO / "fleet.example.yaml"), "switchover", "--cluster", cluster.name, "--to",
+                         target, "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets)]) == 0, \
+                out.getvalue()
+        leader, _ = bounded("a healthy cluster", operator_heals(lab, cluster), HEALTHY_BOUND, every=1)
+        status, history = patroni.get(leader, "history")
+    assert status == 200 and history, f"no timeline history on {leader}: {history}"
+    parent, switch = parse_history(history)[-1]
+    segno = switch // WAL_SEGMENT_BYTES  # the segment where the current timeline forked from its parent
+    stale = f"{parent:08X}{segno >> 8:08X}{segno & 0xFF:08X}"
+    wal = f"{pg_paths(cluster).data_dir}/pg_wal"
+    # Two real segments of this server (so pgBackRest's header checks pass), with different bytes.
+    first = _sql(lab, cluster, leader, "SELECT pg_walfile_name(pg_switch_wal())")[0]
+    _sql(lab, cluster, leader, "SELECT txid_current()")
+    second = _sql(lab, cluster, leader, "SELECT pg_walfile_name(pg_switch_wal())")[0]
+    assert first != second
+
+    def plant(source: str) -> None:
+        status_dir = f"{wal}/archive_status"
+        _as_postgres(lab, leader, f"cp {wal}/{source} {wal}/{stale}.tmp && mv {wal}/{stale}.tmp {wal}/{stale} && "
+                                  f"rm -f {status_dir}/{stale}.done && touch {status_dir}/{stale}.ready")
+
+    def archiver_took_or_refused() -> str:
+        archived, failed, failing = _archiver(lab, cluster, leader)
+        if failing and failed == stale:
+            return "refused"
+        return "archived" if archived == stale and not failing else ""
+
+    plant(first)
+    _sql(lab, cluster, leader, "SELECT pg_switch_wal()")  # wakes the archiver
+    took, _ = bounded(f"the archiver handling {stale}", archiver_took_or_refused, 90, every=1)
+    if took == "archived":  # the archive now holds the first bytes under that name: queue other bytes
+        plant(second)
+        _sql(lab, cluster, leader, "SELECT txid_current(), pg_switch_wal()")
+        bounded(f"pgBackRest refusing {stale}", lambda: archiver_took_or_refused() == "refused", 150, every=1)
+    check = docker("exec", "-u", "postgres", lab.container(leader), "pgbackrest", f"--stanza={cluster.name}",
+                   "--archive-timeout=10", "check", check=False, timeout=120)
+    assert check.returncode != 0, f"archiving should be stuck behind {stale}: {check.stdout}"
+
+    argv = ["--spec", str(REPO / "fleet.example.yaml"), "reconcile", "--once", "--cluster", cluster.name,
+            "--reconciler", "members", "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets),
+            "--state", str(lab.state.secrets.with_name("failover-state.json")), "--json"]
+    with redirect_stdout(StringIO()) as out:
+        code = main(argv)
+    outcomes = [o for c in json.loads(out.getvalue()).get("clusters", []) for o in c.get("outcomes", [])]
+    skipped = [o for o in outcomes if o.get("kind") == "skip-stale-wal"]
+    assert code == 0 and [(o["target"], o["status"]) for o in skipped] == [(leader, "done")], out.getvalue()
+    _as_postgres(lab, leader, f"cd {wal}/archive_status && test -e {stale}.done && ! test -e {stale}.ready")
+
+    started = time.monotonic()
+    check = docker("exec", "-u", "postgres", lab.container(leader), "pgbackrest", f"--stanza={cluster.name}",
+                   "--archive-timeout=90", "check", check=False, timeout=150)
+    assert check.returncode == 0, f"archiving did not resume: {check.stdout[-2000:]}{check.stderr[-2000:]}"
+    report("archiving stuck on a stale segment", {"segment": stale, "operator_marked_it_done": True,
+                                                   "check_after_s": round(time.monotonic() - started, 1)})
+    _as_postgres(lab, leader, f"rm -f {wal}/{stale} {wal}/archive_status/{stale}.done")

@@ -151,6 +151,9 @@ def test_figures_are_sane(prom: tuple[Any, Prometheus]) -> None:
         assert {r["metric"]["datname"] for r in ages} >= {"postgres", "template0"}
         assert all(0 < float(r["value"][1]) < 2**31 for r in ages), ages
         assert p.query("dbfleet_pg_database_mxid_age"), "multixact ages"
+        # WAL archiving works on the primary (and a replica reports 0): PostgresArchivingFailing reads this.
+        archiving = p.query("dbfleet_pg_archiver_failing")
+        assert len(archiving) == len(lab.hosts_of("postgres")) and set(archiving.values()) == {0.0}, archiving
     if lab.has("redis"):
         memory = p.query("redis_memory_used_bytes / redis_memory_max_bytes")
         assert memory and all(0 < v < 1 for v in memory.values()), memory

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dbfleet.engines.base import Member, Topology
 from dbfleet.engines.postgres import pg_paths
-from dbfleet.reconcile.members import planned_starts, postgres_start_command
-from dbfleet.spec import load_fleet
+from dbfleet.reconcile.members import MemberReconciler, mark_done_command, planned_starts, postgres_start_command
+from dbfleet.spec import PostgresCluster, load_fleet
 
 FLEET = load_fleet(Path(__file__).resolve().parents[2] / "fleet.example.yaml")
 PATRONI = FLEET.cluster("pg-main")
@@ -85,3 +87,44 @@ def test_the_spec_default_only_reports_a_diverged_replica() -> None:
     from dbfleet.spec import Patroni
 
     assert Patroni().on_diverged == "report"
+
+
+def stuck(failing: str, off_history: list[str]) -> Topology:
+    facts = {"patroni": {"leader": "pg-2", "timeline": 5, "members": {},
+                         "archiver": {"failing_wal": failing, "queued": 4, "off_history": off_history}}}
+    return Topology("pg-main", "postgres", "pg-2", pg("pg-2").members, facts)
+
+
+def with_policy(on_diverged: str) -> PostgresCluster:
+    return PATRONI.model_copy(update={"patroni": PATRONI.patroni.model_copy(update={"on_diverged": on_diverged})})
+
+
+def test_archiving_stuck_on_an_off_history_segment_is_marked_done_only_under_the_policy() -> None:
+    stale = ["000000040000000000000024", "000000050000000000000025"]
+    [skip] = planned_starts(with_policy("rewind"), stuck(stale[0], stale))
+    assert (skip.kind, skip.target, skip.destructive, skip.changes) == ("skip-stale-wal", "pg-2", True, True)
+    assert "WAL archiving on pg-2 fails at 000000040000000000000024 (4 segments queued)" in skip.reason
+    assert skip.detail["command"] == (
+        "cd /var/lib/postgresql/15/main/pg_wal/archive_status && for wal in 000000040000000000000024 "
+        '000000050000000000000025; do if [ -e "$wal.ready" ]; then mv "$wal.ready" "$wal.done" && echo "$wal"; '
+        "fi; done")
+    assert MemberReconciler().status(PATRONI, stuck(stale[0], stale), [skip])["archiving_stuck_at"] == stale[0]
+    [report] = planned_starts(with_policy("report"), stuck(stale[0], stale))
+    assert (report.kind, report.changes) == ("report-stale-wal", False)
+    assert "`patroni.on_diverged: rewind` lets dbfleet mark them archived" in report.reason
+
+
+def test_any_other_archiving_failure_is_only_reported() -> None:
+    # The failing segment is on the leader's history: marking anything done would lose WAL a restore needs.
+    [report] = planned_starts(with_policy("rewind"), stuck("000000050000000000000031", ["000000040000000000000024"]))
+    assert (report.kind, report.target, report.changes) == ("report-archive-failing", "pg-2", False)
+    assert "pgbackrest check" in report.reason
+    assert MemberReconciler().status(PATRONI, stuck("x", []), [report])["archiving_stuck_at"] == \
+        "000000050000000000000031"
+
+
+def test_the_mark_done_command_takes_only_segment_names() -> None:
+    for bad in (["000000040000000000000024; rm -rf /"], ["00000004.history"], ["../../x"], [],
+                ["000000040000000000000024.partial"], ["00000004000000000000002a"]):
+        with pytest.raises(ValueError):
+            mark_done_command("/var/lib/postgresql/15/main", bad)

@@ -3,7 +3,7 @@ issues): figures from the lab's incident of 2026-11-30, where pg-1 was rewound a
 
 from __future__ import annotations
 
-from dbfleet.engines.patroni import off_history_segment, parse_history
+from dbfleet.engines.patroni import off_history_segment, parse_history, stale_ready
 
 # Timeline 8's history as GET /history gives it: each parent timeline and where the next began.
 HISTORY = parse_history([[1, "0/A000000", "no recovery target specified"], [2, "0/16000000", ""],
@@ -32,3 +32,15 @@ def test_names_that_are_not_segments_are_never_off_history() -> None:
     for name in ("00000004.history", "000000040000000000000024.partial", "zz0000040000000000000024", "",
                  "0000000400000000000000024"):
         assert not off_history_segment(name, HISTORY)
+
+
+def test_stale_ready_keeps_only_the_off_history_segments_in_order() -> None:
+    queued = ["000000080000000000000052", "000000050000000000000025", "000000040000000000000024",
+              "00000008.history", "000000040000000000000023"]
+    assert stale_ready(queued, HISTORY) == ["000000040000000000000024", "000000050000000000000025"]
+    assert stale_ready(queued, ()) == []  # no history read: nothing is judged stale
+
+
+def test_lower_case_names_are_not_postgresql_s_and_never_judged() -> None:
+    assert off_history_segment("00000004000000000000002A", HISTORY)
+    assert not off_history_segment("00000004000000000000002a", HISTORY)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import ssl
 import urllib.error
 import urllib.request
@@ -126,6 +127,8 @@ def parse_history(data: Any) -> tuple[tuple[int, int], ...]:
 
 WAL_SEGMENT_BYTES = 16 * 1024 * 1024
 """PostgreSQL's default wal_segment_size, which dbfleet does not change."""
+SEGMENT_NAME = re.compile(r"[0-9A-F]{24}")
+"""A WAL segment file's name as PostgreSQL writes it: timeline, log and segment, 8 upper-case hex digits each."""
 
 
 def off_history_segment(wal: str, history: Sequence[tuple[int, int]],
@@ -135,9 +138,9 @@ def off_history_segment(wal: str, history: Sequence[tuple[int, int]],
 
     A member that pg_rewind moved to a new timeline can keep such segments in pg_wal; promoted later, it queues
     them for archiving, and pgBackRest refuses each one that the archive holds with other bytes, which stops all
-    archiving behind it (README: Patroni, known issues). `history` is (parent timeline, switch point) as
-    parse_history gives it, oldest first."""
-    if len(wal) != 24 or any(c not in "0123456789ABCDEF" for c in wal.upper()):
+    archiving behind it (README: Patroni, "WAL archiving after a rewind"). `history` is (parent timeline, switch
+    point) as parse_history gives it, oldest first."""
+    if not SEGMENT_NAME.fullmatch(wal):
         return False
     timeline, log, seg = int(wal[:8], 16), int(wal[8:16], 16), int(wal[16:], 16)
     start = log * 0x1_0000_0000 + seg * segment_bytes
@@ -146,6 +149,11 @@ def off_history_segment(wal: str, history: Sequence[tuple[int, int]],
             # Wholly after the switch point, or holding it: the next timeline has its own file for that segment.
             return start + segment_bytes > switchpoint
     return False
+
+
+def stale_ready(ready: Sequence[str], history: Sequence[tuple[int, int]]) -> list[str]:
+    """The segments among `ready` (names queued for archiving, without `.ready`) that lie off `history`."""
+    return sorted(wal for wal in ready if off_history_segment(wal, history))
 
 
 def fork_point(timeline: int | None, replayed: int | None, history: Sequence[tuple[int, int]]) -> int | None:
@@ -236,11 +244,9 @@ class PatroniApi:
                   if m.role != "leader" and m.timeline is not None and m.timeline < leader.timeline}
         if not behind:
             return state
-        try:
-            status, raw = self.request(leader.name, "history")
-        except TemporaryError:
+        history = self.history(leader.name)
+        if history is None:
             return state
-        history = parse_history(raw) if status == 200 else ()
         members = []
         for m in state.members:
             if m.name in behind:
@@ -248,6 +254,14 @@ class PatroniApi:
                 m = replace(m, replayed=replayed, diverged_at=fork_point(m.timeline, replayed, history))
             members.append(m)
         return replace(state, members=tuple(members), history=history)
+
+    def history(self, leader: str) -> tuple[tuple[int, int], ...] | None:
+        """GET /history of the leader; None when it does not answer."""
+        try:
+            status, raw = self.request(leader, "history")
+        except TemporaryError:
+            return None
+        return parse_history(raw) if status == 200 else ()
 
     def replayed(self, host: str) -> int | None:
         """GET /patroni's xlog.replayed_location of one member; None when it does not say."""

@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
 from dbfleet.engines.base import EngineSession, Member, Topology
 from dbfleet.engines.credentials import POSTGRES_SUPERUSER
-from dbfleet.engines.patroni import PatroniApi, PatroniState, format_lsn
+from dbfleet.engines.patroni import PatroniApi, PatroniState, format_lsn, stale_ready
 from dbfleet.engines.tls import postgres_tls
 from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.spec import PostgresCluster
@@ -51,6 +51,14 @@ PERMANENT_CONNECT_MESSAGES = (
     "certificate verify failed", "authentication method requirement", "root certificate file",
     "server certificate for",
 )
+
+ARCHIVER_FAILING = """SELECT last_failed_wal,
+       last_failed_time > coalesce(last_archived_time, '-infinity') AS failing
+  FROM pg_stat_archiver WHERE last_failed_time IS NOT NULL"""
+"""The archiver's latest attempt failed (PostgreSQL retries the same segment until it succeeds)."""
+QUEUED_SEGMENTS = """SELECT left(name, -6) AS wal FROM pg_ls_archive_statusdir()
+ WHERE name LIKE '%.ready' ORDER BY name"""
+"""The segments waiting for archive_command (their archive_status/*.ready files)."""
 
 Query = str | bytes | sql.SQL | sql.Composed
 """A statement: a constant string, or one composed with psycopg.sql from identifiers and literals."""
@@ -193,7 +201,27 @@ class PostgresSession(EngineSession[PostgresCluster]):
                                  **({"replayed": format_lsn(m.replayed)} if m.replayed is not None else {}),
                                  **({"diverged_at": format_lsn(m.diverged_at)} if m.diverged_at is not None else {})}
                         for m in state.members}}}
+        if primary is not None:
+            archiver = self._stuck_archiver(primary, state)
+            if archiver:
+                facts["patroni"]["archiver"] = archiver
         return Topology(self.cluster.name, self.engine, primary, tuple(members), facts)
+
+    def _stuck_archiver(self, leader: str, state: PatroniState) -> dict[str, Any]:
+        """When the leader's archiver is failing: the segment it fails on, and which queued segments lie off the
+        leader's timeline history (README: Patroni, "WAL archiving after a rewind"). Empty while archiving works: a
+        healthy cycle costs one query."""
+        try:
+            rows = self.run(leader, "postgres", ARCHIVER_FAILING)
+            if not rows or not rows[0]["failing"]:
+                return {}
+            queued = [r["wal"] for r in self.run(leader, "postgres", QUEUED_SEGMENTS)]
+        except ReconcileError as exc:
+            log.warning("%s: cannot read %s's archiver: %s", self.cluster.name, leader, exc.message)
+            return {}
+        history = state.history or self.patroni.history(leader) or ()
+        return {"failing_wal": rows[0]["last_failed_wal"], "queued": len(queued),
+                "off_history": stale_ready(queued, history)}
 
     def _sql_topology(self) -> Topology:
         members = []

@@ -37,6 +37,8 @@ DEAD_TUPLES = "dbfleet_pg_table_dead_tuples"
 XID_AGE = "dbfleet_pg_database_xid_age"
 MXID_AGE = "dbfleet_pg_database_mxid_age"
 """Wraparound ages come from the postgres exporter (its dbfleet_pg_database query), sampled every scrape."""
+ARCHIVER_FAILING = "dbfleet_pg_archiver_failing"
+"""1 while a primary's archive_command fails (the exporter's dbfleet_pg_archiver query)."""
 CYCLES_WITHOUT_LEADER = "dbfleet_operator_cycles_without_leader"
 """Consecutive cycles in which the leader lock's store did not answer this operator (OperatorNoLeader)."""
 

@@ -201,6 +201,10 @@ def postgres_rules(cluster: PostgresCluster) -> list[Rule]:
                     "(limits %gs, %d bytes)" % (name, alerts.replica_lag_seconds, alerts.replica_lag_bytes),
         ))
     rules += [
+        Rule(alert="PostgresArchivingFailing", expr=f"max by (cluster, host) ({metrics.ARCHIVER_FAILING}{pg}) == 1",
+             for_=SUSTAINED, severity="critical",
+             summary="WAL archiving on {{ $labels.host }} (%s) has failed for %s: backups and "
+                     "point-in-time recovery stop behind it; `dbfleet plan` names the segment" % (name, SUSTAINED)),
         Rule(alert="PostgresCacheHitRatioLow",
              expr=f"dbfleet:pg_cache_hit_ratio:rate{c} < {alerts.cache_hit_ratio_min:g}", for_=CACHE_FOR,
              summary="buffer cache hit ratio on {{ $labels.host }} is {{ $value | humanizePercentage }} "

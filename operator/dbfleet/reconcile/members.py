@@ -19,17 +19,24 @@ fork point after Patroni's one check at the change of leader (old-timeline WAL
 restored from the archive). It can follow no one; with `patroni.on_diverged:
 rewind` the reconciler restarts Patroni there (a destructive `rewind`: the
 start-up check runs pg_rewind, discarding the WAL the leader never had),
-otherwise it reports it.
+otherwise it reports it. A second: a rewound member that later leads queues
+old-timeline segments left in its pg_wal for archiving, and pgBackRest refuses
+one the archive holds with other bytes, which stops all archiving behind it.
+When the leader's archiver fails on a segment off its timeline history, the
+same policy marks such segments archived (`skip-stale-wal`); any other
+archiving failure is reported.
 """
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from typing import Any
 
 from dbfleet.actions import Action
 from dbfleet.engines import AnySession
 from dbfleet.engines.base import AnyCluster, Topology
+from dbfleet.engines.patroni import SEGMENT_NAME
 from dbfleet.engines.postgres import PgPaths, pg_paths
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.playbook import run_shell
@@ -60,7 +67,7 @@ def patroni_reports(cluster: PostgresCluster, topology: Topology) -> list[Action
             reports.append(Action(cluster.name, RECONCILER, "report-member-down", member.host,
                                   f"{member.host} is not running ({member.detail or 'down'}); Patroni owns it: "
                                   "it restarts, rebuilds or rewinds the server, dbfleet starts nothing"))
-    return reports + diverged_members(cluster, topology)
+    return reports + diverged_members(cluster, topology) + stuck_archiving(cluster, topology)
 
 
 def diverged_members(cluster: PostgresCluster, topology: Topology) -> list[Action]:
@@ -85,6 +92,43 @@ def diverged_members(cluster: PostgresCluster, topology: Topology) -> list[Actio
                                   f"{why}; `patroni.on_diverged: rewind` lets dbfleet restart Patroni there to "
                                   "rewind it, or rebuild it with `patronictl reinit`", detail={"fork": fork}))
     return actions
+
+
+def mark_done_command(data_dir: str, segments: list[str]) -> str:
+    """Mark queued segments archived (`.ready` -> `.done`), each only if still queued; names are checked."""
+    if not segments or not all(SEGMENT_NAME.fullmatch(wal) for wal in segments):
+        raise ValueError(f"not WAL segment names: {segments!r}")
+    status_dir = shlex.quote(f"{data_dir}/pg_wal/archive_status")
+    return (f"cd {status_dir} && for wal in {' '.join(segments)}; do "
+            'if [ -e "$wal.ready" ]; then mv "$wal.ready" "$wal.done" && echo "$wal"; fi; done')
+
+
+def stuck_archiving(cluster: PostgresCluster, topology: Topology) -> list[Action]:
+    """The leader's archiver failing: a `skip-stale-wal` when the segments queued off the leader's timeline
+    history are in the way (with `patroni.on_diverged: rewind`), otherwise a report."""
+    patroni = topology.facts.get("patroni") or {}
+    archiver, leader = patroni.get("archiver"), topology.primary
+    if not archiver or leader is None:
+        return []
+    failing, stale = archiver.get("failing_wal"), list(archiver.get("off_history") or [])
+    why = (f"WAL archiving on {leader} fails at {failing} ({archiver.get('queued')} segments queued): backups and "
+           "point-in-time recovery stop until it archives again")
+    if failing not in stale:
+        return [Action(cluster.name, RECONCILER, "report-archive-failing", leader,
+                       f"{why}; see the server's log and `pgbackrest check`", detail={"wal": failing})]
+    listed = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+    why = (f"{why}. {listed} lie on timelines the leader's history left before them (left in pg_wal by a "
+           "rewind; the archive holds other bytes under the same name)")
+    if cluster.patroni.on_diverged != "rewind":
+        return [Action(cluster.name, RECONCILER, "report-stale-wal", leader,
+                       f"{why}; `patroni.on_diverged: rewind` lets dbfleet mark them archived",
+                       detail={"wal": failing, "segments": stale})]
+    return [Action(cluster.name, RECONCILER, "skip-stale-wal", leader,
+                   f"{why}: mark them archived (.ready -> .done); the current timeline never replays them",
+                   destructive=True,
+                   detail={"unit": "archive_status", "wal": failing, "segments": stale,
+                           "command": mark_done_command(pg_paths(cluster).data_dir, stale),
+                           "done": f"marked {len(stale)} off-history segments archived"})]
 
 
 def planned_starts(cluster: AnyCluster, topology: Topology) -> list[Action]:
@@ -134,7 +178,7 @@ class MemberReconciler:
         try:
             done = run_shell(action.target, inventory, action.detail["command"], START_TIMEOUT)
         except subprocess.TimeoutExpired:
-            raise TemporaryError(f"ansible did not finish starting {action.detail['unit']} within "
+            raise TemporaryError(f"ansible did not finish {action.kind} ({action.detail['unit']}) within "
                                  f"{START_TIMEOUT}s", cluster=action.cluster, host=action.target) from None
         if done.returncode == 0:
             return str(action.detail.get("done", f"started {action.detail['unit']}"))
@@ -153,5 +197,7 @@ class MemberReconciler:
         return []
 
     def status(self, cluster: AnyCluster, observed: Topology, actions: list[Action]) -> dict[str, Any]:
+        stuck = [a for a in actions if a.kind in ("skip-stale-wal", "report-stale-wal", "report-archive-failing")]
         return {"members_down": [a.target for a in actions if a.kind in ("start", "report-member-down")],
-                "members_diverged": [a.target for a in actions if a.kind in ("rewind", "report-diverged")]}
+                "members_diverged": [a.target for a in actions if a.kind in ("rewind", "report-diverged")],
+                **({"archiving_stuck_at": stuck[0].detail["wal"]} if stuck else {})}
