@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "fleet.example.yaml"
 RUN_BOUND = 120.0
 """Seconds one `reconcile --once` may take with a dead primary: its etcd member and its servers time out (5 s
-each), Patroni fails over (ttl 8 s in the example), the rest of the fleet is reconciled."""
+each), Patroni fails over (ttl 6 s in the example), the rest of the fleet is reconciled."""
 SENTINEL_BOUND = 30.0
 
 

@@ -128,3 +128,28 @@ def test_the_mark_done_command_takes_only_segment_names() -> None:
                 ["000000040000000000000024.partial"], ["00000004000000000000002a"]):
         with pytest.raises(ValueError):
             mark_done_command("/var/lib/postgresql/15/main", bad)
+
+
+def etcd_on(leader: str, primary: str = "pg-1", *down: str) -> Topology:
+    ids = {"pg-1": "101", "pg-2": "102", "pg-3": "103"}
+    facts = {"patroni": {"leader": primary, "timeline": 3, "members": {},
+                         "etcd": {"leader": leader, "ids": ids, "urls": [f"https://{leader}:2379"]}}}
+    return Topology("pg-main", "postgres", primary, pg(primary, *down).members, facts)
+
+
+def test_etcd_s_leader_is_moved_off_the_postgresql_leader_s_host() -> None:
+    [move] = planned_starts(PATRONI, etcd_on("pg-1"))
+    assert (move.kind, move.target, move.destructive, move.changes) == ("move-etcd-leader", "pg-2", False, True)
+    assert move.detail["target_id"] == "102" and move.detail["leader_urls"] == ["https://pg-1:2379"]
+    assert "another ttl (6s)" in move.reason
+    # Not to a member whose PostgreSQL is down (its host may be the one in trouble).
+    assert [(a.kind, a.target) for a in planned_starts(PATRONI, etcd_on("pg-1", "pg-1", "pg-2"))] == [
+        ("report-member-down", "pg-2"), ("move-etcd-leader", "pg-3")]
+
+
+def test_etcd_s_leader_elsewhere_or_unknown_is_left_alone() -> None:
+    assert planned_starts(PATRONI, etcd_on("pg-3")) == []
+    assert planned_starts(PATRONI, etcd_on("")) == []  # etcd did not answer this cycle
+    no_primary = etcd_on("pg-1", "pg-1")
+    no_primary = Topology("pg-main", "postgres", None, no_primary.members, no_primary.facts)
+    assert "move-etcd-leader" not in [a.kind for a in planned_starts(PATRONI, no_primary)]

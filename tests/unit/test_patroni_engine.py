@@ -77,7 +77,7 @@ def test_switchover_needs_a_leader_and_a_running_candidate() -> None:
 
 def test_dynamic_config_follows_the_spec() -> None:
     dcs = dynamic_config(PG)
-    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (PG.patroni.ttl, 1, 3)
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (PG.patroni.ttl, 1, 2)
     assert dcs["synchronous_mode"] is True and dcs["synchronous_node_count"] == 1
     assert dcs["postgresql"] == {"use_pg_rewind": True, "use_slots": True}
     strict = PG.model_copy(update={"synchronous": PG.synchronous.model_copy(update={"strict": True})})

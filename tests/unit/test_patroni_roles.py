@@ -95,7 +95,7 @@ def test_patroni_config_names_the_member_its_api_its_etcd_and_its_server() -> No
 
 def test_bootstrap_dcs_carries_the_spec_timings_sync_mode_and_failsafe() -> None:
     dcs = _patroni_config()["bootstrap"]["dcs"]
-    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (8, 1, 3)
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (6, 1, 2)
     assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is False
     assert dcs["synchronous_node_count"] == 1 and dcs["failsafe_mode"] is True
     assert dcs["postgresql"]["use_pg_rewind"] is True and dcs["postgresql"]["parameters"] == {"max_connections": 100}
@@ -105,7 +105,7 @@ def test_a_parameter_value_is_data_in_patroni_config_never_yaml() -> None:
     hostile = "x'\n  evil: {{ 7 * 7 }}\nttl: 1"
     dcs = _patroni_config(parameters={"application_name": hostile})["bootstrap"]["dcs"]
     assert dcs["postgresql"]["parameters"]["application_name"] == hostile
-    assert dcs["ttl"] == 8 and "evil" not in dcs
+    assert dcs["ttl"] == 6 and "evil" not in dcs
 
 
 def test_pg_parameters_spell_booleans_as_postgres_does() -> None:
@@ -207,4 +207,4 @@ def test_inventory_groups_for_patroni_etcd_and_haproxy() -> None:
     assert {"etcd-3", "proxy-1"} <= set(groups[cluster_group("pg-main")]["hosts"])
     assert "postgres" not in [g for g, v in groups.items() if "etcd-3" in v["hosts"]]
     dcs = groups[cluster_group("pg-main")]["vars"]["dbfleet_patroni"]["dcs"]
-    assert json.dumps(dcs) and dcs["ttl"] == 8
+    assert json.dumps(dcs) and dcs["ttl"] == 6

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
-from dbfleet.engines.credentials import ETCD_OPERATOR, Login
+from dbfleet.engines.credentials import ETCD_OPERATOR, ETCD_ROOT, Login
 from dbfleet.engines.tls import https_context
 from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
 from dbfleet.spec import PostgresCluster
@@ -127,6 +127,17 @@ class EtcdGateway:
         kvs = data.get("kvs") or []
         return _key_value(kvs[0]) if kvs else None
 
+    # -- the etcd leader's place (the members reconciler) ---------------------
+
+    def leader(self) -> EtcdLeader:
+        """Which member leads etcd's raft now, by name (an etcd member's name is its fleet host's)."""
+        leader = str(self.call("maintenance/status", {}).get("leader", ""))
+        members = self.call("cluster/member/list", {}).get("members") or []
+        names = {str(m.get("ID")): str(m.get("name", "")) for m in members}
+        urls = {str(m.get("ID")): [str(u) for u in m.get("clientURLs") or []] for m in members}
+        return EtcdLeader(names.get(leader, ""), {name: member_id for member_id, name in names.items()},
+                          tuple(urls.get(leader, ())))
+
     # -- transport -------------------------------------------------------------
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -202,6 +213,29 @@ class EtcdGateway:
         if status == 503 or code == UNAVAILABLE:
             raise _Unreachable(message)
         raise _Refused(status, code if isinstance(code, int) else None, message)
+
+
+@dataclass(frozen=True)
+class EtcdLeader:
+    """etcd's raft leader: its member name, every member's ID by name, and the leader's client URLs."""
+
+    name: str
+    ids: dict[str, str]
+    urls: tuple[str, ...]
+
+
+def move_leader(cluster: PostgresCluster, access: FleetAccess, leader_urls: Sequence[str], target_id: str) -> None:
+    """Hand etcd's raft leadership to member `target_id` (MoveLeader, asked of the leader itself). etcd 3.4 lets
+    only its root user do this, so this one call goes as root (from the fleet's secrets, which the operator
+    holds anyway); no other call of the operator's does."""
+    gateway = EtcdGateway(leader_urls, https_context(cluster, access.ca_file(cluster)), ETCD_ROOT,
+                          access.password(ETCD_ROOT), where=f"etcd of {cluster.name}")
+    try:
+        gateway.call("maintenance/transfer-leadership", {"targetID": target_id})
+    except PermanentError as exc:
+        if "not leader" in exc.message:  # it moved since the cycle looked: the next cycle looks again
+            raise TemporaryError(exc.message, cluster=cluster.name, action="move etcd's leader") from None
+        raise
 
 
 class _Unreachable(Exception):

@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
 from dbfleet.engines.base import EngineSession, Member, Topology
 from dbfleet.engines.credentials import POSTGRES_SUPERUSER
+from dbfleet.engines.etcd import operator_gateway
 from dbfleet.engines.patroni import PatroniApi, PatroniState, format_lsn, stale_ready
 from dbfleet.engines.tls import postgres_tls
 from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
@@ -205,7 +206,19 @@ class PostgresSession(EngineSession[PostgresCluster]):
             archiver = self._stuck_archiver(primary, state)
             if archiver:
                 facts["patroni"]["archiver"] = archiver
+            facts["patroni"]["etcd"] = self._etcd_leader()
         return Topology(self.cluster.name, self.engine, primary, tuple(members), facts)
+
+    def _etcd_leader(self) -> dict[str, Any]:
+        """Where etcd's raft leader is (the members reconciler keeps it off the PostgreSQL leader's host); empty
+        when etcd does not answer, which the leader lock and Patroni report in their own ways."""
+        try:
+            leader = operator_gateway(self.cluster, self.access).leader()
+        except ReconcileError as exc:
+            log.warning("%s: cannot read etcd's leader: %s", self.cluster.name, exc.message)
+            return {}
+        self.queries += 1
+        return {"leader": leader.name, "ids": leader.ids, "urls": list(leader.urls)}
 
     def _stuck_archiver(self, leader: str, state: PatroniState) -> dict[str, Any]:
         """When the leader's archiver is failing: the segment it fails on, and which queued segments lie off the
