@@ -2,10 +2,13 @@
 
 A writer commits one row per transaction through HAProxy's read-write port
 (the DSN of `dbfleet connect`). Three times each:
-- `docker kill` of the primary's container: the longest pause between two
-  acknowledged writes around the kill, once another member leads (then the
-  container is started again and the bench waits until it streams as a
-  replica, with the operator's members reconciler healing as its loop would);
+- `docker kill` of the primary's container, after one cycle of the operator's
+  members reconciler (as its loop runs every interval) and with the writer on
+  HAProxy of a host that survives: the longest pause between two
+  acknowledged writes around the kill, once another member leads, and the
+  time until Patroni names the new leader (then the container is started
+  again and the bench waits until it streams as a replica, with the members
+  reconciler healing as the operator's loop would);
 - `dbfleet switchover` to the synchronous standby: the longest pause between
   two acknowledged writes.
 The medians are printed beside the spec's ttl and loop_wait; the failover's
@@ -57,19 +60,31 @@ class Writer(threading.Thread):
         self.addresses, self.port, self.dbname, self.password = addresses, port, dbname, password
         self.acked: list[float] = []
         self.halt = threading.Event()
+        self.preferred = 0
+        self.switch = threading.Event()
 
     def connect(self, address: str) -> psycopg.Connection[Any]:
         return psycopg.connect(host=address, port=self.port, dbname=self.dbname, user="postgres",
                                password=self.password, sslmode="require", autocommit=True, **CLIENT)
 
+    def through(self, address: str) -> None:
+        """Write through the endpoint on `address` from the next write on."""
+        self.preferred = self.addresses.index(address)
+        self.switch.set()
+
     def run(self) -> None:
-        conn, preferred, n = None, 0, 0
+        conn, n = None, 0
         while not self.halt.is_set():
+            if self.switch.is_set() and conn is not None:
+                conn.close()
+                conn = None
+            self.switch.clear()
+            preferred = self.preferred
             if conn is None:
                 for k in range(len(self.addresses)):
                     try:
                         conn = self.connect(self.addresses[(preferred + k) % len(self.addresses)])
-                        preferred = (preferred + k) % len(self.addresses)
+                        self.preferred = (preferred + k) % len(self.addresses)
                         break
                     except psycopg.Error:
                         continue
@@ -199,6 +214,10 @@ def run() -> list[Result]:
                 leader = wait_for("a healthy cluster", healthy)
                 # The operator's loop has run on the healthy cluster (every interval) before the fault strikes.
                 acts.extend(f"{o['kind']} {o['target']}" for o in members_cycle(state) if o.get("status") == "done")
+                # Through HAProxy on a host that survives (as with `endpoints.hosts` apart from the servers): the
+                # figure is the failover's, not a client's wait on a load balancer that died with the primary.
+                writer.through(next(a for h, a in addresses.items() if h != leader and a in endpoints))
+                writer.first_after(time.time())
                 container = client.containers.get(f"dbfleet-{LAB}-{leader}")
                 killed = time.time()
                 container.kill()
@@ -248,4 +267,5 @@ def run() -> list[Result]:
 if __name__ == "__main__":
     for result in run():
         print(f"{result.metric}: {result.value:.2f} {result.unit} (ttl {result.extra['ttl']}s, loop_wait "
-              f"{result.extra['loop_wait']}s; baseline {result.baseline_name} {result.baseline})")
+              f"{result.extra['loop_wait']}s; baseline {result.baseline_name} {result.baseline}; rounds "
+              f"{result.extra['rounds']}, new leader after {result.extra.get('new_leader_after_s', '-')})")

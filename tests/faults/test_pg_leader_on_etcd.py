@@ -4,8 +4,9 @@ the rest of the fleet.
 The first PostgreSQL cluster's primary container is killed (its etcd member
 goes with it; the other two keep etcd's quorum) while a Sentinel of the Redis
 cluster is stopped. The operator, its leader lease in that cluster's etcd,
-still leads, and its members reconciler starts the Sentinel; with the old
-advisory lock on the dead primary nobody would have acted. Bounded in time;
+still leads: its members reconciler starts the Sentinel, and a Redis snapshot
+due in that window is taken; with the old advisory lock on the dead primary
+nobody would have acted. Bounded in time;
 the killed container is started again and the cluster left healthy.
 """
 
@@ -36,8 +37,8 @@ each), Patroni fails over (ttl 6 s in the example), the rest of the fleet is rec
 SENTINEL_BOUND = 30.0
 
 
-def run_cli(lab: Any, workdir: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    argv = ["--spec", str(SPEC), *args, "--json", "--inventory", str(lab.inventory_path),
+def run_cli(lab: Any, workdir: Path, *args: str, spec: Path = SPEC) -> tuple[int, dict[str, Any]]:
+    argv = ["--spec", str(spec), *args, "--json", "--inventory", str(lab.inventory_path),
             "--secrets", str(lab.state.secrets)]
     if args[0] in ("reconcile", "status"):
         argv += ["--state", str(workdir / "state.json")]
@@ -63,7 +64,7 @@ def sentinel_active(lab: Any, host: str) -> bool:
     return state.stdout.strip() == "active"
 
 
-def test_with_the_first_primary_killed_the_leader_on_etcd_still_starts_a_stopped_sentinel(
+def test_with_the_first_primary_killed_the_leader_on_etcd_starts_a_sentinel_and_takes_a_snapshot(
         fleet: tuple[Any, PostgresCluster, RedisCluster], tmp_path: Path) -> None:
     lab, pg, cache = fleet
     patroni = Patroni(lab, pg)
@@ -87,6 +88,18 @@ def test_with_the_first_primary_killed_the_leader_on_etcd_still_starts_a_stopped
         outcomes = {(o["kind"], o["target"]): o for o in clusters[cache.name]["outcomes"]}
         assert outcomes[("start", sentinel)]["status"] == "done", clusters[cache.name]
         bounded(f"{sentinel}'s Sentinel running again", lambda: sentinel_active(lab, sentinel), SENTINEL_BOUND, 1)
+        # A Redis snapshot falls due in the same window (the spec's schedule made every minute): it is taken.
+        every_minute = tmp_path / "fleet.yaml"
+        every_minute.write_text(SPEC.read_text().replace('schedule: {snapshot: "15 * * * *"}',
+                                                         'schedule: {snapshot: "* * * * *"}'))
+        assert every_minute.read_text() != SPEC.read_text(), "the example's Redis backup schedule moved"
+        primary.reload()
+        assert primary.status != "running", "the window closed: the killed primary is back"
+        code, backups = run_cli(lab, tmp_path, "reconcile", "--once", "--cluster", cache.name, "--reconciler",
+                                "backups", spec=every_minute)
+        assert backups["leader"] == "this process leads", backups["leader"]
+        snapshots = [o for c in backups["clusters"] for o in c["outcomes"] if o["kind"] == "backup"]
+        assert [(o["target"], o["status"]) for o in snapshots] == [("snapshot", "done")], backups["clusters"]
         # The trail records the start as this process's act, under the lease.
         trail = (tmp_path / "operator-audit.jsonl").read_text().splitlines()
         assert any(json.loads(line)["action"]["target"] == sentinel and json.loads(line)["outcome"] == "done"
