@@ -85,7 +85,8 @@ def parse_cron(expr: str) -> Cron:
 
 def is_due(expr: str, last_run: datetime | None, now: datetime) -> bool:
     """True when the expression fired after `last_run` (or ever, if never run) and by `now`."""
-    fired = parse_cron(expr).previous(now + timedelta(minutes=1))
+    # The latest firing at or before now: strictly before the minute after now's minute.
+    fired = parse_cron(expr).previous(now.replace(second=0, microsecond=0) + timedelta(minutes=1))
     if fired is None or fired > now:
         return False
     return last_run is None or fired > last_run

@@ -145,6 +145,9 @@ def test_lock_store_without_quorum_nobody_acts_the_alert_fires_and_acting_resume
     try:
         bounded(f"{sentinel}'s Sentinel started again by the leader", lambda: sentinel_active(lab, sentinel),
                 RESUME_BOUND, 1)
+        # The report of the cycle that started it comes when that cycle ends.
+        bounded("the start in an operator's report", lambda: any(op.starts_done(back) for op in operators),
+                RESUME_BOUND, 1)
         starts = [op.starts_done(back) for op in operators]
         assert sorted(len(s) for s in starts) == [0, 1] and sentinel in sum(starts, []), starts
         bounded("OperatorNoLeader resolved", lambda: not firing(lab, "OperatorNoLeader"), ALERT_BOUND, 2)

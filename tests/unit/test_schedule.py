@@ -60,3 +60,12 @@ def test_rare_schedules_still_fire() -> None:
     assert parse_cron("0 0 29 2 *").previous(datetime(2026, 11, 25), horizon_days=3 * 366) == datetime(2024, 2, 29)
     assert parse_cron("0 0 31 2 1").matches(datetime(2026, 2, 2))  # day 31 never comes, but Mondays do
     assert parse_cron("0 0 L * *").previous(datetime(2024, 3, 15)) == datetime(2024, 2, 29)
+
+
+def test_a_schedule_is_due_in_the_minute_before_its_next_firing_too() -> None:
+    # Asking for the firing before now + 1 minute found the coming one (after now), so an every-minute schedule
+    # was never due past second 0, and any schedule went quiet for the minute before each firing.
+    now = datetime(2026, 11, 30, 18, 0, 30)
+    assert is_due("* * * * *", datetime(2026, 11, 30, 17, 50), now)
+    assert not is_due("* * * * *", datetime(2026, 11, 30, 18, 0, 10), now)  # ran since this minute's firing
+    assert is_due("15 * * * *", datetime(2026, 11, 30, 17, 0), datetime(2026, 11, 30, 18, 14, 30))
