@@ -5,11 +5,11 @@
 
 writes inventories/mysite/hosts.yml (beside the machines file) in the groups
 the lab and AWS inventories have, through the same build_inventory: each
-cluster's group carries its spec as `cluster`, so the roles see one shape
-wherever the hosts are. machines.yml names every host of the spec with its
-private address and any connection variables; nothing secret goes in either
-file. With no options it rewrites this folder's example from
-fleet.example.yaml.
+cluster's group carries the inputs its roles declare, mapped from the spec by
+dbfleet.role_inputs, so the roles see one shape wherever the hosts are.
+machines.yml names every host of the spec with its private address and any
+connection variables; nothing secret goes in either file. With no options it
+rewrites this folder's example from fleet.example.yaml.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 The lab writes it from container addresses; inventories/aws/ builds it from
 Pulumi stack outputs. Both call build_inventory, so the playbooks see one shape.
-Each cluster's validated spec is rendered into its group's vars as `cluster`,
-which is how the roles read the spec without parsing YAML themselves; files
-dbfleet renders itself from the spec (pgbackrest.conf) travel beside it.
+Each cluster's group vars are the inputs its hosts' roles declare, mapped from
+the validated spec in one place (dbfleet.role_inputs), and the monitoring
+group's are Prometheus's; no role reads the spec as a whole or parses YAML.
 Every string from the spec is marked data for Ansible (dbfleet.inventory_format).
 """
 
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbfleet.engines import patroni, pgbackrest
 from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.mongo import mongos_hosts
 from dbfleet.inventory_format import SpecText, from_spec, inventory_yaml
+from dbfleet.role_inputs import cluster_inputs, prometheus_inputs
 from dbfleet.spec import Fleet, MongoCluster, PostgresCluster, RedisCluster
 
 
@@ -88,10 +88,11 @@ def build_inventory(fleet: Fleet, access: dict[str, HostAccess],
         children.setdefault("_hostvars", {"hosts": {}})["hosts"][host] = hostvars
 
     hostvars_group = children.pop("_hostvars", {"hosts": {}})
-    for c in fleet.clusters:
-        group = cluster_group(c.name)
-        if group in children:
-            children[group]["vars"] = cluster_vars(c)
+    present = [c for c in fleet.clusters if cluster_group(c.name) in children]
+    for c in present:
+        children[cluster_group(c.name)]["vars"] = cluster_vars(c)
+    if "monitoring" in children:
+        children["monitoring"]["vars"] = from_spec(prometheus_inputs(present))
     all_vars: dict[str, Any] = {
         "dbfleet_fleet": from_spec(fleet.fleet.model_dump(mode="json")),
         "dbfleet_monitoring": from_spec(fleet.monitoring.model_dump(mode="json")),
@@ -102,17 +103,8 @@ def build_inventory(fleet: Fleet, access: dict[str, HostAccess],
 
 
 def cluster_vars(cluster: AnyCluster) -> dict[str, Any]:
-    """A cluster group's vars: the spec as `cluster`, and the config files dbfleet renders for the roles."""
-    found: dict[str, Any] = {"cluster": from_spec(cluster.model_dump(mode="json"))}
-    if isinstance(cluster, PostgresCluster):
-        # Rendered from spec values: data to Ansible too.
-        found["dbfleet_pgbackrest"] = from_spec({"conf": pgbackrest.host_config(cluster),
-                                                 "repo_path": pgbackrest.repo_path(cluster),
-                                                 "log_path": pgbackrest.HOST_LOG_PATH,
-                                                 "cipher_include": pgbackrest.CIPHER_INCLUDE})
-        if cluster.ha == "patroni":
-            found["dbfleet_patroni"] = from_spec(patroni.inventory_vars(cluster))
-    return found
+    """A cluster group's vars: the inputs of the roles its hosts run (dbfleet.role_inputs), spec strings as data."""
+    return dict(from_spec(cluster_inputs(cluster)))
 
 
 def write_inventory(inventory: dict[str, Any], directory: Path) -> Path:

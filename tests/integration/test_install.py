@@ -217,9 +217,9 @@ def test_the_collection_carries_the_modules_and_filters_the_roles_call(
     for file in (root / "roles").rglob("*.yml"):
         text = file.read_text()
         assert "| dbfleet_mongo" not in text, f"{file}: a filter called by its short name"
-    cluster = {"name": "m", "zones": [{"name": "eu", "shards": ["shard-a"]}],
-               "sharded_collections": [{"database": "app", "collection": "events", "zones": {"eu": [1, 9]}}]}
+    inputs = {"mongos_zones": [{"name": "eu", "shards": ["shard-a"]}],
+              "mongos_sharded_collections": [{"database": "app", "collection": "events", "zones": {"eu": [1, 9]}}]}
     done = _run(["ansible", "localhost", "-i", "localhost,", "-c", "local", "-m", "ansible.builtin.debug",
-                 "-a", "msg={{ cluster | dbfleet.fleet.dbfleet_mongo_zone_ranges }}",
-                 "-e", json.dumps({"cluster": cluster})], env=env, cwd=tmp_path)
+                 "-a", "msg={{ mongos_zones | dbfleet.fleet.dbfleet_mongo_zone_ranges(mongos_sharded_collections) }}",
+                 "-e", json.dumps(inputs)], env=env, cwd=tmp_path)
     assert "'namespace': 'app.events'" in done.stdout or '"namespace": "app.events"' in done.stdout, done.stdout

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 import redis
-import yaml
 
+from dbfleet.inventory import cluster_vars
+from dbfleet.inventory_format import inventory_yaml
 from dbfleet.monitoring.exporters import REDIS, SENTINEL
 from dbfleet.spec import RedisCluster
 from redis_support import node, sentinel_node, sentinels, tls_options
@@ -374,10 +375,9 @@ def test_switching_tls_in_place_is_refused_before_any_change_or_connection(
     wrong mode (TLS off: the admin and Sentinel passwords in clear to TLS-only ports) and write a managed file
     the next restart would pick up, splitting the cluster. Every host stops before either."""
     lab, cluster = cache
-    flipped = cluster.model_dump(mode="json")
-    flipped["tls"]["enabled"] = not cluster.tls.enabled
+    flipped = cluster.model_copy(update={"tls": cluster.tls.model_copy(update={"enabled": not cluster.tls.enabled})})
     extra = tmp_path / "flipped.yml"
-    extra.write_text(yaml.safe_dump({"cluster": flipped}))
+    extra.write_text(inventory_yaml(cluster_vars(flipped)))  # the roles' inputs, as the inventory would map them
     result = lab.converge("redis.yml", ["-e", f"@{extra}"])
     assert not result.ok, "a converge that flips tls.enabled must fail"
     assert "does not switch a running cluster in place" in result.output, result.output[-3000:]

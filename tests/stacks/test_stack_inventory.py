@@ -47,7 +47,9 @@ def test_outputs_give_the_lab_groups_and_ssm_connections(example_fleet: Fleet, e
     everyone = inventory["all"]["vars"]
     assert everyone["dbfleet_operator_address"] == example_run.outputs["hosts"]["monitor-1"]["address"]
     assert everyone["dbfleet_aws"]["backups"]["pg-main"]["prefix"] == "pg-main/"
-    assert inventory["all"]["children"]["cluster_pg_main"]["vars"]["cluster"]["replicas"] == 2
+    # The same role inputs the lab's inventory carries: one mapping (dbfleet.role_inputs) for every inventory.
+    for group in ("cluster_pg_main", "cluster_cache", "monitoring"):
+        assert inventory["all"]["children"][group]["vars"] == lab_shape["all"]["children"][group]["vars"], group
 
 
 def test_bastion_connections_use_private_addresses(example_fleet: Fleet, example_run: Run) -> None:
@@ -100,7 +102,7 @@ def test_the_inventory_script_hands_spec_strings_to_ansible_as_data(example_run:
     env = {**os.environ, "DBFLEET_STACK_OUTPUTS": str(outputs), "DBFLEET_SPEC": str(spec),
            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
     done = subprocess.run(["ansible", "pg-1", "-i", str(SCRIPT), "-m", "ansible.builtin.debug",
-                           "-a", json.dumps({"msg": "{{ cluster.parameters.work_mem }}"})],
+                           "-a", json.dumps({"msg": "{{ postgres_server_parameters.work_mem }}"})],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "lookup('pipe', 'touch" in done.stdout and not marker.exists(), "Ansible ran a lookup from the spec"

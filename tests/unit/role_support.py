@@ -1,5 +1,6 @@
-"""What the role tests share: a role's own Ansible module loaded as Python, and inventory values marked trusted
-the way Ansible's loader marks a file's values, so the templates render them."""
+"""What the role tests share: a role's own Ansible module loaded as Python, inventory values marked trusted
+the way Ansible's loader marks a file's values, so the templates render them, and a cluster's role inputs with
+some of its spec changed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from types import ModuleType
 from typing import Any
 
 from ansible.template import trust_as_template
+from pydantic import ValidationError
+
+from dbfleet.engines.base import AnyCluster
+from dbfleet.inventory import cluster_vars
 
 ROLES = Path(__file__).resolve().parents[2] / "playbooks" / "roles"
 
@@ -20,6 +25,17 @@ def role_module(role: str, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def role_inputs(cluster: AnyCluster, **spec: Any) -> dict[str, Any]:
+    """The inventory's group vars for `cluster` with the spec keys in `spec` changed, as dbfleet.role_inputs maps
+    them: validated as the loader would, or, for a value the loader refuses (a test that the templates hold even
+    that), set as it is."""
+    try:
+        changed = type(cluster).model_validate({**cluster.model_dump(mode="json"), **spec})
+    except ValidationError:
+        changed = cluster.model_copy(update=spec)
+    return cluster_vars(changed)
 
 
 def trusted(value: Any) -> Any:

@@ -25,6 +25,7 @@ from dbfleet.engines.mongo import MongoSession
 from dbfleet.engines.postgres import PostgresSession
 from dbfleet.engines.redis import RedisSession
 from dbfleet.errors import PermanentError
+from dbfleet.inventory import cluster_vars
 from dbfleet.secrets import BACKUP_AGE_IDENTITY, PASSWORD_KEYS
 from dbfleet.spec import MongoCluster, PostgresCluster, RedisCluster, load_fleet
 
@@ -179,24 +180,26 @@ def test_redis_sessions_log_in_as_the_monitor_user(tmp_path: Path) -> None:
 
 
 def test_patroni_namespace_is_the_one_etcd_grants() -> None:
+    """One fact in one place: the inventory gives the patroni and etcd roles the same namespace, Patroni's."""
     from dbfleet.engines.patroni import NAMESPACE
 
-    assert role_defaults("etcd")["etcd_patroni_namespace"] == NAMESPACE
+    pg = FLEET.cluster("pg-main")
+    assert isinstance(pg, PostgresCluster)
+    found = cluster_vars(pg)
+    assert found["etcd_patroni_namespace"] == found["patroni_namespace"] == NAMESPACE
+    assert "etcd_patroni_namespace" not in role_defaults("etcd")
 
 
 def test_the_operator_s_etcd_prefix_reaches_the_etcd_role_and_is_apart_from_patroni_s() -> None:
     """The prefix the leader lock writes below is the one the etcd role grants the operator's user, carried by
-    the inventory (dbfleet_patroni.operator_prefix), and neither user's range holds the other's keys."""
+    the inventory (etcd_operator_prefix), and neither user's range holds the other's keys."""
     from dbfleet.engines.etcd import LEADER_KEY, OPERATOR_PREFIX
-    from dbfleet.engines.patroni import NAMESPACE, inventory_vars
-    from dbfleet.inventory import cluster_vars
+    from dbfleet.engines.patroni import NAMESPACE
 
-    defaults = role_defaults("etcd")
-    assert defaults["etcd_operator_prefix"] == "{{ dbfleet_patroni.operator_prefix }}"
+    assert "etcd_operator_prefix" not in role_defaults("etcd")
     pg = FLEET.cluster("pg-main")
     assert isinstance(pg, PostgresCluster)
-    assert inventory_vars(pg)["operator_prefix"] == OPERATOR_PREFIX
-    assert str(cluster_vars(pg)["dbfleet_patroni"]["operator_prefix"]) == OPERATOR_PREFIX
+    assert str(cluster_vars(pg)["etcd_operator_prefix"]) == OPERATOR_PREFIX
     assert LEADER_KEY.startswith(OPERATOR_PREFIX) and OPERATOR_PREFIX.endswith("/")
     assert not OPERATOR_PREFIX.startswith(NAMESPACE) and not NAMESPACE.startswith(OPERATOR_PREFIX)
     tasks = (REPO / "playbooks/roles/etcd/tasks/main.yml").read_text()
@@ -234,7 +237,7 @@ def test_the_operator_trusts_the_ca_the_pki_role_makes_beside_the_inventory(tmp_
 
     cluster, access, ca = redis_access(tmp_path)
     defaults = {k: trust_as_template(v) if isinstance(v, str) else v for k, v in role_defaults("pki").items()}
-    variables = {**defaults, "inventory_dir": str(ca.parent.parent), "cluster": cluster.model_dump(mode="json")}
+    variables = {**defaults, "inventory_dir": str(ca.parent.parent), **cluster_vars(cluster)}
     rendered = Templar(loader=DataLoader(), variables=variables).template(trust_as_template("{{ pki_ca_cert }}"))
     assert Path(str(rendered)) == tls.fleet_ca(cluster, access.inventory) == ca
 
@@ -270,7 +273,7 @@ def test_redis_cli_of_the_backups_and_of_the_role_handlers_use_the_same_tls() ->
                 for k, v in role_defaults("redis_common").items()}
     for enabled in (True, False):
         spec = with_tls(cluster, enabled)
-        variables = {**defaults, "cluster": spec.model_dump(mode="json")}
+        variables = {**defaults, **cluster_vars(spec)}
         handlers = Templar(loader=DataLoader(), variables=variables).template(
             trust_as_template("{{ redis_cli_tls_args }}"))
         assert list(handlers) == tls.redis_cli_tls_args(spec), enabled

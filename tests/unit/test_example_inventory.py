@@ -65,7 +65,8 @@ def test_ansible_reads_it_with_every_host_of_the_example_clusters_in_its_groups(
         assert set(listed[group]["hosts"]) == set(cluster.host_names()), cluster.name
         for host in cluster.host_names():
             assert hostvars[host]["dbfleet_address"].startswith("10.40."), host
-            assert plain(hostvars[host]["cluster"]["name"]) == cluster.name  # spec text stays !unsafe
+            assert plain(hostvars[host]["dbfleet_cluster"]) == cluster.name  # spec text stays !unsafe
+            assert hostvars[host]["dbfleet_monitored"] is True and "cluster" not in hostvars[host]  # group vars: inputs
     for host, (_, groups) in host_roles(FLEET).items():
         for group in groups:
             assert host in listed[group]["hosts"], (host, group)

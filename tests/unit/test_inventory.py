@@ -29,7 +29,9 @@ def test_groups_and_cluster_vars() -> None:
     assert set(groups["redis_sentinel"]["hosts"]) == {"sentinel-1", "sentinel-2", "sentinel-3"}
     assert set(groups["mongo_shard"]["hosts"]) == {"mongo-a-1", "mongo-b-1"}
     assert set(groups["monitoring"]["hosts"]) == {"monitor-1"}
-    assert groups[cluster_group("pg-main")]["vars"]["cluster"]["replicas"] == 2
+    assert groups[cluster_group("pg-main")]["vars"]["postgres_server_port"] == 5432
+    assert "cluster" not in groups[cluster_group("pg-main")]["vars"]  # the roles' inputs, not the spec as a whole
+    assert groups["monitoring"]["vars"]["prometheus_scrape_seconds"] == 5  # the example's shortest scrape_interval
     assert inv["hosts"]["pg-2"]["dbfleet_address"] == access["pg-2"].address
 
 
@@ -81,13 +83,14 @@ def test_spec_strings_are_written_tagged_unsafe_and_read_back_as_plain_strings(t
         return "'" + value.replace("'", "''") + "'"
 
     assert f"work_mem: !unsafe {quoted(jinja('param'))}" in text
-    assert f"path: !unsafe {quoted('/backups/' + jinja('path'))}" in text
+    assert f"pgbackrest_repo_path: !unsafe {quoted('/backups/' + jinja('path') + '/pgbackrest/pg-main')}" in text
     assert "ansible_connection: local" in text and "dbfleet_address: 10.0.0." in text  # dbfleet's own: plain
     assert "dbfleet_cluster: !unsafe 'pg-main'" in text
     hosts = read_inventory_hosts(path)
     assert hosts["pg-1"]["dbfleet_cluster"] == "pg-main" and type(hosts["pg-1"]["dbfleet_cluster"]) is str
-    cluster = load_inventory(path)["all"]["children"][cluster_group("pg-main")]["vars"]["cluster"]
-    assert cluster["parameters"]["work_mem"] == jinja("param") and type(cluster["parameters"]["work_mem"]) is str
+    group = load_inventory(path)["all"]["children"][cluster_group("pg-main")]["vars"]
+    work_mem = group["postgres_server_parameters"]["work_mem"]
+    assert work_mem == jinja("param") and type(work_mem) is str
 
 
 @pytest.mark.skipif(not shutil.which("ansible"), reason="ansible is not installed")
@@ -97,9 +100,10 @@ def test_ansible_does_not_evaluate_jinja_from_the_spec(tmp_path: Path) -> None:
     access = {h: HostAccess("127.0.0.1", local) for h in host_roles(fleet)}
     path = write_inventory(build_inventory(fleet, access), tmp_path / "inventory")
     env = {**os.environ, "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
-    for hosts, args in (("pg-1:mongos-1", "var=cluster"),
-                        ("pg-1", json.dumps({"msg": "{{ cluster.parameters.work_mem }} {{ cluster.backup.target.path }}"
-                                                    " {{ cluster }}"}))):
+    for hosts, args in (("pg-1", "var=postgres_server_parameters"), ("pg-1", "var=pgbackrest_conf"),
+                        ("mongos-1", "var=mongos_sharded_collections"),
+                        ("pg-1", json.dumps({"msg": "{{ postgres_server_parameters.work_mem }}"
+                                                    " {{ pgbackrest_repo_path }} {{ postgres_server_parameters }}"}))):
         done = subprocess.run(["ansible", hosts, "-i", str(path), "-m", "ansible.builtin.debug", "-a", args],
                               capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr

@@ -11,7 +11,8 @@ import pytest
 
 from dbfleet.inventory import HostAccess, build_inventory, host_roles
 from dbfleet.inventory_format import inventory_yaml
-from dbfleet.spec import load_fleet, parse_fleet
+from dbfleet.role_inputs import mongo_inputs
+from dbfleet.spec import MongoCluster, load_fleet, parse_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,19 +31,25 @@ sharding = load(REPO / "playbooks/roles/mongos/library/mongodb_sharded_collectio
 
 @pytest.fixture(scope="module")
 def mongo() -> dict:
-    fleet = load_fleet(REPO / "fleet.example.yaml")
-    return fleet.cluster("mongo-main").model_dump(mode="json")
+    """The MongoDB roles' inputs, as the inventory maps them from the example spec."""
+    cluster = load_fleet(REPO / "fleet.example.yaml").cluster("mongo-main")
+    assert isinstance(cluster, MongoCluster)
+    return mongo_inputs(cluster)
 
 
 ADDRESSES = {"mongo-cfg-1": "10.0.0.1", "mongo-a-1": "10.0.0.2", "mongo-b-1": "10.0.0.3", "mongos-1": "10.0.0.4"}
 
 
+def part(mongo: dict, host: str) -> dict:
+    return topology.mongo_topology(mongo["mongo_common_topology"], host, ADDRESSES, mongo["mongo_common_port"])
+
+
 def test_each_host_knows_its_part_and_replica_set(mongo: dict) -> None:
-    cfg = topology.mongo_topology(mongo, "mongo-cfg-1", ADDRESSES)
+    cfg = part(mongo, "mongo-cfg-1")
     assert (cfg["role"], cfg["replset"], cfg["members"]) == ("configsvr", "cfg", ["10.0.0.1:27017"])
-    shard = topology.mongo_topology(mongo, "mongo-b-1", ADDRESSES)
+    shard = part(mongo, "mongo-b-1")
     assert (shard["role"], shard["replset"], shard["first_member"]) == ("shardsvr", "shard-b", "mongo-b-1")
-    router = topology.mongo_topology(mongo, "mongos-1", ADDRESSES)
+    router = part(mongo, "mongos-1")
     assert router["role"] == "mongos" and router["replset"] is None
     assert router["config_db"] == "cfg/10.0.0.1:27017"
     assert router["shards"] == [{"name": "shard-a", "connection": "shard-a/10.0.0.2:27017"},
@@ -50,20 +57,20 @@ def test_each_host_knows_its_part_and_replica_set(mongo: dict) -> None:
 
 
 def test_a_host_outside_the_cluster_is_an_error(mongo: dict) -> None:
-    with pytest.raises(ValueError, match="pg-1 is not a member of MongoDB cluster mongo-main"):
-        topology.mongo_topology(mongo, "pg-1", ADDRESSES)
+    with pytest.raises(ValueError, match=r"pg-1 is not a member of this MongoDB cluster \(config servers cfg\)"):
+        part(mongo, "pg-1")
 
 
-def test_zone_ranges_come_from_the_sharded_collections(mongo: dict) -> None:
-    spec = {**mongo, "zones": [{"name": "eu", "shards": ["shard-a"]}],
-            "sharded_collections": [{"database": "app", "collection": "users", "key": {"region": 1},
-                                     "zones": {"eu": [{"region": "eu"}, {"region": "eu~"}]}}]}
-    assert topology.mongo_zone_ranges(spec) == [
+def test_zone_ranges_come_from_the_sharded_collections() -> None:
+    zones = [{"name": "eu", "shards": ["shard-a"]}]
+    collections = [{"database": "app", "collection": "users", "key": {"region": 1},
+                    "zones": {"eu": [{"region": "eu"}, {"region": "eu~"}]}}]
+    assert topology.mongo_zone_ranges(zones, collections) == [
         {"name": "eu", "shards": ["shard-a"],
          "ranges": [{"namespace": "app.users", "min": {"region": "eu"}, "max": {"region": "eu~"}}]}]
-    spec["sharded_collections"][0]["zones"]["eu"] = [{"region": "eu"}]
+    collections[0]["zones"]["eu"] = [{"region": "eu"}]
     with pytest.raises(ValueError, match=r"zone eu needs \[min, max\]"):
-        topology.mongo_zone_ranges(spec)
+        topology.mongo_zone_ranges(zones, collections)
 
 
 def test_shard_key_comparison_tells_hashed_from_ranged() -> None:

@@ -206,5 +206,5 @@ def test_inventory_groups_for_patroni_etcd_and_haproxy() -> None:
     assert set(groups["haproxy"]["hosts"]) == {"proxy-1"}
     assert {"etcd-3", "proxy-1"} <= set(groups[cluster_group("pg-main")]["hosts"])
     assert "postgres" not in [g for g, v in groups.items() if "etcd-3" in v["hosts"]]
-    dcs = groups[cluster_group("pg-main")]["vars"]["dbfleet_patroni"]["dcs"]
+    dcs = groups[cluster_group("pg-main")]["vars"]["patroni_dynamic_config"]
     assert json.dumps(dcs) and dcs["ttl"] == 6

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+from role_support import role_inputs
 from role_support import trusted as _trusted
 
-from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
+from dbfleet.inventory import HostAccess, build_inventory, host_roles
 from dbfleet.spec import load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,8 +72,8 @@ def _render(template: str, host: str, role_vars: dict[str, Any] | None = None, *
     access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
     inventory = build_inventory(fleet, access)["all"]
     variables: dict[str, Any] = _trusted(yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()))
-    cluster = {**inventory["children"][cluster_group("pg-main")]["vars"]["cluster"], **cluster_overrides}
-    variables.update(inventory["vars"], **inventory["hosts"][host], cluster=cluster,
+    variables.update(inventory["vars"], **inventory["hosts"][host],
+                     **role_inputs(fleet.cluster("pg-main"), **cluster_overrides),
                      postgres_is_primary=host == "pg-1", postgres_server_primary_address="10.0.0.1",
                      postgres_server_slot=host.replace("-", "_"),
                      dbfleet_secrets={"postgres_replication_password": "secret-replication"})
@@ -143,7 +144,7 @@ def test_the_extension_is_created_after_the_restart_that_loads_the_library() -> 
     main = [task.get("name", "") for task in _tasks(ROLE / "tasks" / "main.yml")]
     assert main.index("Audit with pgaudit as the spec says") > main.index("Restart where a changed setting needs it")
     dropped = next(t for t in _tasks(ROLE / "tasks" / "primary.yml") if t["name"].startswith("Drop pgaudit"))
-    assert dropped["when"] == "cluster.audit is none"
+    assert dropped["when"] == "postgres_server_audit | length == 0"
 
 
 def test_logging_follows_the_cis_benchmark() -> None:
@@ -193,7 +194,7 @@ def test_a_restored_copy_preloads_what_the_clusters_servers_preload(audit: Any) 
     from dbfleet.spec import PgAudit, PostgresCluster
 
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    templar = Templar(loader=DataLoader(), variables={"cluster": {"audit": audit}})
+    templar = Templar(loader=DataLoader(), variables={"postgres_server_audit": audit or {}})
     preloaded = templar.template(trust_as_template(defaults["postgres_preload_libraries"]))
     example = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
     assert isinstance(example, PostgresCluster)

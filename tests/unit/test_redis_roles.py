@@ -11,11 +11,12 @@ import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+from role_support import role_inputs
 from role_support import role_module as _module
 from role_support import trusted as _trusted
 
 from dbfleet.engines import tls
-from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
+from dbfleet.inventory import HostAccess, build_inventory, host_roles
 from dbfleet.spec import RedisCluster, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,8 +103,8 @@ def _render(role: str, template: str, host: str, task_vars: dict[str, str] | Non
     variables: dict[str, Any] = {}
     for defaults in ("redis_common", role) if role != "redis_exporter" else (role,):
         variables.update(_trusted(yaml.safe_load((ROLES / defaults / "defaults" / "main.yml").read_text())))
-    cluster = {**inventory["children"][cluster_group("cache")]["vars"]["cluster"], **cluster_overrides}
-    variables.update(inventory["vars"], **inventory["hosts"][host], cluster=cluster,
+    variables.update(inventory["vars"], **inventory["hosts"][host],
+                     **role_inputs(fleet.cluster("cache"), **cluster_overrides),
                      dbfleet_secrets={k: f"secret-{k}" for k in SECRET_KEYS}, **_trusted(task_vars or {}))
     text = (ROLES / role / "templates" / template).read_text()
     return str(Templar(loader=DataLoader(), variables=variables).template(trust_as_template(text)))

@@ -63,20 +63,29 @@ def run_role(tmp_path: Path, role: str, variables: dict[str, Any]) -> str:
     return out
 
 
+MONGOD = {"dbfleet_cluster": "mongo-main", "mongo_common_port": 27017, "mongo_common_tls_enabled": False}
+MONGO_COMMON = {**MONGOD, "mongo_common_series": "7.0", "dbfleet_addresses": {}, "dbfleet_secrets": {},
+                "mongo_common_topology": {"config_servers": {"name": "cfg", "members": []}, "shards": [], "mongos": []}}
+PROMETHEUS = {"dbfleet_address": "10.0.0.9", "dbfleet_fleet": {"name": "lab"},
+              "dbfleet_monitoring": {"prometheus_port": 9090}, "prometheus_scrape_seconds": 15,
+              "prometheus_unmonitored_clusters": [], "prometheus_patroni_ports": {},
+              "prometheus_patroni_cluster_cas": [], "prometheus_patroni_fleet_ca": False,
+              "prometheus_mongo_replsets": {}}
+"""Every required input of these roles but the one a case gets wrong."""
+
+
 @pytest.mark.parametrize(("role", "variables", "message"), [
-    ("mongod", {"cluster": "mongo-main", "dbfleet_address": "10.0.0.1"},
-     "argument 'cluster' is of type str and we were unable to convert to dict"),
-    ("mongod", {"cluster": {"name": "mongo-main", "port": 27017, "tls": {"enabled": False}}},
+    ("mongod", {**MONGOD, "dbfleet_address": "10.0.0.1", "mongo_common_port": "mongo-main"},
+     "argument 'mongo_common_port' is of type str and we were unable to convert to int"),
+    ("mongod", MONGOD,
      "missing required arguments: dbfleet_address"),
-    ("mongo_common", {"cluster": {"name": "mongo-main"}, "dbfleet_addresses": {}, "dbfleet_secrets": {},
-                      "mongo_install_source": "apt"},
+    ("mongo_common", {**MONGO_COMMON, "mongo_install_source": "apt"},
      "value of mongo_install_source must be one of: repo, tarball, present, got: apt"),
-    ("prometheus", {"dbfleet_address": "10.0.0.9", "dbfleet_fleet": {"name": "lab"},
-                    "dbfleet_monitoring": {"prometheus_port": 9090}, "prometheus_exporters": [{"job": "node"}]},
+    ("prometheus", {**PROMETHEUS, "prometheus_exporters": [{"job": "node"}]},
      "missing required arguments: group, port found in prometheus_exporters"),
-    ("patroni", {"cluster": {"name": "pg-main"}, "dbfleet_address": "10.0.0.1", "dbfleet_cluster": "pg-main",
-                 "dbfleet_secrets": {}, "dbfleet_patroni": {"namespace": "/dbfleet/"}},
-     "missing required arguments: dcs found in dbfleet_patroni"),
+    ("mongo_common", {**MONGO_COMMON, "mongo_common_topology": {"config_servers": {"name": "cfg", "members": []},
+                                                                "shards": []}},
+     "missing required arguments: mongos found in mongo_common_topology"),
 ], ids=["wrong-type", "missing", "not-a-choice", "list-element", "dict-suboption"])
 def test_a_wrong_input_is_refused_before_any_task_naming_the_option(tmp_path: Path, role: str,
                                                                      variables: dict[str, Any], message: str) -> None:

@@ -22,7 +22,6 @@ from typing import Any
 
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
 from dbfleet.engines.credentials import PATRONI_REST
-from dbfleet.engines.etcd import OPERATOR_PREFIX
 from dbfleet.engines.tls import https_context
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import PostgresCluster
@@ -44,12 +43,6 @@ def dynamic_config(cluster: PostgresCluster) -> dict[str, Any]:
         "synchronous_node_count": sync.num_sync, "failsafe_mode": p.failsafe_mode,
         "postgresql": {"use_pg_rewind": True, "use_slots": True},
     }
-
-
-def inventory_vars(cluster: PostgresCluster) -> dict[str, Any]:
-    """What the patroni, etcd and haproxy roles read beside the spec (inventory cluster vars): Patroni's
-    namespace and the operator's prefix in etcd, and the DCS configuration."""
-    return {"namespace": NAMESPACE, "operator_prefix": OPERATOR_PREFIX, "dcs": dynamic_config(cluster)}
 
 
 @dataclass(frozen=True)
