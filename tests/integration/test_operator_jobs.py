@@ -112,19 +112,24 @@ def cli_argv(env: PgEnv, spec: Path, *args: str) -> list[str]:
 
 @contextmanager
 def watching(env: PgEnv, spec: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
-    """`reconcile --watch` in a subprocess; killed at the end if the test did not stop it."""
+    """`reconcile --watch` in a subprocess, its cycles (--json lines) in cycles.jsonl and its log in operator.log
+    (files, not pipes, which would fill and stall it); killed at the end if the test did not stop it."""
     argv = cli_argv(env, spec, "reconcile", "--watch", "--interval", str(INTERVAL), "--no-metrics", "--json",
                     "--state", str(env.workdir / "jobs-state.json"), *extra)
-    log = (env.workdir / "operator.log").open("a")
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+    with (env.workdir / "cycles.jsonl").open("w") as out, (env.workdir / "operator.log").open("a") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=log, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def cycles(env: PgEnv) -> list[dict[str, Any]]:
+    lines = (env.workdir / "cycles.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 def run_once(env: PgEnv, spec: Path, *args: str) -> tuple[int, dict[str, Any]]:
@@ -181,7 +186,7 @@ def test_backup_and_drill_jobs_run_beside_the_loop(env: PgEnv) -> None:
             f"the drill ended before the replica streamed again ({restarted:.1f}s): nothing shown; {during}"
         drilled = wait_job(env, "drill", DONE, JOB_WAIT, proc)
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     assert proc.returncode == 0
     backup_s = (done.heartbeat - backup.started).total_seconds()
     drill_s = (drilled.heartbeat - drill.started).total_seconds()
@@ -245,11 +250,11 @@ def test_a_frozen_cluster_is_cut_off_by_its_timeout_and_the_others_go_on(env: Pg
         finally:
             subprocess.run(["docker", "unpause", *frozen], check=True, timeout=60)
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    cycles = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    cache = [c for cycle in cycles for c in cycle["clusters"] if c["cluster"] == "cache"]
+        proc.wait(timeout=120)
+    seen = cycles(env)
+    cache = [c for cycle in seen for c in cycle["clusters"] if c["cluster"] == "cache"]
     assert any("cluster timeout" in (c["error"] or "") for c in cache), [c["sentence"] for c in cache][-5:]
-    assert all(cycle["seconds"] < timeout + 3 for cycle in cycles), [round(c["seconds"], 1) for c in cycles]
+    assert all(cycle["seconds"] < timeout + 3 for cycle in seen), [round(c["seconds"], 1) for c in seen]
     assert took <= INTERVAL + 2 + timeout, f"the index came back after {took:.1f}s"
     print(f"\nwith cache frozen, every cycle ended within {timeout:g}s + 3 s (longest "
-          f"{max(c['seconds'] for c in cycles):.1f}s) and pg-main's dropped index was back in {took:.1f}s")
+          f"{max(c['seconds'] for c in seen):.1f}s) and pg-main's dropped index was back in {took:.1f}s")

@@ -252,11 +252,10 @@ class JobRunner:
                 self._beats.start()
 
     def _beat_loop(self) -> None:
+        """Until the runner closes (a daemon thread: it never holds the process up); idle while no job runs."""
         while not self._closing.wait(self.heartbeat):
             with self._lock:
                 entries = list(self._running.values())
-            if not entries:
-                return
             for entry in entries:
                 record = entry.context.record.beat(utcnow())
                 entry.context.record = record

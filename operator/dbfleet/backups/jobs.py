@@ -33,9 +33,9 @@ from dbfleet.backups.manifest import (
     Fields,
     Manifest,
     ManifestError,
+    checked_time,
     iso,
     json_object,
-    parse_time,
 )
 
 BACKUP, DRILL = "backup", "drill"
@@ -93,15 +93,11 @@ class JobRecord:
 
     @property
     def started(self) -> datetime:
-        when = parse_time(self.started_at)
-        assert when is not None
-        return when
+        return checked_time(self.started_at)
 
     @property
     def heartbeat(self) -> datetime:
-        when = parse_time(self.heartbeat_at)
-        assert when is not None
-        return when
+        return checked_time(self.heartbeat_at)
 
     def beat(self, now: datetime, step: str | None = None, result: str | None = None) -> JobRecord:
         return replace(self, heartbeat_at=iso(now) or "", step=self.step if step is None else step[:300],

@@ -67,6 +67,13 @@ def parse_time(text: str | None) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def checked_time(text: str) -> datetime:
+    """A time every valid record holds (its fields were checked when read)."""
+    when = parse_time(text)
+    assert when is not None
+    return when
+
+
 def cluster_prefix(cluster: str) -> str:
     return f"{ROOT}/{cluster}/"
 
@@ -152,9 +159,7 @@ class Manifest:
 
     @property
     def started(self) -> datetime:
-        when = parse_time(self.started_at)
-        assert when is not None
-        return when
+        return checked_time(self.started_at)
 
     @property
     def finished(self) -> datetime | None:
@@ -273,9 +278,7 @@ class DrillRecord:
 
     @property
     def finished(self) -> datetime:
-        when = parse_time(self.finished_at)
-        assert when is not None
-        return when
+        return checked_time(self.finished_at)
 
     def to_json(self) -> str:
         data = asdict(self)
