@@ -30,7 +30,7 @@ import os
 import statistics
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -140,16 +140,20 @@ def no_change_cycles(fleet: Fleet, access: FleetAccess) -> tuple[list[float], in
 def drift_while_backing_up(base: Fleet, access: FleetAccess, connect: Any, workdir: Path) -> dict[str, float]:
     """A watching operator over pg-main and three views; while pg-main's full backup job runs, drop a view's
     index and time it back."""
-    fired = datetime.now(UTC) - timedelta(minutes=1)
-    fleet = fleet_of(base, 3, main_full_cron=f"{fired.minute} {fired.hour} * * *")
-    main = fleet.cluster("pg-main")
+    main = base.cluster("pg-main")
+    storage = open_access(main, access.inventory or Path()).storage
+    starts = [m.started for m in storage.manifests("pg-main")]
+    now = datetime.now(UTC)
+    if starts and now.replace(second=0, microsecond=0) <= max(starts):
+        time.sleep(61 - now.second)  # a daily cron at this minute makes the full due now, and only once
+        now = datetime.now(UTC)
+    fleet = fleet_of(base, 3, main_full_cron=f"{now.minute} {now.hour} * * *")
     with connect("postgres") as admin:
         admin.execute("DROP DATABASE IF EXISTS dbfleet_fleet_bulk WITH (FORCE)")
         admin.execute("CREATE DATABASE dbfleet_fleet_bulk")
     with connect("dbfleet_fleet_bulk") as conn:
         conn.execute(f"CREATE TABLE bulk AS SELECT g, md5(g::text) || md5((-g)::text) AS pad "
                      f"FROM generate_series(1, {BULK_ROWS}) g")
-    storage = open_access(main, access.inventory or Path()).storage
     jobs = JobRunner(fleet.operator.jobs)
     stop = threading.Event()
     operator = Operator(fleet, access, reconcilers=reconcilers(jobs), session_factory=ViewSession,
