@@ -91,14 +91,20 @@ def fleet_of(base: Fleet, views: int, main_full_cron: str | None = None) -> Flee
     return Fleet.model_validate(data)
 
 
+REAL_HOSTS = tuple(load_fleet(SPEC).cluster("pg-main").host_names())
+
+
 class ViewSession(PostgresSession):
-    """A view's session: pg_stat_replication's real replica names read as the view's own."""
+    """A view's session: pg_stat_replication's real replica names (pg-2 or pg_2) read as the view's own."""
 
     def read_topology(self) -> Topology:
         topology = super().read_topology()
         if self.cluster.name.startswith("fleet-"):
-            k = self.cluster.name.split("-")[1]
-            topology.facts["standbys"] = [s.replace("pg_", f"f{k}_") for s in topology.facts.get("standbys", [])]
+            k = int(self.cluster.name.split("-")[1])
+            names = {}
+            for i, real in enumerate(REAL_HOSTS, start=1):  # Patroni names its standbys pg-2, the manual roles pg_2
+                names[real] = names[real.replace("-", "_")] = view_host(k, i).replace("-", "_")
+            topology.facts["standbys"] = [names.get(s, s) for s in topology.facts.get("standbys", [])]
         return topology
 
 
