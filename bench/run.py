@@ -1,6 +1,6 @@
 """Run the benchmarks and print a table of ratios against the standard tools.
 
-    python3 -m bench.run [--only converge,backup,reconcile,latency,maintenance,failover] [--json]
+    python3 -m bench.run [--only converge,backup,reconcile,latency,maintenance,failover,fleet] [--json]
 
 Results are also written to bench/results/results.json.
 """
@@ -23,6 +23,7 @@ BENCHES = {
     "latency": "bench.bench_latency",
     "maintenance": "bench.bench_maintenance",
     "failover": "bench.bench_failover",
+    "fleet": "bench.bench_fleet",
 }
 
 

@@ -30,3 +30,8 @@ class TemporaryError(ReconcileError):
 
 class PermanentError(ReconcileError):
     """Retrying will not help until someone changes the spec or the server: bad SQL, duplicate rows."""
+
+
+class Waiting(ReconcileError):
+    """Not now, and not a failure: the work waits (for a free job slot, for a job already running) and the next
+    cycle plans it again. The loop reports it skipped and goes on."""

@@ -1020,8 +1020,19 @@ LeaderBackend = Literal["etcd", "postgres", "file"]
 """Where the operators' leader lock lives (README "One leader")."""
 
 
+class JobLimits(Strict):
+    """How many long jobs the leader runs at once, fleet-wide (dbfleet.backups.job_runner). A due job beyond the
+    limit waits for a later cycle; at most one job of a kind runs per cluster whatever the limit."""
+
+    backups: Annotated[int, Field(ge=1, le=64)] = 2
+    """Backups at once: they share the backup target's storage and network."""
+    drills: Annotated[int, Field(ge=1, le=16)] = 1
+    """Restore drills at once: each starts a scratch server and reads a whole backup back."""
+
+
 class OperatorSettings(Strict):
-    """How the fleet's operators agree which one of them acts (dbfleet.wiring.leader_lock)."""
+    """How the fleet's operators agree which one of them acts (dbfleet.wiring.leader_lock), and how many long jobs
+    the leader runs at once."""
 
     leader: LeaderBackend | None = None
     """`etcd`: a lease in the etcd of a PostgreSQL cluster with ha: patroni; `postgres`: an advisory lock on a
@@ -1032,6 +1043,7 @@ class OperatorSettings(Strict):
     long an act already started may overlap a new leader's."""
     no_leader_alert_cycles: Annotated[int, Field(ge=1, le=1000)] = 3
     """OperatorNoLeader fires once no operator has known a leader for this many cycles in a row."""
+    jobs: JobLimits = JobLimits()
 
 
 class Fleet(Strict):

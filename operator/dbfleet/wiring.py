@@ -13,8 +13,11 @@ from typing import Any
 
 import psycopg
 
+from dbfleet.actions import Outcome
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.reconciler import BackupReconciler, backup_columns
+from dbfleet.backups.job_runner import Job, JobRunner
+from dbfleet.backups.jobs import DONE, JobRecord
+from dbfleet.backups.reconciler import BackupReconciler, backup_columns, job_columns
 from dbfleet.backups.storage import storage_for
 from dbfleet.engines import AnySession, open_session
 from dbfleet.engines.access import FleetAccess
@@ -27,7 +30,7 @@ from dbfleet.reconcile.audit import AuditTrail
 from dbfleet.reconcile.etcd_leader import EtcdLeaderLock
 from dbfleet.reconcile.index_reconciler import IndexReconciler
 from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
-from dbfleet.reconcile.loop import Leader, Reconciler
+from dbfleet.reconcile.loop import ActionRecorder, Leader, Reconciler
 from dbfleet.reconcile.maintenance_reconciler import MaintenanceReconciler
 from dbfleet.reconcile.members import MemberReconciler
 from dbfleet.reconcile.status import (
@@ -43,21 +46,38 @@ from dbfleet.reconcile.status import (
 from dbfleet.spec import Fleet, PostgresCluster, S3Target
 
 
-def reconcilers() -> list[Reconciler[Any]]:
+def reconcilers(jobs: JobRunner | None = None) -> list[Reconciler[Any]]:
     """What one cycle does to each cluster, in this order: members first (a stopped replica is started before
     anything reads from it), then indexes, then maintenance (bloat, vacuum, wraparound; it rebuilds only in its
-    window), then backups."""
-    return [MemberReconciler(), IndexReconciler(), MaintenanceReconciler(), BackupReconciler(backup_access)]
+    window), then backups, which start their backups and drills as jobs on `jobs` (default: run to their end
+    inside the act)."""
+    return [MemberReconciler(), IndexReconciler(), MaintenanceReconciler(), BackupReconciler(backup_access, jobs)]
+
+
+def job_runner(fleet: Fleet, inline: bool, record: ActionRecorder | None = None) -> JobRunner:
+    """The runner of the operator's long jobs, bounded by the spec's operator.jobs, naming this process as the
+    leader lock does; how each job ends goes to the audit trail through `record`, as an action's outcome does."""
+
+    def on_end(job: Job, ended: JobRecord) -> None:
+        if record is not None and job.action is not None:
+            status = "done" if ended.state == DONE else "failed"
+            record(Outcome(job.action, status, f"job {ended.id} {ended.state}: {ended.message}"))
+
+    return JobRunner(fleet.operator.jobs, inline=inline, owner=operator_identity(), on_end=None if inline else on_end)
 
 
 def _backup_columns(ctx: StatusContext) -> dict[str, Any]:
     return backup_columns(ctx.cluster, ctx.report.status)
 
 
+def _job_columns(ctx: StatusContext) -> dict[str, Any]:
+    return job_columns(ctx.report.status)
+
+
 def status_providers() -> list[StatusProvider]:
     """The columns of `dbfleet status`, left to right."""
     return [topology_columns, ha_columns, index_columns, maintenance_columns, pending_columns,
-            last_reconcile_columns, _backup_columns]
+            last_reconcile_columns, _backup_columns, _job_columns]
 
 
 def backup_access(cluster: AnyCluster, session: AnySession, progress: Progress | None = None,

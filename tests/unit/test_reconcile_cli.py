@@ -107,3 +107,22 @@ def test_the_operator_records_with_the_hash_of_the_spec_it_read(tmp_path):
     assert line["spec_sha256"] == hashlib.sha256(Path(SPEC).read_bytes()).hexdigest()
     assert line["operator"].startswith("dbfleet-operator-leader ") and line["outcome"] == "done"
     assert build_operator(args).record is None  # plan and status never act, so they keep no trail
+
+
+@pytest.mark.parametrize("option", [["--parallel", "0"], ["--cluster-timeout", "0"]])
+def test_a_pool_of_no_thread_or_a_timeout_of_nothing_is_a_usage_error(option, capsys, tmp_path):
+    assert main(["--spec", SPEC, "plan", *option, "--inventory", str(tmp_path / "h.yml")]) == 2
+    assert "--parallel must be 1 or more, and --cluster-timeout positive" in capsys.readouterr().err
+
+
+def test_parallel_and_the_cluster_timeout_reach_the_operator(tmp_path):
+    from dbfleet.commands.reconcile import build_operator
+
+    inventory = empty_fleet_files(tmp_path)
+    args = build_parser().parse_args(["--spec", SPEC, "reconcile", "--watch", "--parallel", "8", "--cluster-timeout",
+                                      "12", "--inventory", str(inventory)])
+    operator = build_operator(args, background_jobs=True)
+    assert (operator.parallel, operator.cluster_timeout) == (8, 12)
+    assert operator.jobs is not None and not operator.jobs.inline  # --watch runs its jobs beside the cycles
+    assert build_operator(build_parser().parse_args(["--spec", SPEC, "plan", "--inventory", str(inventory)])
+                          ).jobs.inline

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +14,7 @@ import pytest
 from dbfleet.actions import Action, Outcome
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.base import EngineSession, Member, Topology
-from dbfleet.errors import PermanentError, TemporaryError
+from dbfleet.errors import PermanentError, TemporaryError, Waiting
 from dbfleet.monitoring import metrics
 from dbfleet.reconcile.audit import AuditError, AuditTrail
 from dbfleet.reconcile.leader import FileLeaderLock
@@ -80,6 +81,8 @@ class Recorder:
 
 
 def make_operator(reconciler: Recorder, **kw: Any) -> Operator:
+    """One cluster at a time unless told (`parallel`): these tests follow one cycle's order across clusters."""
+    kw.setdefault("parallel", 1)
     return Operator(load_fleet(SPEC), ACCESS, reconcilers=[reconciler], session_factory=Session,
                     sleep=lambda s: None, retry=RetryPolicy(attempts=3, base_delay=0.01), **kw)
 
@@ -427,8 +430,10 @@ def test_every_applied_action_is_one_line_of_the_audit_trail(tmp_path):
     outcomes = [o for c in report.clusters for o in c.outcomes]
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) == len(outcomes) == 6  # two changes per cluster; the reports are not actions taken
-    assert [(r["cluster"], r["action"]["target"], r["outcome"]) for r in lines] == [
-        (o.action.cluster, o.action.target, o.status) for o in outcomes]
+    # Clusters act side by side, so their lines interleave; each cluster's keep the order its actions ran in.
+    for cluster in report.clusters:
+        assert [(r["action"]["target"], r["outcome"]) for r in lines if r["cluster"] == cluster.cluster] == [
+            (o.action.target, o.status) for o in cluster.outcomes]
     assert {r["outcome"] for r in lines} == {"done", "failed", "skipped"}
     failed = next(r for r in lines if r["outcome"] == "failed" and r["cluster"] == "pg-main")
     assert "duplicate key" in failed["message"] and failed["reason"] == "wanted"
@@ -469,3 +474,90 @@ def test_an_action_the_trail_cannot_record_stops_all_acting_this_cycle():
     rec.applied.clear()
     operator.run_cycle(apply=True)
     assert rec.applied[:2] == ["pg-main/one", "pg-main/two"]
+
+
+# --------------------------------------------------------------------------- clusters side by side
+
+
+def test_clusters_are_observed_side_by_side_and_reported_in_spec_order():
+    together = threading.Barrier(3, timeout=10)
+
+    class Meeting(Recorder):
+        def observe(self, cluster, session):
+            together.wait()  # passes only when all three clusters observe at once
+            return super().observe(cluster, session)
+
+    report = make_operator(Meeting(), parallel=3).run_cycle(apply=True)
+    assert [c.cluster for c in report.clusters] == [c.name for c in load_fleet(SPEC).clusters]
+    assert report.ok and len(report.actions()) == 9
+
+
+def test_one_at_a_time_the_same_meeting_never_happens():
+    together = threading.Barrier(3, timeout=0.5)
+
+    class Meeting(Recorder):
+        def observe(self, cluster, session):
+            together.wait()
+            return super().observe(cluster, session)
+
+    report = make_operator(Meeting(), parallel=1).run_cycle(apply=False)
+    assert all("BrokenBarrierError" in (c.error or "") for c in report.clusters)
+
+
+def test_a_hanging_cluster_is_cut_off_by_its_timeout_and_skipped_until_it_ends():
+    release = threading.Event()
+
+    class Hangs(Recorder):
+        def observe(self, cluster, session):
+            if cluster.name == "mongo-main":
+                assert release.wait(30), "the test never released the hanging cluster"
+            return super().observe(cluster, session)
+
+    rec = Hangs()
+    op = make_operator(rec, parallel=2, cluster_timeout=0.5)
+    report = op.run_cycle(apply=True)
+    by_name = {c.cluster: c for c in report.clusters}
+    assert [c.cluster for c in report.clusters] == ["pg-main", "mongo-main", "cache"]
+    assert "longer than the cluster timeout (0.5s)" in by_name["mongo-main"].error
+    assert by_name["pg-main"].ok and by_name["cache"].ok and "cache/two" in rec.applied
+    again = {c.cluster: c for c in op.run_cycle(apply=True).clusters}
+    assert "earlier cycle still runs" in again["mongo-main"].skipped and again["cache"].ok
+    release.set()
+    for _ in range(100):  # its thread ends once released; bounded at ~10 s
+        if "mongo-main" not in op._busy:
+            break
+        time.sleep(0.1)
+    third = {c.cluster: c for c in op.run_cycle(apply=False).clusters}
+    assert third["mongo-main"].ok and third["mongo-main"].skipped is None
+
+
+def test_a_waiting_job_is_skipped_not_failed_and_planned_again():
+    class Busy(Recorder):
+        def act(self, action, session):
+            if action.target == "cache/one":
+                raise Waiting("waiting for a free slot: 2 of 2 backup jobs run fleet-wide", cluster="cache")
+            return super().act(action, session)
+
+    report = make_operator(Busy()).run_cycle(apply=True)
+    cache = report.clusters[2]
+    assert [(o.status, o.message) for o in cache.outcomes][0] == (
+        "skipped", "waiting for a free slot: 2 of 2 backup jobs run fleet-wide")
+    assert cache.outcomes[1].status == "done" and report.ok
+
+
+def test_watch_drains_the_jobs_in_flight_before_it_lets_the_lock_go(tmp_path):
+    stop = threading.Event()
+    lock = FileLeaderLock(tmp_path / "leader.lock")
+    seen: list[tuple[str, float, bool]] = []
+
+    class Jobs:
+        def begin_cycle(self) -> None:
+            seen.append(("cycle", 0.0, lock.held))
+
+        def drain(self, grace: float) -> list[Any]:
+            seen.append(("drain", grace, lock.held))
+            return []
+
+    op = make_operator(Recorder(), stop=stop, jobs=Jobs())
+    watch(op, lock, 60, lambda report: stop.set(), job_grace=7)
+    assert seen == [("cycle", 0.0, True), ("drain", 7, True)] and not lock.held

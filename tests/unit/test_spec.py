@@ -125,6 +125,8 @@ BAD_INPUTS = [
                                 "  operator_metrics:"), "operator.leader", "expected 'etcd', 'postgres' or 'file'"),
     ("a lease far too short", ("monitoring:\n  operator_metrics:", "operator: {lease_ttl: 1}\nmonitoring:\n"
                                "  operator_metrics:"), "operator.lease_ttl", ">= 5"),
+    ("no backup may run at all", ("monitoring:\n  operator_metrics:", "operator: {jobs: {backups: 0}}\nmonitoring:\n"
+                                  "  operator_metrics:"), "operator.jobs.backups", ">= 1"),
     ("preload libraries in parameters", ("      max_connections: 100\n", "      max_connections: 100\n"
                                          "      shared_preload_libraries: auto_explain\n"),
      "clusters.0.parameters.shared_preload_libraries", "loads code into the server"),

@@ -104,8 +104,8 @@ def lock_dir() -> Path:
     return path
 
 
-def _open_lock(cluster: str) -> int:
-    path = lock_dir() / f"dbfleet-backup-{cluster}.lock"
+def _open_lock(cluster: str, what: str = "backup") -> int:
+    path = lock_dir() / f"dbfleet-{what}-{cluster}.lock"
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -133,13 +133,29 @@ def backup_lock(cluster: str) -> Iterator[None]:
 
 def backup_running(cluster: str) -> bool:
     """True while some process on this machine holds the cluster's backup lock."""
-    fd = _open_lock(cluster)
+    return lock_busy(cluster, "backup")
+
+
+def lock_busy(cluster: str, what: str) -> bool:
+    """True while some process on this machine (or another thread of this one) holds the cluster's `what` lock."""
+    fd = take_lock(cluster, what)
+    if fd is None:
+        return True
+    drop_lock(fd)
+    return False
+
+
+def take_lock(cluster: str, what: str) -> int | None:
+    """The cluster's `what` lock taken now (its descriptor: drop_lock releases it), or None if it is held."""
+    fd = _open_lock(cluster, what)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
         os.close(fd)
-    return False
+        return None
+    return fd
+
+
+def drop_lock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)

@@ -67,6 +67,13 @@ def parse_time(text: str | None) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def checked_time(text: str) -> datetime:
+    """A time every valid record holds (its fields were checked when read)."""
+    when = parse_time(text)
+    assert when is not None
+    return when
+
+
 def cluster_prefix(cluster: str) -> str:
     return f"{ROOT}/{cluster}/"
 
@@ -152,9 +159,7 @@ class Manifest:
 
     @property
     def started(self) -> datetime:
-        when = parse_time(self.started_at)
-        assert when is not None
-        return when
+        return checked_time(self.started_at)
 
     @property
     def finished(self) -> datetime | None:
@@ -206,7 +211,7 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "<manifest>") -> Manifest:
         """A manifest read from a target, every field checked; ManifestError naming `where` and the reason."""
-        data = _json_object(text, where, "manifest")
+        data = json_object(text, where, "manifest")
         try:
             _check_manifest(data)
         except ValueError as exc:
@@ -273,9 +278,7 @@ class DrillRecord:
 
     @property
     def finished(self) -> datetime:
-        when = parse_time(self.finished_at)
-        assert when is not None
-        return when
+        return checked_time(self.finished_at)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -285,7 +288,7 @@ class DrillRecord:
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "<drill>") -> DrillRecord:
         """A drill record read from a target, every field checked; ManifestError naming `where` and the reason."""
-        data = _json_object(text, where, "drill record")
+        data = json_object(text, where, "drill record")
         try:
             _check_drill(data)
         except ValueError as exc:
@@ -302,7 +305,7 @@ class DrillRecord:
 # --------------------------------------------------------------------------- reading what a target holds
 
 
-def _json_object(text: str | bytes, where: str, what: str) -> dict[str, Any]:
+def json_object(text: str | bytes, where: str, what: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -312,7 +315,7 @@ def _json_object(text: str | bytes, where: str, what: str) -> dict[str, Any]:
     return data
 
 
-class _Fields:
+class Fields:
     """Checks on one JSON object's fields; each failure a ValueError naming the field."""
 
     def __init__(self, data: dict[str, Any], known: Iterable[str], prefix: str = ""):
@@ -380,7 +383,7 @@ class _Fields:
 
 
 def _check_manifest(data: dict[str, Any]) -> None:
-    fields_ = _Fields(data, [f.name for f in fields(Manifest)])
+    fields_ = Fields(data, [f.name for f in fields(Manifest)])
     if data.get("format") != FORMAT:
         raise fields_.fail("format", f"{data.get('format')!r}, expected {FORMAT}")
     fields_.text("cluster", pattern=re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]"))
@@ -397,7 +400,7 @@ def _check_manifest(data: dict[str, Any]) -> None:
     for i, entry in enumerate(fields_.items("files")):
         if not isinstance(entry, dict):
             raise fields_.fail(f"files.{i}", "expected a mapping with key, size and sha256")
-        file = _Fields(entry, ("key", "size", "sha256"), f"files.{i}.")
+        file = Fields(entry, ("key", "size", "sha256"), f"files.{i}.")
         file.text("sha256", pattern=SHA256)
         file.number("size")
         why = file_key_problem(entry.get("key"), data["cluster"])
@@ -408,7 +411,7 @@ def _check_manifest(data: dict[str, Any]) -> None:
     if verification is not None:
         if not isinstance(verification, dict):
             raise fields_.fail("verification", "expected a mapping")
-        verdict = _Fields(verification, [f.name for f in fields(Verification)], "verification.")
+        verdict = Fields(verification, [f.name for f in fields(Verification)], "verification.")
         verdict.time("at")
         verdict.flag("ok")
         verdict.text("message")
@@ -417,14 +420,14 @@ def _check_manifest(data: dict[str, Any]) -> None:
 
 def _check_detail(detail: dict[str, Any]) -> None:
     """The engine facts a restore or expiry acts on: a pgBackRest label goes into --set, a time into recovery."""
-    facts = _Fields(detail, detail, "detail.")
+    facts = Fields(detail, detail, "detail.")
     facts.text("label", required=False, pattern=PGBACKREST_LABEL)
     facts.text("prior", required=False, pattern=PGBACKREST_LABEL)
     facts.time("recoverable_to", required=False)
 
 
 def _check_drill(data: dict[str, Any]) -> None:
-    fields_ = _Fields(data, [f.name for f in fields(DrillRecord)])
+    fields_ = Fields(data, [f.name for f in fields(DrillRecord)])
     if data.get("format", FORMAT) != FORMAT:
         raise fields_.fail("format", f"{data.get('format')!r}, expected {FORMAT}")
     fields_.text("id", pattern=RECORD_ID)
@@ -440,7 +443,7 @@ def _check_drill(data: dict[str, Any]) -> None:
     for i, check in enumerate(fields_.items("checks")):
         if not isinstance(check, dict):
             raise fields_.fail(f"checks.{i}", "expected a mapping with name, ok and detail")
-        step = _Fields(check, [f.name for f in fields(Check)], f"checks.{i}.")
+        step = Fields(check, [f.name for f in fields(Check)], f"checks.{i}.")
         step.text("name")
         step.flag("ok")
         step.text("detail", required=False)

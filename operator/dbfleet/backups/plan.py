@@ -2,10 +2,12 @@
 
 Pure: the observation (manifests, last drill, whether a backup runs now) is
 gathered elsewhere (`observe_backups`), so this is unit-tested without servers.
-Action kinds: `mark-orphaned`, `backup`, `drill`, `prune` (destructive), and
-`report-drill-failed`, which only informs (and is what the alert fires on), and
-`report-invalid-manifest`, which names a manifest or drill record in the target
-that failed its checks and was left out.
+Action kinds: `settle-job` (a job whose operator stopped gets its true outcome
+written), `mark-orphaned`, `backup` and `drill` (each starts a job), `prune`
+(destructive), and `report-drill-failed`, which only informs (and is what the
+alert fires on), `report-job-failed`, and `report-invalid-manifest`, which names
+a manifest, drill or job record in the target that failed its checks and was
+left out. A backup or drill whose job still runs is not planned again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from dbfleet.actions import Action
+from dbfleet.backups.jobs import BACKUP, DRILL, JOB_FAILED, JobView
 from dbfleet.backups.manifest import FAILED, PENDING, DrillRecord, Manifest, newest_first, utcnow
 from dbfleet.backups.retention import expired_backups
 from dbfleet.backups.scheduler import drill_due, due_backup
@@ -34,6 +37,16 @@ class BackupObservation:
     """A backup of this cluster is in progress (its lock is held), so pending manifests are live."""
     invalid: tuple[InvalidRecord, ...] = ()
     """Manifests and drill records in the target that failed their checks: left out of `manifests`."""
+    jobs: tuple[JobView, ...] = ()
+    """The cluster's job records (one per kind at most), each seen alive or not."""
+
+    def job_runs(self, kind: str) -> bool:
+        return any(v.alive and v.record.kind == kind for v in self.jobs)
+
+    @property
+    def backing_up(self) -> bool:
+        """A backup runs now: its lock is held on this machine, or its job is alive (on any machine)."""
+        return self.running or self.job_runs(BACKUP)
 
 
 def drill_candidate(manifests: list[Manifest]) -> Manifest | None:
@@ -55,14 +68,15 @@ def planned_backup_actions(fleet: Fleet, observed: Mapping[str, BackupObservatio
         for record in obs.invalid:
             actions.append(Action(name, RECONCILER, "report-invalid-manifest", record.key, record.reason,
                                   detail={"key": record.key}))
-        if not obs.running:
+        actions += job_actions(name, obs.jobs)
+        if not obs.backing_up:
             for m in obs.manifests:
                 if m.status == PENDING:
                     actions.append(Action(name, RECONCILER, "mark-orphaned", m.id,
                                           f"pending since {m.started_at} and no backup is running",
                                           detail={"backup": m.id}))
         due = due_backup(cluster.engine, policy, obs.manifests, now)
-        if due is not None and not obs.running:
+        if due is not None and not obs.backing_up:
             actions.append(Action(name, RECONCILER, "backup", due.kind, due.reason(),
                                   detail={"kind": due.kind, "target": policy.target.kind}))
         if obs.last_drill is not None and not obs.last_drill.ok:
@@ -70,7 +84,7 @@ def planned_backup_actions(fleet: Fleet, observed: Mapping[str, BackupObservatio
                                   f"drill {obs.last_drill.id} failed: {obs.last_drill.message}",
                                   detail={"drill": obs.last_drill.id}))
         candidate = drill_candidate(obs.manifests)
-        if candidate is not None and drill_due(policy, obs.last_drill, now):
+        if candidate is not None and drill_due(policy, obs.last_drill, now) and not obs.job_runs(DRILL):
             if candidate.status == FAILED:
                 # Never retried into green: a failed backup stays failed until a newer one is taken.
                 actions.append(Action(name, RECONCILER, "report-drill-failed", candidate.id,
@@ -84,4 +98,21 @@ def planned_backup_actions(fleet: Fleet, observed: Mapping[str, BackupObservatio
             actions.append(Action(name, RECONCILER, "prune", expiry.backup.id, expiry.describe(), destructive=True,
                                   detail={"backup": expiry.backup.id, "root": expiry.root,
                                           "superseded_by": expiry.superseded_by}))
+    return actions
+
+
+def job_actions(cluster: str, jobs: tuple[JobView, ...]) -> list[Action]:
+    """A job whose operator stopped while it ran gets its true outcome written (settle-job); a backup job that
+    failed is reported until the next one replaces its record (a failed drill has report-drill-failed)."""
+    actions = []
+    for view in jobs:
+        record = view.record
+        if view.stopped_unsettled:
+            actions.append(Action(cluster, RECONCILER, "settle-job", record.id,
+                                  f"its record says running, but its operator ({record.owner}) stopped: last "
+                                  f"heartbeat {record.heartbeat_at}", detail={"job": record.kind}))
+        elif record.kind == BACKUP and record.state == JOB_FAILED:
+            actions.append(Action(cluster, RECONCILER, "report-job-failed", record.id,
+                                  f"{record.kind} {record.target} failed at {record.finished_at}: {record.message}",
+                                  detail={"job": record.kind}))
     return actions

@@ -1,10 +1,13 @@
 """The backups reconciler for the operator loop: observe the target, plan (plan.py), and act.
 
 dbfleet.wiring lists it among the reconcilers a cycle runs and tells it how
-to build a cluster's BackupAccess from the cycle's engine session. A drill
-that fails raises a PermanentError, so the loop reports it once and
-never retries it into green; a backup whose host is unreachable raises a
-TemporaryError and is retried by the loop's backoff.
+to build a cluster's BackupAccess from an engine session. A backup and a drill
+run as jobs (job_runner.py) on a session of their own, outside the cycle:
+the act starts one, later cycles see it in its record, and a job whose
+operator stopped is settled from what it left. A drill that fails raises a
+PermanentError in its job, so it is reported once and never retried into
+green; a backup whose host is unreachable fails its job and waits for the
+next slot of its schedule.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from dbfleet.actions import Action
 from dbfleet.backups.access import BackupAccess, backup_lock
 from dbfleet.backups.adapters import adapter_for
 from dbfleet.backups.drills import run_drill
+from dbfleet.backups.job_runner import Job, JobContext, JobRunner
+from dbfleet.backups.jobs import BACKUP, DRILL, JobView, settle
 from dbfleet.backups.manifest import PENDING, newest_good, utcnow
 from dbfleet.backups.plan import RECONCILER, BackupObservation, planned_backup_actions
 from dbfleet.backups.retention import expired_backups
 from dbfleet.backups.runner import mark_orphans, observe, take_backup
-from dbfleet.engines import AnySession
+from dbfleet.engines import AnySession, open_session
 from dbfleet.engines.base import AnyCluster
 from dbfleet.errors import PermanentError
 from dbfleet.spec import Fleet
@@ -36,8 +41,13 @@ class BackupReconciler:
 
     name = RECONCILER
 
-    def __init__(self, access_for: AccessFactory) -> None:
+    def __init__(self, access_for: AccessFactory, runner: JobRunner | None = None,
+                 session_for: Callable[[AnyCluster, AnySession], AnySession] | None = None) -> None:
         self.access_for = access_for
+        self.runner = runner or JobRunner(inline=True)
+        """Runs backups and drills; without one, each runs to its end inside the act (as `--once` does)."""
+        self.session_for = session_for or (lambda cluster, session: open_session(cluster, session.access))
+        """A job's own engine session: the cycle's is not shared with a thread that outlives the act."""
         self._access: dict[str, BackupAccess] = {}
 
     def applies_to(self, cluster: AnyCluster) -> bool:
@@ -47,7 +57,7 @@ class BackupReconciler:
         access = self._access.get(cluster.name)
         if access is None or access.session is not session:
             access = self._access[cluster.name] = self.access_for(cluster, session)
-        return cluster, observe(access)
+        return cluster, observe(access, self.runner.is_running)
 
     def diff(self, cluster: AnyCluster, observed: tuple[AnyCluster, BackupObservation]) -> list[Action]:
         _, obs = observed
@@ -57,14 +67,13 @@ class BackupReconciler:
     def act(self, action: Action, session: AnySession) -> str:
         access = self._access[action.cluster]
         if action.kind == "backup":
-            done = take_backup(access, action.detail["kind"])
-            return f"{done.kind} backup {done.id} complete, {done.size_bytes} bytes"
+            return self.runner.start(Job(action.cluster, BACKUP, action.detail["kind"], access.storage,
+                                         self._job_work(access, action, session), action))
         if action.kind == "drill":
-            record = run_drill(access)
-            if not record.ok:
-                raise PermanentError(f"restore drill {record.id} of {record.backup_id} failed: {record.message}",
-                                     cluster=action.cluster, action="drill")
-            return f"drill {record.id}: RTO {record.rto_seconds}s, RPO {record.rpo_seconds}s"
+            return self.runner.start(Job(action.cluster, DRILL, action.target, access.storage,
+                                         self._job_work(access, action, session), action))
+        if action.kind == "settle-job":
+            return self._settle(access, action.target, action.detail["job"])
         if action.kind == "mark-orphaned":
             with backup_lock(action.cluster):
                 return f"marked {len(mark_orphans(access))} orphaned"
@@ -78,14 +87,69 @@ class BackupReconciler:
             return "; ".join(adapter_for(access.cluster.engine).delete(access, expiries))
         raise PermanentError(f"unknown backup action {action.kind}", cluster=action.cluster)
 
+    def _job_work(self, access: BackupAccess, action: Action, session: AnySession) -> Callable[[JobContext], str]:
+        """The job that takes the backup or runs the drill, on an engine session of its own."""
+
+        def work(context: JobContext) -> str:
+            own = self.session_for(access.cluster, session)
+            try:
+                job_access = self.access_for(access.cluster, own)
+                job_access.progress = context.progress
+                if action.kind == "backup":
+                    done = take_backup(job_access, action.detail["kind"],
+                                       on_pending=lambda pending: context.result(pending.id))
+                    return f"{done.kind} backup {done.id} complete, {done.size_bytes} bytes"
+                record = run_drill(job_access)
+                context.result(record.id)
+                if not record.ok:
+                    raise PermanentError(f"restore drill {record.id} of {record.backup_id} failed: {record.message}",
+                                         cluster=action.cluster, action="drill")
+                return f"drill {record.id}: RTO {record.rto_seconds}s, RPO {record.rpo_seconds}s"
+            finally:
+                own.close()
+
+        return work
+
+    def _settle(self, access: BackupAccess, job_id: str, kind: str) -> str:
+        """Write the true outcome of a job whose operator stopped, if its record still says so."""
+        _, obs = self.observe(access.cluster, access.engine_session())
+        view = next((v for v in obs.jobs if v.record.kind == kind and v.record.id == job_id), None)
+        if view is None or not view.stopped_unsettled:
+            return f"job {job_id} needs no settling any more"
+        record = settle(view.record, obs.manifests, access.storage.drills(access.name), utcnow())
+        access.storage.put_bytes(record.key, record.to_json().encode())
+        return f"{kind} job {job_id}: {record.state}: {record.message}"
+
     def notes(self, observed: tuple[AnyCluster, BackupObservation]) -> list[str]:
         _, obs = observed
         pending = [m.id for m in obs.manifests if m.status == PENDING]
-        return [f"backup {', '.join(pending)} in progress"] if pending and obs.running else []
+        now = utcnow()
+        notes = [f"job {v.record.describe(now)}" for v in obs.jobs if v.alive]
+        if pending and obs.running and not notes:
+            notes.append(f"backup {', '.join(pending)} in progress")
+        return notes
 
     def status(self, cluster: AnyCluster, observed: tuple[AnyCluster, BackupObservation],
                actions: list[Action]) -> dict[str, Any]:
-        return {"backups": backup_status(observed[1])}
+        return {"backups": backup_status(observed[1]), "jobs": job_status(observed[1].jobs)}
+
+
+def job_status(jobs: tuple[JobView, ...]) -> list[dict[str, Any]]:
+    """The cluster's jobs as `status --json` shows them: kind, target, state, age, step or outcome."""
+    now = utcnow()
+    return [{"id": v.record.id, "kind": v.record.kind, "target": v.record.target,
+             "state": v.record.state if v.alive or not v.stopped_unsettled else "stopped (to settle)",
+             "age_s": round(v.record.age(now)), "step": v.record.step, "message": v.record.message,
+             "owner": v.record.owner, "line": v.record.describe(now)} for v in jobs]
+
+
+def job_columns(status: dict[str, Any]) -> dict[str, Any]:
+    """The `jobs` column of `status`: each running job with its age and step; '-' when none runs."""
+    running = [j for j in status.get("jobs", ()) if j["state"] == "running"]
+    if "jobs" not in status:
+        return {}
+    return {"jobs": "; ".join(f"{j['kind']} {j['target']} {age(j['age_s'])}" + (f" ({j['step']})" if j["step"]
+                                                                                 else "") for j in running) or "-"}
 
 
 def backup_status(obs: BackupObservation) -> dict[str, Any]:

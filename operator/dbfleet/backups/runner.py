@@ -10,11 +10,15 @@ failure saves it `failed`; a killed operator leaves it `pending`.
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import Callable
 from datetime import datetime
 
 from dbfleet.backups.access import BackupAccess, backup_lock
 from dbfleet.backups.adapters import adapter_for
 from dbfleet.backups.engine import EngineBackups
+from dbfleet.backups.job_runner import job_lock_held
+from dbfleet.backups.jobs import JobView, job_alive
 from dbfleet.backups.manifest import PENDING, Manifest, utcnow
 from dbfleet.backups.plan import BackupObservation
 from dbfleet.backups.retention import Expiry, expired_backups
@@ -37,8 +41,10 @@ def mark_orphans(access: BackupAccess, manifests: list[Manifest] | None = None) 
 
 
 def take_backup(access: BackupAccess, kind: str, adapter: EngineBackups | None = None,
-                now: datetime | None = None) -> Manifest:
-    """Take one backup of `kind` now; return its complete manifest or raise (manifest saved failed)."""
+                now: datetime | None = None, on_pending: Callable[[Manifest], None] | None = None) -> Manifest:
+    """Take one backup of `kind` now; return its complete manifest or raise (manifest saved failed).
+
+    `on_pending` is told the pending manifest once it is saved (a job names its backup in its record)."""
     from dbfleet.monitoring.metrics import record_action, record_backup
 
     adapter = adapter or adapter_for(access.cluster.engine)
@@ -48,6 +54,8 @@ def take_backup(access: BackupAccess, kind: str, adapter: EngineBackups | None =
         prepared = adapter.prepare(access, history)
         pending = adapter.new_manifest(access, kind, now or utcnow(), prepared.tool_version)
         access.storage.save_manifest(pending)
+        if on_pending is not None:
+            on_pending(pending)
         try:
             with access.progress.step(f"{access.name}: {kind} backup {pending.id} with {adapter.tool}"):
                 done = adapter.take(access, pending, prepared)
@@ -77,11 +85,16 @@ def prune(access: BackupAccess, adapter: EngineBackups | None = None, now: datet
         return adapter.delete(access, expiries)
 
 
-def observe(access: BackupAccess) -> BackupObservation:
-    """What the target holds for the planner."""
+def observe(access: BackupAccess, runs_here: Callable[[str, str], bool] | None = None) -> BackupObservation:
+    """What the target holds for the planner, and which of the cluster's jobs still run (`runs_here`: those of
+    this process's job runner)."""
     from dbfleet.backups.access import backup_running
 
     manifests = access.storage.manifests(access.name)
     last_drill = access.storage.last_drill(access.name)
+    now, host = utcnow(), socket.gethostname()
+    jobs = tuple(JobView(r, bool(runs_here and runs_here(r.cluster, r.kind))
+                         or job_alive(r, now, host, job_lock_held(r.cluster, r.kind)))
+                 for r in access.storage.jobs(access.name))
     return BackupObservation(manifests, last_drill, backup_running(access.name),
-                             tuple(access.storage.invalid_records(access.name)))
+                             tuple(access.storage.invalid_records(access.name)), jobs)

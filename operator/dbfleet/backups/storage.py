@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dbfleet.backups.jobs import JobRecord, job_key
 from dbfleet.backups.manifest import (
     DrillRecord,
     FileEntry,
@@ -181,7 +182,23 @@ class Storage(ABC):
     def invalid_records(self, cluster: str) -> builtins.list[InvalidRecord]:
         """The manifests and drill records of `cluster` that the last manifests() and drills() left out."""
         by_cluster: dict[tuple[str, str], builtins.list[InvalidRecord]] = self.__dict__.get("_invalid", {})
-        return by_cluster.get((cluster, "manifests"), []) + by_cluster.get((cluster, "drills"), [])
+        return [r for kind in ("manifests", "drills", "jobs") for r in by_cluster.get((cluster, kind), [])]
+
+    def jobs(self, cluster: str) -> builtins.list[JobRecord]:
+        """The cluster's job records (jobs.py), one per kind at most; an invalid one is left out and recorded."""
+        found, invalid = [], []
+        for obj in self.list(job_key(cluster, "")[: -len(".json")]):
+            if not obj.key.endswith(".json"):
+                continue
+            try:
+                record = JobRecord.from_json(self.get_bytes(obj.key), obj.key)
+                if record.key != obj.key:
+                    raise ManifestError(obj.key, f"says cluster {record.cluster}, kind {record.kind}")
+                found.append(record)
+            except ManifestError as exc:
+                invalid.append(InvalidRecord(obj.key, exc.reason))
+        self._record_invalid(cluster, "jobs", invalid)
+        return found
 
     def last_drill(self, cluster: str) -> DrillRecord | None:
         records = self.drills(cluster)

@@ -34,7 +34,15 @@ from dbfleet.engines.access import FleetAccess, read_inventory, read_inventory_h
 from dbfleet.errors import ReconcileError
 from dbfleet.monitoring import endpoint
 from dbfleet.reconcile.audit import AUDIT_FILE_NAME, AuditError
-from dbfleet.reconcile.loop import CycleReport, Leader, Operator, leadership, watch
+from dbfleet.reconcile.loop import (
+    DEFAULT_CLUSTER_TIMEOUT,
+    DEFAULT_PARALLEL,
+    CycleReport,
+    Leader,
+    Operator,
+    leadership,
+    watch,
+)
 from dbfleet.reconcile.status import record_cycle
 from dbfleet.secrets import SecretsError
 from dbfleet.spec import Fleet
@@ -48,6 +56,11 @@ def add_operator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", action="append", metavar="NAME", help="only this cluster (repeatable)")
     parser.add_argument("--reconciler", action="append", metavar="NAME",
                         help="only this reconciler, say indexes or backups (repeatable; default: all)")
+    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
+                        help=f"clusters observed and diffed at once (default {DEFAULT_PARALLEL})")
+    parser.add_argument("--cluster-timeout", type=float, default=DEFAULT_CLUSTER_TIMEOUT, metavar="SECONDS",
+                        help="one cluster's part of a cycle may take this long; then it is reported failed and the "
+                             f"cycle goes on without it (default {DEFAULT_CLUSTER_TIMEOUT:g})")
     add_json_option(parser)
 
 
@@ -76,16 +89,31 @@ def require_hosts(fleet: Fleet, args: argparse.Namespace) -> None:
         raise UsageError(f"inventory {inventory_asked(args)} has no host of {which}")
 
 
-def build_operator(args: argparse.Namespace, stop: threading.Event | None = None, audit: bool = False) -> Operator:
+def build_operator(args: argparse.Namespace, stop: threading.Event | None = None, audit: bool = False,
+                   background_jobs: bool = False) -> Operator:
     """The operator for these options; with `audit`, one that records every action it applies, and refuses to
-    start (UsageError) if its audit trail cannot be written safely."""
+    start (UsageError) if its audit trail cannot be written safely. With `background_jobs` (--watch) backups and
+    drills run as jobs beside the cycles; otherwise each runs to its end inside its act."""
     spec = spec_of(args)
     fleet = spec.fleet
     names = {c.name for c in fleet.clusters}
     unknown = sorted(set(args.cluster or ()) - names)
     if unknown:
         raise UsageError(f"--cluster: no cluster named {', '.join(unknown)}; the spec has {', '.join(sorted(names))}")
-    reconcilers = wiring.reconcilers()
+    parallel = getattr(args, "parallel", DEFAULT_PARALLEL)
+    timeout = getattr(args, "cluster_timeout", DEFAULT_CLUSTER_TIMEOUT)
+    if parallel < 1 or timeout <= 0:
+        raise UsageError("--parallel must be 1 or more, and --cluster-timeout positive")
+    record = None
+    if audit:
+        trail = wiring.audit_trail(audit_path(args), spec.sha256)
+        try:
+            trail.check()
+        except AuditError as exc:
+            raise UsageError(str(exc)) from None
+        record = trail.record
+    jobs = wiring.job_runner(fleet, inline=not background_jobs, record=record)
+    reconcilers = wiring.reconcilers(jobs)
     if args.reconciler:
         known = [r.name for r in reconcilers]
         unknown = sorted(set(args.reconciler) - set(known))
@@ -97,16 +125,9 @@ def build_operator(args: argparse.Namespace, stop: threading.Event | None = None
         access = FleetAccess.load(inventory_path(args), secrets_path(args))
     except (ReconcileError, SecretsError) as exc:
         raise UsageError(str(exc)) from None
-    record = None
-    if audit:
-        trail = wiring.audit_trail(audit_path(args), spec.sha256)
-        try:
-            trail.check()
-        except AuditError as exc:
-            raise UsageError(str(exc)) from None
-        record = trail.record
     return Operator(fleet, access, reconcilers=reconcilers, stop=stop,
-                    clusters=set(args.cluster) if args.cluster else None, record=record)
+                    clusters=set(args.cluster) if args.cluster else None, record=record, parallel=parallel,
+                    cluster_timeout=timeout, jobs=jobs)
 
 
 def leader_lock(operator: Operator, args: argparse.Namespace) -> Leader:
@@ -134,6 +155,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mode.add_argument("--once", action="store_true", help="one cycle, then exit (1 if anything failed)")
     mode.add_argument("--watch", action="store_true", help="cycle until SIGTERM or SIGINT")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between cycles with --watch (default 30)")
+    p.add_argument("--job-grace", type=float, default=30.0, metavar="SECONDS",
+                   help="with --watch, on SIGTERM wait this long for backups and drills in flight to end; the rest "
+                        "are recorded interrupted and retaken by policy (default 30). With --once every job "
+                        "started runs to its end")
     add_leader_option(p)
     p.add_argument("--state", type=Path, help="state file for `status` (default: operator-state.json "
                                               "beside the inventory); the audit trail operator-audit.jsonl "
@@ -165,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive")
     stop = threading.Event()
-    operator = build_operator(args, stop, audit=True)
+    operator = build_operator(args, stop, audit=True, background_jobs=args.watch)
     operator.keep_sessions = args.watch  # a watching operator keeps its connections between cycles
     leader = leader_lock(operator, args)
     ttl = operator.fleet.operator.lease_ttl
@@ -208,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         planned = replace(planned, port=server.port)
         print(f"reconcile: /metrics on {planned.describe()}", file=sys.stderr, flush=True)
     try:
-        return watch(operator, leader, args.interval, on_cycle)
+        return watch(operator, leader, args.interval, on_cycle, job_grace=args.job_grace)
     finally:
         if server is not None:
             server.stop()

@@ -19,10 +19,11 @@ from dbfleet.monitoring.figures import add_figures
 from dbfleet.reconcile.status import load_state, status_columns, status_rows
 
 NARROW_COLUMNS = ["cluster", "engine", "primary", "members_up", "observed", "pending", "last_reconcile",
-                  "last_backup"]
-"""What `status` shows without --wide: who leads, what is up, whether it is as the spec says, backed up."""
+                  "last_backup", "jobs"]
+"""What `status` shows without --wide: who leads, what is up, whether it is as the spec says, backed up, and the
+backups and drills running now (with their age and step)."""
 NARROW_WIDTH = 100
-NARROW_CUT = ["observed", "last_reconcile", "last_backup", "primary", "cluster"]
+NARROW_CUT = ["jobs", "observed", "last_reconcile", "last_backup", "primary", "cluster"]
 """Which columns are cut first when a row is too long: an error message is whole under --wide and --json."""
 
 

@@ -2,11 +2,17 @@
 
 `Operator.run_cycle` is the whole state machine, run once per loop as in
 Patroni: for each cluster it opens an engine session, observes the topology,
-then for each reconciler that applies observes, diffs and acts. It returns a
-CycleReport whose sentences say what happened. Retries belong to the loop:
-a TemporaryError is retried with backoff, a PermanentError is recorded, and a
-failing cluster never stops the others. `watch` repeats cycles until SIGTERM,
-finishing the action in flight first.
+then for each reconciler that applies observes, diffs and acts. Clusters run
+side by side on up to `parallel` threads; one that takes longer than
+`cluster_timeout` is reported failed, the cycle goes on without it, and it is
+skipped until its work ends. It returns a CycleReport whose sentences say what
+happened, in spec order. Retries belong to the loop: a TemporaryError is
+retried with backoff, a PermanentError is recorded, a Waiting is reported
+skipped (it is planned again next cycle), and a failing cluster never stops the
+others. Long work (backups, drills) runs as jobs outside the cycle
+(dbfleet.backups.job_runner): an act starts one, later cycles observe it.
+`watch` repeats cycles until SIGTERM, finishing the action in flight first and
+giving the jobs in flight a grace period to end.
 
 Fencing: when a cycle applies, the leader lock is confirmed with its store
 (`Leader.confirm`, for etcd a keep-alive) just before each act, and no act
@@ -26,7 +32,7 @@ from dbfleet.actions import Action, Outcome
 from dbfleet.engines import AnySession, open_session
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.base import AnyCluster, Topology
-from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
+from dbfleet.errors import PermanentError, ReconcileError, TemporaryError, Waiting
 from dbfleet.monitoring import metrics
 from dbfleet.reconcile.capacity import shrink_problems, unreachable
 from dbfleet.reconcile.retry import DEFAULT_RETRY, ClusterBackoff, RetryPolicy, call_with_retry
@@ -59,6 +65,22 @@ class Reconciler(Protocol[Observed]):
     def notes(self, observed: Observed) -> list[str]: ...
 
     def status(self, cluster: AnyCluster, observed: Observed, actions: list[Action]) -> dict[str, Any]: ...
+
+
+class Jobs(Protocol):
+    """The long jobs the operator runs outside its cycles (dbfleet.backups.job_runner.JobRunner)."""
+
+    def begin_cycle(self) -> None: ...
+
+    def drain(self, grace: float) -> list[Any]:
+        """SIGTERM: let the jobs in flight finish for `grace` seconds; record the rest interrupted and return them."""
+        ...
+
+
+DEFAULT_PARALLEL = 4
+"""Clusters observed, diffed and acted on at once: a small machine's share (they mostly wait on the network)."""
+DEFAULT_CLUSTER_TIMEOUT = 300.0
+"""Seconds one cluster's part of a cycle may take before the cycle reports it failed and goes on without it."""
 
 
 @dataclass
@@ -183,7 +205,8 @@ class Operator:
                  retry: RetryPolicy = DEFAULT_RETRY, session_factory: SessionFactory = open_session,
                  sleep: Callable[[float], None] = time.sleep, stop: threading.Event | None = None,
                  clusters: set[str] | None = None, keep_sessions: bool = False,
-                 record: ActionRecorder | None = None):
+                 record: ActionRecorder | None = None, parallel: int = DEFAULT_PARALLEL,
+                 cluster_timeout: float = DEFAULT_CLUSTER_TIMEOUT, jobs: Jobs | None = None):
         self.fleet = fleet
         self.access = access
         self.reconcilers = reconcilers
@@ -203,6 +226,14 @@ class Operator:
         self._unfenced: str | None = None
         """Why leadership could not be confirmed before an act: nothing more is applied this cycle."""
         self._sessions: dict[str, AnySession] = {}
+        self.parallel = max(1, parallel)
+        self.cluster_timeout = cluster_timeout
+        self.jobs = jobs
+        """The job runner the reconcilers start long work on; drained on SIGTERM."""
+        self._busy: dict[str, float] = {}
+        """Clusters whose part of an earlier cycle outlived its timeout and still runs: since when (monotonic)."""
+        self._guard = threading.Lock()
+        """Serialises what the cluster threads share: the fencing check and the audit trail."""
 
     @property
     def unfenced(self) -> str | None:
@@ -224,30 +255,79 @@ class Operator:
         start = time.monotonic()
         self._unrecorded = None
         self._fence, self._unfenced = leader, None
+        if self.jobs is not None and apply:
+            self.jobs.begin_cycle()
+        chosen: list[AnyCluster] = []
         for cluster in self.fleet.clusters:
             if self.only is not None and cluster.name not in self.only:
                 continue
-            if not any(h.name in self.access.addresses for h in cluster.all_hosts()):
-                # The lab starts no MongoDB without a server image: such a cluster is not deployed here.
-                report.clusters.append(ClusterReport(cluster.name, cluster.engine,
-                                                     skipped="none of its hosts is in the inventory"))
+            skipped = self._skip(cluster, respect_backoff)
+            report.clusters.append(ClusterReport(cluster.name, cluster.engine, skipped=skipped))
+            if skipped is None:
+                chosen.append(cluster)
+        results = self._run_clusters(chosen, apply)
+        for i, placeholder in enumerate(report.clusters):
+            if placeholder.skipped is not None:
                 continue
-            now = time.monotonic()
-            if respect_backoff and not self.backoff.ready(cluster.name, now):
-                wait = self.backoff.not_before[cluster.name] - now
-                report.clusters.append(ClusterReport(cluster.name, cluster.engine,
-                                                     skipped=f"retrying in {wait:.0f}s after failures"))
-                continue
-            result = self._cluster_cycle(cluster, apply)
-            report.clusters.append(result)
+            result = report.clusters[i] = results[placeholder.cluster]
             if result.error:
-                delay = self.backoff.failed(cluster.name, time.monotonic())
+                delay = self.backoff.failed(result.cluster, time.monotonic())
                 log.warning("%s; next try in %.0fs", result.sentence(), delay)
             else:
-                self.backoff.succeeded(cluster.name)
+                self.backoff.succeeded(result.cluster)
                 log.info("%s", result.sentence())
         report.seconds = time.monotonic() - start
         return report
+
+    def _skip(self, cluster: AnyCluster, respect_backoff: bool) -> str | None:
+        """Why the cluster is not looked at this cycle, or None."""
+        if not any(h.name in self.access.addresses for h in cluster.all_hosts()):
+            # The lab starts no MongoDB without a server image: such a cluster is not deployed here.
+            return "none of its hosts is in the inventory"
+        now = time.monotonic()
+        busy = self._busy.get(cluster.name)
+        if busy is not None:
+            return f"its part of an earlier cycle still runs after {now - busy:.0f}s (cluster timeout " \
+                   f"{self.cluster_timeout:g}s)"
+        if respect_backoff and not self.backoff.ready(cluster.name, now):
+            return f"retrying in {self.backoff.not_before[cluster.name] - now:.0f}s after failures"
+        return None
+
+    def _run_clusters(self, clusters: list[AnyCluster], apply: bool) -> dict[str, ClusterReport]:
+        """Each cluster's part of the cycle on its own thread, `parallel` at a time; one that outlives
+        `cluster_timeout` is reported failed and left to finish in the background (its thread is a daemon)."""
+        results: dict[str, ClusterReport] = {}
+        running: dict[str, float] = {}
+        queue = list(clusters)
+        changed = threading.Condition()
+
+        def work(cluster: AnyCluster) -> None:
+            result = self._cluster_cycle(cluster, apply)
+            with changed:
+                self._busy.pop(cluster.name, None)
+                if cluster.name in running:
+                    del running[cluster.name]
+                    results[cluster.name] = result
+                changed.notify_all()
+
+        with changed:
+            while queue or running:
+                while queue and len(running) < self.parallel:
+                    cluster = queue.pop(0)
+                    running[cluster.name] = self._busy[cluster.name] = time.monotonic()
+                    threading.Thread(target=work, args=(cluster,), daemon=True, name=f"cycle-{cluster.name}").start()
+                now = time.monotonic()
+                for name, since in list(running.items()):
+                    if now - since >= self.cluster_timeout:
+                        del running[name]
+                        engine = next(c.engine for c in clusters if c.name == name)
+                        results[name] = ClusterReport(name, engine, seconds=now - since, error=(
+                            f"cluster {name}: its part of the cycle took longer than the cluster timeout "
+                            f"({self.cluster_timeout:g}s); the others went on, and it is skipped until it ends"))
+                        log.error("%s", results[name].error)
+                if running:
+                    changed.wait(max(0.01, min(since + self.cluster_timeout for since in running.values()) - now))
+        return results
 
     def _cluster_cycle(self, cluster: AnyCluster, apply: bool) -> ClusterReport:
         result = ClusterReport(cluster.name, cluster.engine)
@@ -337,6 +417,9 @@ class Operator:
                 outcome = Outcome(action, "done", message, attempts, time.monotonic() - start)
                 metrics.record_action(action.cluster, action.kind)
                 log.info("%s", outcome.render())
+            except Waiting as exc:
+                outcome = Outcome(action, "skipped", exc.message, 1, time.monotonic() - start)
+                log.info("%s", outcome.render())
             except ReconcileError as exc:
                 error = exc.located(cluster=action.cluster, action=f"{action.kind} {action.target}")
                 outcome = Outcome(action, "failed", error.render(), self.retry.attempts
@@ -351,6 +434,11 @@ class Operator:
         it fails for the rest of the cycle; the next cycle's acquire decides again."""
         if self._fence is None:
             return True
+        with self._guard:
+            return self._confirm_fence()
+
+    def _confirm_fence(self) -> bool:
+        assert self._fence is not None
         if self._unfenced is None and not self._fence.confirm():
             self._unfenced = self._fence.fault or f"this process no longer holds the lock; holder: {self._fence.holder}"
             log.error("leadership lost before an act (%s); nothing more is applied this cycle", self._unfenced)
@@ -362,7 +450,8 @@ class Operator:
         if self.record is None:
             return
         try:
-            self.record(outcome)
+            with self._guard:
+                self.record(outcome)
         except Exception as exc:  # whatever the recorder's failure, acting on unrecorded is what must stop
             self._unrecorded = str(exc)
             what = f"{outcome.action.kind} {outcome.action.target}"
@@ -412,8 +501,10 @@ def leadership(is_leader: bool, leader: Leader, cycles_without_leader: int = 0, 
 
 
 def watch(operator: Operator, leader: Leader, interval: float,
-          on_cycle: Callable[[CycleReport], None] = lambda report: None, max_cycles: int | None = None) -> int:
-    """Cycle until operator.stop is set (SIGTERM): act while leader, only observe otherwise.
+          on_cycle: Callable[[CycleReport], None] = lambda report: None, max_cycles: int | None = None,
+          job_grace: float = 30.0) -> int:
+    """Cycle until operator.stop is set (SIGTERM): act while leader, only observe otherwise. On the way out the
+    jobs in flight get `job_grace` seconds to end (the lock still held); the rest are recorded interrupted.
 
     A cycle in which the lock's store does not answer counts towards dbfleet_operator_cycles_without_leader;
     observing, /metrics and the state file go on."""
@@ -432,6 +523,10 @@ def watch(operator: Operator, leader: Leader, interval: float,
                 break
             operator.stop.wait(interval)
     finally:
+        if operator.jobs is not None:
+            for record in operator.jobs.drain(job_grace):
+                log.warning("job %s left interrupted on stopping: %s", getattr(record, "id", record),
+                            getattr(record, "message", ""))
         leader.release()
         operator.close()
     return 0
