@@ -301,7 +301,8 @@ def test_the_reconciler_starts_a_backup_job_and_later_cycles_observe_it(
 def test_a_job_left_running_by_a_dead_operator_is_settled_and_its_backup_never_taken_twice(
         storage: LocalStorage) -> None:
     cache = FLEET.cluster("cache")
-    done = manifest("20261130T120000Z-snapshot", "complete", utcnow() - timedelta(minutes=1))
+    # Started now: after the schedule's latest firing whatever the minute, so no new snapshot is due.
+    done = manifest("20261130T120000Z-snapshot", "complete", utcnow())
     storage.save_manifest(done)
     dead = record(host="gone-machine", beat=utcnow() - timedelta(seconds=STALE_AFTER + 5),
                   started=utcnow() - timedelta(minutes=2))
