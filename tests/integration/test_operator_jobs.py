@@ -237,7 +237,8 @@ def test_an_operator_killed_mid_job_is_followed_by_its_true_outcome_and_no_secon
     after = {m.id: m.status for m in storage(env).manifests(CLUSTER)}
     new = {i: s for i, s in after.items() if i not in before}
     assert new.pop(killed) == "orphaned"
-    assert list(new.values()) == ["complete"], new  # one backup taken again, by policy
+    # One backup taken again, by policy; the same cycle's drill may already have verified it.
+    assert len(new) == 1 and list(new.values())[0] in ("complete", "verified"), new
     code, plan = run_once(env, spec, "plan")
     assert code == 0 and "backup" not in [a["kind"] for a in plan["actions"]], plan["actions"]  # never twice
     print(f"\nkilled mid-job: {running.id} settled '{settled['message']}'; backup {killed} orphaned, "

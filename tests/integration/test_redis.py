@@ -360,6 +360,29 @@ def test_each_sentinel_knows_the_master_and_the_other_sentinels(cache: tuple[Any
     wait_for("every Sentinel knows the other Sentinels and every replica", peers_known, timeout=20)
 
 
+def test_a_restarted_data_node_keeps_every_rdb_save_point(cache: tuple[Any, RedisCluster]) -> None:
+    """Redis 7.0's CONFIG REWRITE puts each save point on a line of its own, and a starting server keeps only the
+    last: the role joins them on one line, so a restarted replica snapshots as configured (and the next converge
+    changes nothing)."""
+    lab, cluster = cache
+    master = current_master(lab, cluster)
+    want = node(lab, master, cluster).config_get("save")["save"]
+    if "rdb" in cluster.persistence:
+        assert len(want.split()) >= 4, f"the role's save points, several of them: {want!r}"
+    replica = next(h.name for h in cluster.data_hosts() if h.name != master)
+    restarted = lab.host(replica).run("systemctl restart redis-server")
+    assert restarted.rc == 0, restarted.stderr
+
+    def streaming() -> bool:
+        try:
+            return node(lab, replica, cluster).info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+
+    wait_for(f"{replica} streaming again after its restart", streaming, timeout=60)
+    assert node(lab, replica, cluster).config_get("save")["save"] == want
+
+
 def test_second_converge_changes_nothing(cache: tuple[Any, RedisCluster]) -> None:
     lab, cluster = cache
     master = current_master(lab, cluster)

@@ -18,6 +18,9 @@ from dbfleet.inventory import HostAccess, build_inventory, host_roles
 from dbfleet.spec import Fleet
 
 SCRIPT = REPO / "inventories" / "aws" / "stack_inventory.py"
+CHECKOUT = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "operator"), os.environ.get("PYTHONPATH")) if p)}
+"""Ansible runs the script with the python3 on PATH: it must import this checkout's dbfleet, not another one
+installed on the machine."""
 
 
 def _load_script() -> ModuleType:
@@ -72,7 +75,7 @@ def test_ansible_reads_both_the_written_file_and_the_script(example_fleet: Fleet
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps(example_run.outputs))
     assert stack_inventory.main(["--outputs", str(outputs), "--spec", str(SPEC), "--out", str(tmp_path)]) == 0
-    env = {**os.environ, "DBFLEET_STACK_OUTPUTS": str(outputs), "DBFLEET_SPEC": str(SPEC)}
+    env = {**os.environ, **CHECKOUT, "DBFLEET_STACK_OUTPUTS": str(outputs), "DBFLEET_SPEC": str(SPEC)}
     seen = {}
     for source in (tmp_path / "hosts.yml", SCRIPT):
         done = subprocess.run(["ansible-inventory", "-i", str(source), "--list"], capture_output=True, text=True,
@@ -99,7 +102,7 @@ def test_the_inventory_script_hands_spec_strings_to_ansible_as_data(example_run:
                                              f"      max_connections: 100\n      work_mem: {json.dumps(jinja)}\n", 1))
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps(example_run.outputs))
-    env = {**os.environ, "DBFLEET_STACK_OUTPUTS": str(outputs), "DBFLEET_SPEC": str(spec),
+    env = {**os.environ, **CHECKOUT, "DBFLEET_STACK_OUTPUTS": str(outputs), "DBFLEET_SPEC": str(spec),
            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
     done = subprocess.run(["ansible", "pg-1", "-i", str(SCRIPT), "-m", "ansible.builtin.debug",
                            "-a", json.dumps({"msg": "{{ postgres_server_parameters.work_mem }}"})],
