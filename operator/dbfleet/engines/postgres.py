@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
 from dbfleet.engines.base import EngineSession, Member, Topology
 from dbfleet.engines.credentials import POSTGRES_SUPERUSER
-from dbfleet.engines.etcd import operator_gateway
+from dbfleet.engines.etcd import EtcdGateway, operator_gateway
 from dbfleet.engines.patroni import PatroniApi, PatroniState, format_lsn, stale_ready
 from dbfleet.engines.tls import postgres_tls
 from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
@@ -141,6 +141,7 @@ class PostgresSession(EngineSession[PostgresCluster]):
         super().__init__(cluster, access)
         self._conns: dict[tuple[str, str], psycopg.Connection[Any]] = {}
         self._patroni: PatroniApi | None = None
+        self._etcd: EtcdGateway | None = None
 
     def connection(self, host: str, dbname: str) -> psycopg.Connection[Any]:
         conn = self._conns.get((host, dbname))
@@ -213,7 +214,9 @@ class PostgresSession(EngineSession[PostgresCluster]):
         """Where etcd's raft leader is (the members reconciler keeps it off the PostgreSQL leader's host); empty
         when etcd does not answer, which the leader lock and Patroni report in their own ways."""
         try:
-            leader = operator_gateway(self.cluster, self.access).leader()
+            if self._etcd is None:  # kept with the session: a watching operator authenticates once, not per cycle
+                self._etcd = operator_gateway(self.cluster, self.access)
+            leader = self._etcd.leader()
         except ReconcileError as exc:
             log.warning("%s: cannot read etcd's leader: %s", self.cluster.name, exc.message)
             return {}
