@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = sorted((REPO / "playbooks").glob("*.yml"))
 ENV = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
        "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
-TAGS = {"postgres", "redis", "mongo", "monitoring", "backups"}
-"""The tags site.yml offers (README "Configure with Ansible"); pki is not one yet: see the README."""
+TAGS = {"postgres", "redis", "mongo", "monitoring", "backups", "pki"}
+"""The tags site.yml offers (README "Configure with Ansible")."""
 VALIDATION = "Validating arguments against arg spec"
 """The task Ansible puts first in a role with meta/argument_specs.yml. Ansible tags it `always`, so it runs for every
 role of the playbook whatever --tags says (ansible/ansible#82505); it checks the role's inputs and changes nothing."""
@@ -77,14 +77,14 @@ def test_only_the_argument_validation_is_tagged_always() -> None:
 def test_site_tags_each_engine_and_concern() -> None:
     plays = listed_tags(REPO / "playbooks" / "site.yml")
     assert set().union(*plays.values()) == TAGS
-    assert plays["PostgreSQL primary and streaming replicas (ha manual)"] == {"postgres", "backups"}
-    assert plays["PostgreSQL owned by Patroni (ha patroni)"] == {"postgres", "backups"}
-    assert plays["Patroni's DCS, etcd (ha patroni)"] == {"postgres"}
-    assert plays["HAProxy endpoints that follow the primary (ha patroni)"] == {"postgres"}
-    assert plays["Redis data nodes"] == plays["Redis Sentinels"] == {"redis"}
-    assert plays["MongoDB routers"] == {"mongo"}
+    assert plays["PostgreSQL primary and streaming replicas (ha manual)"] == {"postgres", "backups", "pki"}
+    assert plays["PostgreSQL owned by Patroni (ha patroni)"] == {"postgres", "backups", "pki"}
+    assert plays["Patroni's DCS, etcd (ha patroni)"] == {"postgres", "pki"}
+    assert plays["HAProxy endpoints that follow the primary (ha patroni)"] == {"postgres", "pki"}
+    assert plays["Redis data nodes"] == plays["Redis Sentinels"] == {"redis", "pki"}
+    assert plays["MongoDB routers"] == {"mongo", "pki"}
     assert plays["PostgreSQL exporter"] == {"postgres", "monitoring"}
-    assert plays["Prometheus"] == {"monitoring"}
+    assert plays["Prometheus"] == {"monitoring", "pki"}
 
 
 @pytest.mark.parametrize(("tag", "expected", "excluded"), [
@@ -92,6 +92,16 @@ def test_site_tags_each_engine_and_concern() -> None:
      ["postgres_server :", "redis_server :", "prometheus :"]),
     ("redis", ["redis_server :", "redis_sentinel :", "redis_exporter :"], ["postgres_server :", "mongod :"]),
     ("monitoring", ["node_exporter :", "prometheus :"], ["postgres_server :", "redis_server :", "pgbackrest :"]),
+    # The fleet PKI: every include of the pki role (which applies the tag to the role's own tasks), the PEM mongod
+    # reads, and the operator's certificate with the CA Prometheus checks it against; nothing else of any role.
+    ("pki", ["Install TLS material (fleet CA, this host's certificate and key)\tTAGS: [pki, postgres]",
+             "Install TLS material for etcd", "Install the fleet CA (the health checks verify Patroni's REST API)",
+             "Install the fleet CA and this host's certificate and key for TLS",
+             "mongo_common : Combine the certificate and key into the PEM mongod reads",
+             "Make the operator's certificate on the controller",
+             "prometheus : Install the fleet CA for checking the operator's certificate"],
+     ["postgres_server :", "redis_server :", "redis_sentinel :", "patroni :", "etcd :", "haproxy :", "pgbackrest :",
+      "node_exporter :", "mongod :", "mongos :", "prometheus : Write"]),
 ])
 def test_a_tag_selects_only_its_part(tag: str, expected: list[str], excluded: list[str]) -> None:
     listed = "\n".join(listed_tasks("--tags", tag))
@@ -182,3 +192,28 @@ def test_a_run_asked_without_mitogen_gets_ansible_s_own_strategy() -> None:
     pytest.importorskip("ansible_mitogen")
     assert "ANSIBLE_STRATEGY" not in ansible_env({"DBFLEET_MITOGEN": "0"})
     assert ansible_env({"DBFLEET_MITOGEN": "1"}).get("ANSIBLE_STRATEGY") == "mitogen_linear"
+
+
+def test_every_include_of_the_pki_role_applies_the_pki_tag() -> None:
+    """A tag on an include_role reaches only the include: without `apply`, --tags pki would run the include and
+    skip every task of the role (its copies of the certificate, key and CA)."""
+    import yaml
+
+    def tasks(items: list[dict[str, object]], inherited: set[str]) -> list[tuple[dict[str, object], set[str]]]:
+        found: list[tuple[dict[str, object], set[str]]] = []
+        for task in items or []:
+            tags = inherited | set(task.get("tags") or [])  # type: ignore[arg-type]
+            found.append((task, tags))
+            for key in ("block", "rescue", "always"):
+                found += tasks(task.get(key) or [], tags)  # type: ignore[arg-type]
+        return found
+
+    includes = 0
+    for path in sorted((REPO / "playbooks" / "roles").glob("*/tasks/*.yml")):
+        for task, tags in tasks(yaml.safe_load(path.read_text()) or [], set()):
+            include = task.get("ansible.builtin.include_role")
+            if isinstance(include, dict) and include.get("name") == "pki":
+                includes += 1
+                assert "pki" in tags, f"{path}: {task.get('name')} is not tagged pki"
+                assert "pki" in (include.get("apply") or {}).get("tags", []), f"{path}: {task.get('name')} lacks apply"
+    assert includes >= 7  # postgres_server, patroni, etcd, haproxy, redis_common, mongo_common, prometheus
