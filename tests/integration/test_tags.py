@@ -91,3 +91,26 @@ def test_a_renewed_certificate_is_served_after_tags_pki_without_a_restart(config
         assert main_pid(lab, host, process) == before[host][1], f"{host}: {process} was restarted"
     again = lab.converge("site.yml", ["--tags", "pki", "--limit", limit])
     assert again.ok and again.changed == {}, f"a second --tags pki changed: {again.changed}"
+
+
+ENGINE_TAGS = {  # tag -> (the engine the lab must have, roles it may run, a task it must run)
+    "postgres": ("postgres", {"postgres_server", "patroni", "etcd", "haproxy", "pgbackrest", "postgres_exporter", "pki"},
+                 "TASK [patroni :"),
+    "redis": ("redis", {"redis_common", "redis_server", "redis_sentinel", "redis_exporter", "pki"}, "TASK [redis_server :"),
+    "monitoring": ("postgres", {"node_exporter", "postgres_exporter", "redis_exporter", "mongodb_exporter", "prometheus",
+                                "pki"}, "TASK [node_exporter :"),
+}
+
+
+@pytest.mark.parametrize("tag", sorted(ENGINE_TAGS))
+def test_an_engine_tag_alone_converges_its_part_and_changes_nothing(configured: Any, tag: str) -> None:
+    engine, allowed, expected = ENGINE_TAGS[tag]
+    if not configured.has(engine):
+        pytest.skip(f"the lab has no {engine}")
+    result = configured.converge("site.yml", ["--tags", tag])
+    assert result.ok, f"site.yml --tags {tag} failed:\n{result.failures()}\n{result.output[-2000:]}"
+    assert result.changed == {}, f"a converged lab changed under --tags {tag}: {result.changed}"
+    assert expected in result.output, f"--tags {tag} did not run {expected}"
+    roles = {line.split("TASK [", 1)[1].split(" :", 1)[0] for line in result.output.splitlines()
+             if line.startswith("TASK [") and " : " in line and "Validating arguments" not in line}
+    assert roles <= allowed, roles - allowed
