@@ -28,6 +28,7 @@ from dbfleet.commands.common import (
     add_project_options,
     settle_paths,
 )
+from dbfleet.reconcile.audit import AuditError
 from dbfleet.shipped import ShippedFilesError
 from dbfleet.spec import SpecError
 
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace, as_json: bool) -> int:
     except WorkFailed as exc:
         return fail(where, str(exc), exc.location or where, as_json, EXIT_FAILED)
     except ShippedFilesError as exc:
+        return fail(where, str(exc), where, as_json, EXIT_FAILED)
+    except AuditError as exc:  # a command a person ran acted, but its audit line could not be written
         return fail(where, str(exc), where, as_json, EXIT_FAILED)
     except OSError as exc:  # a file or folder the user named: unreadable, unwritable, a folder where a file goes
         what = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)

@@ -154,6 +154,7 @@ def mongo_inputs(cluster: MongoCluster) -> dict[str, Any]:
         "mongos_balancer_window": cluster.balancer_window.model_dump(mode="json") if cluster.balancer_window else {},
         "mongos_zones": [z.model_dump(mode="json") for z in cluster.zones],
         "mongodb_exporter_target_port": cluster.port,
+        "mongodb_exporter_tls_enabled": cluster.tls.enabled,
     }
 
 

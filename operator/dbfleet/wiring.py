@@ -26,7 +26,7 @@ from dbfleet.engines.etcd import operator_gateway
 from dbfleet.engines.postgres import PostgresSession, connect
 from dbfleet.lab.scratch import LabScratch, backup_volume_mountpoint
 from dbfleet.progress import Progress
-from dbfleet.reconcile.audit import AuditTrail
+from dbfleet.reconcile.audit import AuditTrail, command_identity
 from dbfleet.reconcile.etcd_leader import EtcdLeaderLock
 from dbfleet.reconcile.index_reconciler import IndexReconciler
 from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
@@ -143,7 +143,10 @@ def leader_lock(fleet: Fleet, access: FleetAccess, lock_dir: Path, cluster_name:
     return AdvisoryLeaderLock(lock_connection, where=f"the primary of {cluster.name}")
 
 
-def audit_trail(path: Path, spec_sha256: str) -> AuditTrail:
+def audit_trail(path: Path, spec_sha256: str, command: str | None = None) -> AuditTrail:
     """The recorder of the operator's actions: JSON lines in `path` (beside the state file), naming this process
-    as the leader lock does and the spec by its hash."""
-    return AuditTrail(path, operator_identity(), spec_sha256)
+    as the leader lock does and the spec by its hash. With `command`, the recorder of a command a person ran
+    (`dbfleet switchover`, `dbfleet backup prune`): the same file, this process named by that command."""
+    if command is None:
+        return AuditTrail(path, operator_identity(), spec_sha256)
+    return AuditTrail(path, command_identity(command), spec_sha256)

@@ -4,6 +4,9 @@
     python3 playbooks/collection/build.py --output dist/
     ansible-galaxy collection install dist/dbfleet-fleet-<version>.tar.gz
 
+This is the way to build it: `ansible-galaxy collection build playbooks/collection` fails (this folder has no
+galaxy.yml; the metadata is galaxy.template.yml, staged as galaxy.yml).
+
 The roles stay in playbooks/roles, where the plays of playbooks/ find them
 with their modules in each role's library/ and the filters in
 playbooks/filter_plugins/. A collection cannot keep plugins inside its roles,
@@ -27,7 +30,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PLAYBOOKS = HERE.parent
-STAGED_FILES = ("galaxy.yml", "README.md", "CHANGELOG.md", "meta/runtime.yml")
+GALAXY_TEMPLATE = "galaxy.template.yml"
+"""The collection's galaxy.yml, staged under that name. Not galaxy.yml here: `ansible-galaxy collection build`
+run on this folder would make a collection with no role in it; without a galaxy.yml it fails."""
+STAGED_FILES = {GALAXY_TEMPLATE: "galaxy.yml", "README.md": "README.md", "CHANGELOG.md": "CHANGELOG.md",
+                "meta/runtime.yml": "meta/runtime.yml"}
 COLLECTION = "dbfleet.fleet"
 TEMPLATED = ("*.yml", "*.yaml", "*.j2")
 """Role files where a filter may be called."""
@@ -58,9 +65,9 @@ def qualify_filters(roles: Path, names: list[str]) -> None:
 def stage(tree: Path) -> Path:
     """Lay out the collection in `tree` (namespace/name), return its folder."""
     root = tree / "dbfleet" / "fleet"
-    for name in STAGED_FILES:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(HERE / name, root / name)
+    for source, staged in STAGED_FILES.items():
+        (root / staged).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(HERE / source, root / staged)
     shutil.copytree(PLAYBOOKS / "roles", root / "roles", ignore=shutil.ignore_patterns("library", "__pycache__"))
     modules = root / "plugins" / "modules"
     modules.mkdir(parents=True)

@@ -102,7 +102,14 @@ def record(figures: dict[str, Any]) -> None:
 def test_sentinel_promotes_a_replica_when_the_master_stops(cache: tuple[Any, RedisCluster],
                                                            record_property: Callable[[str, Any], None]) -> None:
     lab, cluster = cache
+    # Issue 17 claims Sentinel's failover over TLS: the lab spec turns TLS on, each data node listens on TLS only
+    # (plaintext port 0), and the application's client reaches the Sentinels and the master over TLS.
+    assert cluster.tls.enabled, "the lab's Redis runs without TLS: this would not be the failover over TLS"
+    for h in cluster.data_hosts():
+        settings = admin(lab, h.name, cluster).config_get("*port")
+        assert (settings["port"], settings["tls-port"]) == ("0", str(cluster.port)), (h.name, settings)
     sentinel = sentinel_client(lab, cluster)
+    assert all(s.connection_pool.connection_class is redis.SSLConnection for s in sentinel.sentinels)
     old, _ = bounded("a healthy cluster before the fault", lambda: healthy(lab, cluster, sentinel), REJOIN_BOUND)
     key, value = f"dbfleet:test:failover:{uuid.uuid4().hex}", "before"
     assert write_through_sentinel(sentinel, cluster, key, value)

@@ -175,6 +175,21 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     yield paths / "ansible_collections" / "dbfleet" / "fleet", env
 
 
+@pytest.mark.parametrize("where", ["argument", "working folder"])
+def test_ansible_galaxy_on_the_collection_folder_refuses_rather_than_build_a_collection_without_roles(
+        where: str, tmp_path: Path) -> None:
+    """Issue 24 asks that `ansible-galaxy collection build` make the collection. Run on playbooks/collection it
+    made dbfleet-fleet-<version>.tar.gz with no role in it (the roles are staged by build.py, and ansible-galaxy
+    skips links to directories outside the collection). The folder now has no galaxy.yml, so it fails instead."""
+    folder = REPO / "playbooks" / "collection"
+    argv = ["ansible-galaxy", "collection", "build", "--output-path", str(tmp_path / "dist")]
+    done = subprocess.run([*argv, str(folder)] if where == "argument" else argv, cwd=folder if where != "argument"
+                          else tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0, done.stdout
+    assert f"{folder / 'galaxy.yml'}' does not exist" in done.stdout + done.stderr
+    assert not list(tmp_path.rglob("*.tar.gz"))
+
+
 def _default_collection_paths() -> list[str]:
     return [str(Path.home() / ".ansible" / "collections"), "/usr/share/ansible/collections"]
 

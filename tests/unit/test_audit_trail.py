@@ -8,6 +8,7 @@ import os
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -243,3 +244,129 @@ def test_bad_options_exit_2_with_one_located_line(tmp_path: Path, capsys: pytest
     assert main(["audit", "--state", str(tmp_path / "s.json"), "--since", "last tuesday"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dbfleet audit: --since: 'last tuesday' is neither") and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- commands a person runs
+
+SPEC = str(Path(__file__).resolve().parents[2] / "fleet.example.yaml")
+
+
+def _hand_run_files(tmp_path: Path) -> tuple[Path, Path]:
+    """An inventory (and secrets file) for the example's clusters; the trail the operator keeps beside it."""
+    from cli_support import empty_fleet_files
+
+    inventory = empty_fleet_files(tmp_path)
+    return inventory, tmp_path / "operator-audit.jsonl"
+
+
+def _spec_sha256() -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(SPEC).read_bytes()).hexdigest()
+
+
+class _Patroni:
+    """Patroni's answer for pg-main: pg-1 leads, pg-2 is the synchronous standby."""
+
+    def __init__(self, cluster: object, access: object) -> None:
+        pass
+
+    def cluster_state(self) -> object:
+        from test_patroni_engine import CLUSTER_JSON
+
+        from dbfleet.engines.patroni import parse_cluster
+
+        return parse_cluster(CLUSTER_JSON, "pg-1")
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["done", "failed"])
+def test_a_switchover_run_by_hand_is_a_line_of_the_operators_trail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fails: bool) -> None:
+    """Issue 17's audit: `dbfleet switchover` changed the primary and left no line in the trail."""
+    from dbfleet.errors import TemporaryError
+
+    inventory, path = _hand_run_files(tmp_path)
+
+    def switch_over(api: object, action: Action, timeout: float) -> str:
+        if fails:
+            raise TemporaryError("pg-2 did not lead within 60s", cluster="pg-main", action="switchover")
+        return "pg-2 leads on timeline 5 after 1.9s"
+
+    monkeypatch.setattr("dbfleet.commands.switchover.FleetAccess.load", lambda *a: None)
+    monkeypatch.setattr("dbfleet.commands.switchover.PatroniApi", _Patroni)
+    monkeypatch.setattr("dbfleet.commands.switchover.switch_over", switch_over)
+    argv = ["--spec", SPEC, "switchover", "--cluster", "pg-main", "--to", "pg-2", "--inventory", str(inventory)]
+    assert main([*argv, "--dry-run"]) == 0
+    assert not path.exists()  # a plan changes nothing, so it is no action of the trail
+    assert main(argv) == (1 if fails else 0)
+    (record,) = read_audit(path).records
+    assert (record["cluster"], record["reconciler"], record["outcome"]) == (
+        "pg-main", "patroni", "failed" if fails else "done")
+    assert record["action"]["kind"] == "switchover" and record["action"]["target"] == "pg-2"
+    assert record["action"]["destructive"] is True
+    assert record["reason"].startswith("leader pg-1 -> pg-2 (sync_standby")
+    assert ("did not lead" if fails else "leads on timeline 5") in record["message"]
+    assert record["operator"].startswith("dbfleet switchover (by hand) ") and record["user"]
+    assert record["spec_sha256"] == _spec_sha256()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_hand_run_switchover_does_not_act_when_its_trail_cannot_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inventory, path = _hand_run_files(tmp_path)
+    path.symlink_to(tmp_path / "elsewhere")
+    asked: list[Action] = []
+    monkeypatch.setattr("dbfleet.commands.switchover.FleetAccess.load", lambda *a: None)
+    monkeypatch.setattr("dbfleet.commands.switchover.PatroniApi", _Patroni)
+    monkeypatch.setattr("dbfleet.commands.switchover.switch_over", lambda api, action, timeout: asked.append(action))
+    assert main(["--spec", SPEC, "switchover", "--cluster", "pg-main", "--to", "pg-2",
+                 "--inventory", str(inventory)]) == 2
+    assert asked == [] and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_backup_prune_run_by_hand_records_each_backup_it_deletes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17's audit: `dbfleet backup prune` deleted backups and left no line in the trail. One line per
+    backup, as the loop's prune actions are."""
+    from datetime import timedelta
+
+    from dbfleet.backups.access import BackupAccess
+    from dbfleet.backups.manifest import Manifest, iso
+    from dbfleet.progress import Progress
+    from dbfleet.spec import load_fleet
+
+    inventory, path = _hand_run_files(tmp_path)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    snapshots = [Manifest(cluster="cache", engine="redis", id=f"S{i}", kind="snapshot", status="verified",
+                          tool="redis-cli", tool_version="7.0", started_at=iso(start + timedelta(days=i)) or "",
+                          finished_at=iso(start + timedelta(days=i, minutes=1))) for i in range(6)]
+
+    class Storage:
+        def manifests(self, cluster: str) -> list[Manifest]:
+            return list(snapshots)
+
+    deleted: list[str] = []
+
+    class Adapter:
+        def delete(self, access: BackupAccess, expiries: list[Any]) -> list[str]:
+            deleted.extend(e.backup.id for e in expiries)
+            return [f"{e.backup.id}: 1 files" for e in expiries]
+
+    access = BackupAccess(load_fleet(SPEC).cluster("cache"), None, Storage(),  # type: ignore[arg-type]
+                          progress=Progress("test", quiet=True))
+    monkeypatch.setenv("DBFLEET_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setattr("dbfleet.commands.backup._access", lambda args, cluster: access)
+    monkeypatch.setattr("dbfleet.backups.runner.adapter_for", lambda engine: Adapter())
+    argv = ["--spec", SPEC, "backup", "prune", "--cluster", "cache", "--inventory", str(inventory)]
+    assert main([*argv, "--dry-run"]) == 0 and deleted == [] and not path.exists()
+    assert main(argv) == 0
+    assert sorted(deleted) == ["S0", "S1"]  # the example keeps 4 snapshots
+    records = read_audit(path).records
+    assert sorted(r["action"]["target"] for r in records) == ["S0", "S1"]
+    for record in records:
+        assert (record["cluster"], record["reconciler"], record["action"]["kind"], record["outcome"]) == (
+            "cache", "backups", "prune", "done")
+        assert record["action"]["destructive"] is True and "superseded by verified" in record["reason"]
+        assert record["message"] == f"{record['action']['target']}: 1 files"
+        assert record["operator"].startswith("dbfleet backup prune (by hand) ")
+        assert record["spec_sha256"] == _spec_sha256()

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from dbfleet.age_keys import new_identity
+from dbfleet.age_keys import new_identity, recipient_of
 from dbfleet.backups import spool
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.storage import LocalStorage
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.executor import CommandFailed, ExecResult, Executor
-from dbfleet.secrets import BACKUP_AGE_IDENTITY
+from dbfleet.secrets import BACKUP_AGE_IDENTITY, BACKUP_AGE_IDENTITY_OLD
 from dbfleet.spec import LocalTarget, S3Target, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,6 +95,32 @@ def test_a_dump_reaches_the_target_only_encrypted_and_decrypts_in_scratch(root: 
     spool.decrypt_into_scratch(access, LocalScratch(), dump.key, str(out))  # type: ignore[arg-type]
     assert out.read_text() == SECRET * 100
     assert not Path(spool.SCRATCH_IDENTITIES).exists()  # the identity does not stay behind
+
+
+def test_after_a_key_rotation_older_dumps_still_decrypt_with_the_old_identity(root: Path) -> None:
+    """README "Rotating the backup keys": the current identity moves to backup_age_identity_old and a new one
+    takes its place. A dump encrypted to the old recipient decrypts with both identities given; without the old
+    one it does not, and a dump taken after the rotation is encrypted to the new recipient."""
+    before = access_for(root)
+    old = before.fleet.secrets[BACKUP_AGE_IDENTITY]
+    with spool.encrypted_dump(before, "host", "full-1", "dump.rdb") as dump:
+        Path(dump.plain_path).write_text(SECRET)
+    new = new_identity()
+    rotated = BackupAccess(before.cluster, before.executor, before.storage,
+                           FleetAccess({}, {BACKUP_AGE_IDENTITY: new, BACKUP_AGE_IDENTITY_OLD: old}))
+    out = root / "restored.rdb"
+    spool.decrypt_into_scratch(rotated, LocalScratch(), dump.key, str(out))  # type: ignore[arg-type]
+    assert out.read_text() == SECRET
+    assert spool.recipient(rotated) == recipient_of(new) != recipient_of(old)
+    with spool.encrypted_dump(rotated, "host", "full-2", "dump.rdb") as newer:
+        Path(newer.plain_path).write_text(SECRET * 2)
+    only_new = BackupAccess(before.cluster, before.executor, before.storage,
+                            FleetAccess({}, {BACKUP_AGE_IDENTITY: new}))
+    spool.decrypt_into_scratch(only_new, LocalScratch(), newer.key, str(out))  # type: ignore[arg-type]
+    assert out.read_text() == SECRET * 2
+    with pytest.raises(CommandFailed, match="age -d"):
+        spool.decrypt_into_scratch(only_new, LocalScratch(), dump.key, str(root / "not.rdb"))  # type: ignore[arg-type]
+    assert not Path(spool.SCRATCH_IDENTITIES).exists()
 
 
 def test_a_failing_tool_leaves_nothing_behind(root: Path) -> None:

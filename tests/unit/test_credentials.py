@@ -130,6 +130,7 @@ def test_the_host_ca_the_tools_trust_is_where_the_mongo_roles_put_it() -> None:
     defaults = role_defaults("mongo_common")
     tls_dir = defaults["mongo_tls_dir"].replace("{{ mongo_config_dir }}", defaults["mongo_config_dir"])
     assert tls.MONGO_HOST_CA == f"{tls_dir}/ca.crt"
+    assert tls.MONGO_HOST_CA == role_defaults("mongodb_exporter")["mongodb_exporter_tls_ca_source"]
 
 
 def test_postgres_connects_as_the_superuser_the_role_sets_with_the_shared_tls(monkeypatch: pytest.MonkeyPatch) -> None:

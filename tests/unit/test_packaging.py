@@ -18,7 +18,7 @@ ROLES = sorted(p for p in (REPO / "playbooks" / "roles").iterdir() if p.is_dir()
 def test_the_repository_has_one_licence_and_says_which() -> None:
     assert "Apache License" in (REPO / "LICENSE").read_text() and "Version 2.0" in (REPO / "LICENSE").read_text()
     assert PYPROJECT["project"]["license"] == "Apache-2.0"
-    galaxy = yaml.safe_load((REPO / "playbooks" / "collection" / "galaxy.yml").read_text())
+    galaxy = yaml.safe_load((REPO / "playbooks" / "collection" / "galaxy.template.yml").read_text())
     assert galaxy["license"] == ["Apache-2.0"]
 
 
@@ -34,7 +34,7 @@ def test_the_version_is_written_once() -> None:
     assert "version" not in PYPROJECT["project"] and "version" in PYPROJECT["project"]["dynamic"]
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "dbfleet.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", dbfleet.__version__)
-    galaxy = yaml.safe_load((REPO / "playbooks" / "collection" / "galaxy.yml").read_text())
+    galaxy = yaml.safe_load((REPO / "playbooks" / "collection" / "galaxy.template.yml").read_text())
     assert galaxy["version"] == dbfleet.__version__  # the collection's must be literal; it follows the package
 
 

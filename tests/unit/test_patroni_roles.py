@@ -93,6 +93,17 @@ def test_patroni_config_names_the_member_its_api_its_etcd_and_its_server() -> No
     assert "data-checksums" in config["bootstrap"]["initdb"]
 
 
+def test_patroni_replication_and_rewind_connections_verify_the_server_against_the_fleet_ca() -> None:
+    """Replicas Patroni starts stream with `replication`, and pg_rewind connects as `superuser` (there is no
+    `rewind` user): without require_auth in Debian 12's libpq 15, verify-full against the fleet CA is what keeps
+    the passwords from a server that is not the cluster's."""
+    authentication = _patroni_config("pg-2")["postgresql"]["authentication"]
+    assert "rewind" not in authentication
+    for user in ("replication", "superuser"):
+        assert (authentication[user]["sslmode"], authentication[user]["sslrootcert"]) == (
+            "verify-full", "/etc/postgresql/tls/ca.crt"), user
+
+
 def test_bootstrap_dcs_carries_the_spec_timings_sync_mode_and_failsafe() -> None:
     dcs = _patroni_config()["bootstrap"]["dcs"]
     assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (6, 1, 2)

@@ -186,6 +186,25 @@ def test_a_replica_streams_from_one_line_of_conninfo() -> None:
     assert "  " not in read["primary_conninfo"] and read["primary_slot_name"] == "pg_2"
 
 
+def test_replicas_and_pg_basebackup_verify_the_primary_against_the_fleet_ca() -> None:
+    """Debian 12's libpq 15 has no require_auth, so pg_basebackup (tasks/replica.yml, the same conninfo) and
+    streaming replication rely on verify-full: only a server with a fleet-CA certificate for the primary's address
+    is ever asked for the replication password. pgBackRest reaches the server over the local socket only."""
+    from dbfleet.engines.pgbackrest import host_config
+    from dbfleet.spec import PostgresCluster
+
+    conninfo = dict(pair.split("=", 1) for pair in dict(settings(render_settings(
+        {}, host="pg-2", postgres_is_primary=False, postgres_server_slot="pg_2",
+        postgres_server_primary_address="10.0.0.1")))["primary_conninfo"].split())
+    assert (conninfo["host"], conninfo["sslmode"], conninfo["sslrootcert"]) == (
+        "10.0.0.1", "verify-full", "/etc/postgresql/tls/ca.crt")
+    assert "-d '{{ postgres_server_primary_conninfo }}'" in (ROLE / "tasks" / "replica.yml").read_text()
+    example = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
+    assert isinstance(example, PostgresCluster)
+    pgbackrest = host_config(example)
+    assert "pg1-socket-path=" in pgbackrest and "pg1-host" not in pgbackrest
+
+
 @pytest.mark.parametrize("audit", [None, {"log": ["ddl"]}])
 def test_a_restored_copy_preloads_what_the_clusters_servers_preload(audit: Any) -> None:
     """Regression: a drill's scratch server loaded no pgaudit, so pg_amcheck's CREATE EXTENSION in a database

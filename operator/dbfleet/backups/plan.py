@@ -19,7 +19,7 @@ from datetime import datetime
 from dbfleet.actions import Action
 from dbfleet.backups.jobs import BACKUP, DRILL, JOB_FAILED, JobView
 from dbfleet.backups.manifest import FAILED, PENDING, DrillRecord, Manifest, newest_first, utcnow
-from dbfleet.backups.retention import expired_backups
+from dbfleet.backups.retention import Expiry, expired_backups
 from dbfleet.backups.scheduler import drill_due, due_backup
 from dbfleet.backups.storage import InvalidRecord
 from dbfleet.spec import Fleet
@@ -94,11 +94,14 @@ def planned_backup_actions(fleet: Fleet, observed: Mapping[str, BackupObservatio
                 actions.append(Action(name, RECONCILER, "drill", candidate.id,
                                       f"drill schedule {policy.drill.schedule!r} is due; newest backup "
                                       f"{candidate.id} ({candidate.status})", detail={"backup": candidate.id}))
-        for expiry in expired_backups(obs.manifests, policy.retention, now):
-            actions.append(Action(name, RECONCILER, "prune", expiry.backup.id, expiry.describe(), destructive=True,
-                                  detail={"backup": expiry.backup.id, "root": expiry.root,
-                                          "superseded_by": expiry.superseded_by}))
+        actions += [prune_action(name, expiry) for expiry in expired_backups(obs.manifests, policy.retention, now)]
     return actions
+
+
+def prune_action(cluster: str, expiry: Expiry) -> Action:
+    """Deleting one backup the retention lets go: the loop's action, and what `dbfleet backup prune` records."""
+    return Action(cluster, RECONCILER, "prune", expiry.backup.id, expiry.describe(), destructive=True,
+                  detail={"backup": expiry.backup.id, "root": expiry.root, "superseded_by": expiry.superseded_by})
 
 
 def job_actions(cluster: str, jobs: tuple[JobView, ...]) -> list[Action]:

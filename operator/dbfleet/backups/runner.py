@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from datetime import datetime
 
+from dbfleet.actions import Outcome
 from dbfleet.backups.access import BackupAccess, backup_lock
 from dbfleet.backups.adapters import adapter_for
 from dbfleet.backups.engine import EngineBackups
 from dbfleet.backups.job_runner import job_lock_held
 from dbfleet.backups.jobs import JobView, job_alive
 from dbfleet.backups.manifest import PENDING, Manifest, utcnow
-from dbfleet.backups.plan import BackupObservation
+from dbfleet.backups.plan import BackupObservation, prune_action
 from dbfleet.backups.retention import Expiry, expired_backups
 from dbfleet.errors import ReconcileError
 
@@ -75,14 +77,30 @@ def plan_prune(access: BackupAccess, now: datetime | None = None) -> list[Expiry
     return expired_backups(access.storage.manifests(access.name), access.cluster.backup.retention, now or utcnow())
 
 
-def prune(access: BackupAccess, adapter: EngineBackups | None = None, now: datetime | None = None) -> list[str]:
-    """Delete what retention allows (only backups a newer verified one supersedes); return what went."""
+def prune(access: BackupAccess, adapter: EngineBackups | None = None, now: datetime | None = None,
+          record: Callable[[Outcome], None] | None = None) -> list[str]:
+    """Delete what retention allows (only backups a newer verified one supersedes); return what went. With
+    `record` (the audit trail's, for `dbfleet backup prune`), each backup's deletion is recorded as the loop's
+    prune action would be: done with its line, or failed with the error."""
     adapter = adapter or adapter_for(access.cluster.engine)
     expiries = plan_prune(access, now)
     if not expiries:
         return []
+    started = time.monotonic()
     with backup_lock(access.name):
-        return adapter.delete(access, expiries)
+        try:
+            done = adapter.delete(access, expiries)
+        except Exception as exc:
+            if record is not None:
+                for expiry in expiries:
+                    record(Outcome(prune_action(access.name, expiry), "failed", str(exc), 1,
+                                   time.monotonic() - started))
+            raise
+    if record is not None:
+        seconds = time.monotonic() - started
+        for expiry, line in zip(expiries, done, strict=True):
+            record(Outcome(prune_action(access.name, expiry), "done", line, 1, seconds))
+    return done
 
 
 def observe(access: BackupAccess, runs_here: Callable[[str, str], bool] | None = None) -> BackupObservation:

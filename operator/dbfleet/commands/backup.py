@@ -29,8 +29,10 @@ from dbfleet.commands.common import (
     inventory_asked,
     inventory_path,
     one_line,
+    spec_of,
     table,
 )
+from dbfleet.commands.reconcile import open_audit_trail
 from dbfleet.engines.access import read_inventory_hosts
 from dbfleet.errors import ReconcileError
 from dbfleet.progress import Progress
@@ -66,9 +68,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     list_p.set_defaults(handler=lambda a: _guard(run_list, a))
     prune_p = verbs.add_parser("prune", help="delete what retention allows and a newer verified backup supersedes",
                                description="Delete the backups the spec's retention allows to go, never one "
-                                           "without a newer verified backup.")
+                                           "without a newer verified backup. Each deletion goes to the "
+                                           "operator's audit trail (`dbfleet audit`), as the loop's do.")
     _common(prune_p, cluster_required=False)
     prune_p.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    prune_p.add_argument("--state", type=Path, help="the reconcile state file; the audit trail is beside it "
+                                                    "(default: operator-state.json beside the inventory)")
     prune_p.set_defaults(handler=lambda a: _guard(run_prune, a))
     mark_p = verbs.add_parser("mark", help="PostgreSQL: create a named restore point for `restore --to-name`",
                               description="Create a named restore point on a PostgreSQL cluster's primary, "
@@ -160,13 +165,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_prune(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
+    trail = None if args.dry_run else open_audit_trail(args, spec_of(args).sha256, "backup prune")
     for cluster in _clusters(args):
         access = _access(args, cluster)
-        if args.dry_run:
+        if trail is None:
             rows += [{"cluster": cluster.name, "backup": e.backup.id, "why": e.describe()}
                      for e in plan_prune(access)]
         else:
-            rows += [{"cluster": cluster.name, "deleted": line} for line in prune(access)]
+            rows += [{"cluster": cluster.name, "deleted": line} for line in prune(access, record=trail.record)]
     columns = ["cluster", "backup", "why"] if args.dry_run else ["cluster", "deleted"]
     emit(args, rows, table(rows, columns))
     return EXIT_OK

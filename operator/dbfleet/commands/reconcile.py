@@ -33,7 +33,7 @@ from dbfleet.commands.common import (
 from dbfleet.engines.access import FleetAccess, read_inventory, read_inventory_hosts
 from dbfleet.errors import ReconcileError
 from dbfleet.monitoring import endpoint
-from dbfleet.reconcile.audit import AUDIT_FILE_NAME, AuditError
+from dbfleet.reconcile.audit import AUDIT_FILE_NAME, AuditError, AuditTrail
 from dbfleet.reconcile.loop import (
     DEFAULT_CLUSTER_TIMEOUT,
     DEFAULT_PARALLEL,
@@ -77,6 +77,18 @@ def audit_path(args: argparse.Namespace) -> Path:
     return state_path(args).parent / AUDIT_FILE_NAME
 
 
+def open_audit_trail(args: argparse.Namespace, spec_sha256: str, command: str | None = None) -> AuditTrail:
+    """The operator's audit trail for these options, checked before anything is done: UsageError if it cannot be
+    written safely. `command` names a command a person runs (`switchover`, `backup prune`), which records its
+    actions in the same trail."""
+    trail = wiring.audit_trail(audit_path(args), spec_sha256, command)
+    try:
+        trail.check()
+    except AuditError as exc:
+        raise UsageError(str(exc)) from None
+    return trail
+
+
 def require_hosts(fleet: Fleet, args: argparse.Namespace) -> None:
     """UsageError unless the inventory exists, parses and holds a host of the clusters asked for."""
     try:
@@ -104,14 +116,7 @@ def build_operator(args: argparse.Namespace, stop: threading.Event | None = None
     timeout = getattr(args, "cluster_timeout", DEFAULT_CLUSTER_TIMEOUT)
     if parallel < 1 or timeout <= 0:
         raise UsageError("--parallel must be 1 or more, and --cluster-timeout positive")
-    record = None
-    if audit:
-        trail = wiring.audit_trail(audit_path(args), spec.sha256)
-        try:
-            trail.check()
-        except AuditError as exc:
-            raise UsageError(str(exc)) from None
-        record = trail.record
+    record = open_audit_trail(args, spec.sha256).record if audit else None
     jobs = wiring.job_runner(fleet, inline=not background_jobs, record=record)
     reconcilers = wiring.reconcilers(jobs)
     if args.reconciler:

@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import pwd
+import socket
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -45,6 +46,12 @@ def _os_user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
+
+
+def command_identity(command: str) -> str:
+    """How a command a person runs (`switchover`, `backup prune`) names its process in the trail; the loop goes by
+    its leader identity."""
+    return f"dbfleet {command} (by hand) {socket.gethostname()}:{os.getpid()}"
 
 
 def audit_line(outcome: Outcome, operator: str, user: str, spec_sha256: str, at: float) -> dict[str, Any]:
