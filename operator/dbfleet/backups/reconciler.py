@@ -144,12 +144,17 @@ def job_status(jobs: tuple[JobView, ...]) -> list[dict[str, Any]]:
 
 
 def job_columns(status: dict[str, Any]) -> dict[str, Any]:
-    """The `jobs` column of `status`: each running job with its age and step; '-' when none runs."""
-    running = [j for j in status.get("jobs", ()) if j["state"] == "running"]
-    if "jobs" not in status:
+    """The `jobs` column of `status`: each running job with its age and step; '-' when none runs. The maintenance
+    reconciler's rewrite job (status `rewrite_job`) is shown too when the backups' records did not list it."""
+    jobs = status.get("jobs", ())
+    rewrite = status.get("rewrite_job")
+    if "jobs" not in status and not rewrite:
         return {}
-    return {"jobs": "; ".join(f"{j['kind']} {j['target']} {age(j['age_s'])}" + (f" ({j['step']})" if j["step"]
-                                                                                 else "") for j in running) or "-"}
+    running = [f"{j['kind']} {j['target']} {age(j['age_s'])}" + (f" ({j['step']})" if j["step"] else "")
+               for j in jobs if j["state"] == "running"]
+    if rewrite and rewrite["state"] == "running" and rewrite["id"] not in {j["id"] for j in jobs}:
+        running.append(rewrite["line"])
+    return {"jobs": "; ".join(running) or "-"}
 
 
 def backup_status(obs: BackupObservation) -> dict[str, Any]:
