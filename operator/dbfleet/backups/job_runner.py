@@ -268,10 +268,14 @@ class JobRunner:
                 self._beats.start()
 
     def _beat_loop(self) -> None:
-        """Until the runner closes (a daemon thread: it never holds the process up); idle while no job runs."""
+        """Until the runner closes or no job runs (a daemon thread: it never holds the process up); the next job's
+        start begins another."""
         while not self._closing.wait(self.heartbeat):
             with self._lock:
                 entries = list(self._running.values())
+                if not entries:
+                    self._beats = None
+                    return
             for entry in entries:
                 record = entry.context.record.beat(utcnow())
                 entry.context.record = record

@@ -39,6 +39,7 @@ from dbfleet.backups.manifest import (
     iso,
     json_object,
 )
+from dbfleet.monitoring.metrics import JOB_HEARTBEAT_SECONDS, JOB_STALE_AFTER
 
 BACKUP, DRILL, REWRITE, RESTORE = "backup", "drill", "rewrite", "restore"
 JOB_KINDS = (BACKUP, DRILL, REWRITE, RESTORE)
@@ -50,9 +51,9 @@ TARGET_TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,300}")
 RUNNING, DONE, JOB_FAILED, INTERRUPTED = "running", "done", "failed", "interrupted"
 JOB_STATES = (RUNNING, DONE, JOB_FAILED, INTERRUPTED)
 
-HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_SECONDS = JOB_HEARTBEAT_SECONDS
 """How often a running job's record is rewritten with its step and the time."""
-STALE_AFTER = 30.0
+STALE_AFTER = JOB_STALE_AFTER
 """A running record from another machine whose heartbeat is older than this: its operator stopped."""
 SLACK = timedelta(seconds=5)
 """Clocks of the operator and the target's writer may differ this much when matching a job to what it left."""

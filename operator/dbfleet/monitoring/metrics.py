@@ -78,6 +78,11 @@ LEADER = Gauge("dbfleet_operator_leader", "1 while this operator process holds t
 NO_LEADER_CYCLES = Gauge(CYCLES_WITHOUT_LEADER, "Consecutive cycles in which the leader lock's store did not answer "
                          "this operator, so it could not lead nor learn who does; 0 while it leads or sees a leader.",
                          registry=REGISTRY)
+JOB_HEARTBEAT_SECONDS = 5.0
+"""How often a running job's record is rewritten with its step and the time (dbfleet.backups.jobs)."""
+JOB_STALE_AFTER = 30.0
+"""A running job record from another machine whose heartbeat is older than this: its operator stopped. The
+OperatorJobHeartbeatStale alert fires past it."""
 JOB_AGE = "dbfleet_job_age_seconds"
 JOB_HEARTBEAT_AGE = "dbfleet_job_heartbeat_age_seconds"
 JOBS_QUEUED = "dbfleet_jobs_waiting"
