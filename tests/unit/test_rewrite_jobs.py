@@ -296,3 +296,82 @@ def test_backups_leave_rewrite_records_alone_and_hold_prunes_while_a_restore_run
     stopped = planned_backup_actions(fleet, {"cache": BackupObservation(old, jobs=(JobView(restore, False),))}, now)
     assert ("settle-job", "restore-cache-1") in kinds(stopped)
     assert settle(restore, [], [], now).state == INTERRUPTED
+
+
+# --------------------------------------------------------------------------- a user's restore as a job
+
+
+class RestoreAccess:
+    """What restore_as_job reads of a BackupAccess: the cluster's name, its target, its progress."""
+
+    def __init__(self, storage: LocalStorage):
+        self.name = "pg-main"
+        self.storage = storage
+        self.progress: Any = None
+
+
+def fake_restore(gate: threading.Event | None = None, ok: bool = True) -> Any:
+    from dbfleet.backups.manifest import Check
+
+    def run(access: Any, target: Any, backup_id: Any, keep: bool = False) -> Any:
+        access.progress.say("restoring into scratch")
+        if gate is not None:
+            assert gate.wait(10), "the test never opened the gate"
+        backup = Manifest(cluster="pg-main", engine="postgres", id="20261130T120000Z-full", kind="full",
+                          status="verified", tool="pgbackrest", tool_version="2", started_at="2026-11-30T12:00:00Z")
+        return backup, None, [Check("rows", ok, "counted")], ""
+
+    return run
+
+
+def test_a_restore_runs_under_its_job_record_and_a_second_one_is_refused_with_exit_2(
+        storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dbfleet.backups.engine import RestoreTarget
+    from dbfleet.commands import backup as command
+    from dbfleet.commands.common import UsageError
+
+    gate = threading.Event()
+    monkeypatch.setattr(command, "restore", fake_restore(gate))
+    access = RestoreAccess(storage)
+    result: list[Any] = []
+    first = threading.Thread(target=lambda: result.append(command.restore_as_job(access, RestoreTarget("latest"),
+                                                                                 None, False)))  # type: ignore[arg-type]
+    first.start()
+    for _ in range(100):  # until its record says it runs; bounded at ~5 s
+        records = {r.kind: r for r in storage.jobs("pg-main")}
+        if RESTORE in records:
+            break
+        threading.Event().wait(0.05)
+    assert records[RESTORE].state == RUNNING and records[RESTORE].target == "latest"
+    with pytest.raises(UsageError, match="one restore of a cluster at a time"):
+        command.restore_as_job(RestoreAccess(storage), RestoreTarget("latest"), None, False)  # type: ignore[arg-type]
+    gate.set()
+    first.join(10)
+    assert result and result[0][0].id == "20261130T120000Z-full"
+    ended = {r.kind: r for r in storage.jobs("pg-main")}[RESTORE]
+    assert ended.state == DONE and ended.result == "20261130T120000Z-full" and "1 checks ok" in ended.message
+    # Elsewhere: a fresh heartbeat from another machine refuses too; a failed check is recorded failed.
+    now = datetime.now(UTC)
+    other = JobRecord("pg-main", RESTORE, "restore-pg-main-2", "latest", RUNNING, "them:7", "elsewhere",
+                      iso(now) or "", iso(now) or "")
+    storage.put_bytes(other.key, other.to_json().encode())
+    with pytest.raises(UsageError, match="restore job restore-pg-main-2 \\(them:7\\) runs since"):
+        command.restore_as_job(access, RestoreTarget("latest"), None, False)  # type: ignore[arg-type]
+    storage.put_bytes(other.key, other.ended(INTERRUPTED, "gone", now).to_json().encode())
+    monkeypatch.setattr(command, "restore", fake_restore(ok=False))
+    _, _, checks, _ = command.restore_as_job(access, RestoreTarget("latest"), None, False)  # type: ignore[arg-type]
+    assert not checks[0].ok
+    assert {r.kind: r for r in storage.jobs("pg-main")}[RESTORE].state == "failed"
+
+
+def test_a_job_another_process_runs_is_in_the_metrics_from_its_record() -> None:
+    now = datetime.now(UTC).timestamp()
+    metrics.set_observed_jobs("pg-main", [(RESTORE, now - 120, now - 3)])
+    text = metrics.render().decode()
+    age = next(line for line in text.splitlines()
+               if line.startswith('dbfleet_job_age_seconds{cluster="pg-main",kind="restore"}'))
+    beat = next(line for line in text.splitlines()
+                if line.startswith('dbfleet_job_heartbeat_age_seconds{cluster="pg-main",kind="restore"}'))
+    assert 119 <= float(age.split()[-1]) < 200 and 2 <= float(beat.split()[-1]) < 80
+    metrics.set_observed_jobs("pg-main", [])
+    assert 'dbfleet_job_age_seconds{cluster="pg-main",kind="restore"}' not in metrics.render().decode()

@@ -29,6 +29,7 @@ from dbfleet.backups.runner import mark_orphans, observe, take_backup
 from dbfleet.engines import AnySession, open_session
 from dbfleet.engines.base import AnyCluster
 from dbfleet.errors import PermanentError
+from dbfleet.monitoring import metrics
 from dbfleet.spec import Fleet
 from dbfleet.units import age
 
@@ -131,7 +132,12 @@ class BackupReconciler:
 
     def status(self, cluster: AnyCluster, observed: tuple[AnyCluster, BackupObservation],
                actions: list[Action]) -> dict[str, Any]:
-        return {"backups": backup_status(observed[1]), "jobs": job_status(observed[1].jobs)}
+        """Also the metrics of the cluster's running jobs that another process runs (a user's restore)."""
+        jobs = observed[1].jobs
+        metrics.set_observed_jobs(cluster.name, [
+            (v.record.kind, v.record.started.timestamp(), v.record.heartbeat.timestamp()) for v in jobs
+            if v.alive and not self.runner.is_running(cluster.name, v.record.kind)])
+        return {"backups": backup_status(observed[1]), "jobs": job_status(jobs)}
 
 
 def job_status(jobs: tuple[JobView, ...]) -> list[dict[str, Any]]:

@@ -132,11 +132,28 @@ class _JobAge(Collector):
         beat = GaugeMetricFamily(JOB_HEARTBEAT_AGE, "Seconds since the running job of this kind on this cluster "
                                  "last had its record written (its heartbeat).", labels=["cluster", "kind"])
         now = time.time()
+        seen = set()
         for gauge, family in ((JOB_STARTED, age), (JOB_HEARTBEAT, beat)):
             for metric in gauge.collect():
                 for sample in metric.samples:
+                    seen.add((sample.labels["cluster"], sample.labels["kind"]))
                     family.add_metric([sample.labels["cluster"], sample.labels["kind"]], max(0.0, now - sample.value))
+        for cluster, jobs in sorted(_OBSERVED_JOBS.items()):
+            for kind, started, heartbeat in jobs:
+                if (cluster, kind) not in seen:
+                    age.add_metric([cluster, kind], max(0.0, now - started))
+                    beat.add_metric([cluster, kind], max(0.0, now - heartbeat))
         return [age, beat]
+
+
+_OBSERVED_JOBS: dict[str, list[tuple[str, float, float]]] = {}
+"""Running jobs of a cluster that another process runs (a user's `dbfleet restore`, another operator), as the
+last cycle read their records: (kind, started, heartbeat)."""
+
+
+def set_observed_jobs(cluster: str, jobs: list[tuple[str, float, float]]) -> None:
+    """The cluster's running job records that this process does not run, replaced whole each cycle."""
+    _OBSERVED_JOBS[cluster] = list(jobs)
 
 
 REGISTRY.register(_JobAge())
