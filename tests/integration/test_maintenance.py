@@ -371,10 +371,10 @@ def test_the_exporter_reports_wraparound_ages_per_database(env: MaintEnv):
 # --------------------------------------------------------------------------- rewrites as jobs
 
 BIG_ROWS = 3_000_000
-"""Rows of a 64-character text key in mainttest.big: what makes its index's REINDEX CONCURRENTLY long (about 20 s
-on a loaded 2-core lab, 5 s on a quieter one) once 60% of them are deleted. The table is UNLOGGED: the rebuild sorts and writes the same,
-without sending some 400 MB of WAL to two replicas on a machine other labs share (under that load Patroni's
-6 s TTL once lost pg-main's leader)."""
+"""Rows of a 64-character text key in mainttest.big: what makes its index's REINDEX CONCURRENTLY long once 60% of
+them are deleted (2M rows took 5 s at load average 20 on the 2-core lab). The table is UNLOGGED: the rebuild
+sorts and writes the same, without sending some 600 MB of WAL to two replicas on a machine other labs share
+(under that load Patroni's 6 s TTL once lost pg-main's leader)."""
 INTERVAL = 1.0
 JOB_WAIT = 900
 """Upper bound, in seconds, on one rebuild of big's index on a loaded 2-core machine."""
