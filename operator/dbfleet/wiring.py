@@ -98,7 +98,7 @@ class RewriteJobs:
             return work()
 
         return self.runner.start(Job(action.cluster, REWRITE, action.target, self.storage(session.cluster, session),
-                                     job, action, before=f"{action.kind} {before}"))
+                                     job, action, before=f"{action.kind} {before}", settled_after=True))
 
     def settle(self, cluster: AnyCluster, session: AnySession, job_id: str, state: str, message: str) -> str:
         found = self._record(cluster, session)

@@ -375,3 +375,15 @@ def test_a_job_another_process_runs_is_in_the_metrics_from_its_record() -> None:
     assert 119 <= float(age.split()[-1]) < 200 and 2 <= float(beat.split()[-1]) < 80
     metrics.set_observed_jobs("pg-main", [])
     assert 'dbfleet_job_age_seconds{cluster="pg-main",kind="restore"}' not in metrics.render().decode()
+
+
+def test_a_drain_leaves_a_rewrite_record_running_for_the_next_operator_to_settle(storage: LocalStorage) -> None:
+    pg = FLEET.cluster("pg-main")
+    runner = JobRunner(JobLimits(), heartbeat=60)
+    jobs = RewriteJobs(runner, storage=lambda cluster, session: storage)
+    gate = threading.Event()
+    jobs.start(reindex_action(), Session(pg), "16400", lambda: "rebuilt" if gate.wait(10) else "timeout")
+    left = runner.drain(0.2)
+    assert [r.state for r in left] == [RUNNING]
+    assert [r.state for r in storage.jobs("pg-main")] == [RUNNING]  # not guessed interrupted: its statement runs on
+    gate.set()

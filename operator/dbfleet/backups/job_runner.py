@@ -15,7 +15,9 @@ HEARTBEAT_SECONDS with the step in flight, and when it ends.
 `plan` never starts one): the action's outcome is then the job's; its record
 still gets heartbeats, so an operator elsewhere sees it alive. On SIGTERM
 `drain` lets the jobs in flight finish for a grace period and records the rest
-`interrupted`: what they leave pending is orphaned and retaken by policy.
+`interrupted`: what they leave pending is orphaned and retaken by policy. A
+rewrite's statement outlives the process, so its record is left running for
+the next operator to settle from the catalog.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class Job:
     """The cycle's action that started it, for the audit trail's record of how it ended."""
     before: str = ""
     """Kept in its record (JobRecord.before): a rewrite's relation as it was when the job began."""
+    settled_after: bool = False
+    """Its work goes on in the server after this process stops (a rewrite's statement), so a drain leaves its
+    record running, and the next operator settles it from what it left rather than this one guessing."""
 
 
 @dataclass
@@ -299,13 +304,20 @@ class JobRunner:
 
     def drain(self, grace: float) -> list[JobRecord]:
         """SIGTERM: start nothing more, let the jobs in flight finish for `grace` seconds, then record the rest
-        interrupted (left resumable: their pending backups are orphaned and retaken by policy). Returns those."""
+        interrupted (left resumable: their pending backups are orphaned and retaken by policy), except those
+        `settled_after`, whose records stay running. Returns those left."""
         self._closing.set()
         self.wait(grace)
         left = []
         with self._lock:
             entries = list(self._running.values())
         for entry in entries:
+            if entry.job.settled_after:
+                log.warning("%s: %s job %s still runs after %gs; its record is left running for the next operator "
+                            "to settle from what it leaves", entry.job.cluster, entry.job.kind,
+                            entry.context.record.id, grace)
+                left.append(entry.context.record)
+                continue
             record = entry.context.record.ended(
                 INTERRUPTED, f"the operator stopped after waiting {grace:g}s for it; left resumable", utcnow())
             self._end(entry, record)
