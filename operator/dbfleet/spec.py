@@ -1028,6 +1028,15 @@ class JobLimits(Strict):
     """Backups at once: they share the backup target's storage and network."""
     drills: Annotated[int, Field(ge=1, le=16)] = 1
     """Restore drills at once: each starts a scratch server and reads a whole backup back."""
+    rewrites: Annotated[int, Field(ge=1, le=16)] = 2
+    """Maintenance rewrites (REINDEX INDEX CONCURRENTLY, pg_repack) at once, one per cluster at most: each reads
+    and writes a whole relation on its primary, in the clusters' maintenance windows."""
+    running_alert_after: Annotated[str, Field(pattern=DURATION)] = "12h"
+    """OperatorJobRunningLong fires for a job that has run this long: stuck, or far bigger than its schedule
+    allows for."""
+    waiting_alert_after: Annotated[str, Field(pattern=DURATION)] = "2h"
+    """OperatorJobsQueued fires once due jobs have waited for a free slot this long without a pause: the limits
+    above are too low for the fleet."""
 
 
 class OperatorSettings(Strict):

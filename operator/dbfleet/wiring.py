@@ -8,17 +8,20 @@ joins the loop by being imported.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from dbfleet.actions import Outcome
+from dbfleet.actions import Action, Outcome
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.job_runner import Job, JobRunner
-from dbfleet.backups.jobs import DONE, JobRecord
+from dbfleet.backups.job_runner import Job, JobContext, JobRunner, job_lock_held
+from dbfleet.backups.jobs import DONE, REWRITE, JobRecord, job_alive
+from dbfleet.backups.manifest import utcnow
 from dbfleet.backups.reconciler import BackupReconciler, backup_columns, job_columns
-from dbfleet.backups.storage import storage_for
+from dbfleet.backups.storage import Storage, storage_for
 from dbfleet.engines import AnySession, open_session
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.base import AnyCluster
@@ -31,6 +34,7 @@ from dbfleet.reconcile.etcd_leader import EtcdLeaderLock
 from dbfleet.reconcile.index_reconciler import IndexReconciler
 from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
 from dbfleet.reconcile.loop import ActionRecorder, Leader, Reconciler
+from dbfleet.reconcile.maintenance_observation import RewriteJob
 from dbfleet.reconcile.maintenance_reconciler import MaintenanceReconciler
 from dbfleet.reconcile.members import MemberReconciler
 from dbfleet.reconcile.status import (
@@ -49,9 +53,60 @@ from dbfleet.spec import Fleet, PostgresCluster, S3Target
 def reconcilers(jobs: JobRunner | None = None) -> list[Reconciler[Any]]:
     """What one cycle does to each cluster, in this order: members first (a stopped replica is started before
     anything reads from it), then indexes, then maintenance (bloat, vacuum, wraparound; it rebuilds only in its
-    window), then backups, which start their backups and drills as jobs on `jobs` (default: run to their end
-    inside the act)."""
-    return [MemberReconciler(), IndexReconciler(), MaintenanceReconciler(), BackupReconciler(backup_access, jobs)]
+    window, as a rewrite job), then backups, which start their backups and drills as jobs; all jobs on `jobs`
+    (default: run to their end inside the act)."""
+    runner = jobs or JobRunner(inline=True)
+    return [MemberReconciler(), IndexReconciler(), MaintenanceReconciler(jobs=RewriteJobs(runner)),
+            BackupReconciler(backup_access, runner)]
+
+
+class RewriteJobs:
+    """The maintenance reconciler's rewrites as jobs on the operator's runner, their records kept where every job
+    record is: dbfleet/<cluster>/jobs/rewrite.json in the cluster's backup target (backup.target, which has a
+    default whether or not backups are enabled)."""
+
+    def __init__(self, runner: JobRunner, storage: Callable[[AnyCluster, AnySession], Storage] | None = None):
+        self.runner = runner
+        self._storage_for = storage or (lambda cluster, session: backup_access(cluster, session).storage)
+        self._storage: dict[str, Storage] = {}
+
+    def storage(self, cluster: AnyCluster, session: AnySession) -> Storage:
+        if cluster.name not in self._storage:
+            self._storage[cluster.name] = self._storage_for(cluster, session)
+        return self._storage[cluster.name]
+
+    def _record(self, cluster: AnyCluster, session: AnySession) -> tuple[JobRecord, bool] | None:
+        record = next((r for r in self.storage(cluster, session).jobs(cluster.name) if r.kind == REWRITE), None)
+        if record is None:
+            return None
+        alive = self.runner.is_running(cluster.name, REWRITE) or \
+            job_alive(record, utcnow(), socket.gethostname(), job_lock_held(cluster.name, REWRITE))
+        return record, alive
+
+    def observe(self, cluster: AnyCluster, session: AnySession) -> RewriteJob | None:
+        found = self._record(cluster, session)
+        if found is None:
+            return None
+        record, alive = found
+        action, _, before = record.before.partition(" ")
+        return RewriteJob(record.id, action, record.target, record.state, alive, record.owner, record.heartbeat_at,
+                          before, record.describe(utcnow()))
+
+    def start(self, action: Action, session: AnySession, before: str, work: Callable[[], str]) -> str:
+        def job(context: JobContext) -> str:
+            context.step(f"{action.kind} {action.target}")
+            return work()
+
+        return self.runner.start(Job(action.cluster, REWRITE, action.target, self.storage(session.cluster, session),
+                                     job, action, before=f"{action.kind} {before}", settled_after=True))
+
+    def settle(self, cluster: AnyCluster, session: AnySession, job_id: str, state: str, message: str) -> str:
+        found = self._record(cluster, session)
+        if found is None or found[0].id != job_id or found[0].state != "running" or found[1]:
+            return f"job {job_id} needs no settling any more"
+        record = found[0].ended(state, message, utcnow())
+        self.storage(cluster, session).put_bytes(record.key, record.to_json().encode())
+        return f"rewrite job {job_id}: {state}: {message}"
 
 
 def job_runner(fleet: Fleet, inline: bool, record: ActionRecorder | None = None) -> JobRunner:

@@ -4,6 +4,11 @@ A scratch database, `mainttest`, is made here and dropped at the end; the specs 
 that database. `plan` runs through the CLI on the real clock, outside a window that opens once a year
 (January 1st, 03:00-04:00 UTC); cycles that must stand inside it run in-process with the maintenance
 reconciler given an injected clock, and, for the disk guard, a simulated free-disk reading.
+
+The last tests run rewrites as jobs, as a watching operator does: a rebuild made long honestly (an index of
+BIG_ROWS text keys, most of them deleted) runs as pg-main's rewrite job while the loop goes on, and a dropped
+declared index on another table is back within the interval plus 2 s; an operator killed (SIGKILL, the real
+CLI in a subprocess) while its rewrite runs is followed by cycles that settle the job from the catalog.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +31,19 @@ import psycopg
 import pytest
 import yaml
 
+from dbfleet.backups.job_runner import JobRunner
+from dbfleet.backups.jobs import DONE, INTERRUPTED, REWRITE, RUNNING, JobRecord, job_key
+from dbfleet.backups.storage import Storage
 from dbfleet.cli import main
 from dbfleet.engines.access import FleetAccess
-from dbfleet.reconcile.loop import CycleReport, Operator
+from dbfleet.reconcile.index_reconciler import IndexReconciler
+from dbfleet.reconcile.leader import FileLeaderLock
+from dbfleet.reconcile.loop import CycleReport, Operator, watch
 from dbfleet.reconcile.maintenance_reconciler import MaintenanceReconciler
 from dbfleet.reconcile.pg_maintenance import probe_free_disk
 from dbfleet.reconcile.retry import RetryPolicy
 from dbfleet.spec import parse_fleet
+from dbfleet.wiring import RewriteJobs, job_runner, open_access
 
 pytestmark = pytest.mark.lab
 
@@ -71,12 +85,13 @@ class MaintEnv:
     def one(self, statement: str) -> Any:
         return self.sql(statement)[0][0]
 
-    def spec_text(self, **changes: Any) -> str:
+    def spec_text(self, declared: list[dict[str, Any]] | None = None, **changes: Any) -> str:
         data = yaml.safe_load((REPO / "fleet.example.yaml").read_text())
         pg = next(c for c in data["clusters"] if c["name"] == CLUSTER)
         pg["databases"] = [DB]
-        pg["indexes"] = {"declared": []}
+        pg["indexes"] = {"declared": declared or []}
         pg["maintenance"] = {**POLICY, **changes}
+        data["operator"] = {"leader": "file"}
         return yaml.safe_dump(data, sort_keys=False)
 
     def write_spec(self, **changes: Any) -> Path:
@@ -98,13 +113,14 @@ class MaintEnv:
         return data
 
     def cycle(self, now: datetime = INSIDE, free_bytes: int | None = None, apply: bool = True,
-              **changes: Any) -> CycleReport:
+              jobs: RewriteJobs | None = None, **changes: Any) -> CycleReport:
         """One in-process cycle of the maintenance reconciler with the clock at `now` and, when given, a
-        simulated free-disk reading."""
+        simulated free-disk reading and the rewrite jobs it starts and reads."""
         fleet = parse_fleet(self.spec_text(**changes))
         access = FleetAccess.load(self.lab.inventory_path, self.lab.state.secrets)
         disk = probe_free_disk if free_bytes is None else (lambda session, host: (free_bytes, "simulated"))
-        operator = Operator(fleet, access, reconcilers=[MaintenanceReconciler(clock=lambda: now, disk=disk)],
+        operator = Operator(fleet, access, reconcilers=[MaintenanceReconciler(clock=lambda: now, disk=disk,
+                                                                              jobs=jobs)],
                             clusters={CLUSTER}, retry=RetryPolicy(attempts=1))
         try:
             return operator.run_cycle(apply=apply)
@@ -350,3 +366,194 @@ def test_the_exporter_reports_wraparound_ages_per_database(env: MaintEnv):
     lines = [line for line in text.splitlines() if line.startswith("dbfleet_pg_database_xid_age{")]
     assert any(f'datname="{DB}"' in line for line in lines), lines
     assert any(line.startswith("dbfleet_pg_database_mxid_age{") for line in text.splitlines())
+
+
+# --------------------------------------------------------------------------- rewrites as jobs
+
+BIG_ROWS = 3_000_000
+"""Rows of a 64-character text key in mainttest.big: what makes its index's REINDEX CONCURRENTLY long once 60% of
+them are deleted (2M rows took 5 s at load average 20 on the 2-core lab). The table is UNLOGGED: the rebuild
+sorts and writes the same, without sending some 600 MB of WAL to two replicas on a machine other labs share
+(under that load Patroni's 6 s TTL once lost pg-main's leader)."""
+INTERVAL = 1.0
+JOB_WAIT = 900
+"""Upper bound, in seconds, on one rebuild of big's index on a loaded 2-core machine."""
+CANARY = {"database": DB, "table": "canary", "name": "canary_v_idx", "columns": ["v"]}
+"""A declared index on another table than the rebuild's: the loop repairs it while the rewrite job runs."""
+TABLES_REPORTED = {"max_ratio": 0.3, "action": "report"}
+"""Only the index is rewritten: big's heap is as bloated, and a repack of it would follow the rebuild."""
+
+
+def bloat_big_index(env: MaintEnv) -> None:
+    env.sql("DROP TABLE IF EXISTS big")
+    env.sql("CREATE UNLOGGED TABLE big (id bigint, k text) WITH (autovacuum_enabled = false)")
+    env.sql(f"INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, {BIG_ROWS}) g")
+    env.sql("CREATE INDEX big_k_idx ON big (k)")
+    env.sql("DELETE FROM big WHERE id % 5 < 3")
+    env.vacuum_clean("big")
+
+
+def rewrite_store(env: MaintEnv) -> Storage:
+    """pg-main's backup target, where its rewrite job record lives; an earlier test's record removed."""
+    store = open_access(env.cluster, env.lab.inventory_path).storage
+    with contextlib.suppress(Exception):
+        store.delete(job_key(CLUSTER, REWRITE))
+    return store
+
+
+def rewrite_job(store: Storage) -> JobRecord | None:
+    return next((r for r in store.jobs(CLUSTER) if r.kind == REWRITE), None)
+
+
+def wait_rewrite(store: Storage, state: str, timeout: float, alive: Any = None) -> JobRecord:
+    """Until pg-main's rewrite job record is in `state`; bounded by `timeout`; `alive()` False fails at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = rewrite_job(store)
+        if record is not None and record.state == state:
+            return record
+        if alive is not None:
+            assert alive(), f"the operator stopped before its rewrite job was {state}; last record: {record}"
+        assert time.monotonic() < deadline, f"no rewrite job {state} within {timeout:.0f}s; last: {record}"
+        time.sleep(0.3)
+
+
+def index_valid(env: MaintEnv, name: str) -> bool | None:
+    rows = env.sql(f"SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('public.{name}')")
+    return rows[0][0] if rows else None
+
+
+def in_flight(env: MaintEnv) -> list[int]:
+    return [r[0] for r in env.sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'dbfleet-rewrite'",
+                                  dbname="postgres")]
+
+
+@contextlib.contextmanager
+def watching_in_process(env: MaintEnv, **changes: Any) -> Iterator[list[CycleReport]]:
+    """A watching operator in this process (the clock inside the window): indexes and maintenance on pg-main, its
+    rewrites as jobs on a real runner; stopped (SIGTERM's path: the jobs drained) at the end."""
+    fleet = parse_fleet(env.spec_text(declared=[CANARY], **changes))
+    access = FleetAccess.load(env.lab.inventory_path, env.lab.state.secrets)
+    runner = job_runner(fleet, inline=False)
+    operator = Operator(fleet, access, reconcilers=[IndexReconciler(), MaintenanceReconciler(
+        clock=lambda: INSIDE, jobs=RewriteJobs(runner))], clusters={CLUSTER}, retry=RetryPolicy(attempts=1),
+        keep_sessions=True, jobs=runner)
+    reports: list[CycleReport] = []
+    thread = threading.Thread(target=watch, args=(operator, FileLeaderLock(env.workdir / "leader.lock"), INTERVAL),
+                              kwargs={"on_cycle": reports.append, "job_grace": JOB_WAIT}, daemon=True)
+    thread.start()
+    try:
+        yield reports
+    finally:
+        operator.stop.set()
+        thread.join(JOB_WAIT + 60)
+    assert not thread.is_alive()
+
+
+def test_a_rewrite_runs_as_a_job_while_a_dropped_declared_index_elsewhere_is_back_within_the_interval(env: MaintEnv):
+    env.sql("CREATE TABLE IF NOT EXISTS canary (id bigint, v int)")
+    bloat_big_index(env)
+    node, before = env.filenode("big_k_idx"), env.size("big_k_idx")
+    store = rewrite_store(env)
+    with watching_in_process(env, table_bloat=TABLES_REPORTED) as reports:
+        running = wait_rewrite(store, RUNNING, 300)
+        assert running.target == f"{DB}/public.big_k_idx" and running.before == f"reindex-index {node}", running
+        deadline = time.monotonic() + 120
+        while index_valid(env, "canary_v_idx") is not True:  # the operator creates it on its first cycle
+            assert time.monotonic() < deadline, "canary_v_idx never created"
+            time.sleep(0.2)
+        env.sql("DROP INDEX canary_v_idx")
+        dropped = time.monotonic()
+        while index_valid(env, "canary_v_idx") is not True:
+            assert time.monotonic() - dropped < 120, "canary_v_idx not back within 120 s"
+            time.sleep(0.1)
+        took = time.monotonic() - dropped
+        still = rewrite_job(store)
+        assert still is not None and still.id == running.id and still.state == RUNNING, \
+            f"the rewrite job ended before the index came back ({took:.1f}s): nothing shown; {still}"
+        assert in_flight(env), "the rebuild's statement is not in pg_stat_activity as dbfleet-rewrite"
+        assert took <= INTERVAL + 2, f"the dropped index came back after {took:.1f}s, not within {INTERVAL + 2}s"
+        done = wait_rewrite(store, DONE, JOB_WAIT)
+    seen = [r for r in reports if any(f"job rewrite {DB}/public.big_k_idx" in n for c in r.clusters
+                                      for n in c.notes)]
+    assert seen, f"no cycle noted the running rewrite job ({len(reports)} cycles)"
+    assert all(not any(a.kind == "reindex-index" for a in r.actions()) for r in seen), \
+        "a second rewrite was planned while the job ran"
+    assert all(r.ok for r in reports), [r.render()[:2000] for r in reports if not r.ok][:1]
+    assert env.filenode("big_k_idx") != node and index_valid(env, "big_k_idx") is True
+    job_s = (done.heartbeat - done.started).total_seconds()
+    print(f"\nwhile a {job_s:.0f}s rewrite job rebuilt big_k_idx ({before} -> {env.size('big_k_idx')} bytes), a "
+          f"dropped declared index on another table was back in {took:.1f}s (interval {INTERVAL:g}s); "
+          f"{len(reports)} cycles, median {sorted(r.seconds for r in reports)[len(reports) // 2]:.2f}s")
+
+
+def window_now(env: MaintEnv) -> dict[str, str]:
+    """A window open now on the real clock (minutes 0-58 of every hour); waits out an hour's last minutes."""
+    now = datetime.now(UTC)
+    if now.minute >= 55:
+        time.sleep((60 - now.minute) * 60 - now.second + 1)
+    return {"start": "0 * * * *", "end": "59 * * * *"}
+
+
+@pytest.mark.parametrize("terminated", [False, True], ids=["statement-outlives", "statement-terminated"])
+def test_a_killed_operators_rewrite_is_settled_from_what_the_catalog_shows(env: MaintEnv, terminated: bool):
+    bloat_big_index(env)
+    node = env.filenode("big_k_idx")
+    store = rewrite_store(env)
+    spec = env.workdir / f"kill-spec-{int(terminated)}.yaml"
+    index_rule = {**POLICY["index_bloat"], "clean_debris": True}
+    spec.write_text(env.spec_text(window=window_now(env), table_bloat=TABLES_REPORTED, index_bloat=index_rule))
+    argv = [sys.executable, "-m", "dbfleet", "--spec", str(spec), "reconcile", "--watch", "--interval",
+            str(INTERVAL), "--no-metrics", "--json", "--state", str(env.workdir / f"kill-state-{int(terminated)}.json"),
+            "--cluster", CLUSTER, "--reconciler", "maintenance", "--inventory", str(env.lab.inventory_path),
+            "--secrets", str(env.lab.state.secrets)]
+    with (env.workdir / "kill-operator.log").open("a") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            running = wait_rewrite(store, RUNNING, 300, alive=lambda: proc.poll() is None)
+            deadline = time.monotonic() + 60
+            while not in_flight(env):
+                assert time.monotonic() < deadline, "the rebuild never showed in pg_stat_activity"
+                time.sleep(0.2)
+        finally:
+            proc.kill()
+            proc.wait(30)
+    pids = in_flight(env)
+    if terminated:  # the server cut it off too (a restart, an administrator): it leaves its _ccnew copy
+        env.sql(f"SELECT pg_terminate_backend({pids[0]})", dbname="postgres")
+    else:
+        # The killed operator's statement runs on without it: nothing is settled meanwhile.
+        waiting = env.cycle(jobs=RewriteJobs(JobRunner(inline=True)), table_bloat=TABLES_REPORTED,
+                            index_bloat=index_rule)
+        if in_flight(env):
+            kinds = {a.kind for a in waiting.actions()}
+            assert "settle-rewrite" not in kinds and "reindex-index" not in kinds, kinds
+            assert any("a rewrite runs in database" in a.reason for a in waiting.actions()), \
+                [a.reason for a in waiting.actions()]
+    deadline = time.monotonic() + JOB_WAIT
+    while in_flight(env):
+        assert time.monotonic() < deadline, "the killed operator's statement never ended"
+        time.sleep(1)
+    stale = rewrite_job(store)
+    assert stale is not None and stale.id == running.id and stale.state == RUNNING  # nobody wrote its end yet
+    jobs = RewriteJobs(JobRunner(inline=True))
+    settled = env.cycle(jobs=jobs, table_bloat=TABLES_REPORTED, index_bloat={**index_rule, "max_ratio": 0.99})
+    outcome = report_outcomes(settled)[running.id]
+    assert outcome.action.kind == "settle-rewrite" and outcome.status == "done", outcome.render()
+    record = rewrite_job(store)
+    assert record is not None and record.id == running.id
+    debris = [r[0] for r in env.sql("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                                    "WHERE NOT i.indisvalid AND c.relname LIKE 'big_k_idx_cc%'")]
+    rebuilt = env.filenode("big_k_idx") != node
+    # The true outcome, whichever happened: rebuilt (a new file node) is done; otherwise interrupted, naming its copy.
+    assert record.state == (DONE if rebuilt else INTERRUPTED), (record, rebuilt, debris)
+    assert all(f"{DB}/public.{name}" in record.message for name in debris), (record.message, debris)
+    if terminated:
+        assert not rebuilt and debris and record.state == INTERRUPTED
+        cleaned = env.cycle(jobs=jobs, table_bloat=TABLES_REPORTED, index_bloat={**index_rule, "max_ratio": 0.99})
+        drops = [o for c in cleaned.clusters for o in c.outcomes if o.action.kind == "drop-debris-index"]
+        assert {o.action.target for o in drops} == {f"{DB}/public.{name}" for name in debris}
+        assert all(o.status == "done" for o in drops)
+    print(f"\nkilled mid-rewrite ({'terminated' if terminated else 'statement left running'}): settled "
+          f"{record.state}: {record.message}")

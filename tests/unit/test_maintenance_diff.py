@@ -93,7 +93,7 @@ def test_a_window_across_midnight_and_an_aware_clock():
 # --------------------------------------------------------------------------- index rebuilds
 
 
-def test_one_rebuild_per_cycle_largest_waste_first_and_the_rest_wait():
+def test_one_rebuild_at_a_time_largest_waste_first_and_the_rest_wait():
     idx = [index("small_waste", 500, 160), index("big_waste", 300, 250), index("mid", 100, 90),
            index("healthy", 1000, 100)]
     actions = diff_maintenance("pg-main", policy(), observed(indexes=idx))
@@ -104,7 +104,7 @@ def test_one_rebuild_per_cycle_largest_waste_first_and_the_rest_wait():
     assert chosen.changes and not chosen.destructive
     assert chosen.detail["statements"] == ["SET lock_timeout = '5s'",
                                            'REINDEX INDEX CONCURRENTLY "public"."big_waste"']
-    assert "one per cycle, app/public.big_waste goes first" in actions[1].reason
+    assert "one rewrite at a time per cluster, app/public.big_waste goes first" in actions[1].reason
 
 
 def test_the_disk_guard_refuses_an_index_that_would_not_fit_and_lets_a_smaller_one_go():

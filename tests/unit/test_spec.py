@@ -127,6 +127,14 @@ BAD_INPUTS = [
                                "  operator_metrics:"), "operator.lease_ttl", ">= 5"),
     ("no backup may run at all", ("monitoring:\n  operator_metrics:", "operator: {jobs: {backups: 0}}\nmonitoring:\n"
                                   "  operator_metrics:"), "operator.jobs.backups", ">= 1"),
+    ("no rewrite may run at all", ("monitoring:\n  operator_metrics:", "operator: {jobs: {rewrites: 0}}\n"
+                                   "monitoring:\n  operator_metrics:"), "operator.jobs.rewrites", ">= 1"),
+    ("a job alert bound in no unit", ("monitoring:\n  operator_metrics:", "operator: {jobs: {running_alert_after: 12}}"
+                                      "\nmonitoring:\n  operator_metrics:"), "operator.jobs.running_alert_after",
+     "string"),
+    ("a job alert bound as text", ("monitoring:\n  operator_metrics:", "operator: {jobs: {waiting_alert_after: "
+                                   "'2h; rm'}}\nmonitoring:\n  operator_metrics:"), "operator.jobs.waiting_alert_after",
+     "pattern"),
     ("preload libraries in parameters", ("      max_connections: 100\n", "      max_connections: 100\n"
                                          "      shared_preload_libraries: auto_explain\n"),
      "clusters.0.parameters.shared_preload_libraries", "loads code into the server"),

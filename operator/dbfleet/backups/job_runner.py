@@ -1,5 +1,6 @@
-"""The job runner: long work (backups, restore drills) that a cycle starts and later cycles observe, run on threads
-of its own so it never holds the loop.
+"""The job runner: long work (backups, restore drills, the maintenance policy's rewrites) that a cycle starts and
+later cycles observe, run on threads of its own so it never holds the loop; `dbfleet restore` runs its restore on
+one too, inline, so its record says it runs.
 
 A job starts only from a cycle's act, so the fencing check the loop makes
 before every act (the leader lock confirmed) is made before every job start;
@@ -11,9 +12,12 @@ again next cycle. Each job's record (jobs.py) is written when it starts, every
 HEARTBEAT_SECONDS with the step in flight, and when it ends.
 
 `inline` runs each job in the caller's thread to its end (`reconcile --once`,
-`plan` never starts one): the action's outcome is then the job's. On SIGTERM
+`plan` never starts one): the action's outcome is then the job's; its record
+still gets heartbeats, so an operator elsewhere sees it alive. On SIGTERM
 `drain` lets the jobs in flight finish for a grace period and records the rest
-`interrupted`: what they leave pending is orphaned and retaken by policy.
+`interrupted`: what they leave pending is orphaned and retaken by policy. A
+rewrite's statement outlives the process, so its record is left running for
+the next operator to settle from the catalog.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from dataclasses import dataclass, field
 from dbfleet.actions import Action
 from dbfleet.backups.access import drop_lock, lock_busy, take_lock
 from dbfleet.backups.jobs import (
+    BACKUP,
     DONE,
+    DRILL,
     HEARTBEAT_SECONDS,
     INTERRUPTED,
     JOB_FAILED,
     JOB_KINDS,
+    REWRITE,
     RUNNING,
     JobRecord,
     new_job_id,
@@ -46,6 +53,10 @@ from dbfleet.progress import Progress
 from dbfleet.spec import JobLimits
 
 log = logging.getLogger(__name__)
+
+
+LIMITS = {BACKUP: "backups", DRILL: "drills", REWRITE: "rewrites"}
+"""The operator.jobs field that bounds each kind fleet-wide; a restore is one per cluster and process."""
 
 
 def job_lock_name(kind: str) -> str:
@@ -81,6 +92,11 @@ class Job:
     work: Callable[[JobContext], str]
     action: Action | None = None
     """The cycle's action that started it, for the audit trail's record of how it ended."""
+    before: str = ""
+    """Kept in its record (JobRecord.before): a rewrite's relation as it was when the job began."""
+    settled_after: bool = False
+    """Its work goes on in the server after this process stops (a rewrite's statement), so a drain leaves its
+    record running, and the next operator settles it from what it left rather than this one guessing."""
 
 
 @dataclass
@@ -110,6 +126,8 @@ class _Running:
     lock: int
     thread: threading.Thread | None = None
     write: threading.Lock = field(default_factory=threading.Lock)
+    written: float = 0.0
+    """When its record was last written (Unix time): its heartbeat as others see it."""
     ended: bool = False
     """Its end was recorded (by drain, when the work outlived the grace): a later true end only rewrites the
     record."""
@@ -137,7 +155,8 @@ class JobRunner:
         self._beats: threading.Thread | None = None
 
     def limit(self, kind: str) -> int:
-        return self.limits.backups if kind == "backup" else self.limits.drills
+        field_name = LIMITS.get(kind)
+        return 1 if field_name is None else int(getattr(self.limits, field_name))
 
     # -- what the cycle sees -------------------------------------------------
 
@@ -175,14 +194,15 @@ class JobRunner:
                 self._waiting.add(key)
                 self._publish_locked()
                 raise Waiting(f"waiting for a free slot: {busy} of {self.limit(job.kind)} {job.kind} jobs run "
-                              f"fleet-wide (operator.jobs.{job.kind}s)", cluster=job.cluster, action=job.kind)
+                              f"fleet-wide (operator.jobs.{LIMITS.get(job.kind, job.kind)})", cluster=job.cluster,
+                              action=job.kind)
             fd = take_lock(job.cluster, job_lock_name(job.kind))
             if fd is None:
                 raise Waiting(f"another process on this machine runs a {job.kind} job of this cluster",
                               cluster=job.cluster, action=job.kind)
             now = utcnow()
             record = JobRecord(job.cluster, job.kind, new_job_id(job.kind, job.cluster, now), job.target, RUNNING,
-                               self.owner, self.host, iso(now) or "", iso(now) or "")
+                               self.owner, self.host, iso(now) or "", iso(now) or "", before=job.before)
             entry = _Running(job, JobContext(record), fd)
             entry.context._write = lambda r, e=entry: self._save(e, r)  # type: ignore[misc]
             try:
@@ -194,11 +214,11 @@ class JobRunner:
             self._running[key] = entry
             self._publish_locked()
         log.info("%s: %s job %s started (%s)", job.cluster, job.kind, record.id, job.target)
+        self._start_heartbeats()
         if self.inline:
             return self._run(entry, raise_failure=True)
         entry.thread = threading.Thread(target=self._run, args=(entry,), daemon=True, name=f"job-{record.id}")
         entry.thread.start()
-        self._start_heartbeats()
         return f"started {job.kind} job {record.id}; later cycles observe it"
 
     def _run(self, entry: _Running, raise_failure: bool = False) -> str:
@@ -242,6 +262,7 @@ class JobRunner:
     def _save(self, entry: _Running, record: JobRecord) -> None:
         with entry.write:
             entry.job.storage.put_bytes(record.key, record.to_json().encode())
+            entry.written = time.time()
 
     # -- heartbeats ------------------------------------------------------------
 
@@ -252,10 +273,14 @@ class JobRunner:
                 self._beats.start()
 
     def _beat_loop(self) -> None:
-        """Until the runner closes (a daemon thread: it never holds the process up); idle while no job runs."""
+        """Until the runner closes or no job runs (a daemon thread: it never holds the process up); the next job's
+        start begins another."""
         while not self._closing.wait(self.heartbeat):
             with self._lock:
                 entries = list(self._running.values())
+                if not entries:
+                    self._beats = None
+                    return
             for entry in entries:
                 record = entry.context.record.beat(utcnow())
                 entry.context.record = record
@@ -279,13 +304,20 @@ class JobRunner:
 
     def drain(self, grace: float) -> list[JobRecord]:
         """SIGTERM: start nothing more, let the jobs in flight finish for `grace` seconds, then record the rest
-        interrupted (left resumable: their pending backups are orphaned and retaken by policy). Returns those."""
+        interrupted (left resumable: their pending backups are orphaned and retaken by policy), except those
+        `settled_after`, whose records stay running. Returns those left."""
         self._closing.set()
         self.wait(grace)
         left = []
         with self._lock:
             entries = list(self._running.values())
         for entry in entries:
+            if entry.job.settled_after:
+                log.warning("%s: %s job %s still runs after %gs; its record is left running for the next operator "
+                            "to settle from what it leaves", entry.job.cluster, entry.job.kind,
+                            entry.context.record.id, grace)
+                left.append(entry.context.record)
+                continue
             record = entry.context.record.ended(
                 INTERRUPTED, f"the operator stopped after waiting {grace:g}s for it; left resumable", utcnow())
             self._end(entry, record)
@@ -297,6 +329,6 @@ class JobRunner:
             self._publish_locked()
 
     def _publish_locked(self) -> None:
-        running = [(c, k, e.context.record.started.timestamp()) for (c, k), e in self._running.items()]
+        running = [(c, k, e.context.record.started.timestamp(), e.written) for (c, k), e in self._running.items()]
         waiting = {kind: sum(k == kind for _, k in self._waiting) for kind in JOB_KINDS}
         metrics.record_jobs(running, waiting, JOB_KINDS)

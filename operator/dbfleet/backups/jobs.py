@@ -1,5 +1,6 @@
-"""Job records: what a long job (a backup, a restore drill) that runs outside the operator's cycle is doing, and
-how it ended, kept beside the backups so a restarted operator or a new leader learns it.
+"""Job records: what a long job (a backup, a restore drill, a maintenance rewrite, a user's restore) that runs
+outside the operator's cycle is doing, and how it ended, kept beside the backups so a restarted operator or a new
+leader learns it.
 
 One record per cluster and kind, at dbfleet/<cluster>/jobs/<kind>.json in the
 backup target, written when the job starts, at every heartbeat and when it
@@ -7,7 +8,8 @@ ends. Whether a `running` record's job still runs is decided here (job_alive):
 on the machine that runs it, its job lock (an flock the job holds) says so at
 once; from another machine, a heartbeat older than STALE_AFTER means its
 operator stopped. A stopped job's true outcome comes from what it left behind
-(settle): the backup's manifest or the drill's record. A backup it left
+(settle): the backup's manifest or the drill's record; a rewrite's from the
+catalog (dbfleet.reconcile.maintenance.settle_rewrite). A backup it left
 `pending` is then orphaned by the existing rule and taken again when the
 schedule says so; a complete one is never taken twice.
 
@@ -37,20 +39,26 @@ from dbfleet.backups.manifest import (
     iso,
     json_object,
 )
+from dbfleet.monitoring.metrics import JOB_HEARTBEAT_SECONDS, JOB_STALE_AFTER
 
-BACKUP, DRILL = "backup", "drill"
-JOB_KINDS = (BACKUP, DRILL)
+BACKUP, DRILL, REWRITE, RESTORE = "backup", "drill", "rewrite", "restore"
+JOB_KINDS = (BACKUP, DRILL, REWRITE, RESTORE)
+"""rewrite: the maintenance policy's REINDEX INDEX CONCURRENTLY or pg_repack; restore: `dbfleet restore`, run by a
+user, recorded so the operator neither prunes what it reads nor a second one starts."""
+TARGET_TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,300}")
+"""A rewrite's target as plans name it (database/schema.relation, identifiers as the catalog spells them)."""
 
 RUNNING, DONE, JOB_FAILED, INTERRUPTED = "running", "done", "failed", "interrupted"
 JOB_STATES = (RUNNING, DONE, JOB_FAILED, INTERRUPTED)
 
-HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_SECONDS = JOB_HEARTBEAT_SECONDS
 """How often a running job's record is rewritten with its step and the time."""
-STALE_AFTER = 30.0
+STALE_AFTER = JOB_STALE_AFTER
 """A running record from another machine whose heartbeat is older than this: its operator stopped."""
 SLACK = timedelta(seconds=5)
 """Clocks of the operator and the target's writer may differ this much when matching a job to what it left."""
 
+BEFORE = re.compile(r"([a-z-]{1,40} [0-9]{1,20})?")
 CLUSTER_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]")
 
 
@@ -68,10 +76,11 @@ class JobRecord:
 
     cluster: str
     kind: str
-    """backup or drill."""
+    """backup, drill, rewrite or restore."""
     id: str
     target: str
-    """What it works on: the backup kind to take, or the backup a drill restores."""
+    """What it works on: the backup kind to take, the backup a drill or restore restores, the relation a rewrite
+    rebuilds."""
     state: str
     owner: str
     """The operator process that runs it, as the leader lock names it (host:pid)."""
@@ -85,6 +94,9 @@ class JobRecord:
     message: str = ""
     result: str = ""
     """What the job made, once known: the backup's id."""
+    before: str = ""
+    """A rewrite's action and its relation's file node when the job began ('reindex-index 16423'): a later file
+    node says the relation was rewritten."""
     format: int = FORMAT
 
     @property
@@ -138,11 +150,12 @@ def _check_job(data: dict[str, Any]) -> None:
     check.text("cluster", pattern=CLUSTER_NAME)
     check.text("kind", choices=JOB_KINDS)
     check.text("id", pattern=RECORD_ID)
-    check.text("target", pattern=RECORD_ID)
+    check.text("target", pattern=TARGET_TEXT if data.get("kind") == REWRITE else RECORD_ID)
     check.text("state", choices=JOB_STATES)
     for key in ("owner", "host", "step", "message"):
         check.text(key, required=key in ("owner", "host"))
     check.text("result", required=False)
+    check.text("before", required=False, pattern=BEFORE)
     if data.get("result"):
         check.text("result", pattern=RECORD_ID)
     check.time("started_at")
@@ -164,6 +177,11 @@ def settle(record: JobRecord, manifests: list[Manifest], drills: list[DrillRecor
     """The true end of a job whose operator stopped while it ran: from the manifest it wrote or the drill record
     it saved. What it left unfinished is `interrupted`: the orphan rule and the schedule take it from there."""
     stopped = f"its operator ({record.owner}) stopped while it ran"
+    if record.kind == RESTORE:
+        return record.ended(INTERRUPTED, f"its process ({record.owner}) stopped while it ran; a restore is never "
+                                         "resumed: run it again", now)
+    if record.kind == REWRITE:
+        raise ValueError("a rewrite is settled from the catalog (dbfleet.reconcile.maintenance.settle_rewrite)")
     if record.kind == BACKUP:
         backup = _backup_of(record, manifests)
         if backup is None:

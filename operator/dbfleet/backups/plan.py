@@ -7,7 +7,9 @@ written), `mark-orphaned`, `backup` and `drill` (each starts a job), `prune`
 (destructive), and `report-drill-failed`, which only informs (and is what the
 alert fires on), `report-job-failed`, and `report-invalid-manifest`, which names
 a manifest, drill or job record in the target that failed its checks and was
-left out. A backup or drill whose job still runs is not planned again.
+left out. A backup or drill whose job still runs is not planned again; while
+a user's restore (`dbfleet restore`) is recorded running, a prune is reported
+waiting (`report-prune-waits`) rather than expiring what the restore reads.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from dbfleet.actions import Action
-from dbfleet.backups.jobs import BACKUP, DRILL, JOB_FAILED, JobView
+from dbfleet.backups.jobs import BACKUP, DRILL, JOB_FAILED, RESTORE, JobView
 from dbfleet.backups.manifest import FAILED, PENDING, DrillRecord, Manifest, newest_first, utcnow
 from dbfleet.backups.retention import Expiry, expired_backups
 from dbfleet.backups.scheduler import drill_due, due_backup
@@ -94,7 +96,14 @@ def planned_backup_actions(fleet: Fleet, observed: Mapping[str, BackupObservatio
                 actions.append(Action(name, RECONCILER, "drill", candidate.id,
                                       f"drill schedule {policy.drill.schedule!r} is due; newest backup "
                                       f"{candidate.id} ({candidate.status})", detail={"backup": candidate.id}))
-        actions += [prune_action(name, expiry) for expiry in expired_backups(obs.manifests, policy.retention, now)]
+        restoring = next((v.record for v in obs.jobs if v.alive and v.record.kind == RESTORE), None)
+        for expiry in expired_backups(obs.manifests, policy.retention, now):
+            if restoring is not None:
+                actions.append(Action(name, RECONCILER, "report-prune-waits", expiry.backup.id,
+                                      f"{expiry.describe()}; waits while restore job {restoring.id} ({restoring.owner})"
+                                      " reads the backups", detail={"backup": expiry.backup.id, "job": restoring.id}))
+                continue
+            actions.append(prune_action(name, expiry))
     return actions
 
 
@@ -104,12 +113,18 @@ def prune_action(cluster: str, expiry: Expiry) -> Action:
                   detail={"backup": expiry.backup.id, "root": expiry.root, "superseded_by": expiry.superseded_by})
 
 
+SETTLED_HERE = (BACKUP, DRILL, RESTORE)
+"""The job kinds whose true end the backup target says: their records are settled by this reconciler."""
+
+
 def job_actions(cluster: str, jobs: tuple[JobView, ...]) -> list[Action]:
     """A job whose operator stopped while it ran gets its true outcome written (settle-job); a backup job that
     failed is reported until the next one replaces its record (a failed drill has report-drill-failed)."""
     actions = []
     for view in jobs:
         record = view.record
+        if record.kind not in SETTLED_HERE:
+            continue  # a rewrite is the maintenance reconciler's: settled from the catalog
         if view.stopped_unsettled:
             actions.append(Action(cluster, RECONCILER, "settle-job", record.id,
                                   f"its record says running, but its operator ({record.owner}) stopped: last "

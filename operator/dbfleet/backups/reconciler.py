@@ -29,6 +29,7 @@ from dbfleet.backups.runner import mark_orphans, observe, take_backup
 from dbfleet.engines import AnySession, open_session
 from dbfleet.engines.base import AnyCluster
 from dbfleet.errors import PermanentError
+from dbfleet.monitoring import metrics
 from dbfleet.spec import Fleet
 from dbfleet.units import age
 
@@ -131,7 +132,12 @@ class BackupReconciler:
 
     def status(self, cluster: AnyCluster, observed: tuple[AnyCluster, BackupObservation],
                actions: list[Action]) -> dict[str, Any]:
-        return {"backups": backup_status(observed[1]), "jobs": job_status(observed[1].jobs)}
+        """Also the metrics of the cluster's running jobs that another process runs (a user's restore)."""
+        jobs = observed[1].jobs
+        metrics.set_observed_jobs(cluster.name, [
+            (v.record.kind, v.record.started.timestamp(), v.record.heartbeat.timestamp()) for v in jobs
+            if v.alive and not self.runner.is_running(cluster.name, v.record.kind)])
+        return {"backups": backup_status(observed[1]), "jobs": job_status(jobs)}
 
 
 def job_status(jobs: tuple[JobView, ...]) -> list[dict[str, Any]]:
@@ -144,12 +150,17 @@ def job_status(jobs: tuple[JobView, ...]) -> list[dict[str, Any]]:
 
 
 def job_columns(status: dict[str, Any]) -> dict[str, Any]:
-    """The `jobs` column of `status`: each running job with its age and step; '-' when none runs."""
-    running = [j for j in status.get("jobs", ()) if j["state"] == "running"]
-    if "jobs" not in status:
+    """The `jobs` column of `status`: each running job with its age and step; '-' when none runs. The maintenance
+    reconciler's rewrite job (status `rewrite_job`) is shown too when the backups' records did not list it."""
+    jobs = status.get("jobs", ())
+    rewrite = status.get("rewrite_job")
+    if "jobs" not in status and not rewrite:
         return {}
-    return {"jobs": "; ".join(f"{j['kind']} {j['target']} {age(j['age_s'])}" + (f" ({j['step']})" if j["step"]
-                                                                                 else "") for j in running) or "-"}
+    running = [f"{j['kind']} {j['target']} {age(j['age_s'])}" + (f" ({j['step']})" if j["step"] else "")
+               for j in jobs if j["state"] == "running"]
+    if rewrite and rewrite["state"] == "running" and rewrite["id"] not in {j["id"] for j in jobs}:
+        running.append(rewrite["line"])
+    return {"jobs": "; ".join(running) or "-"}
 
 
 def backup_status(obs: BackupObservation) -> dict[str, Any]:

@@ -1,11 +1,17 @@
 """`dbfleet backup run|list|prune|mark`, `dbfleet restore` and `dbfleet drill`: backups on demand.
 
-Exit codes: 0 ok, 1 the backup, restore or drill failed, 2 bad options or spec.
+A restore runs under a `restore` job record (dbfleet.backups.jobs) in the cluster's backup target, written
+when it starts, every heartbeat and when it ends: `status` and the operator's metrics show it, the operator
+prunes nothing while it runs, and a second restore of the same cluster is refused.
+
+Exit codes: 0 ok, 1 the backup, restore or drill failed, 2 bad options or spec, or another restore of the
+cluster runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +19,9 @@ from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.adapters import adapter_for
 from dbfleet.backups.drills import restore, run_drill
 from dbfleet.backups.engine import RestoreTarget
-from dbfleet.backups.manifest import newest_first, parse_time
+from dbfleet.backups.job_runner import Job, JobContext, JobRunner, job_lock_held
+from dbfleet.backups.jobs import RESTORE, job_alive
+from dbfleet.backups.manifest import Check, newest_first, parse_time, utcnow
 from dbfleet.backups.runner import plan_prune, prune, take_backup
 from dbfleet.backups.scheduler import engine_kind
 from dbfleet.commands.common import (
@@ -34,8 +42,9 @@ from dbfleet.commands.common import (
 )
 from dbfleet.commands.reconcile import open_audit_trail
 from dbfleet.engines.access import read_inventory_hosts
-from dbfleet.errors import ReconcileError
+from dbfleet.errors import PermanentError, ReconcileError, Waiting
 from dbfleet.progress import Progress
+from dbfleet.reconcile.leader import operator_identity
 from dbfleet.secrets import SecretsError
 from dbfleet.wiring import open_access
 
@@ -215,7 +224,7 @@ def run_restore(args: argparse.Namespace) -> int:
              f"would restore {cluster.name} from {chosen[0].id if chosen else '?'} to {target.describe()} "
              "into a scratch container")
         return EXIT_OK
-    backup, restored, checks, kept = restore(access, target, args.backup, keep=args.keep)
+    backup, restored, checks, kept = restore_as_job(access, target, args.backup, args.keep)
     ok = all(c.ok for c in checks)
     data = {"cluster": cluster.name, "backup": backup.id, "target": target.describe(), "ok": ok,
             "recovered_to": restored.recovered_to.isoformat() if restored.recovered_to else None,
@@ -225,6 +234,42 @@ def run_restore(args: argparse.Namespace) -> int:
     lines += [f"  {'ok' if c.ok else 'FAILED'}  {c.name}: {c.detail}" for c in checks]
     emit(args, data, "\n".join(lines))
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def restore_as_job(access: BackupAccess, target: RestoreTarget, backup_id: str | None,
+                   keep: bool) -> tuple[Any, Any, list[Check], str]:
+    """`restore` under the cluster's restore job record; UsageError (exit 2) when another restore of the cluster
+    runs, here or on another machine (its record's heartbeat fresh). Backups, drills and rewrites of the cluster
+    do not conflict: the restore reads finished backups into a scratch server of its own and the live cluster is
+    untouched; what would (a prune expiring what it reads) the operator holds while the record says it runs."""
+    name = access.name
+    for record in access.storage.jobs(name):
+        if record.kind == RESTORE and job_alive(record, utcnow(), socket.gethostname(), job_lock_held(name, RESTORE)):
+            raise UsageError(f"{name}: restore job {record.id} ({record.owner}) runs since {record.started_at}; "
+                             "one restore of a cluster at a time", location="--cluster")
+    done: dict[str, Any] = {}
+
+    def work(context: JobContext) -> str:
+        access.progress = context.progress
+        backup, restored, checks, kept = restore(access, target, backup_id, keep=keep)
+        context.result(backup.id)
+        done["result"] = (backup, restored, checks, kept)
+        failed = [c.name for c in checks if not c.ok]
+        if failed:
+            raise PermanentError(f"restored {backup.id} to {target.describe()}, but checks failed: "
+                                 f"{', '.join(failed)}", cluster=name, action="restore")
+        return f"restored {backup.id} to {target.describe()}; {len(checks)} checks ok"
+
+    runner = JobRunner(inline=True, owner=operator_identity())
+    try:
+        runner.start(Job(name, RESTORE, backup_id or target.kind, access.storage, work))
+    except Waiting as exc:
+        raise UsageError(f"{name}: {exc.message}; one restore of a cluster at a time", location="--cluster") from None
+    except PermanentError:
+        if "result" not in done:  # the restore itself failed; a failed check is reported with the checks
+            raise
+    result: tuple[Any, Any, list[Check], str] = done["result"]
+    return result
 
 
 def run_drill_command(args: argparse.Namespace) -> int:

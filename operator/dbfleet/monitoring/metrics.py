@@ -78,14 +78,26 @@ LEADER = Gauge("dbfleet_operator_leader", "1 while this operator process holds t
 NO_LEADER_CYCLES = Gauge(CYCLES_WITHOUT_LEADER, "Consecutive cycles in which the leader lock's store did not answer "
                          "this operator, so it could not lead nor learn who does; 0 while it leads or sees a leader.",
                          registry=REGISTRY)
-JOBS_RUNNING = Gauge("dbfleet_jobs_running", "Long jobs (backups, restore drills) running now outside the cycle, by "
-                     "kind.", ["kind"], registry=REGISTRY)
-JOBS_WAITING = Gauge("dbfleet_jobs_waiting", "Jobs due but waiting for a free slot (the spec's operator.jobs limits), "
+JOB_HEARTBEAT_SECONDS = 5.0
+"""How often a running job's record is rewritten with its step and the time (dbfleet.backups.jobs)."""
+JOB_STALE_AFTER = 30.0
+"""A running job record from another machine whose heartbeat is older than this: its operator stopped. The
+OperatorJobHeartbeatStale alert fires past it."""
+JOB_AGE = "dbfleet_job_age_seconds"
+JOB_HEARTBEAT_AGE = "dbfleet_job_heartbeat_age_seconds"
+JOBS_QUEUED = "dbfleet_jobs_waiting"
+"""Names the job alerts (rules.operator_job_rules) read."""
+JOBS_RUNNING = Gauge("dbfleet_jobs_running", "Long jobs (backups, restore drills, maintenance rewrites) running now "
+                     "outside the cycle, by kind.", ["kind"], registry=REGISTRY)
+JOBS_WAITING = Gauge(JOBS_QUEUED, "Jobs due but waiting for a free slot (the spec's operator.jobs limits), "
                      "by kind, as the last cycle saw them: the queue depth.", ["kind"], registry=REGISTRY)
 JOBS_ENDED = Counter("dbfleet_jobs_total", "Jobs that ended, by kind and state (done, failed, interrupted).",
                      ["kind", "state"], registry=REGISTRY)
 JOB_STARTED = Gauge("dbfleet_job_started_timestamp_seconds", "When the job of this kind running on this cluster "
                     "started (Unix time); no series while none runs.", ["cluster", "kind"], registry=REGISTRY)
+JOB_HEARTBEAT = Gauge("dbfleet_job_heartbeat_timestamp_seconds", "When the running job of this kind on this cluster "
+                      "last had its record written (its heartbeat, Unix time); no series while none runs.",
+                      ["cluster", "kind"], registry=REGISTRY)
 INDEXES = Gauge("dbfleet_indexes", "Index counts per cluster: declared, missing, unused, duplicate, invalid.",
                 ["cluster", "state"], registry=REGISTRY)
 
@@ -111,16 +123,37 @@ REGISTRY.register(_BackupAge())
 
 
 class _JobAge(Collector):
-    """dbfleet_job_age_seconds: how long each running job has run, at scrape time."""
+    """dbfleet_job_age_seconds and dbfleet_job_heartbeat_age_seconds: how long each running job has run, and how
+    long ago its record was last written, at scrape time (so a job whose heartbeats stopped keeps ageing)."""
 
     def collect(self) -> list[GaugeMetricFamily]:
-        family = GaugeMetricFamily("dbfleet_job_age_seconds", "Seconds the running job of this kind on this "
-                                   "cluster has run.", labels=["cluster", "kind"])
+        age = GaugeMetricFamily(JOB_AGE, "Seconds the running job of this kind on this cluster has run.",
+                                labels=["cluster", "kind"])
+        beat = GaugeMetricFamily(JOB_HEARTBEAT_AGE, "Seconds since the running job of this kind on this cluster "
+                                 "last had its record written (its heartbeat).", labels=["cluster", "kind"])
         now = time.time()
-        for metric in JOB_STARTED.collect():
-            for sample in metric.samples:
-                family.add_metric([sample.labels["cluster"], sample.labels["kind"]], max(0.0, now - sample.value))
-        return [family]
+        seen = set()
+        for gauge, family in ((JOB_STARTED, age), (JOB_HEARTBEAT, beat)):
+            for metric in gauge.collect():
+                for sample in metric.samples:
+                    seen.add((sample.labels["cluster"], sample.labels["kind"]))
+                    family.add_metric([sample.labels["cluster"], sample.labels["kind"]], max(0.0, now - sample.value))
+        for cluster, jobs in sorted(_OBSERVED_JOBS.items()):
+            for kind, started, heartbeat in jobs:
+                if (cluster, kind) not in seen:
+                    age.add_metric([cluster, kind], max(0.0, now - started))
+                    beat.add_metric([cluster, kind], max(0.0, now - heartbeat))
+        return [age, beat]
+
+
+_OBSERVED_JOBS: dict[str, list[tuple[str, float, float]]] = {}
+"""Running jobs of a cluster that another process runs (a user's `dbfleet restore`, another operator), as the
+last cycle read their records: (kind, started, heartbeat)."""
+
+
+def set_observed_jobs(cluster: str, jobs: list[tuple[str, float, float]]) -> None:
+    """The cluster's running job records that this process does not run, replaced whole each cycle."""
+    _OBSERVED_JOBS[cluster] = list(jobs)
 
 
 REGISTRY.register(_JobAge())
@@ -216,13 +249,17 @@ def record_drill(cluster: str, success: bool, rto_seconds: float | None, rpo_sec
         DRILL_RPO.labels(cluster).set(rpo_seconds)
 
 
-def record_jobs(running: list[tuple[str, str, float]], waiting: Mapping[str, int], kinds: tuple[str, ...]) -> None:
-    """The runner's jobs now: (cluster, kind, started at) of each running one, and how many of each kind wait."""
+def record_jobs(running: list[tuple[str, str, float, float]], waiting: Mapping[str, int],
+                kinds: tuple[str, ...]) -> None:
+    """The runner's jobs now: (cluster, kind, started at, record last written at) of each running one, and how
+    many of each kind wait."""
     JOB_STARTED.clear()
-    for cluster, kind, started in running:
+    JOB_HEARTBEAT.clear()
+    for cluster, kind, started, written in running:
         JOB_STARTED.labels(cluster, kind).set(started)
+        JOB_HEARTBEAT.labels(cluster, kind).set(written or started)
     for kind in kinds:
-        JOBS_RUNNING.labels(kind).set(sum(k == kind for _, k, _ in running))
+        JOBS_RUNNING.labels(kind).set(sum(r[1] == kind for r in running))
         JOBS_WAITING.labels(kind).set(waiting.get(kind, 0))
 
 

@@ -407,8 +407,41 @@ def fleet_group(fleet: Fleet) -> dict[str, Any]:
              summary="{{ $labels.path }} on {{ $labels.host }} is {{ $value | humanize }}%% full (limit %g%%)"
                      % disk_max),
         operator_no_leader_rule(fleet),
+        *operator_job_rules(fleet),
     ]
     return {"name": "dbfleet-fleet", "rules": [r.as_dict() for r in rules]}
+
+
+def operator_job_rules(fleet: Fleet) -> list[Rule]:
+    """A stuck or starved job (dbfleet.backups.job_runner): one that has run longer than
+    operator.jobs.running_alert_after, one whose record has not been written for longer than another operator
+    waits before taking it for stopped (its heartbeat), and due jobs that have waited for a free slot for
+    operator.jobs.waiting_alert_after without a pause. The largest figure among the operators: only the leader
+    runs jobs."""
+    limits = fleet.operator.jobs
+    operator = f'{{job="{OPERATOR_JOB}"}}'
+    running = duration_seconds(limits.running_alert_after)
+    stale = int(metrics.JOB_STALE_AFTER)
+    return [
+        Rule(alert="OperatorJobRunningLong",
+             expr=f"max by (cluster, kind) ({metrics.JOB_AGE}{operator}) > {running}",
+             summary="the {{ $labels.kind }} job of {{ $labels.cluster }} has run for {{ $value | humanizeDuration }}"
+                     " (limit %s, operator.jobs.running_alert_after): stuck, or far longer than its schedule allows;"
+                     " `dbfleet status` shows its step" % limits.running_alert_after),
+        Rule(alert="OperatorJobHeartbeatStale",
+             expr=f"max by (cluster, kind) ({metrics.JOB_HEARTBEAT_AGE}{operator}) > {stale}",
+             for_="1m", severity="critical",
+             summary="the record of the {{ $labels.kind }} job of {{ $labels.cluster }} has not been written for "
+                     "{{ $value | humanizeDuration }} (heartbeat every %gs): the backup target refuses writes or "
+                     "the operator is wedged, and an operator elsewhere takes a job silent for %ds for stopped"
+                     % (metrics.JOB_HEARTBEAT_SECONDS, stale)),
+        Rule(alert="OperatorJobsQueued",
+             expr=f"max by (kind) ({metrics.JOBS_QUEUED}{operator}) > 0",
+             for_=prom_duration(duration_seconds(limits.waiting_alert_after)),
+             summary="{{ $value }} due {{ $labels.kind }} jobs have waited for a free slot for %s without a pause:"
+                     " operator.jobs (backups %d, drills %d, rewrites %d) is too low for the fleet, or a job holds "
+                     "its slot" % (limits.waiting_alert_after, limits.backups, limits.drills, limits.rewrites)),
+    ]
 
 
 def operator_no_leader_rule(fleet: Fleet) -> Rule:

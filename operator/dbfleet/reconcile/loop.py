@@ -525,8 +525,8 @@ def watch(operator: Operator, leader: Leader, interval: float,
     finally:
         if operator.jobs is not None:
             for record in operator.jobs.drain(job_grace):
-                log.warning("job %s left interrupted on stopping: %s", getattr(record, "id", record),
-                            getattr(record, "message", ""))
+                log.warning("job %s left %s on stopping: %s", getattr(record, "id", record),
+                            getattr(record, "state", ""), getattr(record, "message", ""))
         leader.release()
         operator.close()
     return 0

@@ -1,25 +1,38 @@
 """The maintenance diff: a pure function from the spec's maintenance policy and one observation to actions.
 
 Rewrites (REINDEX INDEX CONCURRENTLY, pg_repack, dropping a rebuild's debris) are planned only inside the
-window, one index and one table per cycle, largest waste first, and only while the primary's free disk
-exceeds the relation's size times the policy's margin; everything else bloated is reported with why it
-waits. Autovacuum storage parameters are set whenever they differ (they rewrite nothing). Vacuum health and
-wraparound are findings.
+window, one relation per cluster at a time (indexes before tables, largest waste first), and only while the
+primary's free disk exceeds the relation's size times the policy's margin; everything else bloated is reported
+with why it waits. A reindex or repack runs as a job outside the cycle: while the cluster's rewrite job runs,
+or a rewrite statement of dbfleet's still runs in the database, nothing more is rewritten nor any debris dropped;
+a job whose operator stopped is settled (settle_rewrite) from what the catalog shows. Autovacuum storage
+parameters are set whenever they differ (they rewrite nothing). Vacuum health and wraparound are findings.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from dbfleet.actions import Action
 from dbfleet.reconcile.index_defs import quote_ident, split_table
-from dbfleet.reconcile.maintenance_observation import IndexBloat, ObservedMaintenance, TableBloat
+from dbfleet.reconcile.maintenance_observation import (
+    Debris,
+    IndexBloat,
+    ObservedMaintenance,
+    RewriteJob,
+    TableBloat,
+)
 from dbfleet.schedule import WindowState, window_state
 from dbfleet.spec import PostgresMaintenance, TableAutovacuum, duration_seconds
 from dbfleet.units import age
 
 RECONCILER = "maintenance"
+REWRITES = ("reindex-index", "repack-table")
+"""The actions that run as the cluster's rewrite job."""
+DONE, FAILED, INTERRUPTED = "done", "failed", "interrupted"
+"""A rewrite job's end states, as dbfleet.backups.jobs names them."""
 TRUE_WORDS = {"true", "on", "yes", "1", "t", "y"}
 
 
@@ -36,9 +49,13 @@ def _bloat_text(ratio: float, wasted: int, size: int, method: str) -> str:
 
 
 class _Plan:
-    def __init__(self, cluster: str):
+    def __init__(self, cluster: str, busy: str | None = None):
         self.cluster = cluster
         self.actions: list[Action] = []
+        self.busy = busy
+        """Why no rewrite starts this cycle whatever is bloated (a rewrite runs), or None."""
+        self.rewrite: Any = None
+        """The relation chosen for this cycle's one rewrite."""
 
     def add(self, kind: str, target: str, reason: str, destructive: bool = False, **detail: Any) -> None:
         self.actions.append(Action(self.cluster, RECONCILER, kind, target, reason, destructive, detail))
@@ -47,11 +64,13 @@ class _Plan:
 def diff_maintenance(cluster: str, policy: PostgresMaintenance, observed: ObservedMaintenance) -> list[Action]:
     """Every action and finding for one cluster, in a stable order: indexes, debris, tables, autovacuum,
     dead tuples, wraparound."""
-    plan = _Plan(cluster)
+    plan = _Plan(cluster, rewrite_busy(observed))
     window = window_state(policy.window.start, policy.window.end, observed.now) if policy.window else None
+    _job(plan, observed)
     _indexes(plan, policy, observed, window)
     _debris(plan, policy, observed, window)
     _tables(plan, policy, observed, window)
+    _repack_debris(plan, observed)
     _autovacuum(plan, policy, observed)
     _dead_tuples(plan, policy, observed)
     _wraparound(plan, policy, observed)
@@ -73,7 +92,6 @@ def _rewrites(plan: _Plan, candidates: list[Any], verb: str, kind: str, finding:
               observed: ObservedMaintenance, window: WindowState | None, why_not: Callable[[Any], str | None],
               detail: Callable[[Any], dict[str, Any]]) -> None:
     """Plan one rewrite of the candidates (already sorted, largest waste first) and report the rest with why."""
-    chosen: Any = None
     for item in candidates:
         text = _bloat_text(item.ratio, item.wasted_bytes, item.size_bytes, item.method)
         if window is None or not window.open:
@@ -83,12 +101,15 @@ def _rewrites(plan: _Plan, candidates: list[Any], verb: str, kind: str, finding:
         refusal = why_not(item) or _disk_refusal(getattr(item, "total_bytes", item.size_bytes), margin, observed)
         if refusal:
             plan.add(finding, item.target, f"{text}; {verb} refused: {refusal}", **_figures(item))
-        elif chosen is not None:
-            plan.add(finding, item.target, f"{text}; {verb} waits: one per cycle, {chosen.target} goes first",
-                     **_figures(item))
+        elif plan.busy:
+            plan.add(finding, item.target, f"{text}; {verb} waits: {plan.busy}", **_figures(item))
+        elif plan.rewrite is not None:
+            plan.add(finding, item.target, f"{text}; {verb} waits: one rewrite at a time per cluster, "
+                     f"{plan.rewrite.target} goes first", **_figures(item))
         else:
-            chosen = item
-            plan.add(kind, item.target, f"{text}; {window.describe()}", **_figures(item), **detail(item))
+            plan.rewrite = item
+            plan.add(kind, item.target, f"{text}; {window.describe()}; runs as the cluster's rewrite job",
+                     **_figures(item), **detail(item))
 
 
 def _figures(item: IndexBloat | TableBloat) -> dict[str, Any]:
@@ -164,11 +185,82 @@ def _debris(plan: _Plan, policy: PostgresMaintenance, observed: ObservedMaintena
                 plan.add("report-debris", debris.target, f"{text}; dropping it is {window.describe()}",
                          database=debris.database)
                 continue
+            if plan.busy:
+                plan.add("report-debris", debris.target, f"{text}; dropping it waits: {plan.busy}",
+                         database=debris.database)
+                continue
             statement = f"DROP INDEX CONCURRENTLY IF EXISTS {quote_ident(debris.schema)}.{quote_ident(debris.name)}"
             plan.add("drop-debris-index", debris.target, f"{text}; index_bloat.clean_debris is on, "
                      f"{window.describe()}", destructive=True, database=debris.database, schema=debris.schema,
                      name=debris.name, size_bytes=debris.size_bytes, lock_timeout=policy.lock_timeout,
                      statements=[statement])
+
+
+def rewrite_busy(observed: ObservedMaintenance) -> str | None:
+    """Why no rewrite (nor debris drop) may start on the cluster now, or None: its rewrite job runs, or its record
+    cannot be read, or is still to be settled, or a rewrite statement of dbfleet's runs in the database."""
+    job = observed.job
+    if observed.job_unread:
+        return f"the rewrite job record cannot be read: {observed.job_unread}"
+    if observed.in_flight:
+        first = observed.in_flight[0]
+        return (f"a rewrite runs in database {first.database} (pid {first.pid}, {age(first.seconds)}): "
+                f"{first.query[:120]}")
+    if job is not None and job.alive:
+        return f"rewrite job {job.line}"
+    if job is not None and job.stopped_unsettled:
+        return f"rewrite job {job.id} of a stopped operator ({job.owner}) is settled first"
+    return None
+
+
+def _job(plan: _Plan, observed: ObservedMaintenance) -> None:
+    """The rewrite job of a stopped operator gets its true outcome written once nothing of it runs any more."""
+    job = observed.job
+    if job is None or not job.stopped_unsettled or observed.in_flight or observed.job_unread:
+        return
+    state, message = settle_rewrite(job, observed)
+    plan.add("settle-rewrite", job.id, f"its record says running, but its operator ({job.owner}) stopped (last "
+             f"heartbeat {job.heartbeat_at}) and nothing of it runs in the database: {state}, {message}",
+             job=job.id, state=state, message=message)
+
+
+def _debris_of(job: RewriteJob, debris: list[Debris]) -> list[Debris]:
+    """The invalid copies a REINDEX CONCURRENTLY of the job's index leaves (its name, truncated, + _ccnew/_ccold)."""
+    database, _, relation = job.target.partition("/")
+    schema, _, name = relation.partition(".")
+    return [d for d in debris if d.database == database and d.schema == schema
+            and name.startswith(re.sub(r"_cc(new|old)[0-9]*$", "", d.name))]
+
+
+def settle_rewrite(job: RewriteJob, observed: ObservedMaintenance) -> tuple[str, str]:
+    """The true end of a rewrite job whose operator stopped, from the catalog: its relation's file node against
+    the one it began with (REINDEX CONCURRENTLY and pg_repack both give the relation a new one when they finish),
+    and what an interrupted one leaves (`_ccnew`/`_ccold` copies, pg_repack's trigger and tables)."""
+    now = observed.filenode_text()
+    if observed.job_filenode is None:
+        return INTERRUPTED, f"{job.target} no longer exists"
+    debris = [d.target for d in _debris_of(job, [d for db in observed.databases.values() for d in db.debris])]
+    database = job.target.partition("/")[0]
+    repack = observed.databases[database].repack_debris if database in observed.databases else []
+    left = debris if job.action == "reindex-index" else repack
+    leftovers = f"; it left {', '.join(left)}" + (
+        ", which the debris rule drops in the window (index_bloat.clean_debris) or reports"
+        if job.action == "reindex-index" else ", which is reported until removed (see README, pg_repack)") \
+        if left else ""
+    if job.before and now != job.before:
+        return DONE, f"{job.target} was rewritten (file node {job.before} -> {now}){leftovers}"
+    if left:
+        return INTERRUPTED, f"{job.target} was not rewritten (file node {now}){leftovers}"
+    return INTERRUPTED, f"{job.target} was not rewritten and nothing of it is left (file node {now}); it is " \
+                        "planned again while bloated in the window"
+
+
+def _repack_debris(plan: _Plan, observed: ObservedMaintenance) -> None:
+    for db in observed.databases.values():
+        for what in db.repack_debris:
+            plan.add("report-repack-debris", f"{db.name}/{what}", "left by an interrupted pg_repack: a later "
+                     "pg_repack of its table fails while it is there; remove it as README (pg_repack) says",
+                     database=db.name)
 
 
 def setting_text(value: bool | int | float) -> str:

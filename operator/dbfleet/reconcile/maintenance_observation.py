@@ -117,6 +117,42 @@ class Debris:
         return f"{self.database}/{self.schema}.{self.name}"
 
 
+@dataclass(frozen=True)
+class RewriteJob:
+    """The cluster's rewrite job (REINDEX INDEX CONCURRENTLY or pg_repack, run outside the cycle) as its record says
+    (dbfleet.backups.jobs, read for this reconciler by dbfleet.wiring): the running one, or the last to end."""
+
+    id: str
+    action: str
+    """reindex-index or repack-table: the planned action that started it."""
+    target: str
+    state: str
+    """running, done, failed or interrupted."""
+    alive: bool
+    """Its operator still runs it: its job lock on this machine, or a fresh heartbeat from another."""
+    owner: str
+    heartbeat_at: str
+    before: str
+    """Its relation's file node when it began: a different one now says the rewrite happened."""
+    line: str
+    """One line for notes and status: kind, target, state, age, step or outcome."""
+
+    @property
+    def stopped_unsettled(self) -> bool:
+        return self.state == "running" and not self.alive
+
+
+@dataclass(frozen=True)
+class RewriteInFlight:
+    """A rewrite statement of dbfleet's running in the database now (pg_stat_activity, by application_name), whoever
+    started it: an operator that was killed leaves its statement running until it ends."""
+
+    database: str
+    pid: int
+    query: str
+    seconds: float
+
+
 @dataclass
 class MaintenanceDatabase:
     name: str
@@ -127,6 +163,8 @@ class MaintenanceDatabase:
     debris: list[Debris] = field(default_factory=list)
     reloptions: dict[str, dict[str, str]] = field(default_factory=dict)
     """Storage parameters of every user table, by 'schema.table' (a table without any maps to {})."""
+    repack_debris: list[str] = field(default_factory=list)
+    """What an interrupted pg_repack left: its trigger on a table, its log and copy tables in schema repack."""
 
 
 @dataclass
@@ -142,6 +180,16 @@ class ObservedMaintenance:
     ages: list[DatabaseAge] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    job: RewriteJob | None = None
+    """The cluster's rewrite job record, if it has one; None also when rewrites run inline (no job runner)."""
+    job_unread: str | None = None
+    """Why the rewrite job record could not be read: no rewrite is started blind."""
+    in_flight: list[RewriteInFlight] = field(default_factory=list)
+    job_filenode: int | None = None
+    """The file node of a stopped, unsettled job's relation now (None: it no longer exists, or not looked up)."""
+
+    def filenode_text(self) -> str:
+        return "" if self.job_filenode is None else str(self.job_filenode)
 
     def all_indexes(self) -> list[IndexBloat]:
         return [i for db in self.databases.values() for i in db.indexes]

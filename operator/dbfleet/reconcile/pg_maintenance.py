@@ -43,6 +43,7 @@ from dbfleet.reconcile.maintenance_observation import (
     IndexBloat,
     MaintenanceDatabase,
     ObservedMaintenance,
+    RewriteInFlight,
     TableBloat,
     TableVacuum,
 )
@@ -61,7 +62,8 @@ DEFAULT_INDEX_FILLFACTOR = 90
 _NOT_SYSTEM = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'"
 
 CATALOG_SQL = f"""
-WITH building AS (SELECT coalesce(array_agg(index_relid), '{{}}') AS ids FROM pg_stat_progress_create_index)
+WITH building AS (SELECT coalesce(array_agg(index_relid), '{{}}') AS ids,
+                         coalesce(array_agg(relid), '{{}}') AS tables FROM pg_stat_progress_create_index)
 SELECT json_build_object(
   'extensions', (SELECT coalesce(json_agg(extname), '[]') FROM pg_extension),
   'block_size', current_setting('block_size')::int,
@@ -92,7 +94,8 @@ SELECT json_build_object(
   'indexes', (SELECT coalesce(json_agg(json_build_object(
       'oid', i.indexrelid, 'schema', n.nspname, 'table', t.relname, 'name', c.relname,
       'btree', am.amname = 'btree', 'valid', i.indisvalid AND i.indisready,
-      'building', i.indexrelid = ANY ((SELECT ids FROM building)::oid[]),
+      'building', i.indexrelid = ANY ((SELECT ids FROM building)::oid[])
+                  OR i.indrelid = ANY ((SELECT tables FROM building)::oid[]),
       'size', pg_relation_size(i.indexrelid), 'tuples', c.reltuples,
       'fillfactor', (SELECT option_value FROM pg_options_to_table(c.reloptions) WHERE option_name = 'fillfactor'),
       'key_width', (SELECT CASE WHEN count(*) = count(coalesce(si.avg_width, st.avg_width))
@@ -106,8 +109,27 @@ SELECT json_build_object(
     ) ORDER BY n.nspname, c.relname), '[]')
     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam
-    WHERE t.relpersistence <> 't' AND {_NOT_SYSTEM})
+    WHERE t.relpersistence <> 't' AND {_NOT_SYSTEM}),
+  'repack_debris', (SELECT coalesce(json_agg(d.what ORDER BY d.what), '[]') FROM (
+      SELECT format('trigger %I on %I.%I', tg.tgname, n.nspname, c.relname) AS what
+      FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE tg.tgname LIKE 'repack\\_trigger%'
+      UNION ALL
+      SELECT format('table %I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = 'repack' AND c.relkind = 'r' AND c.relname ~ '^(log|table)_[0-9]+$') d)
 ) AS doc
+"""
+
+REWRITE_APP = "dbfleet-rewrite"
+REPACK_APP = "dbfleet-repack"
+"""The application_name a rewrite statement (REINDEX INDEX CONCURRENTLY) and pg_repack run under: what
+pg_stat_activity shows of them, whichever operator started them and whether it still runs."""
+
+IN_FLIGHT_SQL = """
+SELECT datname, pid, left(query, 300) AS query, extract(epoch FROM now() - query_start)::float AS seconds
+FROM pg_stat_activity
+WHERE application_name = ANY (%s) AND state <> 'idle' AND pid <> pg_backend_pid()
+ORDER BY query_start, pid
 """
 
 AGES_SQL = """
@@ -213,6 +235,9 @@ class PgMaintenance:
                                   "rewrite is planned")
         observed.ages = [DatabaseAge(r["datname"], int(r["xid_age"]), int(r["mxid_age"]))
                          for r in self.session.run(primary, "postgres", AGES_SQL)]
+        observed.in_flight = [RewriteInFlight(r["datname"], int(r["pid"]), str(r["query"]), float(r["seconds"] or 0))
+                              for r in self.session.run(primary, "postgres", IN_FLIGHT_SQL,
+                                                        [[REWRITE_APP, REPACK_APP]])]
         for dbname in cluster.databases:
             try:
                 observed.databases[dbname] = self._observe_database(primary, dbname, observed.notes)
@@ -225,7 +250,7 @@ class PgMaintenance:
     def _observe_database(self, primary: str, dbname: str, notes: list[str]) -> MaintenanceDatabase:
         doc = self.session.run(primary, dbname, CATALOG_SQL)[0]["doc"]
         block = int(doc["block_size"])
-        db = MaintenanceDatabase(dbname, extensions=set(doc["extensions"]))
+        db = MaintenanceDatabase(dbname, extensions=set(doc["extensions"]), repack_debris=list(doc["repack_debris"]))
         exact = "pgstattuple" in db.extensions
         if not exact:
             notes.append(f"{dbname}: pgstattuple is not installed; bloat is estimated from statistics only")
@@ -278,6 +303,12 @@ class PgMaintenance:
         return TableBloat(dbname, row["schema"], row["name"], size, int(row["total"]), wasted, method,
                           bool(row["repackable"]))
 
+    def filenode(self, database: str, schema: str, name: str) -> int | None:
+        """A relation's file node now (None if it does not exist): a rewrite gives it a new one."""
+        node = self.session.run(self.session.primary(), database, "SELECT pg_relation_filenode(to_regclass(%s)) AS n",
+                                [f"{quote_ident(schema)}.{quote_ident(name)}"])[0]["n"]
+        return None if node is None else int(node)
+
     # -- act ------------------------------------------------------------------
 
     def apply(self, action: Action) -> str:
@@ -287,24 +318,28 @@ class PgMaintenance:
             raise PermanentError(f"the postgres maintenance adapter cannot apply {action.kind}")
         return acts[action.kind](action)
 
-    def _with_lock_timeout(self, dbname: str, lock_timeout: str, statement: sql.Composed) -> str:
+    def _with_lock_timeout(self, dbname: str, lock_timeout: str, statement: sql.Composed, app: str = "") -> str:
         primary = self.session.primary()
         run = self.session.run
         run(primary, dbname, sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms(lock_timeout)}ms")))
         run(primary, dbname, "SET statement_timeout = 0")  # a concurrent rebuild takes as long as it takes
+        if app:
+            run(primary, dbname, sql.SQL("SET application_name = {}").format(sql.Literal(app)))
         try:
             run(primary, dbname, statement)
         finally:
             with contextlib.suppress(ReconcileError):  # a broken connection resets everything anyway
                 run(primary, dbname, "RESET lock_timeout")
                 run(primary, dbname, "RESET statement_timeout")
+                if app:
+                    run(primary, dbname, "RESET application_name")
         return primary
 
     def _reindex(self, action: Action) -> str:
         d = action.detail
         statement = sql.SQL("REINDEX INDEX CONCURRENTLY {}.{}").format(sql.Identifier(d["schema"]),
                                                                        sql.Identifier(d["name"]))
-        primary = self._with_lock_timeout(d["database"], d["lock_timeout"], statement)
+        primary = self._with_lock_timeout(d["database"], d["lock_timeout"], statement, REWRITE_APP)
         after = self.session.run(primary, d["database"], "SELECT pg_relation_size(to_regclass(%s)) AS size",
                                  [f"{quote_ident(d['schema'])}.{quote_ident(d['name'])}"])[0]["size"]
         return f"rebuilt {action.target} on {primary}: {d['size_bytes']} -> {after} bytes"
@@ -312,10 +347,12 @@ class PgMaintenance:
     def _drop_debris(self, action: Action) -> str:
         d = action.detail
         primary = self.session.primary()
-        # Checked again right before the drop: still invalid, still debris by name, and no build running on it.
+        # Checked again right before the drop: still invalid, still debris by name, and no build running on it or
+        # on its table (a REINDEX CONCURRENTLY in flight reports the index it rebuilds, not its _ccnew copy).
         rows = self.session.run(primary, d["database"],
-                                "SELECT NOT i.indisvalid AS invalid, i.indexrelid IN (SELECT index_relid FROM "
-                                "pg_stat_progress_create_index) AS building FROM pg_index i "
+                                "SELECT NOT i.indisvalid AS invalid, (i.indexrelid IN (SELECT index_relid FROM "
+                                "pg_stat_progress_create_index) OR i.indrelid IN (SELECT relid FROM "
+                                "pg_stat_progress_create_index)) AS building FROM pg_index i "
                                 "WHERE i.indexrelid = to_regclass(%s)",
                                 [f"{quote_ident(d['schema'])}.{quote_ident(d['name'])}"])
         if not rows:
@@ -354,7 +391,7 @@ class PgMaintenance:
         argv = ["pg_repack", "--host", socket_dir, "--port", str(settings["port"]), "--username", "postgres",
                 "--dbname", dbname, "--table", f"{quote_ident(d['schema'])}.{quote_ident(d['name'])}",
                 "--no-kill-backend", "--wait-timeout", str(wait), "--no-order"]
-        env = {"PGOPTIONS": f"-c lock_timeout={lock_timeout_ms(d['lock_timeout'])}ms", "PGAPPNAME": "dbfleet-repack"}
+        env = {"PGOPTIONS": f"-c lock_timeout={lock_timeout_ms(d['lock_timeout'])}ms", "PGAPPNAME": REPACK_APP}
         before = int(d["total_bytes"])
         result = self.session.access.executor.run(primary, argv, user="postgres", env=env, timeout=24 * 3600)
         if not result.ok:
