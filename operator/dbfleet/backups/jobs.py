@@ -38,8 +38,9 @@ from dbfleet.backups.manifest import (
     json_object,
 )
 
-BACKUP, DRILL = "backup", "drill"
-JOB_KINDS = (BACKUP, DRILL)
+BACKUP, DRILL, DR_DRILL = "backup", "drill", "dr-drill"
+JOB_KINDS = (BACKUP, DRILL, DR_DRILL)
+"""A dr-drill restores from the second target (dbfleet.backups.dr); its record lives there."""
 
 RUNNING, DONE, JOB_FAILED, INTERRUPTED = "running", "done", "failed", "interrupted"
 JOB_STATES = (RUNNING, DONE, JOB_FAILED, INTERRUPTED)
