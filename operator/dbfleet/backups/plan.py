@@ -42,6 +42,8 @@ class BackupObservation:
     """The cluster's job records (one per kind at most), each seen alive or not."""
     dr: BackupObservation | None = None
     """What the second target (the spec's dr.target) holds, when the cluster has one."""
+    absent: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Second target only: the files each good manifest lists that are not there (by backup id)."""
 
     def job_runs(self, kind: str) -> bool:
         return any(v.alive and v.record.kind == kind for v in self.jobs)
@@ -106,10 +108,13 @@ def planned_backup_actions(fleet: Fleet, observed: Mapping[str, BackupObservatio
     return actions
 
 
-def missing_copies(first: list[Manifest], second: list[Manifest], backing_up: bool) -> list[tuple[Manifest, str]]:
-    """Each good backup of the first target that the second does not hold as a good one, with why. The newest
-    is left out while a backup runs: its copy is being made."""
+def missing_copies(first: list[Manifest], second: list[Manifest], backing_up: bool,
+                   absent: Mapping[str, tuple[str, ...]] | None = None) -> list[tuple[Manifest, str]]:
+    """Each good backup of the first target that the second does not hold as a good one (`absent`: files its
+    manifest there lists that are gone), with why. The newest is left out while a backup runs: its copy is being
+    made."""
     held = {m.id: m for m in second}
+    absent = absent or {}
     good = newest_first(m for m in first if m.good)
     if backing_up and good:
         good = good[1:]
@@ -119,7 +124,12 @@ def missing_copies(first: list[Manifest], second: list[Manifest], backing_up: bo
         if copy is None:
             missing.append((backup, "the second target holds no manifest of it"))
         elif not copy.good:
-            missing.append((backup, f"its copy there is {copy.status}" + (f": {copy.error}" if copy.error else "")))
+            why = copy.error or (copy.verification.message if copy.verification else "")
+            missing.append((backup, f"its copy there is {copy.status}" + (f": {why}" if why else "")))
+        elif absent.get(backup.id):
+            gone = absent[backup.id]
+            missing.append((backup, f"{len(gone)} of its {len(copy.files)} files are gone from there, first "
+                                    f"{gone[0]}"))
     return missing
 
 
@@ -131,7 +141,7 @@ def dr_actions(dr: DrPolicy, policy: BackupPolicy, obs: BackupObservation, secon
     actions = [Action(name, RECONCILER, "report-invalid-manifest", f"dr:{r.key}", r.reason,
                       detail={"key": r.key, **where}) for r in second.invalid]
     actions += [replace(a, detail={**a.detail, **where}) for a in job_actions(name, second.jobs)]
-    for backup, why in missing_copies(obs.manifests, second.manifests, obs.backing_up):
+    for backup, why in missing_copies(obs.manifests, second.manifests, obs.backing_up, second.absent):
         actions.append(Action(name, RECONCILER, "report-dr-copy-missing", backup.id,
                               f"{backup.kind} backup {backup.id} is not in the second target: {why}",
                               detail={"backup": backup.id, **where}))

@@ -62,7 +62,7 @@ class BackupReconciler:
             from dbfleet.monitoring.metrics import record_dr_copies_missing
 
             record_dr_copies_missing(cluster.name, len(missing_copies(observed.manifests, observed.dr.manifests,
-                                                                      observed.backing_up)))
+                                                                      observed.backing_up, observed.dr.absent)))
         return cluster, observed
 
     def diff(self, cluster: AnyCluster, observed: tuple[AnyCluster, BackupObservation]) -> list[Action]:
@@ -193,7 +193,7 @@ def dr_status(obs: BackupObservation, second: BackupObservation) -> dict[str, An
     """The second target's figures: good backups it lacks, and its last DR drill with RTO and RPO."""
     drill = second.last_drill
     return {
-        "copies_missing": len(missing_copies(obs.manifests, second.manifests, obs.backing_up)),
+        "copies_missing": len(missing_copies(obs.manifests, second.manifests, obs.backing_up, second.absent)),
         "count": len(second.manifests),
         "last_drill": None if drill is None else {
             "id": drill.id, "backup": drill.backup_id, "ok": drill.ok, "rto_s": drill.rto_seconds,

@@ -122,5 +122,16 @@ def observe(access: BackupAccess, runs_here: Callable[[str, str], bool] | None =
                          or job_alive(r, now, host, job_lock_held(r.cluster, r.kind)))
                  for r in access.storage.jobs(access.name))
     second = observe(access.dr, runs_here) if access.dr is not None else None
+    absent = absent_files(access, manifests) if access.second else {}
     return BackupObservation(manifests, last_drill, backup_running(access.name),
-                             tuple(access.storage.invalid_records(access.name)), jobs, second)
+                             tuple(access.storage.invalid_records(access.name)), jobs, second, absent)
+
+
+def absent_files(access: BackupAccess, manifests: list[Manifest]) -> dict[str, tuple[str, ...]]:
+    """The files each good manifest lists that its target no longer holds, by backup id (only those missing
+    some). One listing per directory the files are in, not per file: the sizes and checksums are the drill's."""
+    wanted = [m for m in manifests if m.good]
+    folders = {entry.key.rsplit("/", 1)[0] + "/" for m in wanted for entry in m.files}
+    present = {obj.key for folder in sorted(folders) for obj in access.storage.list(folder)}
+    found = {m.id: tuple(e.key for e in m.files if e.key not in present) for m in wanted}
+    return {backup: keys for backup, keys in found.items() if keys}
