@@ -22,7 +22,7 @@ from dbfleet.backups.adapters import adapter_for
 from dbfleet.backups.drills import run_drill
 from dbfleet.backups.job_runner import Job, JobContext, JobRunner
 from dbfleet.backups.jobs import BACKUP, DR_DRILL, DRILL, JobView, settle
-from dbfleet.backups.manifest import PENDING, newest_good, utcnow
+from dbfleet.backups.manifest import PENDING, DrillRecord, newest_good, utcnow
 from dbfleet.backups.plan import RECONCILER, BackupObservation, missing_copies, planned_backup_actions
 from dbfleet.backups.retention import expired_backups
 from dbfleet.backups.runner import mark_orphans, observe, take_backup
@@ -181,24 +181,25 @@ def backup_status(obs: BackupObservation) -> dict[str, Any]:
         "newest_good_kind": good.kind if good else None,
         "newest_good_age_s": round((now - (good.finished or good.started)).total_seconds())
         if good else None,
-        "last_drill": None if drill is None else {
-            "id": drill.id, "backup": drill.backup_id, "ok": drill.ok, "rto_s": drill.rto_seconds,
-            "rpo_s": drill.rpo_seconds, "finished": drill.finished.astimezone(UTC).isoformat(),
-            "message": drill.message},
+        "last_drill": drill_figures(drill),
         **({"dr": dr_status(obs, obs.dr)} if obs.dr is not None else {}),
     }
 
 
+def drill_figures(drill: DrillRecord | None) -> dict[str, Any] | None:
+    """A drill record as `status --json` shows it."""
+    return None if drill is None else {
+        "id": drill.id, "backup": drill.backup_id, "ok": drill.ok, "rto_s": drill.rto_seconds,
+        "rpo_s": drill.rpo_seconds, "finished": drill.finished.astimezone(UTC).isoformat(),
+        "message": drill.message}
+
+
 def dr_status(obs: BackupObservation, second: BackupObservation) -> dict[str, Any]:
     """The second target's figures: good backups it lacks, and its last DR drill with RTO and RPO."""
-    drill = second.last_drill
     return {
         "copies_missing": len(missing_copies(obs.manifests, second.manifests, obs.backing_up, second.absent)),
         "count": len(second.manifests),
-        "last_drill": None if drill is None else {
-            "id": drill.id, "backup": drill.backup_id, "ok": drill.ok, "rto_s": drill.rto_seconds,
-            "rpo_s": drill.rpo_seconds, "finished": drill.finished.astimezone(UTC).isoformat(),
-            "message": drill.message},
+        "last_drill": drill_figures(second.last_drill),
     }
 
 
