@@ -7,17 +7,23 @@ Compares, on the PostgreSQL primary of the lab and into the same backup volume:
   against the same `pgbackrest backup` run by hand: the operator's overhead,
   which should stay under 5%;
 - `pg_dump -Fd -j2` and `pg_basebackup -Ft -z` (time and size);
-- the operator's restore into a scratch container (RTO) against `pg_restore -j2`.
+- the operator's restore into a scratch container (RTO) against `pg_restore -j2`;
+- the cost of disaster recovery's second repository (the spec's dr.target): the operator's full backup into
+  both targets (repo1, then repo2) against the same into one, the median of DBFLEET_BENCH_DR_ROUNDS (3) each.
 
 Environment: DBFLEET_BENCH_LAB (default "benchbk"), DBFLEET_BENCH_SCALE (50), DBFLEET_BENCH_ROUNDS (4),
 DBFLEET_BENCH_NO_CONVERGE=1 to use a lab already configured, DBFLEET_KEEP_LAB=1
-to leave the lab up. The lab needs playbooks/postgres.yml with pgBackRest.
+to leave the lab up, DBFLEET_BENCH_ONLY_DR=1 to measure only the second repository's cost.
+The lab needs playbooks/postgres.yml with pgBackRest.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+from dataclasses import replace
+from typing import Any
 
 from bench.common import REPO, SPEC, Result, timed
 from dbfleet.backups.drills import scratch_for
@@ -33,6 +39,7 @@ from dbfleet.wiring import open_access
 LAB = os.environ.get("DBFLEET_BENCH_LAB", "benchbk")
 SCALE = int(os.environ.get("DBFLEET_BENCH_SCALE", "50"))
 ROUNDS = int(os.environ.get("DBFLEET_BENCH_ROUNDS", "4"))
+DR_ROUNDS = int(os.environ.get("DBFLEET_BENCH_DR_ROUNDS", "3"))
 CLUSTER = "pg-main"
 DB = "bench"
 
@@ -57,7 +64,9 @@ def run() -> list[Result]:
 
 
 def measure(fleet, inventory) -> list[Result]:
-    access = open_access(fleet.cluster(CLUSTER), inventory, progress=Progress("bench", quiet=True))
+    both = open_access(fleet.cluster(CLUSTER), inventory, progress=Progress("bench", quiet=True))
+    # The comparisons with the tools by hand are of one repository: the second (dr) is measured apart.
+    access = replace(both, dr=None)
     ex = access.executor
     host = find_primary(access)
     port = str(access.cluster.port)
@@ -72,6 +81,9 @@ def measure(fleet, inventory) -> list[Result]:
         sh(f"createdb -p {port} {DB} && pgbench -p {port} -i -q -s {SCALE} {DB}")
     db_bytes = int(psql(access, host, f"select pg_database_size('{DB}')", port=access.cluster.port).out.strip())
     sh(f"rm -rf {base} && mkdir -p {base} && chown postgres {base}", user=None)
+    dr = measure_dr(access, both, {"scale": SCALE, "database_bytes": db_bytes}) if both.dr is not None else []
+    if os.environ.get("DBFLEET_BENCH_ONLY_DR") == "1":
+        return dr
 
     # Alternate tool and operator, so neither always runs on a warm cache; the fastest of each is compared
     # (a few seconds' runs on a shared machine differ by more than the 5% being measured).
@@ -115,7 +127,7 @@ def measure(fleet, inventory) -> list[Result]:
     say(f"operator overhead over pgbackrest: {overhead * 100:+.1f}% between runs, "
         f"{min(in_run) * 100:+.1f}% within a run (target < 5%)")
     extra = {"scale": SCALE, "database_bytes": db_bytes}
-    return [
+    return dr + [
         Result("backup", "operator full backup (pgBackRest)", op_s, "s", tool_s, "pgbackrest backup by hand",
                extra={**extra, "overhead_percent": round(overhead * 100, 2), "runs": [tool_times, op_times],
                       "in_run_overhead_percent": [round(x * 100, 2) for x in in_run]}),
@@ -127,3 +139,23 @@ def measure(fleet, inventory) -> list[Result]:
         Result("backup", "operator restore to scratch (RTO)", op_restore.seconds, "s", pg_restore.seconds,
                "pg_restore -j2", extra=extra),
     ]
+
+
+def measure_dr(one: Any, both: Any, extra: dict[str, Any]) -> list[Result]:
+    """The operator's full backup into both targets (pgBackRest repo1, then repo2, each measured) against the same
+    into one, alternating, the median of DR_ROUNDS each."""
+    single, double = [], []
+    for round_ in range(DR_ROUNDS):
+        say(f"dr round {round_ + 1}: the operator's full backup into one target")
+        with timed() as t:
+            take_backup(one, "full")
+        single.append(t.seconds)
+        say(f"dr round {round_ + 1}: the operator's full backup into both targets (repo1 + repo2)")
+        with timed() as t:
+            take_backup(both, "full")
+        double.append(t.seconds)
+    one_s, two_s = statistics.median(single), statistics.median(double)
+    say(f"second repository: {two_s:.2f}s for both against {one_s:.2f}s for one ({two_s / one_s:.2f}x)")
+    return [Result("backup", "operator full backup into both targets (dr: repo1 + repo2)", two_s, "s", one_s,
+                   "operator full backup into one target", extra={**extra, "runs": [single, double],
+                                                                   "rounds": DR_ROUNDS, "statistic": "median"})]

@@ -65,7 +65,7 @@ def postgres_server_inputs(cluster: PostgresCluster) -> dict[str, Any]:
         "postgres_server_ha": cluster.ha,
         "postgres_server_tls_enabled": cluster.tls.enabled,
         "postgres_server_databases": list(cluster.databases),
-        "postgres_server_parameters": dict(cluster.parameters),
+        "postgres_server_parameters": server_parameters(cluster),
         "postgres_server_allowed_clients": list(cluster.allowed_clients),
         "postgres_server_synchronous_replicas": cluster.synchronous.num_sync if cluster.synchronous.enabled else 0,
         "postgres_server_audit": audit,
@@ -74,14 +74,23 @@ def postgres_server_inputs(cluster: PostgresCluster) -> dict[str, Any]:
     }
 
 
+def server_parameters(cluster: PostgresCluster) -> dict[str, str | int | float | bool]:
+    """The spec's parameters, and archive_timeout when dr bounds the RPO (the spec refuses it in parameters)."""
+    parameters = dict(cluster.parameters)
+    if cluster.dr is not None:
+        parameters["archive_timeout"] = f"{cluster.dr.archive_timeout}s"
+    return parameters
+
+
 def pgbackrest_inputs(cluster: PostgresCluster) -> dict[str, Any]:
     """The stanza, and the configuration dbfleet renders from the spec (dbfleet.engines.pgbackrest), the same code
     that configures a restore."""
     return {
         "pgbackrest_stanza": cluster.name,
         "pgbackrest_conf": pgbackrest.host_config(cluster),
-        "pgbackrest_repo_path": pgbackrest.repo_path(cluster),
-        "pgbackrest_repo_is_local": cluster.backup.target.kind == "local",
+        "pgbackrest_local_repo_paths": pgbackrest.local_repo_paths(cluster),
+        "pgbackrest_repos": sorted(pgbackrest.repositories(cluster)),
+        "pgbackrest_spool_path": pgbackrest.SPOOL_PATH if cluster.dr is not None else "",
         "pgbackrest_log_path": pgbackrest.HOST_LOG_PATH,
         "pgbackrest_cipher_include": pgbackrest.CIPHER_INCLUDE,
     }

@@ -215,7 +215,7 @@ class Drill(Strict):
 
 class BackupPolicy(Strict):
     enabled: bool = True
-    target: Annotated[LocalTarget | S3Target, Field(discriminator="kind")] = LocalTarget(
+    target: BackupTarget = LocalTarget(
         kind="local", path="/var/lib/dbfleet/backups"
     )
     schedule: dict[Literal["full", "diff", "incr", "snapshot"], str] = {"full": "0 2 * * *"}
@@ -231,6 +231,62 @@ class BackupPolicy(Strict):
             except CronError as exc:
                 raise ValueError(f"{kind}: a cron expression of 5 fields: {exc}") from None
         return value
+
+
+BackupTarget = Annotated[LocalTarget | S3Target, Field(discriminator="kind")]
+"""A backup target: where `backup:` writes, and where `dr:` writes the second copy."""
+
+
+def same_place(first: LocalTarget | S3Target, second: LocalTarget | S3Target) -> tuple[str, str] | None:
+    """(the key of `second` at fault, why) when the two targets are, or overlap, one place (a second copy there
+    would be lost with the first), else None."""
+    if isinstance(first, LocalTarget) and isinstance(second, LocalTarget):
+        one, two = first.path.rstrip("/") + "/", second.path.rstrip("/") + "/"
+        if one == two:
+            return "path", f"{second.path!r} is the same directory"
+        if one.startswith(two) or two.startswith(one):
+            return "path", f"{second.path!r} and {first.path!r} are one inside the other"
+    if isinstance(first, S3Target) and isinstance(second, S3Target) and first.bucket == second.bucket:
+        one, two = first.prefix + "/", second.prefix + "/"
+        if not first.prefix or not second.prefix or one.startswith(two) or two.startswith(one):
+            return "bucket", f"{second.bucket!r} under the prefix {second.prefix!r} overlaps {first.prefix!r}"
+    return None
+
+
+class DrDrill(Strict):
+    """The disaster-recovery drill: the newest backup restored from the second target (the canary is
+    backup.drill's)."""
+
+    schedule: Annotated[str, AfterValidator(_check_cron)] = "0 6 * * *"
+
+
+class StandbySite(Strict):
+    """A PostgreSQL standby site in the second region (parsed and validated; not built yet)."""
+
+    hosts: Annotated[list[HostRef], Field(min_length=1)]
+    region: AwsRegion
+
+
+DR_MIN_RPO = 30
+"""The smallest rpo_seconds: PostgreSQL's archive_timeout is half of it, and below 15 s a quiet server would
+archive a mostly empty 16 MB segment several times a minute."""
+
+
+class DrPolicy(Strict):
+    """Disaster recovery: every backup also written to a second target, drilled from there on a schedule."""
+
+    target: BackupTarget
+    rpo_seconds: Annotated[int, Field(ge=DR_MIN_RPO, le=7 * 86400)] = 300
+    """The data loss the user accepts, in seconds: the DR drill's RPO alert fires above it; for PostgreSQL
+    archive_timeout is half of it, so a WAL segment reaches both repositories well within it."""
+    drill: DrDrill = DrDrill()
+    standby: StandbySite | None = None
+
+    @property
+    def archive_timeout(self) -> int:
+        """PostgreSQL's archive_timeout under this policy, in seconds (half the RPO: the other half is the push
+        to both repositories)."""
+        return self.rpo_seconds // 2
 
 
 # --------------------------------------------------------------------------- indexes
@@ -536,6 +592,8 @@ class ClusterBase(Strict):
     instance: Instance = Instance()
     tls: TLS = TLS()
     backup: BackupPolicy = BackupPolicy()
+    dr: DrPolicy | None = None
+    """Disaster recovery: a second backup target, drilled on its own schedule; None: one target only."""
     monitoring: MonitoringPolicy = MonitoringPolicy()
     allowed_clients: list[str] = []
     """CIDRs of application clients allowed in besides the fleet's own hosts."""
@@ -564,6 +622,23 @@ class ClusterBase(Strict):
                 f"version: {self.version!r} of {engine} is not supported; expected one of "
                 + ", ".join(SUPPORTED_VERSIONS[engine])
             )
+        return self
+
+    @model_validator(mode="after")
+    def _dr_beside_backup(self) -> ClusterBase:
+        """dr needs backups it can copy, to a place apart from them; a standby site is PostgreSQL's."""
+        dr = self.dr
+        if dr is None:
+            return self
+        if "backup" not in self.model_fields_set or not self.backup.enabled:
+            raise ValueError("dr: needs a backup section with backups enabled: dr writes every backup a second time")
+        overlap = same_place(self.backup.target, dr.target)
+        if overlap:
+            raise ValueError(f"dr.target.{overlap[0]}: {overlap[1]} as backup.target; the second copy must be apart "
+                             "from the first")
+        engine: str = getattr(self, "engine")  # noqa: B009
+        if dr.standby is not None and engine != "postgres":
+            raise ValueError(f"dr.standby: a standby site is PostgreSQL's; {engine} has none")
         return self
 
     def host_names(self) -> list[str]:
@@ -770,6 +845,9 @@ class PostgresCluster(ClusterBase):
                                  f"{self.databases}")
         if self.maintenance is not None:
             _check_maintenance(self.maintenance, self.databases)
+        if self.dr is not None and "archive_timeout" in self.parameters:
+            raise ValueError(f"parameters.archive_timeout: set by dr.rpo_seconds (half of it, "
+                             f"{self.dr.archive_timeout}s); remove it from parameters")
         return self
 
     def _check_ha(self) -> None:
@@ -1084,7 +1162,34 @@ class Fleet(Strict):
                     )
                 seen_hosts[host.name] = cluster.name
         self._check_leader()
+        self._check_dr(seen_hosts)
         return self
+
+    def _check_dr(self, seen_hosts: dict[str, str]) -> None:
+        """A second target is apart from every cluster's first one, and in another region; a standby site's hosts
+        are its own, in another region than the fleet's."""
+        for i, cluster in enumerate(self.clusters):
+            dr = cluster.dr
+            if dr is None:
+                continue
+            for other in self.clusters:
+                overlap = same_place(other.backup.target, dr.target)
+                if overlap and other is not cluster:
+                    raise ValueError(f"clusters.{i}.dr.target.{overlap[0]}: {overlap[1]} as cluster {other.name}'s "
+                                     "backup.target; a second copy must be apart from every first one")
+            if isinstance(dr.target, S3Target) and dr.target.region == self.fleet.region:
+                raise ValueError(f"clusters.{i}.dr.target.region: {dr.target.region} is the fleet's own region; "
+                                 "the second copy belongs in another region")
+            if dr.standby is None:
+                continue
+            if dr.standby.region == self.fleet.region:
+                raise ValueError(f"clusters.{i}.dr.standby.region: {dr.standby.region} is the fleet's own region")
+            for j, ref in enumerate(dr.standby.hosts):
+                host = _as_host(ref)
+                if host.name in seen_hosts:
+                    raise ValueError(f"clusters.{i}.dr.standby.hosts.{j}: host {host.name!r} is already used by "
+                                     f"{seen_hosts[host.name]!r}; each host belongs to one place")
+                seen_hosts[host.name] = f"{cluster.name} standby"
 
     def _check_leader(self) -> None:
         """The leader lock's store must exist in this fleet; lease_ttl means something only for etcd."""

@@ -17,6 +17,7 @@ import psycopg
 
 from dbfleet.actions import Action, Outcome
 from dbfleet.backups.access import BackupAccess
+from dbfleet.backups.dr import dr_cluster
 from dbfleet.backups.job_runner import Job, JobContext, JobRunner, job_lock_held
 from dbfleet.backups.jobs import DONE, REWRITE, JobRecord, job_alive
 from dbfleet.backups.manifest import utcnow
@@ -137,22 +138,34 @@ def status_providers() -> list[StatusProvider]:
 
 def backup_access(cluster: AnyCluster, session: AnySession, progress: Progress | None = None,
                   s3_client: Any = None) -> BackupAccess:
-    """A cluster's BackupAccess on the fleet's access and the cluster's engine session.
+    """A cluster's BackupAccess on the fleet's access and the cluster's engine session, with its second target's
+    (`dr`) when the spec gives it one.
 
     In the lab a local target is seen by the operator at the shared volume's
-    mountpoint and restores run in scratch containers; elsewhere a local target
-    is the share mounted at the same path, and there is no scratch provider yet.
+    mountpoint (the second target at the second volume's) and restores run in
+    scratch containers that mount it; elsewhere a local target is the share
+    mounted at the same path, and there is no scratch provider yet.
     """
+    progress = progress or Progress("backup")
+    access = _target_access(cluster, session, progress, s3_client, second=False)
+    if cluster.dr is not None:
+        access.dr = _target_access(dr_cluster(cluster), session, progress, s3_client, second=True)
+    return access
+
+
+def _target_access(cluster: AnyCluster, session: AnySession, progress: Progress, s3_client: Any,
+                   second: bool) -> BackupAccess:
     fleet = session.access
     target = cluster.backup.target
     local_root = None
     if fleet.lab and not isinstance(target, S3Target):
-        local_root = backup_volume_mountpoint(fleet.lab, fleet.docker_client)
+        local_root = backup_volume_mountpoint(fleet.lab, fleet.docker_client, dr=second)
     scratch = None
     if fleet.lab:
-        scratch = LabScratch(fleet.lab, None if isinstance(target, S3Target) else target.path, fleet.docker_client)
+        scratch = LabScratch(fleet.lab, None if isinstance(target, S3Target) else target.path, fleet.docker_client,
+                             dr=second)
     return BackupAccess(cluster, fleet.executor, storage_for(target, local_root, s3_client), fleet, session, scratch,
-                        progress or Progress("backup"))
+                        progress, second=second)
 
 
 def open_access(cluster: AnyCluster, inventory: Path, secrets: Path | None = None, progress: Progress | None = None,

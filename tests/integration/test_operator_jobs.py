@@ -106,11 +106,13 @@ def jobs_spec(env: PgEnv, backups: bool = True) -> Path:
     for cluster in data["clusters"]:
         if cluster["name"] == CLUSTER and not backups:
             cluster["backup"]["enabled"] = False
+            cluster.pop("dr", None)  # dr needs backups to copy
         elif cluster["name"] == CLUSTER:
             cluster["backup"]["schedule"] = {"full": f"{fired.minute} {fired.hour} * * *"}
             cluster["backup"]["drill"]["schedule"] = f"{fired.minute} {fired.hour} * * *"
         elif cluster["name"] == "cache":
             cluster["backup"]["enabled"] = False
+            cluster.pop("dr", None)
     path = env.workdir / f"jobs-spec-{len(list(env.workdir.glob('jobs-spec-*')))}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

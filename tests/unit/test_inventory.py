@@ -83,7 +83,8 @@ def test_spec_strings_are_written_tagged_unsafe_and_read_back_as_plain_strings(t
         return "'" + value.replace("'", "''") + "'"
 
     assert f"work_mem: !unsafe {quoted(jinja('param'))}" in text
-    assert f"pgbackrest_repo_path: !unsafe {quoted('/backups/' + jinja('path') + '/pgbackrest/pg-main')}" in text
+    repo = quoted('/backups/' + jinja('path') + '/pgbackrest/pg-main')
+    assert f"pgbackrest_local_repo_paths:\n        - !unsafe {repo}" in text
     assert "ansible_connection: local" in text and "dbfleet_address: 10.0.0." in text  # dbfleet's own: plain
     assert "dbfleet_cluster: !unsafe 'pg-main'" in text
     hosts = read_inventory_hosts(path)
@@ -102,8 +103,9 @@ def test_ansible_does_not_evaluate_jinja_from_the_spec(tmp_path: Path) -> None:
     env = {**os.environ, "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
     for hosts, args in (("pg-1", "var=postgres_server_parameters"), ("pg-1", "var=pgbackrest_conf"),
                         ("mongos-1", "var=mongos_sharded_collections"),
-                        ("pg-1", json.dumps({"msg": "{{ postgres_server_parameters.work_mem }}"
-                                                    " {{ pgbackrest_repo_path }} {{ postgres_server_parameters }}"}))):
+                        ("pg-1", json.dumps({"msg": "{{ postgres_server_parameters.work_mem }} "
+                                                    "{{ pgbackrest_local_repo_paths }} "
+                                                    "{{ postgres_server_parameters }}"}))):
         done = subprocess.run(["ansible", hosts, "-i", str(path), "-m", "ansible.builtin.debug", "-a", args],
                               capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr

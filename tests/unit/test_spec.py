@@ -554,3 +554,108 @@ def test_index_expressions_postgresql_takes_are_accepted() -> None:
         OPEN_INDEX, "where: \"status IN ('open', 'held') AND deleted_at IS NULL\"", 1))
     declared = fleet.cluster("pg-main").indexes.declared
     assert declared[0].columns[-1] == 'name COLLATE "C"' and declared[2].where.startswith("status IN")
+
+
+# --------------------------------------------------------------------------- disaster recovery (dr:)
+
+PG_DR = "target: {kind: local, path: /var/lib/dbfleet/dr-backups}\n      rpo_seconds: 60\n"
+
+
+def _with_dr(old: str, new: str) -> str:
+    assert old in EXAMPLE, f"the example no longer holds {old!r}"
+    return EXAMPLE.replace(old, new, 1)
+
+
+def test_the_example_writes_every_cluster_twice() -> None:
+    fleet = load_fleet(REPO / "fleet.example.yaml")
+    for cluster in fleet.clusters:
+        assert cluster.dr is not None, cluster.name
+        assert cluster.dr.target != cluster.backup.target
+    pg = fleet.cluster("pg-main")
+    assert pg.dr is not None and pg.dr.rpo_seconds == 60 and pg.dr.archive_timeout == 30
+    assert pg.dr.drill.schedule == "0 6 * * *" and pg.dr.standby is None
+
+
+DR_BAD = [
+    ("same path as backup", (PG_DR, "target: {kind: local, path: /var/lib/dbfleet/backups}\n      rpo_seconds: 60\n"),
+     "clusters.0.dr.target.path", "same directory"),
+    ("nested in backup", (PG_DR, "target: {kind: local, path: /var/lib/dbfleet/backups/dr}\n      rpo_seconds: 60\n"),
+     "clusters.0.dr.target.path", "one inside the other"),
+    ("unknown target kind", (PG_DR, "target: {kind: ftp, path: /x}\n      rpo_seconds: 60\n"),
+     "clusters.0.dr.target.kind", "got 'ftp'"),
+    ("missing target", (PG_DR, "rpo_seconds: 60\n"), "clusters.0.dr.target", "required key is missing"),
+    ("rpo too small", (PG_DR, PG_DR.replace("60", "10")), "clusters.0.dr.rpo_seconds", ">= 30"),
+    ("rpo not a number", (PG_DR, PG_DR.replace("60", "soon")), "clusters.0.dr.rpo_seconds", "whole number"),
+    ("bad drill cron", ('drill: {schedule: "0 6 * * *"}', 'drill: {schedule: "0 26 * * *"}'),
+     "clusters.0.dr.drill.schedule", "outside 0-23"),
+    ("unknown dr key", (PG_DR, PG_DR + "      colour: blue\n"), "clusters.0.dr.colour", "unknown key"),
+    ("archive_timeout by hand", ("      max_connections: 100\n", "      max_connections: 100\n"
+                                 "      archive_timeout: 600\n"),
+     "clusters.0.parameters.archive_timeout", "set by dr.rpo_seconds"),
+    ("s3 in the fleet's region", (PG_DR, "target: {kind: s3, bucket: acme-dr, region: us-east-1}\n"),
+     "clusters.0.dr.target.region", "fleet's own region"),
+    ("standby on redis", ("      rpo_seconds: 4500", "      rpo_seconds: 4500\n"
+                          "      standby: {hosts: [redis-dr-1], region: us-west-2}"),
+     "clusters.2.dr.standby", "PostgreSQL's"),
+    ("standby in the fleet's region", (PG_DR, PG_DR + "      standby: {hosts: [pg-dr-1], region: us-east-1}\n"),
+     "clusters.0.dr.standby.region", "fleet's own region"),
+    ("standby host used elsewhere", (PG_DR, PG_DR + "      standby: {hosts: [pg-2], region: us-west-2}\n"),
+     "clusters.0.dr.standby.hosts.0", "already used"),
+    ("standby region not aws", (PG_DR, PG_DR + "      standby: {hosts: [pg-dr-1], region: mars-1}\n"),
+     "clusters.0.dr.standby.region", "AWS region"),
+]
+
+
+@pytest.mark.parametrize("name,edit,path,words", DR_BAD, ids=[d[0] for d in DR_BAD])
+def test_a_bad_dr_section_gets_a_located_error(name: str, edit: tuple[str, str], path: str, words: str) -> None:
+    err = _error(_with_dr(*edit))
+    assert any(p.path == path for p in err.problems), str(err)
+    assert words in str(err)
+    assert all(p.line is not None for p in err.problems), str(err)
+
+
+def test_dr_needs_a_backup_section() -> None:
+    text = as_manual(EXAMPLE)
+    start = text.index("    backup:\n      target: {kind: local, path: /var/lib/dbfleet/backups}\n      schedule:\n"
+                       "        full:")
+    end = text.index("    dr:", start)
+    err = _error(text[:start] + text[end:])
+    assert any(p.path == "clusters.0.dr" and "needs a backup section" in p.message for p in err.problems), str(err)
+    disabled = _error(_with_dr("    backup:\n      target: {kind: local, path: /var/lib/dbfleet/backups}\n"
+                               "      schedule:\n        full:",
+                               "    backup:\n      enabled: false\n      target: {kind: local, path: "
+                               "/var/lib/dbfleet/backups}\n      schedule:\n        full:"))
+    assert any(p.path == "clusters.0.dr" for p in disabled.problems), str(disabled)
+
+
+def test_a_dr_target_on_another_clusters_first_target_is_refused() -> None:
+    # cache's second target is pg-main's first: losing that directory would lose pg-main's backups and cache's copy.
+    text = _with_dr("      target: {kind: local, path: /var/lib/dbfleet/dr-backups}\n      rpo_seconds: 4500",
+                    "      target: {kind: local, path: /srv/dbfleet/backups}\n      rpo_seconds: 4500")
+    text = text.replace("    backup:\n      target: {kind: local, path: /var/lib/dbfleet/backups}\n      schedule: "
+                        "{snapshot:", "    backup:\n      target: {kind: local, path: /srv/cache-first}\n      "
+                        "schedule: {snapshot:", 1)
+    assert parse_fleet(text).cluster("cache").dr is not None  # apart from its own and every other first target
+    bad = text.replace("path: /srv/dbfleet/backups}\n      rpo_seconds: 4500",
+                       "path: /var/lib/dbfleet/backups}\n      rpo_seconds: 4500", 1)
+    err = _error(bad)
+    assert any(p.path == "clusters.2.dr.target.path" and "pg-main's backup.target" in p.message
+               for p in err.problems), str(err)
+
+
+def test_s3_targets_in_one_bucket_must_not_share_a_prefix() -> None:
+    both = ("target: {kind: s3, bucket: acme-bk, prefix: main, region: us-east-1}",
+            "target: {kind: s3, bucket: acme-bk, prefix: main/dr, region: us-west-2}")
+    text = _with_target(both[0].removeprefix("target: "))
+    err = _error(text.replace(PG_DR, both[1] + "\n      rpo_seconds: 60\n", 1))
+    assert any(p.path == "clusters.0.dr.target.bucket" and "overlaps" in p.message for p in err.problems), str(err)
+    apart = text.replace(PG_DR, both[1].replace("main/dr", "dr") + "\n      rpo_seconds: 60\n", 1)
+    assert parse_fleet(apart).cluster("pg-main").dr is not None
+
+
+def test_a_standby_site_is_parsed() -> None:
+    fleet = parse_fleet(_with_dr(PG_DR, PG_DR + "      standby: {hosts: [pg-dr-1, pg-dr-2], region: us-west-2}\n"))
+    dr = fleet.cluster("pg-main").dr
+    assert dr is not None and dr.standby is not None
+    assert [getattr(h, "name", h) for h in dr.standby.hosts] == ["pg-dr-1", "pg-dr-2"]
+    assert dr.standby.region == "us-west-2"

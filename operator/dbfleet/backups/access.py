@@ -25,6 +25,7 @@ from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.credentials import Login
 from dbfleet.engines.executor import Executor
+from dbfleet.engines.pgbackrest import DR_REPO
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.progress import Progress
 from dbfleet.spec import S3Target
@@ -45,10 +46,25 @@ class BackupAccess:
     scratch: ScratchProvider | None = None
     """Where restores and drills run; None when this fleet has no scratch hosts to offer."""
     progress: Progress = field(default_factory=lambda: Progress("backup"))
+    dr: BackupAccess | None = None
+    """The same cluster's second target (the spec's dr.target) when it has one: its own storage and scratch
+    hosts, and a cluster whose backup.target is dr.target (dbfleet.backups.dr.dr_cluster)."""
+    second: bool = False
+    """This access reaches the second target: restores read it, and pgBackRest writes it as repo2."""
 
     @property
     def name(self) -> str:
         return self.cluster.name
+
+    @property
+    def repo(self) -> int:
+        """The pgBackRest repository this target is on the cluster's hosts: repo1, or repo2 for the second."""
+        return DR_REPO if self.second else 1
+
+    @property
+    def label(self) -> str:
+        """Which target, in messages and `backup list`: 'primary' or 'dr'."""
+        return "dr" if self.second else "primary"
 
     @property
     def target_path(self) -> str | None:

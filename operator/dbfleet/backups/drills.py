@@ -47,7 +47,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_drill(access: BackupAccess, adapter: EngineBackups | None = None) -> DrillRecord:
-    """Drill the newest backup of the cluster; the record says ok or not (it does not raise on a failed check)."""
+    """Drill the newest backup of the cluster in access's target; the record says ok or not (it does not raise on
+    a failed check). Given a cluster's second target (`access.dr`), it is the DR drill: restored from there,
+    recorded there, and measured by the dbfleet_dr_drill_* metrics."""
     from dbfleet.monitoring.metrics import record_drill
 
     adapter = adapter or adapter_for(access.cluster.engine)
@@ -90,9 +92,10 @@ def run_drill(access: BackupAccess, adapter: EngineBackups | None = None) -> Dri
                          recovered_to=iso(restored.recovered_to) if restored else None, checks=tuple(checks))
     access.storage.save_drill(record)
     access.storage.save_manifest(backup.judged(ok, message, finished, drill_id))
-    record_drill(access.name, ok, rto, rpo, finished.timestamp())
+    record_drill(access.name, ok, rto, rpo, finished.timestamp(), dr=access.second)
+    what = "DR drill (from the second target)" if access.second else "restore drill"
     if not ok:
-        log.error("ALERT %s: restore drill %s of backup %s FAILED: %s", access.name, drill_id, backup.id, message)
+        log.error("ALERT %s: %s %s of backup %s FAILED: %s", access.name, what, drill_id, backup.id, message)
     return record
 
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from dbfleet.backups.access import BackupAccess
+from dbfleet.backups.dr import copy_files
 from dbfleet.backups.manifest import Check, Manifest, backup_prefix, new_backup_id
 from dbfleet.backups.retention import Expiry
 from dbfleet.backups.scratch import ScratchHost
@@ -85,6 +86,13 @@ class EngineBackups(ABC):
 
         `prepared` is what prepare() found just before, when the caller ran it.
         """
+
+    def copy_to_dr(self, access: BackupAccess, dr: BackupAccess, pending: Manifest, done: Manifest,
+                   prepared: Prepared) -> Manifest:
+        """Put the backup `done` (in access's target) into the second target `dr` too, and return the second
+        target's complete manifest (same id); raise when it could not. By default the stored files are copied
+        (MongoDB's and Redis's dumps, encrypted on their host); PostgreSQL backs up into its second repository."""
+        return copy_files(access, dr, done)
 
     def delete(self, access: BackupAccess, expiries: list[Expiry]) -> list[str]:
         """Delete the chosen backups' files and manifests; return what was deleted, one line each."""

@@ -41,10 +41,11 @@ from dbfleet.backups.manifest import (
 )
 from dbfleet.monitoring.metrics import JOB_HEARTBEAT_SECONDS, JOB_STALE_AFTER
 
-BACKUP, DRILL, REWRITE, RESTORE = "backup", "drill", "rewrite", "restore"
-JOB_KINDS = (BACKUP, DRILL, REWRITE, RESTORE)
+BACKUP, DRILL, REWRITE, RESTORE, DR_DRILL = "backup", "drill", "rewrite", "restore", "dr-drill"
+JOB_KINDS = (BACKUP, DRILL, REWRITE, RESTORE, DR_DRILL)
 """rewrite: the maintenance policy's REINDEX INDEX CONCURRENTLY or pg_repack; restore: `dbfleet restore`, run by a
-user, recorded so the operator neither prunes what it reads nor a second one starts."""
+user, recorded so the operator neither prunes what it reads nor a second one starts; dr-drill: a drill that restores
+from the second target (dbfleet.backups.dr), its record kept there."""
 TARGET_TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,300}")
 """A rewrite's target as plans name it (database/schema.relation, identifiers as the catalog spells them)."""
 

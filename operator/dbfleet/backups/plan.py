@@ -15,16 +15,17 @@ waiting (`report-prune-waits`) rather than expiring what the restore reads.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from dbfleet.actions import Action
-from dbfleet.backups.jobs import BACKUP, DRILL, JOB_FAILED, RESTORE, JobView
+from dbfleet.backups.jobs import BACKUP, DR_DRILL, DRILL, JOB_FAILED, RESTORE, JobView
 from dbfleet.backups.manifest import FAILED, PENDING, DrillRecord, Manifest, newest_first, utcnow
 from dbfleet.backups.retention import Expiry, expired_backups
 from dbfleet.backups.scheduler import drill_due, due_backup
 from dbfleet.backups.storage import InvalidRecord
-from dbfleet.spec import Fleet
+from dbfleet.schedule import is_due
+from dbfleet.spec import BackupPolicy, DrPolicy, Fleet
 
 RECONCILER = "backups"
 
@@ -41,6 +42,10 @@ class BackupObservation:
     """Manifests and drill records in the target that failed their checks: left out of `manifests`."""
     jobs: tuple[JobView, ...] = ()
     """The cluster's job records (one per kind at most), each seen alive or not."""
+    dr: BackupObservation | None = None
+    """What the second target (the spec's dr.target) holds, when the cluster has one."""
+    absent: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Second target only: the files each good manifest lists that are not there (by backup id)."""
 
     def job_runs(self, kind: str) -> bool:
         return any(v.alive and v.record.kind == kind for v in self.jobs)
@@ -104,6 +109,73 @@ def planned_backup_actions(fleet: Fleet, observed: Mapping[str, BackupObservatio
                                       " reads the backups", detail={"backup": expiry.backup.id, "job": restoring.id}))
                 continue
             actions.append(prune_action(name, expiry))
+        if cluster.dr is not None and obs.dr is not None:
+            actions += dr_actions(cluster.dr, policy, obs, obs.dr, now, name)
+    return actions
+
+
+def missing_copies(first: list[Manifest], second: list[Manifest], backing_up: bool,
+                   absent: Mapping[str, tuple[str, ...]] | None = None) -> list[tuple[Manifest, str]]:
+    """Each good backup of the first target that the second does not hold as a good one (`absent`: files its
+    manifest there lists that are gone), with why. The newest is left out while a backup runs: its copy is being
+    made."""
+    held = {m.id: m for m in second}
+    absent = absent or {}
+    good = newest_first(m for m in first if m.good)
+    if backing_up and good:
+        good = good[1:]
+    missing = []
+    for backup in good:
+        copy = held.get(backup.id)
+        if copy is None:
+            missing.append((backup, "the second target holds no manifest of it"))
+        elif not copy.good:
+            why = copy.error or (copy.verification.message if copy.verification else "")
+            missing.append((backup, f"its copy there is {copy.status}" + (f": {why}" if why else "")))
+        elif absent.get(backup.id):
+            gone = absent[backup.id]
+            missing.append((backup, f"{len(gone)} of its {len(copy.files)} files are gone from there, first "
+                                    f"{gone[0]}"))
+    return missing
+
+
+def dr_actions(dr: DrPolicy, policy: BackupPolicy, obs: BackupObservation, second: BackupObservation,
+               now: datetime, name: str) -> list[Action]:
+    """The second target's findings and work: copies it lacks, its records that fail their checks, its DR drill
+    (due, failed, over the RPO) and its own retention. Every action names the target in detail."""
+    where = {"target": "dr"}
+    actions = [Action(name, RECONCILER, "report-invalid-manifest", f"dr:{r.key}", r.reason,
+                      detail={"key": r.key, **where}) for r in second.invalid]
+    actions += [replace(a, detail={**a.detail, **where}) for a in job_actions(name, second.jobs)]
+    for backup, why in missing_copies(obs.manifests, second.manifests, obs.backing_up, second.absent):
+        actions.append(Action(name, RECONCILER, "report-dr-copy-missing", backup.id,
+                              f"{backup.kind} backup {backup.id} is not in the second target: {why}",
+                              detail={"backup": backup.id, **where}))
+    last = second.last_drill
+    if last is not None and not last.ok:
+        actions.append(Action(name, RECONCILER, "report-dr-drill-failed", last.backup_id,
+                              f"DR drill {last.id} from the second target failed: {last.message}",
+                              detail={"drill": last.id, **where}))
+    if last is not None and last.ok and last.rpo_seconds is not None and last.rpo_seconds > dr.rpo_seconds:
+        actions.append(Action(name, RECONCILER, "report-dr-rpo-exceeded", last.backup_id,
+                              f"DR drill {last.id} restored to {last.rpo_seconds:.0f}s before it ended; "
+                              f"dr.rpo_seconds allows {dr.rpo_seconds}s", detail={"drill": last.id, **where}))
+    candidate = drill_candidate(second.manifests)
+    due = is_due(dr.drill.schedule, last.finished if last else None, now)
+    if candidate is not None and due and not second.job_runs(DR_DRILL):
+        if candidate.status == FAILED:
+            actions.append(Action(name, RECONCILER, "report-dr-drill-failed", candidate.id,
+                                  f"the second target's newest backup {candidate.id} is failed "
+                                  f"({candidate.error or 'drill'})", detail={"backup": candidate.id, **where}))
+        else:
+            actions.append(Action(name, RECONCILER, DR_DRILL, candidate.id,
+                                  f"dr.drill schedule {dr.drill.schedule!r} is due; the second target's newest "
+                                  f"backup {candidate.id} ({candidate.status})", detail={"backup": candidate.id,
+                                                                                         **where}))
+    for expiry in expired_backups(second.manifests, policy.retention, now):
+        actions.append(Action(name, RECONCILER, "prune", f"dr:{expiry.backup.id}", expiry.describe(),
+                              destructive=True, detail={"backup": expiry.backup.id, "root": expiry.root,
+                                                        "superseded_by": expiry.superseded_by, **where}))
     return actions
 
 
@@ -113,7 +185,7 @@ def prune_action(cluster: str, expiry: Expiry) -> Action:
                   detail={"backup": expiry.backup.id, "root": expiry.root, "superseded_by": expiry.superseded_by})
 
 
-SETTLED_HERE = (BACKUP, DRILL, RESTORE)
+SETTLED_HERE = (BACKUP, DRILL, RESTORE, DR_DRILL)
 """The job kinds whose true end the backup target says: their records are settled by this reconciler."""
 
 

@@ -275,6 +275,18 @@ def set_prefix(cluster: str, label: str) -> str:
     return f"{repo_prefix(cluster)}backup/{cluster}/{label}/"
 
 
+def backup_args(pending: Manifest, repo: int) -> list[str]:
+    """pgbackrest's arguments for the pending backup into one repository (its own retention: dbfleet expires)."""
+    return [f"--repo={repo}", f"--type={pending.kind}", "--no-expire-auto", f"--annotation=dbfleet-id={pending.id}",
+            "backup"]
+
+
+def _repo_key(entry: dict[str, Any]) -> int:
+    """The repository an `info` backup or archive entry is in (pgBackRest names it from 2.33; 1 before)."""
+    key = (entry.get("database") or {}).get("repo-key", 1)
+    return key if isinstance(key, int) else 1
+
+
 def _wal_between(access: BackupAccess, archive_id: str, start: str, stop: str) -> list[str]:
     """Keys of the archived WAL segments a backup needs to be consistent (start..stop inclusive)."""
     prefix = f"{repo_prefix(access.name)}archive/{access.name}/{archive_id}/{start[:16]}"
@@ -306,29 +318,42 @@ class PostgresBackups(EngineBackups):
         return Prepared(version, {"host": host}, known)
 
     def take(self, access: BackupAccess, pending: Manifest, prepared: Prepared | None = None) -> Manifest:
-        cluster = _pg(access.cluster)
         prepared = prepared or self.prepare(access)
-        run = backup_on_primary(access, prepared.facts["host"], [f"--type={pending.kind}", "--no-expire-auto",
-                                                 f"--annotation=dbfleet-id={pending.id}", "backup"])
+        run = backup_on_primary(access, prepared.facts["host"], backup_args(pending, access.repo))
+        return self._completed(access, pending, run, prepared.history, prepared.tool_version)
+
+    def copy_to_dr(self, access: BackupAccess, dr: BackupAccess, pending: Manifest, done: Manifest,
+                   prepared: Prepared) -> Manifest:
+        """The same backup kind again, into the second repository (repo2, in dr.target), annotated with the same
+        id: pgBackRest 2.x backs up one repository per command, and each repository keeps its own chain of
+        full, diff and incr (a diff with no full in repo2 yet becomes a full there)."""
+        run = backup_on_primary(dr, done.host or prepared.facts["host"], backup_args(pending, dr.repo))
+        return self._completed(dr, pending, run, tuple(dr.storage.manifests(dr.name)), prepared.tool_version)
+
+    def _completed(self, access: BackupAccess, pending: Manifest, run: BackupRun, history: Sequence[Manifest],
+                   tool_version: str) -> Manifest:
+        """The complete manifest of the backup `run` took into access's repository, its files measured there."""
+        cluster = _pg(access.cluster)
         host, stanza = run.host, run.stanza
         entry = next((b for b in stanza.get("backup", []) if (b.get("annotation") or {}).get("dbfleet-id")
-                      == pending.id), None)
+                      == pending.id and _repo_key(b) == access.repo), None)
         if entry is None:
-            raise PermanentError(f"pgbackrest reports no backup annotated dbfleet-id={pending.id}",
-                                 cluster=cluster.name, host=host, action="backup")
+            raise PermanentError(f"pgbackrest reports no backup annotated dbfleet-id={pending.id} in repo"
+                                 f"{access.repo}", cluster=cluster.name, host=host, action="backup")
         label = entry["label"]
         prefix = set_prefix(cluster.name, label)
         files = access.storage.measure_prefix(prefix)
         if not files:
             raise PermanentError(f"backup set {label} has no files under {prefix} in "
-                                 f"{access.storage.description}; is repo1-path <target>/{repo_prefix(cluster.name)}?",
-                                 cluster=cluster.name, action="backup")
+                                 f"{access.storage.description}; is repo{access.repo}-path "
+                                 f"<target>/{repo_prefix(cluster.name)}?", cluster=cluster.name, action="backup")
         archive_id = next((a["id"] for a in stanza.get("archive", [])
-                           if a.get("database", {}).get("id") == entry["database"]["id"]), None)
+                           if a.get("database", {}).get("id") == entry["database"]["id"]
+                           and _repo_key(a) == access.repo), None)
         if archive_id:
             files += access.storage.measure_many(_wal_between(access, archive_id, entry["archive"]["start"],
                                                               entry["archive"]["stop"]))
-        parent = self._parent_id(prepared.history, entry.get("prior"))
+        parent = self._parent_id(history, entry.get("prior"))
         stop = datetime.fromtimestamp(entry["timestamp"]["stop"], UTC)
         done = pending.completed(
             utcnow(), files, host=host, label=label, type=entry["type"], prior=entry.get("prior"),
@@ -338,10 +363,11 @@ class PostgresBackups(EngineBackups):
             recoverable_to=stop.isoformat(), database_size=entry["info"]["size"],
             repo_size=entry["info"]["repository"]["size"], canary_rows_before=run.rows_before,
             canary_rows_after=run.rows_after, tool_seconds=round(run.tool_seconds, 3), cipher=CIPHER_TYPE,
+            repo=access.repo,
         )
         version = (entry.get("backrest") or {}).get("version")
         return replace(done, host=host, parent=parent,
-                       tool_version=f"pgBackRest {version}" if version else pending.tool_version)
+                       tool_version=f"pgBackRest {version}" if version else tool_version)
 
     @staticmethod
     def _parent_id(history: Sequence[Manifest], prior_label: str | None) -> str | None:
@@ -353,18 +379,21 @@ class PostgresBackups(EngineBackups):
         host = find_primary(access)
         labels: set[str] = set()
         stanza = stanza_info(access, host)
-        present = {b["label"] for b in stanza.get("backup", [])}
+        repo = access.repo
+        present = {b["label"] for b in stanza.get("backup", []) if _repo_key(b) == repo}
         done = []
         for expiry in expiries:
             label = expiry.backup.detail.get("label")
             if expiry.root == expiry.backup.id and isinstance(label, str) and label in present:
-                pgbackrest(access, host, f"--set={label}", f"--repo1-retention-full={MAX_RETENTION}",
-                           f"--repo1-retention-archive={MAX_RETENTION}", "expire")
+                pgbackrest(access, host, f"--repo={repo}", f"--set={label}", f"--repo{repo}-retention-full="
+                           f"{MAX_RETENTION}", f"--repo{repo}-retention-archive={MAX_RETENTION}", "expire")
                 labels.add(label)
-        remaining_fulls = [b for b in stanza_info(access, host).get("backup", []) if b["type"] == "full"]
+        remaining_fulls = [b for b in stanza_info(access, host).get("backup", []) if b["type"] == "full"
+                           and _repo_key(b) == repo]
         if labels and remaining_fulls:
             # Counting exactly the fulls left expires no backup, only WAL no remaining backup needs.
-            pgbackrest(access, host, f"--repo1-retention-full={len(remaining_fulls)}", "expire")
+            pgbackrest(access, host, f"--repo={repo}", f"--repo{repo}-retention-full={len(remaining_fulls)}",
+                       "expire")
         for expiry in expiries:
             count = access.storage.delete_prefix(f"dbfleet/{access.name}/{expiry.backup.id}/")
             label = expiry.backup.detail.get("label") or "-"

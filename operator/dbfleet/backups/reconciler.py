@@ -21,9 +21,9 @@ from dbfleet.backups.access import BackupAccess, backup_lock
 from dbfleet.backups.adapters import adapter_for
 from dbfleet.backups.drills import run_drill
 from dbfleet.backups.job_runner import Job, JobContext, JobRunner
-from dbfleet.backups.jobs import BACKUP, DRILL, JobView, settle
-from dbfleet.backups.manifest import PENDING, newest_good, utcnow
-from dbfleet.backups.plan import RECONCILER, BackupObservation, planned_backup_actions
+from dbfleet.backups.jobs import BACKUP, DR_DRILL, DRILL, JobView, settle
+from dbfleet.backups.manifest import PENDING, DrillRecord, newest_good, utcnow
+from dbfleet.backups.plan import RECONCILER, BackupObservation, missing_copies, planned_backup_actions
 from dbfleet.backups.retention import expired_backups
 from dbfleet.backups.runner import mark_orphans, observe, take_backup
 from dbfleet.engines import AnySession, open_session
@@ -58,7 +58,13 @@ class BackupReconciler:
         access = self._access.get(cluster.name)
         if access is None or access.session is not session:
             access = self._access[cluster.name] = self.access_for(cluster, session)
-        return cluster, observe(access, self.runner.is_running)
+        observed = observe(access, self.runner.is_running)
+        if observed.dr is not None:
+            from dbfleet.monitoring.metrics import record_dr_copies_missing
+
+            record_dr_copies_missing(cluster.name, len(missing_copies(observed.manifests, observed.dr.manifests,
+                                                                      observed.backing_up, observed.dr.absent)))
+        return cluster, observed
 
     def diff(self, cluster: AnyCluster, observed: tuple[AnyCluster, BackupObservation]) -> list[Action]:
         _, obs = observed
@@ -70,9 +76,11 @@ class BackupReconciler:
         if action.kind == "backup":
             return self.runner.start(Job(action.cluster, BACKUP, action.detail["kind"], access.storage,
                                          self._job_work(access, action, session), action))
-        if action.kind == "drill":
-            return self.runner.start(Job(action.cluster, DRILL, action.target, access.storage,
+        if action.kind in (DRILL, DR_DRILL):
+            where = target_of(access, action)
+            return self.runner.start(Job(action.cluster, action.kind, action.target, where.storage,
                                          self._job_work(access, action, session), action))
+        access = target_of(access, action)
         if action.kind == "settle-job":
             return self._settle(access, action.target, action.detail["job"])
         if action.kind == "mark-orphaned":
@@ -100,7 +108,7 @@ class BackupReconciler:
                     done = take_backup(job_access, action.detail["kind"],
                                        on_pending=lambda pending: context.result(pending.id))
                     return f"{done.kind} backup {done.id} complete, {done.size_bytes} bytes"
-                record = run_drill(job_access)
+                record = run_drill(target_of(job_access, action))
                 context.result(record.id)
                 if not record.ok:
                     raise PermanentError(f"restore drill {record.id} of {record.backup_id} failed: {record.message}",
@@ -113,7 +121,7 @@ class BackupReconciler:
 
     def _settle(self, access: BackupAccess, job_id: str, kind: str) -> str:
         """Write the true outcome of a job whose operator stopped, if its record still says so."""
-        _, obs = self.observe(access.cluster, access.engine_session())
+        obs = observe(access, self.runner.is_running)
         view = next((v for v in obs.jobs if v.record.kind == kind and v.record.id == job_id), None)
         if view is None or not view.stopped_unsettled:
             return f"job {job_id} needs no settling any more"
@@ -138,6 +146,16 @@ class BackupReconciler:
             (v.record.kind, v.record.started.timestamp(), v.record.heartbeat.timestamp()) for v in jobs
             if v.alive and not self.runner.is_running(cluster.name, v.record.kind)])
         return {"backups": backup_status(observed[1]), "jobs": job_status(jobs)}
+
+
+def target_of(access: BackupAccess, action: Action) -> BackupAccess:
+    """The target an action works on: the second (dr) one when its detail says so, else the first."""
+    if action.detail.get("target") != "dr":
+        return access
+    if access.dr is None:
+        raise PermanentError("the action names the second target, but the spec gives the cluster no dr section",
+                             cluster=access.name, action=action.kind)
+    return access.dr
 
 
 def job_status(jobs: tuple[JobView, ...]) -> list[dict[str, Any]]:
@@ -174,10 +192,25 @@ def backup_status(obs: BackupObservation) -> dict[str, Any]:
         "newest_good_kind": good.kind if good else None,
         "newest_good_age_s": round((now - (good.finished or good.started)).total_seconds())
         if good else None,
-        "last_drill": None if drill is None else {
-            "id": drill.id, "backup": drill.backup_id, "ok": drill.ok, "rto_s": drill.rto_seconds,
-            "rpo_s": drill.rpo_seconds, "finished": drill.finished.astimezone(UTC).isoformat(),
-            "message": drill.message},
+        "last_drill": drill_figures(drill),
+        **({"dr": dr_status(obs, obs.dr)} if obs.dr is not None else {}),
+    }
+
+
+def drill_figures(drill: DrillRecord | None) -> dict[str, Any] | None:
+    """A drill record as `status --json` shows it."""
+    return None if drill is None else {
+        "id": drill.id, "backup": drill.backup_id, "ok": drill.ok, "rto_s": drill.rto_seconds,
+        "rpo_s": drill.rpo_seconds, "finished": drill.finished.astimezone(UTC).isoformat(),
+        "message": drill.message}
+
+
+def dr_status(obs: BackupObservation, second: BackupObservation) -> dict[str, Any]:
+    """The second target's figures: good backups it lacks, and its last DR drill with RTO and RPO."""
+    return {
+        "copies_missing": len(missing_copies(obs.manifests, second.manifests, obs.backing_up, second.absent)),
+        "count": len(second.manifests),
+        "last_drill": drill_figures(second.last_drill),
     }
 
 
@@ -192,8 +225,25 @@ def backup_columns(cluster: AnyCluster, status: dict[str, Any]) -> dict[str, Any
            else f"{figures['newest_good_kind']} {age(figures['newest_good_age_s'])} ago"}
     drill = figures["last_drill"]
     if drill is None:
-        return {**row, "last_drill": "never", "rto": "-", "rpo": "-"}
-    return {**row, "last_drill": "ok" if drill["ok"] else f"FAILED ({drill['backup']})",
-            "rto": f"{drill['rto_s']:.1f}s" if drill["rto_s"] is not None else "-",
-            "rpo": age(drill["rpo_s"]) if drill["rpo_s"] is not None else "-"}
+        row.update({"last_drill": "never", "rto": "-", "rpo": "-"})
+    else:
+        row.update({"last_drill": "ok" if drill["ok"] else f"FAILED ({drill['backup']})",
+                    "rto": f"{drill['rto_s']:.1f}s" if drill["rto_s"] is not None else "-",
+                    "rpo": age(drill["rpo_s"]) if drill["rpo_s"] is not None else "-"})
+    if "dr" in figures:
+        row["dr"] = dr_column(figures["dr"])
+    return row
+
+
+def dr_column(dr: dict[str, Any]) -> str:
+    """The `dr` column of `status`: copies the second target lacks, and its last DR drill with RTO and RPO."""
+    missing = f"{dr['copies_missing']} copies missing" if dr["copies_missing"] else "copies ok"
+    drill = dr["last_drill"]
+    if drill is None:
+        return f"{missing}; DR drill never"
+    if not drill["ok"]:
+        return f"{missing}; DR drill FAILED ({drill['backup']})"
+    rto = f"{drill['rto_s']:.1f}s" if drill["rto_s"] is not None else "-"
+    rpo = age(drill["rpo_s"]) if drill["rpo_s"] is not None else "-"
+    return f"{missing}; DR drill ok, RTO {rto}, RPO {rpo}"
 

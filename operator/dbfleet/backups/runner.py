@@ -18,7 +18,8 @@ from datetime import datetime
 from dbfleet.actions import Outcome
 from dbfleet.backups.access import BackupAccess, backup_lock
 from dbfleet.backups.adapters import adapter_for
-from dbfleet.backups.engine import EngineBackups
+from dbfleet.backups.dr import describe, failed_copy
+from dbfleet.backups.engine import EngineBackups, Prepared
 from dbfleet.backups.job_runner import job_lock_held
 from dbfleet.backups.jobs import JobView, job_alive
 from dbfleet.backups.manifest import PENDING, Manifest, utcnow
@@ -66,11 +67,35 @@ def take_backup(access: BackupAccess, kind: str, adapter: EngineBackups | None =
             access.storage.save_manifest(pending.aborted(message, utcnow()))
             raise
         access.storage.save_manifest(done)
+        if access.dr is not None:
+            copy_to_dr(access, access.dr, adapter, pending, done, prepared)
     finished = done.finished or utcnow()
     record_backup(access.name, done.kind, finished.timestamp(), done.size_bytes,
                   (finished - done.started).total_seconds())
     record_action(access.name, "backup")
     return done
+
+
+def copy_to_dr(access: BackupAccess, dr: BackupAccess, adapter: EngineBackups, pending: Manifest, done: Manifest,
+               prepared: Prepared) -> Manifest:
+    """Write the backup `done` to the second target too (under the cluster's backup lock): its manifest there is
+    pending while the engine copies it, then complete, or failed with the reason. Never raises: the backup is in
+    the first target, and the planner reports a copy the second target lacks."""
+    from dbfleet.monitoring.metrics import record_action
+
+    mark_orphans(dr)
+    dr.storage.save_manifest(pending)
+    try:
+        with access.progress.step(f"{access.name}: backup {done.id} to the second target {dr.storage.description}"):
+            copy = adapter.copy_to_dr(access, dr, pending, done, prepared)
+    except Exception as exc:  # recorded in the second target's manifest and reported by the planner
+        copy = failed_copy(pending, describe(exc))
+        log.error("%s: backup %s did not reach the second target %s: %s", access.name, done.id,
+                  dr.storage.description, copy.error)
+    dr.storage.save_manifest(copy)
+    if copy.good:
+        record_action(access.name, "dr-copy")
+    return copy
 
 
 def plan_prune(access: BackupAccess, now: datetime | None = None) -> list[Expiry]:
@@ -114,5 +139,17 @@ def observe(access: BackupAccess, runs_here: Callable[[str, str], bool] | None =
     jobs = tuple(JobView(r, bool(runs_here and runs_here(r.cluster, r.kind))
                          or job_alive(r, now, host, job_lock_held(r.cluster, r.kind)))
                  for r in access.storage.jobs(access.name))
+    second = observe(access.dr, runs_here) if access.dr is not None else None
+    absent = absent_files(access, manifests) if access.second else {}
     return BackupObservation(manifests, last_drill, backup_running(access.name),
-                             tuple(access.storage.invalid_records(access.name)), jobs)
+                             tuple(access.storage.invalid_records(access.name)), jobs, second, absent)
+
+
+def absent_files(access: BackupAccess, manifests: list[Manifest]) -> dict[str, tuple[str, ...]]:
+    """The files each good manifest lists that its target no longer holds, by backup id (only those missing
+    some). One listing per directory the files are in, not per file: the sizes and checksums are the drill's."""
+    wanted = [m for m in manifests if m.good]
+    folders = {entry.key.rsplit("/", 1)[0] + "/" for m in wanted for entry in m.files}
+    present = {obj.key for folder in sorted(folders) for obj in access.storage.list(folder)}
+    found = {m.id: tuple(e.key for e in m.files if e.key not in present) for m in wanted}
+    return {backup: keys for backup, keys in found.items() if keys}

@@ -17,6 +17,7 @@ from typing import Any
 
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.adapters import adapter_for
+from dbfleet.backups.dr import describe_holders, holdings
 from dbfleet.backups.drills import restore, run_drill
 from dbfleet.backups.engine import RestoreTarget
 from dbfleet.backups.job_runner import Job, JobContext, JobRunner, job_lock_held
@@ -102,13 +103,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--backup", metavar="ID", help="start from this backup (id or pgBackRest label)")
     r.add_argument("--keep", action="store_true", help="leave the scratch container running for inspection")
     r.add_argument("--dry-run", action="store_true", help="say which backup would be restored, restore nothing")
+    _from_option(r)
     r.set_defaults(handler=lambda a: _guard(run_restore, a))
 
     d = sub.add_parser("drill", help="restore the newest backup into scratch and verify it; records RTO and RPO",
                        description="A restore drill: restore the newest backup of --cluster into scratch, verify "
                                    "it and record the drill with its RTO and RPO. Exit 1 if it fails.")
     _common(d)
+    _from_option(d)
     d.set_defaults(handler=lambda a: _guard(run_drill_command, a))
+
+
+def _from_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", choices=["primary", "dr"], default="primary",
+                   help="the target to read: the backup target (default), or the second one (the spec's "
+                        "dr.target): a drill from it is the DR drill")
 
 
 def _guard(handler: Any, args: argparse.Namespace) -> int:
@@ -144,7 +153,12 @@ def _access(args: argparse.Namespace, cluster: Any) -> BackupAccess:
     if args.cluster and not any(h in hosts for h in cluster.host_names()):
         raise UsageError(f"inventory {inventory_asked(args)} has no host of cluster {cluster.name}",
                          location=str(inventory_path(args)))
-    return open_access(cluster, inventory_path(args), args.secrets, Progress("backup", quiet=args.json))
+    access = open_access(cluster, inventory_path(args), args.secrets, Progress("backup", quiet=args.json))
+    if getattr(args, "source", "primary") == "dr":
+        if access.dr is None:
+            raise UsageError(f"--from dr: the spec gives cluster {cluster.name} no dr section", location="--from")
+        return access.dr
+    return access
 
 
 def run_backup(args: argparse.Namespace) -> int:
@@ -166,9 +180,13 @@ def run_backup(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     rows = []
     for cluster in _clusters(args):
-        rows += [m.summary() for m in newest_first(_access(args, cluster).storage.manifests(cluster.name))]
+        access = _access(args, cluster)
+        second = access.dr.storage.manifests(cluster.name) if access.dr is not None else None
+        for backup, statuses in holdings(access.storage.manifests(cluster.name), second):
+            rows.append(backup.summary() | {"status": statuses["primary"] or "missing", "held_by": statuses,
+                                            "targets": describe_holders(statuses)})
     emit(args, rows, table(rows, ["cluster", "id", "kind", "status", "started", "finished", "size", "files",
-                                  "verified"]))
+                                  "verified", "targets"]))
     return EXIT_OK
 
 
@@ -275,7 +293,8 @@ def restore_as_job(access: BackupAccess, target: RestoreTarget, backup_id: str |
 def run_drill_command(args: argparse.Namespace) -> int:
     cluster = _clusters(args)[0]
     record = run_drill(_access(args, cluster))
-    lines = [f"{cluster.name}: drill {record.id} of {record.backup_id}: {'ok' if record.ok else 'FAILED'}; "
+    what = "DR drill (second target)" if args.source == "dr" else "drill"
+    lines = [f"{cluster.name}: {what} {record.id} of {record.backup_id}: {'ok' if record.ok else 'FAILED'}; "
              f"RTO {record.rto_seconds}s, RPO {record.rpo_seconds}s"]
     lines += [f"  {'ok' if c.ok else 'FAILED'}  {c.name}: {c.detail}" for c in record.checks]
     emit(args, record.summary() | {"checks": [c.__dict__ for c in record.checks]}, "\n".join(lines))

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from dbfleet.engines.postgres import PgPaths, pg_paths
 from dbfleet.errors import PermanentError
-from dbfleet.spec import PostgresCluster, S3Target
+from dbfleet.spec import LocalTarget, PostgresCluster, S3Target
 
 HOST_SOCKET_DIR = "/var/run/postgresql"
 HOST_LOG_PATH = "/var/log/pgbackrest"
@@ -31,6 +31,13 @@ CIPHER_TYPE = "aes-256-cbc"
 but in an include file the role writes (CIPHER_INCLUDE) and, for a restore, in the tool's environment."""
 CIPHER_INCLUDE = "/etc/pgbackrest/conf.d/dbfleet-cipher.conf"
 CIPHER_PASS_ENV = "PGBACKREST_REPO1_CIPHER_PASS"
+DR_REPO = 2
+"""The repository in dr.target. A restore from it configures it as a scratch host's only repository, repo1."""
+SPOOL_PATH = "/var/spool/pgbackrest"
+ARCHIVE_QUEUE_MAX = "4GiB"
+"""With archive-async, WAL waiting in the spool for a repository that cannot take it is dropped past this (the
+archive then has a gap, which the next backup closes and the archive alert reports) rather than filling the
+primary's disk: a lost second region must not stop the first."""
 RETENTION_FULL = "9999999"
 """Expiry is the operator's: a backup goes only once a newer one is verified by a restore drill."""
 
@@ -42,27 +49,43 @@ def repo_prefix(cluster: str) -> str:
     return f"pgbackrest/{cluster}/"
 
 
-def repo_path(cluster: PostgresCluster) -> str:
-    """repo1-path: the local target's directory, or the path inside the S3 bucket."""
-    target = cluster.backup.target
+def repo_path(cluster: PostgresCluster, target: LocalTarget | S3Target | None = None) -> str:
+    """repoN-path: the local target's directory, or the path inside the S3 bucket (default: backup.target's)."""
+    target = target or cluster.backup.target
     if isinstance(target, S3Target):
         return "/" + "/".join(p for p in (target.prefix.strip("/"), repo_prefix(cluster.name).rstrip("/")) if p)
     return f"{target.path.rstrip('/')}/{repo_prefix(cluster.name).rstrip('/')}"
 
 
-def repo_options(cluster: PostgresCluster) -> dict[str, str]:
-    """The repo1-* options for the cluster's backup target."""
-    target = cluster.backup.target
+def repositories(cluster: PostgresCluster) -> dict[int, LocalTarget | S3Target]:
+    """pgBackRest's repositories by number: repo1 in backup.target, repo2 in dr.target when the spec has one."""
+    repos: dict[int, LocalTarget | S3Target] = {1: cluster.backup.target}
+    if cluster.dr is not None:
+        repos[DR_REPO] = cluster.dr.target
+    return repos
+
+
+def local_repo_paths(cluster: PostgresCluster) -> list[str]:
+    """The repositories' directories on the hosts (those in local targets), which the role creates."""
+    return [repo_path(cluster, target) for target in repositories(cluster).values()
+            if isinstance(target, LocalTarget)]
+
+
+def repo_options(cluster: PostgresCluster, repo: int = 1, target: LocalTarget | S3Target | None = None
+                 ) -> dict[str, str]:
+    """The repoN-* options for one repository (default: repo1 in the cluster's backup target)."""
+    target = target or cluster.backup.target
+    key = f"repo{repo}-"
     if not isinstance(target, S3Target):
-        return {"repo1-cipher-type": CIPHER_TYPE, "repo1-path": repo_path(cluster)}
+        return {key + "cipher-type": CIPHER_TYPE, key + "path": repo_path(cluster, target)}
     url = urlparse(target.endpoint or f"https://s3.{target.region}.amazonaws.com")
-    options = {"repo1-cipher-type": CIPHER_TYPE, "repo1-type": "s3", "repo1-path": repo_path(cluster),
-               "repo1-s3-bucket": target.bucket,
-               "repo1-s3-region": target.region, "repo1-s3-endpoint": url.hostname or ""}
+    options = {key + "cipher-type": CIPHER_TYPE, key + "type": "s3", key + "path": repo_path(cluster, target),
+               key + "s3-bucket": target.bucket,
+               key + "s3-region": target.region, key + "s3-endpoint": url.hostname or ""}
     if url.port:
-        options["repo1-storage-port"] = str(url.port)
+        options[key + "storage-port"] = str(url.port)
     if target.endpoint:
-        options["repo1-s3-uri-style"] = "path"
+        options[key + "s3-uri-style"] = "path"
     return options
 
 
@@ -80,16 +103,25 @@ def render(sections: Mapping[str, Mapping[str, str]], header: str = "") -> str:
 
 
 def host_config(cluster: PostgresCluster, paths: PgPaths | None = None) -> str:
-    """/etc/pgbackrest/pgbackrest.conf on every host of the cluster."""
+    """/etc/pgbackrest/pgbackrest.conf on every host of the cluster: repo1 in backup.target, and with dr: repo2
+    in dr.target, WAL pushed to both asynchronously through the spool."""
     paths = paths or pg_paths(cluster)
-    repo = repo_options(cluster)
-    if repo.get("repo1-type") == "s3":
-        repo["repo1-s3-key-type"] = "auto"  # the instance profile's credentials (stacks/ grants this prefix only)
-    tuning = {"repo1-retention-full": RETENTION_FULL, "process-max": str(PROCESS_MAX),
-              "compress-type": COMPRESS_TYPE, "repo1-bundle": "y" if BUNDLE else "n", "start-fast": "y",
+    repos: dict[str, str] = {}
+    for number, target in repositories(cluster).items():
+        repo = repo_options(cluster, number, target)
+        if isinstance(target, S3Target):
+            repo[f"repo{number}-s3-key-type"] = "auto"  # the instance profile's credentials (stacks/ grants this)
+        repo[f"repo{number}-retention-full"] = RETENTION_FULL
+        repo[f"repo{number}-bundle"] = "y" if BUNDLE else "n"
+        repos.update(repo)
+    tuning = {"process-max": str(PROCESS_MAX), "compress-type": COMPRESS_TYPE, "start-fast": "y",
               "log-level-console": "warn", "log-level-file": "info", "log-path": HOST_LOG_PATH}
+    if cluster.dr is not None:
+        # archive_command hands each segment to a background process that pushes to both repositories in
+        # parallel and acknowledges from the spool: archiving keeps up while one repository is slow.
+        tuning.update({"archive-async": "y", "spool-path": SPOOL_PATH, "archive-push-queue-max": ARCHIVE_QUEUE_MAX})
     stanza = {"pg1-path": paths.data_dir, "pg1-port": str(cluster.port), "pg1-socket-path": HOST_SOCKET_DIR}
-    return render({"global": {**repo, **tuning}, cluster.name: stanza},
+    return render({"global": {**repos, **tuning}, cluster.name: stanza},
                   header="Managed by dbfleet from the fleet spec (dbfleet.engines.pgbackrest); changes here are "
                          "overwritten.")
 

@@ -19,13 +19,14 @@ from dbfleet.lab.topology import (
     LabHost,
     backup_volume_name,
     container_name,
+    dr_volume_name,
     network_name,
     plan_hosts,
     subnet_candidates,
 )
 from dbfleet.progress import Progress
 from dbfleet.secrets import ensure_secrets_file
-from dbfleet.spec import Fleet
+from dbfleet.spec import Fleet, LocalTarget
 
 LABEL = "dbfleet.lab"
 ALL_ENGINES = {"postgres", "redis", "mongo", "monitor"}
@@ -85,8 +86,8 @@ def ensure_network(client: docker.DockerClient, lab: str, progress: Progress) ->
     return name, subnet
 
 
-def ensure_backup_volume(client: docker.DockerClient, lab: str) -> str:
-    name = backup_volume_name(lab)
+def ensure_backup_volume(client: docker.DockerClient, lab: str, name: str | None = None) -> str:
+    name = name or backup_volume_name(lab)
     try:
         client.volumes.get(name)
     except NotFound:
@@ -94,15 +95,21 @@ def ensure_backup_volume(client: docker.DockerClient, lab: str) -> str:
     return name
 
 
-def _backup_paths(fleet: Fleet) -> set[str]:
-    return {c.backup.target.path for c in fleet.clusters if c.backup.target.kind == "local"}
+def backup_mounts(fleet: Fleet, lab: str) -> dict[str, str]:
+    """Volume name to the path the hosts see it at: the backup volume at the local backup.target path, the DR
+    volume at the local dr.target path (one path each; the spec keeps the two apart)."""
+    mounts = {backup_volume_name(lab): c.backup.target.path for c in fleet.clusters
+              if isinstance(c.backup.target, LocalTarget)}
+    mounts.update({dr_volume_name(lab): c.dr.target.path for c in fleet.clusters
+                   if c.dr is not None and isinstance(c.dr.target, LocalTarget)})
+    return mounts
 
 
 def _run_container(client: docker.DockerClient, lab: str, host: LabHost, image: str, network: str,
-                   volume: str, backup_paths: set[str]) -> Container:
+                   mounts: dict[str, str]) -> Container:
     volumes = {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}}
     if host.engine != "monitor":
-        for path in backup_paths:
+        for volume, path in mounts.items():
             volumes[volume] = {"bind": path, "mode": "rw"}
     container = client.containers.create(
         image,
@@ -136,13 +143,13 @@ def _wait_systemd(container: Container, timeout: float = 90) -> None:
 
 
 def ensure_container(client: docker.DockerClient, lab: str, host: LabHost, image: str, network: str,
-                     volume: str, backup_paths: set[str], progress: Progress) -> Container:
+                     mounts: dict[str, str], progress: Progress) -> Container:
     name = container_name(lab, host.name)
     try:
         container = client.containers.get(name)
     except NotFound:
         with progress.step(f"starting {host.name} ({host.engine}) at {host.address}"):
-            container = _run_container(client, lab, host, image, network, volume, backup_paths)
+            container = _run_container(client, lab, host, image, network, mounts)
             _wait_systemd(container)
         return container
     if container.labels.get(LABEL) != lab:
@@ -171,10 +178,11 @@ def up(fleet: Fleet, lab: str, inventories: Path, engines: set[str] | None = Non
     network, subnet = ensure_network(client, lab, progress)
     hosts = plan_hosts(fleet, subnet, wanted)
     tags = images.ensure_images(client, {h.image for h in hosts}, progress)
-    volume = ensure_backup_volume(client, lab)
-    paths = _backup_paths(fleet)
+    mounts = backup_mounts(fleet, lab)
+    for volume in {backup_volume_name(lab), *mounts}:
+        ensure_backup_volume(client, lab, volume)
     for host in hosts:
-        ensure_container(client, lab, host, tags[host.image], network, volume, paths, progress)
+        ensure_container(client, lab, host, tags[host.image], network, mounts, progress)
     directory = inventory_dir(inventories, lab)
     secrets_path = directory / "group_vars" / "all" / "secrets.yml"
     ensure_secrets_file(secrets_path)

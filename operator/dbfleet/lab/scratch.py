@@ -27,7 +27,7 @@ from docker.errors import NotFound
 from dbfleet.backups.scratch import SCRATCH_HOST
 from dbfleet.engines.executor import DockerExecutor
 from dbfleet.lab.lifecycle import LABEL, LabError
-from dbfleet.lab.topology import backup_volume_name, network_name
+from dbfleet.lab.topology import backup_volume_name, dr_volume_name, network_name
 
 SCRATCH_LABEL = "dbfleet.scratch"
 
@@ -71,25 +71,28 @@ def lab_image(client: docker.DockerClient, lab: str, engine: str) -> str:
     return str(hosts[0].image.id)
 
 
-def backup_volume_mountpoint(lab: str, client: docker.DockerClient | None = None) -> Path:
-    """Where this machine sees the lab's shared backup volume (the operator's view of a local target)."""
+def backup_volume_mountpoint(lab: str, client: docker.DockerClient | None = None, dr: bool = False) -> Path:
+    """Where this machine sees the lab's shared backup volume (the operator's view of a local target), or with
+    `dr` its second one (the local dr.target)."""
     client = client or docker.from_env()
+    volume = dr_volume_name(lab) if dr else backup_volume_name(lab)
     try:
-        return Path(client.volumes.get(backup_volume_name(lab)).attrs["Mountpoint"])
+        return Path(client.volumes.get(volume).attrs["Mountpoint"])
     except NotFound:
-        raise LabError(f"lab {lab!r} has no backup volume {backup_volume_name(lab)}; `dbfleet lab up` first") from None
+        raise LabError(f"lab {lab!r} has no backup volume {volume}; `dbfleet lab up` first") from None
 
 
 @contextmanager
 def scratch_container(lab: str, engine: str, purpose: str, backup_path: str | None = None,
                       env: dict[str, str] | None = None, client: docker.DockerClient | None = None,
-                      keep: bool = False) -> Iterator[Scratch]:
+                      keep: bool = False, dr: bool = False) -> Iterator[Scratch]:
     """A scratch container of `engine`'s lab image; removed on leaving the block, whatever happened,
     unless `keep` (a restore the user wants to inspect: `lab down` still removes it)."""
     client = client or docker.from_env()
     image = lab_image(client, lab, engine)
     name = f"dbfleet-{lab}-scratch-{purpose}-{uuid.uuid4().hex[:6]}"
-    volumes = {backup_volume_name(lab): {"bind": backup_path, "mode": "ro"}} if backup_path else {}
+    volume = dr_volume_name(lab) if dr else backup_volume_name(lab)
+    volumes = {volume: {"bind": backup_path, "mode": "ro"}} if backup_path else {}
     container = client.containers.create(
         image, command=["sleep", "infinity"], name=name, hostname=f"scratch-{purpose}", detach=True,
         labels={LABEL: lab, SCRATCH_LABEL: purpose, "dbfleet.scratch.engine": engine},
@@ -126,9 +129,12 @@ class LabScratch:
     backup_path: str | None
     """Where the hosts see a local backup target (None for S3)."""
     client: Any = None
+    dr: bool = False
+    """Mount the second (DR) backup volume at backup_path instead of the first: restores from dr.target."""
 
     def scratch(self, engine: str, purpose: str, keep: bool = False) -> AbstractContextManager[Scratch]:
-        return scratch_container(self.lab, engine, purpose, self.backup_path, client=self.client, keep=keep)
+        return scratch_container(self.lab, engine, purpose, self.backup_path, client=self.client, keep=keep,
+                                 dr=self.dr)
 
 
 def leftover_scratch(lab: str, client: docker.DockerClient | None = None) -> list[str]:

@@ -38,6 +38,11 @@ def backup_volume_name(lab: str) -> str:
     return f"dbfleet-{lab}-backups"
 
 
+def dr_volume_name(lab: str) -> str:
+    """The lab's second backup target (the spec's dr.target), a volume of its own: the "second region"."""
+    return f"dbfleet-{lab}-dr-backups"
+
+
 def subnet_candidates(lab: str) -> list[ipaddress.IPv4Network]:
     """Stable /24 choices for a lab inside 172.28.0.0/14, starting from a hash of its name."""
     start = int(hashlib.sha256(lab.encode()).hexdigest(), 16) % 1024

@@ -73,6 +73,20 @@ DRILL_RTO = Gauge("dbfleet_restore_drill_rto_seconds", "Recovery time of the las
 DRILL_RPO = Gauge("dbfleet_restore_drill_rpo_seconds",
                   "Recovery point of the last restore drill: how much time of writes the restore lost.",
                   ["cluster"], registry=REGISTRY)
+DR_DRILL_SUCCESS = "dbfleet_dr_drill_success"
+DR_DRILL_LAST = "dbfleet_dr_drill_last_timestamp_seconds"
+DR_DRILL_RPO_SECONDS = "dbfleet_dr_drill_rpo_seconds"
+DR_COPIES_MISSING = "dbfleet_dr_copies_missing"
+DR_OK = Gauge(DR_DRILL_SUCCESS, "1 if the last DR drill restored the newest backup from the second target, else 0.",
+              ["cluster"], registry=REGISTRY)
+DR_TIME = Gauge(DR_DRILL_LAST, "When the last DR drill (from the second target) finished (Unix time).", ["cluster"],
+                registry=REGISTRY)
+DR_RTO = Gauge("dbfleet_dr_drill_rto_seconds", "Recovery time of the last DR drill: restore start to usable.",
+               ["cluster"], registry=REGISTRY)
+DR_RPO = Gauge(DR_DRILL_RPO_SECONDS, "Recovery point of the last DR drill: the age, when it ended, of the newest "
+               "point restored from the second target.", ["cluster"], registry=REGISTRY)
+DR_MISSING = Gauge(DR_COPIES_MISSING, "Good backups in the first target that the second target does not hold as "
+                   "good ones.", ["cluster"], registry=REGISTRY)
 LEADER = Gauge("dbfleet_operator_leader", "1 while this operator process holds the leader lock, else 0.",
                ["backend"], registry=REGISTRY)
 NO_LEADER_CYCLES = Gauge(CYCLES_WITHOUT_LEADER, "Consecutive cycles in which the leader lock's store did not answer "
@@ -239,14 +253,21 @@ def record_backup(cluster: str, kind: str, finished_at: float, size_bytes: float
 
 
 def record_drill(cluster: str, success: bool, rto_seconds: float | None, rpo_seconds: float | None,
-                 finished_at: float | None = None) -> None:
-    """The result of a restore drill. RTO/RPO may be None when the drill failed before measuring them."""
-    DRILL_OK.labels(cluster).set(1 if success else 0)
-    DRILL_TIME.labels(cluster).set(time.time() if finished_at is None else finished_at)
+                 finished_at: float | None = None, dr: bool = False) -> None:
+    """The result of a restore drill (with `dr`, of a DR drill from the second target). RTO/RPO may be None when
+    the drill failed before measuring them."""
+    ok, last, rto, rpo = (DR_OK, DR_TIME, DR_RTO, DR_RPO) if dr else (DRILL_OK, DRILL_TIME, DRILL_RTO, DRILL_RPO)
+    ok.labels(cluster).set(1 if success else 0)
+    last.labels(cluster).set(time.time() if finished_at is None else finished_at)
     if rto_seconds is not None:
-        DRILL_RTO.labels(cluster).set(rto_seconds)
+        rto.labels(cluster).set(rto_seconds)
     if rpo_seconds is not None:
-        DRILL_RPO.labels(cluster).set(rpo_seconds)
+        rpo.labels(cluster).set(rpo_seconds)
+
+
+def record_dr_copies_missing(cluster: str, count: int) -> None:
+    """How many good backups of the first target the second lacks, as the last observation saw."""
+    DR_MISSING.labels(cluster).set(count)
 
 
 def record_jobs(running: list[tuple[str, str, float, float]], waiting: Mapping[str, int],

@@ -35,6 +35,7 @@ from dbfleet.monitoring.exporters import (
 )
 from dbfleet.schedule import parse_cron
 from dbfleet.spec import (
+    DrPolicy,
     Fleet,
     MongoCluster,
     PostgresCluster,
@@ -170,7 +171,35 @@ def _shared_rules(cluster: PostgresCluster | RedisCluster | MongoCluster) -> lis
             summary="no restore drill of %s for {{ $value | humanizeDuration }}; its schedule allows %s"
                     % (name, prom_duration(drill_allowed)),
         ))
+    if backup.enabled and cluster.dr is not None:
+        rules += dr_rules(cluster, cluster.dr)
     return rules
+
+
+DR_COPY_FOR = "30m"
+"""How long a good backup may lack its second copy before DrCopyMissing fires (a copy runs right after its
+backup; a long PostgreSQL backup into repo2 takes as long as the one into repo1)."""
+
+
+def dr_rules(cluster: PostgresCluster | RedisCluster | MongoCluster, dr: DrPolicy) -> list[Rule]:
+    """The second target: copies it lacks, the DR drill's verdict and schedule, and its RPO against dr.rpo_seconds."""
+    name, c = cluster.name, _sel(cluster.name)
+    allowed = backup_allowed_age_seconds([dr.drill.schedule])
+    return [
+        Rule(alert="DrCopyMissing", expr=f"{metrics.DR_COPIES_MISSING}{c} > 0", for_=DR_COPY_FOR,
+             severity="critical",
+             summary="{{ $value }} good backups of %s are not in the second target (dr.target); `dbfleet plan` "
+                     "names them" % name),
+        Rule(alert="DrDrillFailed", expr=f"{metrics.DR_DRILL_SUCCESS}{c} == 0", severity="critical",
+             summary=f"the last DR drill of {name} (a restore from the second target) failed"),
+        Rule(alert="DrDrillOverdue", expr=f"time() - {metrics.DR_DRILL_LAST}{c} > {allowed}", severity="warning",
+             summary="no DR drill of %s for {{ $value | humanizeDuration }}; its schedule allows %s"
+                     % (name, prom_duration(allowed))),
+        Rule(alert="DrRpoExceeded", expr=f"{metrics.DR_DRILL_RPO_SECONDS}{c} > {dr.rpo_seconds}",
+             severity="critical",
+             summary="the last DR drill of %s restored to {{ $value | humanizeDuration }} before it ended; "
+                     "dr.rpo_seconds allows %s" % (name, prom_duration(dr.rpo_seconds))),
+    ]
 
 
 def postgres_rules(cluster: PostgresCluster) -> list[Rule]:

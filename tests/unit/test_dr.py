@@ -1,0 +1,304 @@
+"""Disaster recovery without servers: copies into the second target, what `plan` and `backup list` make of the two
+targets, pgBackRest's second repository, and the spec's RPO reaching PostgreSQL's archive_timeout."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dbfleet.backups.access import BackupAccess
+from dbfleet.backups.dr import describe_holders, dr_cluster, holdings
+from dbfleet.backups.engine import EngineBackups, Prepared
+from dbfleet.backups.manifest import Check, DrillRecord, Manifest, iso, utcnow
+from dbfleet.backups.plan import BackupObservation, missing_copies, planned_backup_actions
+from dbfleet.backups.reconciler import backup_columns, backup_status
+from dbfleet.backups.runner import absent_files, observe, take_backup
+from dbfleet.backups.storage import InvalidRecord, LocalStorage
+from dbfleet.engines import pgbackrest
+from dbfleet.errors import PermanentError
+from dbfleet.progress import Progress
+from dbfleet.role_inputs import pgbackrest_inputs, postgres_server_inputs
+from dbfleet.spec import PostgresCluster, load_fleet, parse_fleet
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = (REPO / "fleet.example.yaml").read_text()
+FLEET = load_fleet(REPO / "fleet.example.yaml")
+NOW = datetime(2026, 11, 30, 6, 1, tzinfo=UTC)  # pg-main's DR drill is due at 06:00
+
+
+def m(id_: str, status: str = "verified", start: datetime | None = None, cluster: str = "pg-main",
+      files: tuple[str, ...] = ()) -> Manifest:
+    from dbfleet.backups.manifest import FileEntry
+
+    when = start or NOW - timedelta(hours=3)
+    return Manifest(cluster=cluster, engine="postgres", id=id_, kind="full", status=status, tool="pgbackrest",
+                    tool_version="2.45", started_at=iso(when) or "", finished_at=iso(when + timedelta(minutes=1)),
+                    files=tuple(FileEntry(k, 1, "0" * 64) for k in files))
+
+
+def drill(backup: str, ok: bool = True, rpo: float | None = 30.0, finished: datetime | None = None) -> DrillRecord:
+    end = iso(finished or NOW - timedelta(minutes=30)) or ""
+    return DrillRecord(id="D1", cluster="pg-main", backup_id=backup, started_at=end, finished_at=end, ok=ok,
+                       message="all checks passed" if ok else "checksums: pgbackrest/pg-main/x: missing",
+                       rto_seconds=12.0, rpo_seconds=rpo)
+
+
+def without_dr(cluster: str) -> str:
+    """The example without the dr section of `cluster`."""
+    data = yaml.safe_load(EXAMPLE)
+    next(c for c in data["clusters"] if c["name"] == cluster).pop("dr")
+    return str(yaml.safe_dump(data, sort_keys=False))
+
+
+def kinds(actions: list, where: str = "dr") -> list[tuple[str, str]]:
+    return [(a.kind, a.target) for a in actions if a.detail.get("target") == where]
+
+
+# --------------------------------------------------------------------------- missing copies
+
+
+def test_a_good_backup_the_second_target_lacks_or_holds_failed_is_missing() -> None:
+    first = [m("A"), m("B", start=NOW - timedelta(hours=2)), m("C", "failed"), m("D", "orphaned")]
+    second = [m("B", "failed")]
+    found = {b.id: why for b, why in missing_copies(first, second, backing_up=False)}
+    assert set(found) == {"A", "B"}, "only good backups of the first target need a copy"
+    assert "holds no manifest" in found["A"] and "is failed" in found["B"]
+
+
+def test_the_newest_backup_is_not_missing_while_a_backup_runs() -> None:
+    first = [m("A", start=NOW - timedelta(hours=5)), m("B", "complete", start=NOW - timedelta(minutes=5))]
+    assert [b.id for b, _ in missing_copies(first, [], backing_up=True)] == ["A"]
+    assert [b.id for b, _ in missing_copies(first, [], backing_up=False)] == ["B", "A"]
+
+
+def test_a_copy_whose_files_are_gone_is_missing_and_the_file_is_named(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    copy = m("A", files=("dbfleet/pg-main/A/one.age", "dbfleet/pg-main/A/two.age"))
+    storage.put_bytes("dbfleet/pg-main/A/one.age", b"x")
+    access = BackupAccess(FLEET.cluster("pg-main"), None, storage, second=True)  # type: ignore[arg-type]
+    absent = absent_files(access, [copy])
+    assert absent == {"A": ("dbfleet/pg-main/A/two.age",)}
+    [(backup, why)] = missing_copies([m("A")], [copy], False, absent)
+    assert "1 of its 2 files are gone" in why and "dbfleet/pg-main/A/two.age" in why
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def test_plan_reports_the_second_targets_findings_and_plans_its_drill_and_prune() -> None:
+    second = BackupObservation([m("A", start=NOW - timedelta(days=30)), m("B", start=NOW - timedelta(days=20)),
+                                m("C", start=NOW - timedelta(days=2))],
+                               last_drill=drill("C", finished=NOW - timedelta(days=1)),
+                               invalid=(InvalidRecord("dbfleet/pg-main/X/manifest.json", "not JSON"),))
+    first = BackupObservation([m("C", start=NOW - timedelta(days=2)), m("E", start=NOW - timedelta(hours=1))],
+                              dr=second)
+    actions = planned_backup_actions(FLEET, {"pg-main": first}, NOW)
+    found = kinds(actions)
+    assert ("report-dr-copy-missing", "E") in found and ("report-dr-copy-missing", "C") not in found
+    assert ("dr-drill", "C") in found, "dr.drill '0 6 * * *' is due and the last DR drill was yesterday"
+    assert ("report-invalid-manifest", "dr:dbfleet/pg-main/X/manifest.json") in found
+    prunes = [a for a in actions if a.kind == "prune" and a.detail.get("target") == "dr"]
+    assert prunes and all(a.destructive and a.target.startswith("dr:") for a in prunes)
+    assert not [a for a in actions if a.kind == "prune" and a.detail.get("target") != "dr"], \
+        "the first target keeps its own two backups: retention is per target"
+
+
+def test_a_failed_dr_drill_and_one_over_the_rpo_are_reported() -> None:
+    failed = BackupObservation([m("A")], dr=BackupObservation([m("A")], last_drill=drill("A", ok=False)))
+    found = kinds(planned_backup_actions(FLEET, {"pg-main": failed}, NOW - timedelta(hours=1)))
+    assert ("report-dr-drill-failed", "A") in found
+    slow = BackupObservation([m("A")], dr=BackupObservation([m("A")], last_drill=drill("A", rpo=61.0)))
+    found = kinds(planned_backup_actions(FLEET, {"pg-main": slow}, NOW - timedelta(hours=1)))
+    assert found == [("report-dr-rpo-exceeded", "A")], "pg-main's dr.rpo_seconds is 60"
+    within = BackupObservation([m("A")], dr=BackupObservation([m("A")], last_drill=drill("A", rpo=59.0)))
+    assert kinds(planned_backup_actions(FLEET, {"pg-main": within}, NOW - timedelta(hours=1))) == []
+
+
+def test_no_dr_drill_while_one_runs_and_none_without_a_dr_section() -> None:
+    from dbfleet.backups.jobs import DR_DRILL, RUNNING, JobRecord, JobView
+
+    running = JobRecord("pg-main", DR_DRILL, "dr-drill-pg-main-x", "A", RUNNING, "op", "h", iso(NOW) or "",
+                        iso(NOW) or "")
+    busy = BackupObservation([m("A")], dr=BackupObservation([m("A")], jobs=(JobView(running, True),)))
+    assert ("dr-drill", "A") not in kinds(planned_backup_actions(FLEET, {"pg-main": busy}, NOW))
+    plain = parse_fleet(without_dr("pg-main"))
+    assert plain.cluster("pg-main").dr is None
+    obs = BackupObservation([m("A")], dr=BackupObservation([]))
+    assert kinds(planned_backup_actions(plain, {"pg-main": obs}, NOW)) == []
+
+
+def test_status_shows_the_second_target() -> None:
+    obs = BackupObservation([m("A"), m("B", start=NOW - timedelta(hours=1))],
+                            dr=BackupObservation([m("A")], last_drill=drill("A", rpo=42.0)))
+    row = backup_columns(FLEET.cluster("pg-main"), {"backups": backup_status(obs)})
+    assert row["dr"] == "1 copies missing; DR drill ok, RTO 12.0s, RPO 42s"
+    assert backup_status(BackupObservation([m("A")]))  # no dr key without a second target
+    assert "dr" not in backup_columns(FLEET.cluster("pg-main"), {"backups": backup_status(BackupObservation())})
+
+
+# --------------------------------------------------------------------------- backup list
+
+
+def test_backup_list_says_which_targets_hold_each_backup() -> None:
+    first = [m("A", start=NOW - timedelta(hours=3)), m("B", start=NOW - timedelta(hours=2))]
+    second = [m("A"), m("B", "failed"), m("Z", start=NOW - timedelta(hours=1))]
+    rows = [(b.id, held) for b, held in holdings(first, second)]
+    assert rows == [("Z", {"primary": None, "dr": "verified"}), ("B", {"primary": "verified", "dr": "failed"}),
+                    ("A", {"primary": "verified", "dr": "verified"})]
+    assert [describe_holders(held) for _, held in rows] == ["dr (primary: missing)", "primary (dr: failed)",
+                                                            "primary+dr"]
+    assert [held for _, held in holdings(first, None)] == [{"primary": "verified"}] * 2
+
+
+# --------------------------------------------------------------------------- copying into the second target
+
+
+class OneFile(EngineBackups):
+    """A stand-in tool writing one encrypted-looking file into the first target."""
+
+    engine, tool = "redis", "cp"
+
+    def tool_version(self, access: BackupAccess) -> str:
+        return "1.0"
+
+    def take(self, access: BackupAccess, pending: Manifest, prepared: Prepared | None = None) -> Manifest:
+        key = f"dbfleet/cache/{pending.id}/dump.rdb.age"
+        access.storage.put_bytes(key, b"age-encryption.org/v1 ...")
+        return pending.completed(utcnow(), [access.storage.measure(key)])
+
+    def restore(self, *a):  # type: ignore[override]
+        raise NotImplementedError
+
+    def verify(self, *a):  # type: ignore[override]
+        raise NotImplementedError
+
+
+class Broken(OneFile):
+    def copy_to_dr(self, access: BackupAccess, dr: BackupAccess, pending: Manifest, done: Manifest,
+                   prepared: Prepared) -> Manifest:
+        raise PermanentError("the second region does not answer", cluster=access.name)
+
+
+class Garbling(LocalStorage):
+    """A second target that stores other bytes than it was given."""
+
+    def put_file(self, key: str, source: Path) -> None:
+        super().put_file(key, source)
+        self.put_bytes(key, b"garbled")
+
+
+def two_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: type[LocalStorage] = LocalStorage
+                ) -> BackupAccess:
+    monkeypatch.setenv("DBFLEET_LOCK_DIR", str(tmp_path))
+    cluster = FLEET.cluster("cache")
+    quiet = Progress("test", quiet=True)
+    access = BackupAccess(cluster, None, LocalStorage(tmp_path / "first"), progress=quiet)  # type: ignore[arg-type]
+    access.dr = BackupAccess(dr_cluster(cluster), None, second(tmp_path / "second"),  # type: ignore[arg-type]
+                             progress=quiet, second=True)
+    return access
+
+
+def test_a_dump_is_copied_to_the_second_target_with_a_manifest_there(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    access = two_targets(tmp_path, monkeypatch)
+    assert access.dr is not None
+    done = take_backup(access, "snapshot", OneFile())
+    [copy] = access.dr.storage.manifests("cache")
+    assert copy.id == done.id and copy.status == "complete" and copy.files == done.files
+    assert copy.detail["copied_from"] == access.storage.description
+    assert access.dr.storage.get_bytes(done.files[0].key) == b"age-encryption.org/v1 ..."
+    assert missing_copies(access.storage.manifests("cache"), [copy], False) == []
+    assert observe(access).dr is not None
+
+
+def test_a_copy_that_fails_or_differs_leaves_the_backup_good_and_the_copy_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    access = two_targets(tmp_path, monkeypatch)
+    assert access.dr is not None
+    done = take_backup(access, "snapshot", Broken())
+    assert done.status == "complete" and access.storage.manifests("cache") == [done]
+    [copy] = access.dr.storage.manifests("cache")
+    assert copy.status == "failed" and "the second region does not answer" in copy.error
+    garbled = two_targets(tmp_path / "g", monkeypatch, Garbling)
+    assert garbled.dr is not None
+    done = take_backup(garbled, "snapshot", OneFile())
+    [copy] = garbled.dr.storage.manifests("cache")
+    assert copy.status == "failed" and done.files[0].key in copy.error and "sha256" in copy.error
+    [(_, why)] = missing_copies(garbled.storage.manifests("cache"), [copy], False)
+    assert done.files[0].key in why
+
+
+# --------------------------------------------------------------------------- pgBackRest's second repository
+
+
+def pg(text: str = EXAMPLE) -> PostgresCluster:
+    cluster = parse_fleet(text).cluster("pg-main")
+    assert isinstance(cluster, PostgresCluster)
+    return cluster
+
+
+def options(config: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in config.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def test_pgbackrest_writes_repo2_in_the_dr_target_and_archives_to_both_asynchronously() -> None:
+    conf = options(pgbackrest.host_config(pg()))
+    assert conf["repo1-path"] == "/var/lib/dbfleet/backups/pgbackrest/pg-main"
+    assert conf["repo2-path"] == "/var/lib/dbfleet/dr-backups/pgbackrest/pg-main"
+    assert conf["repo1-cipher-type"] == conf["repo2-cipher-type"] == "aes-256-cbc"
+    assert conf["repo1-retention-full"] == conf["repo2-retention-full"], "each repository has its own retention"
+    assert conf["archive-async"] == "y" and conf["spool-path"] == "/var/spool/pgbackrest"
+    assert "archive-push-queue-max" in conf
+    assert not any("cipher-pass" in key for key in conf), "the passphrase is in the include file, never here"
+    inputs = pgbackrest_inputs(pg())
+    assert inputs["pgbackrest_repos"] == [1, 2] and inputs["pgbackrest_spool_path"] == "/var/spool/pgbackrest"
+    assert inputs["pgbackrest_local_repo_paths"] == [conf["repo1-path"], conf["repo2-path"]]
+
+
+def test_without_dr_there_is_one_repository_archived_synchronously() -> None:
+    text = without_dr("pg-main")
+    conf = options(pgbackrest.host_config(pg(text)))
+    assert not any(key.startswith("repo2-") for key in conf) and "archive-async" not in conf
+    assert pgbackrest_inputs(pg(text))["pgbackrest_spool_path"] == ""
+    assert "archive_timeout" not in postgres_server_inputs(pg(text))["postgres_server_parameters"]
+
+
+def test_an_s3_dr_target_is_repo2_on_s3_with_the_instance_profile() -> None:
+    text = EXAMPLE.replace("target: {kind: local, path: /var/lib/dbfleet/dr-backups}\n      rpo_seconds: 60",
+                           "target: {kind: s3, bucket: acme-dr, prefix: fleet, region: us-west-2}\n"
+                           "      rpo_seconds: 60", 1)
+    conf = options(pgbackrest.host_config(pg(text)))
+    assert conf["repo2-type"] == "s3" and conf["repo2-s3-bucket"] == "acme-dr"
+    assert conf["repo2-s3-region"] == "us-west-2" and conf["repo2-path"] == "/fleet/pgbackrest/pg-main"
+    assert conf["repo2-s3-key-type"] == "auto" and conf["repo1-path"] == "/var/lib/dbfleet/backups/pgbackrest/pg-main"
+    assert pgbackrest_inputs(pg(text))["pgbackrest_local_repo_paths"] == [conf["repo1-path"]]
+
+
+def test_a_restore_from_the_second_target_reads_repo2_as_its_only_repository() -> None:
+    scratch = options(pgbackrest.scratch_config(dr_cluster(pg()), "/restore", "/tmp"))
+    assert scratch["repo1-path"] == "/var/lib/dbfleet/dr-backups/pgbackrest/pg-main"
+    assert not any(key.startswith("repo2-") for key in scratch)
+
+
+def test_the_rpo_bounds_archive_timeout() -> None:
+    assert postgres_server_inputs(pg())["postgres_server_parameters"]["archive_timeout"] == "30s"
+    text = EXAMPLE.replace("      rpo_seconds: 60\n", "      rpo_seconds: 300\n", 1)
+    assert postgres_server_inputs(pg(text))["postgres_server_parameters"]["archive_timeout"] == "150s"
+
+
+def test_a_dr_access_is_the_cluster_with_the_second_target_as_its_own() -> None:
+    cluster = FLEET.cluster("cache")
+    view = dr_cluster(cluster)
+    assert cluster.dr is not None and view.backup.target == cluster.dr.target and view.dr is None
+    assert view.backup.schedule == cluster.backup.schedule and view.backup.drill == cluster.backup.drill
+    access = BackupAccess(view, None, LocalStorage(Path("/nonexistent")), second=True)  # type: ignore[arg-type]
+    assert access.repo == 2 and access.label == "dr" and replace(access, second=False).repo == 1
+    assert access.target_path == "/var/lib/dbfleet/dr-backups"
+    plain = parse_fleet(without_dr("cache"))
+    with pytest.raises(PermanentError, match="no dr section"):
+        dr_cluster(plain.cluster("cache"))
+    assert Check("x", True)  # the drill record type is shared by both targets
