@@ -94,11 +94,14 @@ def test_a_renewed_certificate_is_served_after_tags_pki_without_a_restart(config
 
 
 ENGINE_TAGS = {  # tag -> (the engine the lab must have, roles it may run, a task it must run)
-    "postgres": ("postgres", {"postgres_server", "patroni", "etcd", "haproxy", "pgbackrest", "postgres_exporter", "pki"},
+    "postgres": ("postgres",
+                 {"postgres_server", "patroni", "etcd", "haproxy", "pgbackrest", "postgres_exporter", "pki"},
                  "TASK [patroni :"),
-    "redis": ("redis", {"redis_common", "redis_server", "redis_sentinel", "redis_exporter", "pki"}, "TASK [redis_server :"),
-    "monitoring": ("postgres", {"node_exporter", "postgres_exporter", "redis_exporter", "mongodb_exporter", "prometheus",
-                                "pki"}, "TASK [node_exporter :"),
+    "redis": ("redis", {"redis_common", "redis_server", "redis_sentinel", "redis_exporter", "pki"},
+              "TASK [redis_server :"),
+    "monitoring": ("postgres",
+                   {"node_exporter", "postgres_exporter", "redis_exporter", "mongodb_exporter", "prometheus", "pki"},
+                   "TASK [node_exporter :"),
 }
 
 
