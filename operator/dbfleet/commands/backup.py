@@ -22,7 +22,7 @@ from dbfleet.backups.drills import restore, run_drill
 from dbfleet.backups.engine import RestoreTarget
 from dbfleet.backups.job_runner import Job, JobContext, JobRunner, job_lock_held
 from dbfleet.backups.jobs import RESTORE, job_alive
-from dbfleet.backups.manifest import Check, newest_first, parse_time, utcnow
+from dbfleet.backups.manifest import Check, parse_time, utcnow
 from dbfleet.backups.runner import plan_prune, prune, take_backup
 from dbfleet.backups.scheduler import engine_kind
 from dbfleet.commands.common import (
