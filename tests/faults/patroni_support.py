@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from dbfleet.errors import TemporaryError
 from dbfleet.spec import PostgresCluster
 
 TABLE = "failover_probe"
@@ -251,7 +252,7 @@ def bounded(what: str, check: Callable[[], Any], timeout: float, every: float = 
     while True:
         try:
             last = check()
-        except (OSError, psycopg.Error) as exc:
+        except (OSError, psycopg.Error, TemporaryError) as exc:  # a server busy or restarting: poll again
             last = exc
         else:
             if last:
