@@ -50,8 +50,7 @@ def satisfies(version: str, ranges: str) -> bool:
 
 def test_every_collection_the_playbooks_name_is_required() -> None:
     used = referenced()
-    assert {"community.postgresql", "community.mongodb", "community.crypto", "community.general",
-            "community.docker"} <= used
+    assert {"community.postgresql", "community.mongodb", "community.general", "community.docker"} <= used
     assert used - set(requirements()) == set()
 
 
