@@ -40,6 +40,7 @@ from dbfleet import wiring
 from dbfleet.cli import main
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.patroni import WAL_SEGMENT_BYTES, parse_history
+from dbfleet.engines.pgbackrest import SPOOL_PATH
 from dbfleet.engines.postgres import connect, pg_paths
 from dbfleet.lab.topology import network_name
 from dbfleet.reconcile.leader import LOCK_KEY
@@ -388,7 +389,9 @@ def test_archiving_stuck_on_a_stale_segment_is_unblocked_by_the_operator(
     leader, _ = bounded("a healthy cluster", operator_heals(lab, cluster), HEALTHY_BOUND, every=1)
     status, history = patroni.get(leader, "history")
     if status == 200 and not history:  # run alone on a fresh lab: a switchover makes the parent timeline
-        target = next(n for n, m in patroni.members().items() if m.get("role") != "leader")
+        # With synchronous mode Patroni switches over only to the synchronous standby.
+        standbys = {n: m.get("role") for n, m in patroni.members().items() if m.get("role") != "leader"}
+        target = next((n for n, role in standbys.items() if role == "sync_standby"), next(iter(standbys)))
         with redirect_stdout(StringIO()) as out:
             assert main(["--spec", str(REPO / "fleet.example.yaml"), "switchover", "--cluster", cluster.name, "--to",
                          target, "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets)]) == 0, \
@@ -412,21 +415,33 @@ def test_archiving_stuck_on_a_stale_segment_is_unblocked_by_the_operator(
                                   f"rm -f {status_dir}/{stale}.done && touch {status_dir}/{stale}.ready")
 
     def archiver_took_or_refused() -> str:
-        archived, failed, failing = _archiver(lab, cluster, leader)
+        _, failed, failing = _archiver(lab, cluster, leader)
         if failing and failed == stale:
             return "refused"
-        return "archived" if archived == stale and not failing else ""
+        # Its `.done`, not last_archived_wal: with archive-async the archiver is acknowledged the next segments
+        # at once too, and last_archived_wal moves past the stale name within milliseconds.
+        done = docker("exec", "-u", "postgres", lab.container(leader), "test", "-e",
+                      f"{wal}/archive_status/{stale}.done", check=False).returncode == 0
+        return "archived" if done and not failing else ""
 
     plant(first)
     _sql(lab, cluster, leader, "SELECT pg_switch_wal()")  # wakes the archiver
     took, _ = bounded(f"the archiver handling {stale}", archiver_took_or_refused, 90, every=1)
     if took == "archived":  # the archive now holds the first bytes under that name: queue other bytes
+        # With archive-async (dr: two repositories) this host's spool remembers the name as pushed and would
+        # acknowledge it again unpushed; on a rewound member another host archived it, so its spool has no trace.
+        _as_postgres(lab, leader, f"rm -f {SPOOL_PATH}/archive/{cluster.name}/out/{stale}.ok")
         plant(second)
         _sql(lab, cluster, leader, "SELECT txid_current(), pg_switch_wal()")
         bounded(f"pgBackRest refusing {stale}", lambda: archiver_took_or_refused() == "refused", 150, every=1)
-    check = docker("exec", "-u", "postgres", lab.container(leader), "pgbackrest", f"--stanza={cluster.name}",
-                   "--archive-timeout=10", "check", check=False, timeout=120)
-    assert check.returncode != 0, f"archiving should be stuck behind {stale}: {check.stdout}"
+    # Stuck: PostgreSQL archives in order and retries the stale name for ever, so a newer segment stays queued
+    # (`.ready`) and pg_wal keeps it. (With archive-async pgBackRest pushes the newer one ahead into the repositories,
+    # so `pgbackrest check` passes then; PostgreSQL still never hears it was archived.)
+    _sql(lab, cluster, leader, "SELECT txid_current()")
+    newer = _sql(lab, cluster, leader, "SELECT pg_walfile_name(pg_switch_wal())")[0]
+    time.sleep(15)  # several archiver retries
+    _as_postgres(lab, leader, f"cd {wal}/archive_status && test -e {newer}.ready && ! test -e {newer}.done")
+    assert archiver_took_or_refused() == "refused", f"the archiver should still be failing on {stale}"
 
     argv = ["--spec", str(REPO / "fleet.example.yaml"), "reconcile", "--once", "--cluster", cluster.name,
             "--reconciler", "members", "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets),
@@ -439,6 +454,8 @@ def test_archiving_stuck_on_a_stale_segment_is_unblocked_by_the_operator(
     _as_postgres(lab, leader, f"cd {wal}/archive_status && test -e {stale}.done && ! test -e {stale}.ready")
 
     started = time.monotonic()
+    bounded(f"{newer} archived behind {stale}", lambda: (_archiver(lab, cluster, leader)[0] or "") >= newer, 90,
+            every=1)
     check = docker("exec", "-u", "postgres", lab.container(leader), "pgbackrest", f"--stanza={cluster.name}",
                    "--archive-timeout=90", "check", check=False, timeout=150)
     assert check.returncode == 0, f"archiving did not resume: {check.stdout[-2000:]}{check.stderr[-2000:]}"
