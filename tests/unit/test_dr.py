@@ -302,3 +302,106 @@ def test_a_dr_access_is_the_cluster_with_the_second_target_as_its_own() -> None:
     with pytest.raises(PermanentError, match="no dr section"):
         dr_cluster(plain.cluster("cache"))
     assert Check("x", True)  # the drill record type is shared by both targets
+
+
+# --------------------------------------------------------------------------- prunes held for restores and backups
+
+
+def _job(kind: str, alive_host: str = "elsewhere") -> object:
+    from dbfleet.backups.jobs import RUNNING, JobRecord, JobView
+
+    record = JobRecord("pg-main", kind, f"{kind}-pg-main-x", "latest", RUNNING, "them:7", alive_host,
+                       iso(NOW) or "", iso(NOW) or "")
+    return JobView(record, True)
+
+
+def _expiring(**second: object) -> BackupObservation:
+    """Both targets hold backups the retention lets go (old fulls superseded by newer verified ones)."""
+    old = [m(f"F{d}", start=NOW - timedelta(days=d)) for d in (30, 20, 10, 2)]
+    return BackupObservation(old, dr=BackupObservation(old, **second))  # type: ignore[arg-type]
+
+
+def test_a_restore_from_the_second_target_holds_prunes_in_both_targets() -> None:
+    from dbfleet.backups.jobs import RESTORE
+
+    idle = planned_backup_actions(FLEET, {"pg-main": _expiring()}, NOW)
+    assert [a for a in idle if a.kind == "prune" and a.detail.get("target") == "dr"], "the fixture expires in dr"
+    assert [a for a in idle if a.kind == "prune" and a.detail.get("target") != "dr"], "and in the first target"
+    held = planned_backup_actions(FLEET, {"pg-main": _expiring(jobs=(_job(RESTORE),))}, NOW)
+    assert not [a for a in held if a.kind == "prune"], "a restore reading the second target holds every prune"
+    waits = [a for a in held if a.kind == "report-prune-waits"]
+    assert {a.detail.get("target", "primary") for a in waits} == {"primary", "dr"}
+    assert all("restore job restore-pg-main-x (them:7)" in a.reason for a in waits)
+    primary = replace(_expiring(), jobs=(_job(RESTORE),))
+    held = planned_backup_actions(FLEET, {"pg-main": primary}, NOW)
+    assert not [a for a in held if a.kind == "prune"], "a restore reading the first target holds dr prunes too"
+    assert {a.detail.get("target", "primary") for a in held if a.kind == "report-prune-waits"} == {"primary", "dr"}
+
+
+def _restore_record(cluster: str, host: str = "elsewhere") -> object:
+    from dbfleet.backups.jobs import RESTORE, RUNNING, JobRecord
+
+    now = utcnow()
+    return JobRecord(cluster, RESTORE, f"restore-{cluster}-x", "latest", RUNNING, "them:7", host, iso(now) or "",
+                     iso(now) or "")
+
+
+def test_the_prune_act_checks_restores_in_both_targets_right_before_deleting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dbfleet.actions import Action
+    from dbfleet.backups.reconciler import BackupReconciler
+    from dbfleet.errors import Waiting
+
+    access = two_targets(tmp_path, monkeypatch)
+    assert access.dr is not None
+    reconciler = BackupReconciler(lambda cluster, session: access)
+    reconciler._access["cache"] = access
+    for where in ({"target": "dr"}, {}):
+        prune = Action("cache", "backups", "prune", "X", "retention", destructive=True,
+                       detail={"backup": "X", "root": "X", **where})
+        assert reconciler.act(prune, None) == "nothing to prune any more"  # type: ignore[arg-type]
+        record = _restore_record("cache")
+        access.dr.storage.put_bytes(record.key, record.to_json().encode())  # type: ignore[attr-defined]
+        with pytest.raises(Waiting, match="restore job restore-cache-x \\(them:7\\)"):
+            reconciler.act(prune, None)  # type: ignore[arg-type]
+        access.dr.storage.delete_prefix("dbfleet/cache/jobs/")
+
+
+def test_backup_prune_refuses_while_a_restore_reads_either_target(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from dbfleet.commands import backup as command
+    from dbfleet.commands.common import WorkFailed
+
+    access = two_targets(tmp_path, monkeypatch)
+    assert access.dr is not None
+    monkeypatch.setattr(command, "_clusters", lambda args: [access.cluster])
+    monkeypatch.setattr(command, "_access", lambda args, cluster: access)
+    trails: list[str] = []
+    monkeypatch.setattr(command, "open_audit_trail", lambda *a: trails.append("opened") or None)
+    args = argparse.Namespace(dry_run=False, json=True, cluster=None)
+    for target in (access.dr, access):
+        record = _restore_record("cache")
+        target.storage.put_bytes(record.key, record.to_json().encode())  # type: ignore[attr-defined]
+        for dry_run in (True, False):
+            with pytest.raises(WorkFailed, match="restore job restore-cache-x \\(them:7\\) .*prune after it ends"):
+                command.run_prune(argparse.Namespace(**{**vars(args), "dry_run": dry_run}))
+        target.storage.delete_prefix("dbfleet/cache/jobs/")
+    assert trails == [], "nothing was about to be deleted"
+    assert command.run_prune(argparse.Namespace(**{**vars(args), "dry_run": True})) == 0
+
+
+def test_status_notes_and_metrics_show_a_restore_from_the_second_target() -> None:
+    from dbfleet.backups.jobs import RESTORE
+    from dbfleet.backups.reconciler import BackupReconciler
+    from dbfleet.monitoring import metrics
+
+    obs = BackupObservation([m("A")], dr=BackupObservation([m("A")], jobs=(_job(RESTORE),)))
+    reconciler = BackupReconciler(lambda cluster, session: None)  # type: ignore[arg-type,return-value]
+    cluster = FLEET.cluster("pg-main")
+    status = reconciler.status(cluster, (cluster, obs), [])
+    assert [(j["kind"], j["id"]) for j in status["jobs"]] == [(RESTORE, "restore-pg-main-x")]
+    assert any("restore-pg-main-x" in note for note in reconciler.notes((cluster, obs)))
+    assert 'dbfleet_job_age_seconds{cluster="pg-main",kind="restore"}' in metrics.render().decode()
+    metrics.set_observed_jobs("pg-main", [])

@@ -387,3 +387,25 @@ def test_a_drain_leaves_a_rewrite_record_running_for_the_next_operator_to_settle
     assert [r.state for r in left] == [RUNNING]
     assert [r.state for r in storage.jobs("pg-main")] == [RUNNING]  # not guessed interrupted: its statement runs on
     gate.set()
+
+
+def test_one_restore_per_cluster_across_both_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dbfleet.backups.engine import RestoreTarget
+    from dbfleet.commands import backup as command
+    from dbfleet.commands.common import UsageError
+
+    monkeypatch.setenv("DBFLEET_LOCK_DIR", str(tmp_path / "locks"))
+    first, second = LocalStorage(tmp_path / "first"), LocalStorage(tmp_path / "second")
+    now = datetime.now(UTC)
+    other = JobRecord("pg-main", RESTORE, "restore-pg-main-2", "latest", RUNNING, "them:7", "elsewhere",
+                      iso(now) or "", iso(now) or "")
+    first.put_bytes(other.key, other.to_json().encode())  # a restore from the first target runs elsewhere
+    monkeypatch.setattr(command, "restore", fake_restore())
+    with pytest.raises(UsageError, match="restore job restore-pg-main-2 \\(them:7\\) runs since"):
+        command.restore_as_job(RestoreAccess(second), RestoreTarget("latest"), None, False,  # type: ignore[arg-type]
+                               others=[RestoreAccess(first)])  # type: ignore[list-item]
+    assert not second.jobs("pg-main"), "the refused restore wrote no record"
+    first.put_bytes(other.key, other.ended(INTERRUPTED, "gone", now).to_json().encode())
+    command.restore_as_job(RestoreAccess(second), RestoreTarget("latest"), None, False,  # type: ignore[arg-type]
+                           others=[RestoreAccess(first)])  # type: ignore[list-item]
+    assert {r.kind: r for r in second.jobs("pg-main")}[RESTORE].state == DONE

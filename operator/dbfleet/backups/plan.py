@@ -8,8 +8,9 @@ written), `mark-orphaned`, `backup` and `drill` (each starts a job), `prune`
 alert fires on), `report-job-failed`, and `report-invalid-manifest`, which names
 a manifest, drill or job record in the target that failed its checks and was
 left out. A backup or drill whose job still runs is not planned again; while
-a user's restore (`dbfleet restore`) is recorded running, a prune is reported
-waiting (`report-prune-waits`) rather than expiring what the restore reads.
+a user's restore (`dbfleet restore`) is recorded running in either target, a
+prune in either is reported waiting (`report-prune-waits`) rather than expiring
+what the restore reads.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from dbfleet.actions import Action
-from dbfleet.backups.jobs import BACKUP, DR_DRILL, DRILL, JOB_FAILED, RESTORE, JobView
+from dbfleet.backups.jobs import BACKUP, DR_DRILL, DRILL, JOB_FAILED, RESTORE, JobRecord, JobView
 from dbfleet.backups.manifest import FAILED, PENDING, DrillRecord, Manifest, newest_first, utcnow
 from dbfleet.backups.retention import Expiry, expired_backups
 from dbfleet.backups.scheduler import drill_due, due_backup
@@ -101,17 +102,34 @@ def planned_backup_actions(fleet: Fleet, observed: Mapping[str, BackupObservatio
                 actions.append(Action(name, RECONCILER, "drill", candidate.id,
                                       f"drill schedule {policy.drill.schedule!r} is due; newest backup "
                                       f"{candidate.id} ({candidate.status})", detail={"backup": candidate.id}))
-        restoring = next((v.record for v in obs.jobs if v.alive and v.record.kind == RESTORE), None)
+        restoring = live_restore(obs)
         for expiry in expired_backups(obs.manifests, policy.retention, now):
             if restoring is not None:
-                actions.append(Action(name, RECONCILER, "report-prune-waits", expiry.backup.id,
-                                      f"{expiry.describe()}; waits while restore job {restoring.id} ({restoring.owner})"
-                                      " reads the backups", detail={"backup": expiry.backup.id, "job": restoring.id}))
+                actions.append(prune_waits(name, expiry, restoring_why(restoring), restoring.id))
                 continue
             actions.append(prune_action(name, expiry))
         if cluster.dr is not None and obs.dr is not None:
             actions += dr_actions(cluster.dr, policy, obs, obs.dr, now, name)
     return actions
+
+
+def live_restore(obs: BackupObservation) -> JobRecord | None:
+    """A user's restore recorded running in either target: neither target prunes meanwhile, whichever one it reads
+    (one restore per cluster; the prune act and `dbfleet backup prune` check the records again right before
+    deleting: dbfleet.backups.runner.restore_running)."""
+    views = obs.jobs + (obs.dr.jobs if obs.dr is not None else ())
+    return next((v.record for v in views if v.alive and v.record.kind == RESTORE), None)
+
+
+def restoring_why(record: JobRecord) -> str:
+    return f"restore job {record.id} ({record.owner}) reads the backups"
+
+
+def prune_waits(cluster: str, expiry: Expiry, why: str, job: str, **where: str) -> Action:
+    """A prune the retention allows, held while `why` holds (a restore reads the backups); `job`: the id of the job
+    it waits for."""
+    return Action(cluster, RECONCILER, "report-prune-waits", expiry.backup.id, f"{expiry.describe()}; waits while "
+                  f"{why}", detail={"backup": expiry.backup.id, "job": job, **where})
 
 
 def missing_copies(first: list[Manifest], second: list[Manifest], backing_up: bool,
@@ -172,7 +190,11 @@ def dr_actions(dr: DrPolicy, policy: BackupPolicy, obs: BackupObservation, secon
                                   f"dr.drill schedule {dr.drill.schedule!r} is due; the second target's newest "
                                   f"backup {candidate.id} ({candidate.status})", detail={"backup": candidate.id,
                                                                                          **where}))
+    restoring = live_restore(obs)
     for expiry in expired_backups(second.manifests, policy.retention, now):
+        if restoring is not None:
+            actions.append(prune_waits(name, expiry, restoring_why(restoring), restoring.id, **where))
+            continue
         actions.append(Action(name, RECONCILER, "prune", f"dr:{expiry.backup.id}", expiry.describe(),
                               destructive=True, detail={"backup": expiry.backup.id, "root": expiry.root,
                                                         "superseded_by": expiry.superseded_by, **where}))

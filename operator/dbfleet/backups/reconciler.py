@@ -25,10 +25,10 @@ from dbfleet.backups.jobs import BACKUP, DR_DRILL, DRILL, JobView, settle
 from dbfleet.backups.manifest import PENDING, DrillRecord, newest_good, utcnow
 from dbfleet.backups.plan import RECONCILER, BackupObservation, missing_copies, planned_backup_actions
 from dbfleet.backups.retention import expired_backups
-from dbfleet.backups.runner import mark_orphans, observe, take_backup
+from dbfleet.backups.runner import mark_orphans, observe, restore_running, take_backup, targets
 from dbfleet.engines import AnySession, open_session
 from dbfleet.engines.base import AnyCluster
-from dbfleet.errors import PermanentError
+from dbfleet.errors import PermanentError, Waiting
 from dbfleet.monitoring import metrics
 from dbfleet.spec import Fleet
 from dbfleet.units import age
@@ -87,14 +87,22 @@ class BackupReconciler:
             with backup_lock(action.cluster):
                 return f"marked {len(mark_orphans(access))} orphaned"
         if action.kind == "prune":
-            # Re-plan under the current state: only the chosen backup, and only if still allowed.
-            manifests = access.storage.manifests(access.name)
-            expiries = [e for e in expired_backups(manifests, access.cluster.backup.retention, utcnow())
-                        if e.root == action.detail.get("root")]
-            if not expiries:
-                return "nothing to prune any more"
-            return "; ".join(adapter_for(access.cluster.engine).delete(access, expiries))
+            return self._prune(self._access[action.cluster], access, action)
         raise PermanentError(f"unknown backup action {action.kind}", cluster=action.cluster)
+
+    def _prune(self, root: BackupAccess, access: BackupAccess, action: Action) -> str:
+        """Re-plan under the current state right before deleting: only the chosen backup, only if still allowed,
+        never while a restore reads either target."""
+        restoring = restore_running(targets(root))
+        if restoring is not None:
+            raise Waiting(f"restore job {restoring.id} ({restoring.owner}) reads the backups; the prune waits",
+                          cluster=action.cluster, action="prune")
+        manifests = access.storage.manifests(access.name)
+        expiries = [e for e in expired_backups(manifests, access.cluster.backup.retention, utcnow())
+                    if e.root == action.detail.get("root")]
+        if not expiries:
+            return "nothing to prune any more"
+        return "; ".join(adapter_for(access.cluster.engine).delete(access, expiries))
 
     def _job_work(self, access: BackupAccess, action: Action, session: AnySession) -> Callable[[JobContext], str]:
         """The job that takes the backup or runs the drill, on an engine session of its own."""
@@ -133,7 +141,7 @@ class BackupReconciler:
         _, obs = observed
         pending = [m.id for m in obs.manifests if m.status == PENDING]
         now = utcnow()
-        notes = [f"job {v.record.describe(now)}" for v in obs.jobs if v.alive]
+        notes = [f"job {v.record.describe(now)}" for v, _ in all_jobs(obs) if v.alive]
         if pending and obs.running and not notes:
             notes.append(f"backup {', '.join(pending)} in progress")
         return notes
@@ -141,11 +149,17 @@ class BackupReconciler:
     def status(self, cluster: AnyCluster, observed: tuple[AnyCluster, BackupObservation],
                actions: list[Action]) -> dict[str, Any]:
         """Also the metrics of the cluster's running jobs that another process runs (a user's restore)."""
-        jobs = observed[1].jobs
+        jobs = all_jobs(observed[1])
         metrics.set_observed_jobs(cluster.name, [
-            (v.record.kind, v.record.started.timestamp(), v.record.heartbeat.timestamp()) for v in jobs
+            (v.record.kind, v.record.started.timestamp(), v.record.heartbeat.timestamp()) for v, _ in jobs
             if v.alive and not self.runner.is_running(cluster.name, v.record.kind)])
         return {"backups": backup_status(observed[1]), "jobs": job_status(jobs)}
+
+
+def all_jobs(obs: BackupObservation) -> list[tuple[JobView, str]]:
+    """The cluster's job records in both targets, each with where it is ('primary' or 'dr'): a DR drill's and a
+    restore from the second target (`restore --from dr`) are kept there."""
+    return [(v, "primary") for v in obs.jobs] + [(v, "dr") for v in (obs.dr.jobs if obs.dr is not None else ())]
 
 
 def target_of(access: BackupAccess, action: Action) -> BackupAccess:
@@ -158,13 +172,14 @@ def target_of(access: BackupAccess, action: Action) -> BackupAccess:
     return access.dr
 
 
-def job_status(jobs: tuple[JobView, ...]) -> list[dict[str, Any]]:
-    """The cluster's jobs as `status --json` shows them: kind, target, state, age, step or outcome."""
+def job_status(jobs: list[tuple[JobView, str]]) -> list[dict[str, Any]]:
+    """The cluster's jobs as `status --json` shows them: kind, target, state, age, step or outcome, and the backup
+    target its record is in (`in`: primary or dr)."""
     now = utcnow()
-    return [{"id": v.record.id, "kind": v.record.kind, "target": v.record.target,
+    return [{"id": v.record.id, "kind": v.record.kind, "target": v.record.target, "in": where,
              "state": v.record.state if v.alive or not v.stopped_unsettled else "stopped (to settle)",
              "age_s": round(v.record.age(now)), "step": v.record.step, "message": v.record.message,
-             "owner": v.record.owner, "line": v.record.describe(now)} for v in jobs]
+             "owner": v.record.owner, "line": v.record.describe(now)} for v, where in jobs]
 
 
 def job_columns(status: dict[str, Any]) -> dict[str, Any]:

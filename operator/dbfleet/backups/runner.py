@@ -21,7 +21,7 @@ from dbfleet.backups.adapters import adapter_for
 from dbfleet.backups.dr import describe, failed_copy
 from dbfleet.backups.engine import EngineBackups, Prepared
 from dbfleet.backups.job_runner import job_lock_held
-from dbfleet.backups.jobs import JobView, job_alive
+from dbfleet.backups.jobs import RESTORE, JobRecord, JobView, job_alive
 from dbfleet.backups.manifest import PENDING, Manifest, utcnow
 from dbfleet.backups.plan import BackupObservation, prune_action
 from dbfleet.backups.retention import Expiry, expired_backups
@@ -96,6 +96,23 @@ def copy_to_dr(access: BackupAccess, dr: BackupAccess, adapter: EngineBackups, p
     if copy.good:
         record_action(access.name, "dr-copy")
     return copy
+
+
+def targets(access: BackupAccess) -> list[BackupAccess]:
+    """The cluster's targets: the first, and the second (dr) when it has one."""
+    return [access] + ([access.dr] if access.dr is not None else [])
+
+
+def restore_running(accesses: list[BackupAccess]) -> JobRecord | None:
+    """A restore of the cluster that its record in one of `accesses`' targets says runs now (its job lock on this
+    machine, or a fresh heartbeat from another): nothing is pruned meanwhile, nor a second restore started."""
+    now, host = utcnow(), socket.gethostname()
+    for access in accesses:
+        held = job_lock_held(access.name, RESTORE)
+        for record in access.storage.jobs(access.name):
+            if record.kind == RESTORE and job_alive(record, now, host, held):
+                return record
+    return None
 
 
 def plan_prune(access: BackupAccess, now: datetime | None = None) -> list[Expiry]:

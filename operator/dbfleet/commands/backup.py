@@ -1,8 +1,9 @@
 """`dbfleet backup run|list|prune|mark`, `dbfleet restore` and `dbfleet drill`: backups on demand.
 
-A restore runs under a `restore` job record (dbfleet.backups.jobs) in the cluster's backup target, written
-when it starts, every heartbeat and when it ends: `status` and the operator's metrics show it, the operator
-prunes nothing while it runs, and a second restore of the same cluster is refused.
+A restore runs under a `restore` job record (dbfleet.backups.jobs) in the target it reads (the backup target, or
+the second one with --from dr), written when it starts, every heartbeat and when it ends: `status` and the
+operator's metrics show it, neither target is pruned while it runs (by the operator or `backup prune`, which
+exits 1), and a second restore of the same cluster, from either target, is refused.
 
 Exit codes: 0 ok, 1 the backup, restore or drill failed, 2 bad options or spec, or another restore of the
 cluster runs.
@@ -11,7 +12,6 @@ cluster runs.
 from __future__ import annotations
 
 import argparse
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,10 @@ from dbfleet.backups.adapters import adapter_for
 from dbfleet.backups.dr import describe_holders, holdings
 from dbfleet.backups.drills import restore, run_drill
 from dbfleet.backups.engine import RestoreTarget
-from dbfleet.backups.job_runner import Job, JobContext, JobRunner, job_lock_held
-from dbfleet.backups.jobs import RESTORE, job_alive
-from dbfleet.backups.manifest import Check, parse_time, utcnow
-from dbfleet.backups.runner import plan_prune, prune, take_backup
+from dbfleet.backups.job_runner import Job, JobContext, JobRunner
+from dbfleet.backups.jobs import RESTORE
+from dbfleet.backups.manifest import Check, parse_time
+from dbfleet.backups.runner import plan_prune, prune, restore_running, take_backup, targets
 from dbfleet.backups.scheduler import engine_kind
 from dbfleet.commands.common import (
     EXIT_FAILED,
@@ -144,8 +144,13 @@ def _clusters(args: argparse.Namespace) -> list[Any]:
 
 
 def _access(args: argparse.Namespace, cluster: Any) -> BackupAccess:
-    """The cluster's backup access; UsageError when the inventory is missing or unreadable, or has no host of a
-    cluster named by --cluster."""
+    """The cluster's backup access (of the target --from names); UsageError when the inventory is missing or
+    unreadable, or has no host of a cluster named by --cluster."""
+    return _accesses(args, cluster)[1]
+
+
+def _accesses(args: argparse.Namespace, cluster: Any) -> tuple[BackupAccess, BackupAccess]:
+    """(the cluster's access, whose `dr` is its second target's; the access of the target --from names)."""
     try:
         hosts = read_inventory_hosts(inventory_path(args))
     except ReconcileError as exc:
@@ -157,8 +162,8 @@ def _access(args: argparse.Namespace, cluster: Any) -> BackupAccess:
     if getattr(args, "source", "primary") == "dr":
         if access.dr is None:
             raise UsageError(f"--from dr: the spec gives cluster {cluster.name} no dr section", location="--from")
-        return access.dr
-    return access
+        return access, access.dr
+    return access, access
 
 
 def run_backup(args: argparse.Namespace) -> int:
@@ -191,10 +196,17 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
+    """Exit 1, deleting nothing, while a restore of a cluster is recorded running in either of its targets."""
     rows: list[dict[str, Any]] = []
+    chosen = [(cluster, _access(args, cluster)) for cluster in _clusters(args)]
+    for cluster, access in chosen:
+        restoring = restore_running(targets(access))
+        if restoring is not None:
+            raise WorkFailed(f"{cluster.name}: restore job {restoring.id} ({restoring.owner}) runs since "
+                             f"{restoring.started_at} and reads the backups; prune after it ends",
+                             location=f"cluster {cluster.name}")
     trail = None if args.dry_run else open_audit_trail(args, spec_of(args).sha256, "backup prune")
-    for cluster in _clusters(args):
-        access = _access(args, cluster)
+    for cluster, access in chosen:
         if trail is None:
             rows += [{"cluster": cluster.name, "backup": e.backup.id, "why": e.describe()}
                      for e in plan_prune(access)]
@@ -230,7 +242,7 @@ def run_restore(args: argparse.Namespace) -> int:
         target = RestoreTarget("name", args.to_name)
     else:
         target = RestoreTarget("latest")
-    access = _access(args, cluster)
+    root, access = _accesses(args, cluster)
     if args.dry_run:
         from dbfleet.backups.drills import choose_backup
 
@@ -242,7 +254,8 @@ def run_restore(args: argparse.Namespace) -> int:
              f"would restore {cluster.name} from {chosen[0].id if chosen else '?'} to {target.describe()} "
              "into a scratch container")
         return EXIT_OK
-    backup, restored, checks, kept = restore_as_job(access, target, args.backup, args.keep)
+    backup, restored, checks, kept = restore_as_job(access, target, args.backup, args.keep,
+                                                    others=[t for t in targets(root) if t is not access])
     ok = all(c.ok for c in checks)
     data = {"cluster": cluster.name, "backup": backup.id, "target": target.describe(), "ok": ok,
             "recovered_to": restored.recovered_to.isoformat() if restored.recovered_to else None,
@@ -254,17 +267,18 @@ def run_restore(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def restore_as_job(access: BackupAccess, target: RestoreTarget, backup_id: str | None,
-                   keep: bool) -> tuple[Any, Any, list[Check], str]:
-    """`restore` under the cluster's restore job record; UsageError (exit 2) when another restore of the cluster
-    runs, here or on another machine (its record's heartbeat fresh). Backups, drills and rewrites of the cluster
-    do not conflict: the restore reads finished backups into a scratch server of its own and the live cluster is
-    untouched; what would (a prune expiring what it reads) the operator holds while the record says it runs."""
+def restore_as_job(access: BackupAccess, target: RestoreTarget, backup_id: str | None, keep: bool,
+                   others: list[BackupAccess] | None = None) -> tuple[Any, Any, list[Check], str]:
+    """`restore` under the cluster's restore job record (in the target it reads); UsageError (exit 2) when another
+    restore of the cluster runs, from this target or one of `others` (the cluster's other target), here or on
+    another machine (its record's heartbeat fresh). Backups, drills and rewrites of the cluster do not conflict:
+    the restore reads finished backups into a scratch server of its own and the live cluster is untouched; what
+    would (a prune expiring what it reads) the operator holds in both targets while the record says it runs."""
     name = access.name
-    for record in access.storage.jobs(name):
-        if record.kind == RESTORE and job_alive(record, utcnow(), socket.gethostname(), job_lock_held(name, RESTORE)):
-            raise UsageError(f"{name}: restore job {record.id} ({record.owner}) runs since {record.started_at}; "
-                             "one restore of a cluster at a time", location="--cluster")
+    record = restore_running([access, *(others or [])])
+    if record is not None:
+        raise UsageError(f"{name}: restore job {record.id} ({record.owner}) runs since {record.started_at}; "
+                         "one restore of a cluster at a time", location="--cluster")
     done: dict[str, Any] = {}
 
     def work(context: JobContext) -> str:
