@@ -338,6 +338,19 @@ def test_a_restore_from_the_second_target_holds_prunes_in_both_targets() -> None
     assert {a.detail.get("target", "primary") for a in held if a.kind == "report-prune-waits"} == {"primary", "dr"}
 
 
+def test_a_dr_prune_waits_while_a_backup_and_its_copy_run() -> None:
+    from dbfleet.backups.jobs import BACKUP
+
+    busy = replace(_expiring(), jobs=(_job(BACKUP),))
+    actions = planned_backup_actions(FLEET, {"pg-main": busy}, NOW)
+    assert not [a for a in actions if a.kind == "prune" and a.detail.get("target") == "dr"]
+    waits = [a for a in actions if a.kind == "report-prune-waits" and a.detail.get("target") == "dr"]
+    assert waits and all("backup job backup-pg-main-x" in a.reason for a in waits)
+    locked = replace(_expiring(), running=True)
+    assert not [a for a in planned_backup_actions(FLEET, {"pg-main": locked}, NOW)
+                if a.kind == "prune" and a.detail.get("target") == "dr"]
+
+
 def _restore_record(cluster: str, host: str = "elsewhere") -> object:
     from dbfleet.backups.jobs import RESTORE, RUNNING, JobRecord
 
@@ -346,9 +359,10 @@ def _restore_record(cluster: str, host: str = "elsewhere") -> object:
                      iso(now) or "")
 
 
-def test_the_prune_act_checks_restores_in_both_targets_right_before_deleting(
+def test_the_prune_act_checks_restores_in_both_targets_and_the_backup_lock_right_before_deleting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dbfleet.actions import Action
+    from dbfleet.backups.access import backup_lock
     from dbfleet.backups.reconciler import BackupReconciler
     from dbfleet.errors import Waiting
 
@@ -365,6 +379,8 @@ def test_the_prune_act_checks_restores_in_both_targets_right_before_deleting(
         with pytest.raises(Waiting, match="restore job restore-cache-x \\(them:7\\)"):
             reconciler.act(prune, None)  # type: ignore[arg-type]
         access.dr.storage.delete_prefix("dbfleet/cache/jobs/")
+        with backup_lock("cache"), pytest.raises(Waiting, match="a backup of cache runs"):
+            reconciler.act(prune, None)  # type: ignore[arg-type]
 
 
 def test_backup_prune_refuses_while_a_restore_reads_either_target(tmp_path: Path,

@@ -10,7 +10,8 @@ a manifest, drill or job record in the target that failed its checks and was
 left out. A backup or drill whose job still runs is not planned again; while
 a user's restore (`dbfleet restore`) is recorded running in either target, a
 prune in either is reported waiting (`report-prune-waits`) rather than expiring
-what the restore reads.
+what the restore reads; a prune of the second target also waits while a backup
+runs (it copies into that target).
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ def restoring_why(record: JobRecord) -> str:
 
 
 def prune_waits(cluster: str, expiry: Expiry, why: str, job: str, **where: str) -> Action:
-    """A prune the retention allows, held while `why` holds (a restore reads the backups); `job`: the id of the job
-    it waits for."""
+    """A prune the retention allows, held while `why` holds (a restore reads the backups, a backup writes them);
+    `job`: the id of the job it waits for ('' when only the backup lock says one runs)."""
     return Action(cluster, RECONCILER, "report-prune-waits", expiry.backup.id, f"{expiry.describe()}; waits while "
                   f"{why}", detail={"backup": expiry.backup.id, "job": job, **where})
 
@@ -191,9 +192,16 @@ def dr_actions(dr: DrPolicy, policy: BackupPolicy, obs: BackupObservation, secon
                                   f"backup {candidate.id} ({candidate.status})", detail={"backup": candidate.id,
                                                                                          **where}))
     restoring = live_restore(obs)
+    backing_up = next((v.record for v in obs.jobs if v.alive and v.record.kind == BACKUP), None)
     for expiry in expired_backups(second.manifests, policy.retention, now):
         if restoring is not None:
             actions.append(prune_waits(name, expiry, restoring_why(restoring), restoring.id, **where))
+            continue
+        if obs.backing_up:
+            # pgbackrest --repo=2 expire (or the dump copy's folder deleted) would race the backup's copy into it.
+            doing = f"backup job {backing_up.id} ({backing_up.owner})" if backing_up else "a backup of the cluster"
+            actions.append(prune_waits(name, expiry, f"{doing} runs and copies into the second target",
+                                      backing_up.id if backing_up else "", **where))
             continue
         actions.append(Action(name, RECONCILER, "prune", f"dr:{expiry.backup.id}", expiry.describe(),
                               destructive=True, detail={"backup": expiry.backup.id, "root": expiry.root,

@@ -17,7 +17,7 @@ from datetime import UTC
 from typing import Any
 
 from dbfleet.actions import Action
-from dbfleet.backups.access import BackupAccess, backup_lock
+from dbfleet.backups.access import BackupAccess, backup_lock, drop_lock, take_lock
 from dbfleet.backups.adapters import adapter_for
 from dbfleet.backups.drills import run_drill
 from dbfleet.backups.job_runner import Job, JobContext, JobRunner
@@ -92,17 +92,25 @@ class BackupReconciler:
 
     def _prune(self, root: BackupAccess, access: BackupAccess, action: Action) -> str:
         """Re-plan under the current state right before deleting: only the chosen backup, only if still allowed,
-        never while a restore reads either target."""
+        never while a restore reads either target, and under the cluster's backup lock (a backup, and its copy
+        into the second target, holds it: pgbackrest expire would race it)."""
         restoring = restore_running(targets(root))
         if restoring is not None:
             raise Waiting(f"restore job {restoring.id} ({restoring.owner}) reads the backups; the prune waits",
                           cluster=action.cluster, action="prune")
-        manifests = access.storage.manifests(access.name)
-        expiries = [e for e in expired_backups(manifests, access.cluster.backup.retention, utcnow())
-                    if e.root == action.detail.get("root")]
-        if not expiries:
-            return "nothing to prune any more"
-        return "; ".join(adapter_for(access.cluster.engine).delete(access, expiries))
+        lock = take_lock(action.cluster, "backup")
+        if lock is None:
+            raise Waiting(f"a backup of {action.cluster} runs (its lock is held); the prune waits",
+                          cluster=action.cluster, action="prune")
+        try:
+            manifests = access.storage.manifests(access.name)
+            expiries = [e for e in expired_backups(manifests, access.cluster.backup.retention, utcnow())
+                        if e.root == action.detail.get("root")]
+            if not expiries:
+                return "nothing to prune any more"
+            return "; ".join(adapter_for(access.cluster.engine).delete(access, expiries))
+        finally:
+            drop_lock(lock)
 
     def _job_work(self, access: BackupAccess, action: Action, session: AnySession) -> Callable[[JobContext], str]:
         """The job that takes the backup or runs the drill, on an engine session of its own."""
