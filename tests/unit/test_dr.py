@@ -421,3 +421,50 @@ def test_status_notes_and_metrics_show_a_restore_from_the_second_target() -> Non
     assert any("restore-pg-main-x" in note for note in reconciler.notes((cluster, obs)))
     assert 'dbfleet_job_age_seconds{cluster="pg-main",kind="restore"}' in metrics.render().decode()
     metrics.set_observed_jobs("pg-main", [])
+
+
+class ScriptOutput:
+    """An executor whose one command (the backup script) prints what pgBackRest would: its log, then `info`."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.ran: list[list[str]] = []
+
+    def run(self, host: str, argv: list[str], **kwargs: object) -> object:
+        from dbfleet.engines.executor import ExecResult
+
+        self.ran.append(argv)
+        return ExecResult(0, self.out, "")
+
+
+def test_a_diff_pgbackrest_takes_as_full_in_repo2_is_a_full_in_the_second_targets_manifest(tmp_path: Path) -> None:
+    import json
+
+    from dbfleet.backups.engine import Prepared
+    from dbfleet.backups.postgres import PostgresBackups
+
+    cluster = FLEET.cluster("pg-main")
+    when = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
+    pending = PostgresBackups().new_manifest(BackupAccess(cluster, None, None), "diff", when, "pgBackRest 2.45")  # type: ignore[arg-type]
+    done = replace(pending, status="complete", kind="diff", detail={"type": "diff", "label": "20261130-020000F_D"})
+
+    def entry(label: str, kind: str, repo: int) -> dict[str, object]:
+        return {"label": label, "type": kind, "prior": None if kind == "full" else "20261129-020000F",
+                "annotation": {"dbfleet-id": pending.id}, "database": {"id": 1, "repo-key": repo},
+                "archive": {"start": "000000010000000000000005", "stop": "000000010000000000000005"},
+                "lsn": {"start": "0/5000028", "stop": "0/5000100"},
+                "timestamp": {"start": 1796004000, "stop": 1796004010},
+                "info": {"size": 100, "repository": {"size": 10}}, "backrest": {"version": "2.45"}}
+
+    # repo1 took the diff; repo2 had no full yet, so pgBackRest took a full there ("diff backup changed to full").
+    info = [{"name": "pg-main", "archive": [],
+             "backup": [entry("20261130-020000F_D", "diff", 1), entry("20261130-020005F", "full", 2)]}]
+    executor = ScriptOutput("dbfleet-tool-ms: 5000\ndbfleet-info:\n" + json.dumps(info))
+    storage = LocalStorage(tmp_path)
+    storage.put_bytes("pgbackrest/pg-main/backup/pg-main/20261130-020005F/backup.manifest", b"x")
+    dr = BackupAccess(dr_cluster(cluster), executor, storage, second=True)  # type: ignore[arg-type]
+    copy = PostgresBackups().copy_to_dr(dr, dr, pending, done, Prepared("pgBackRest 2.45", {"host": "pg-1"}, ()))
+    assert "--repo=2" in executor.ran[0] and "--type=diff" in executor.ran[0]
+    assert copy.id == pending.id, "the same id in both targets"
+    assert copy.kind == "full" and copy.detail["type"] == "full" and copy.detail["label"] == "20261130-020005F"
+    assert copy.parent is None

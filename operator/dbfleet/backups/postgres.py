@@ -275,6 +275,9 @@ def set_prefix(cluster: str, label: str) -> str:
     return f"{repo_prefix(cluster)}backup/{cluster}/{label}/"
 
 
+PGBACKREST_KINDS = ("full", "diff", "incr")
+
+
 def backup_args(pending: Manifest, repo: int) -> list[str]:
     """pgbackrest's arguments for the pending backup into one repository (its own retention: dbfleet expires)."""
     return [f"--repo={repo}", f"--type={pending.kind}", "--no-expire-auto", f"--annotation=dbfleet-id={pending.id}",
@@ -326,7 +329,8 @@ class PostgresBackups(EngineBackups):
                    prepared: Prepared) -> Manifest:
         """The same backup kind again, into the second repository (repo2, in dr.target), annotated with the same
         id: pgBackRest 2.x backs up one repository per command, and each repository keeps its own chain of
-        full, diff and incr (a diff with no full in repo2 yet becomes a full there)."""
+        full, diff and incr (a diff with no full in repo2 yet becomes a full there: the second target's manifest
+        then says full, as `pgbackrest info` does for repo2, under the same id)."""
         run = backup_on_primary(dr, done.host or prepared.facts["host"], backup_args(pending, dr.repo))
         return self._completed(dr, pending, run, tuple(dr.storage.manifests(dr.name)), prepared.tool_version)
 
@@ -353,9 +357,15 @@ class PostgresBackups(EngineBackups):
         if archive_id:
             files += access.storage.measure_many(_wal_between(access, archive_id, entry["archive"]["start"],
                                                               entry["archive"]["stop"]))
+        kind = entry["type"]
+        if kind not in PGBACKREST_KINDS:
+            raise PermanentError(f"pgbackrest info gives backup {label} the type {str(kind)[:40]!r}",
+                                 cluster=cluster.name, host=host, action="backup")
         parent = self._parent_id(history, entry.get("prior"))
         stop = datetime.fromtimestamp(entry["timestamp"]["stop"], UTC)
-        done = pending.completed(
+        # The kind is what pgBackRest took in this repository: a diff or incr with no full there yet is a full
+        # (so in repo2 after the first target's chain began), and retention counts chains by kind.
+        done = replace(pending, kind=kind).completed(
             utcnow(), files, host=host, label=label, type=entry["type"], prior=entry.get("prior"),
             lsn_start=entry["lsn"]["start"], lsn_stop=entry["lsn"]["stop"],
             wal_start=entry["archive"]["start"], wal_stop=entry["archive"]["stop"], archive_id=archive_id,
