@@ -1100,12 +1100,15 @@ LeaderBackend = Literal["etcd", "postgres", "file"]
 
 class JobLimits(Strict):
     """How many long jobs the leader runs at once, fleet-wide (dbfleet.backups.job_runner). A due job beyond the
-    limit waits for a later cycle; at most one job of a kind runs per cluster whatever the limit."""
+    limit waits for a later cycle; at most one job of a kind runs per cluster whatever the limit. A user's
+    `dbfleet restore` is not the operator's and not counted here: one restore per cluster at a time, from either
+    target, each in the process of the command that runs it."""
 
     backups: Annotated[int, Field(ge=1, le=64)] = 2
     """Backups at once: they share the backup target's storage and network."""
     drills: Annotated[int, Field(ge=1, le=16)] = 1
-    """Restore drills at once: each starts a scratch server and reads a whole backup back."""
+    """Restore drills at once, drills and DR drills (`dr-drill`) together: each starts a scratch server and reads
+    a whole backup back."""
     rewrites: Annotated[int, Field(ge=1, le=16)] = 2
     """Maintenance rewrites (REINDEX INDEX CONCURRENTLY, pg_repack) at once, one per cluster at most: each reads
     and writes a whole relation on its primary, in the clusters' maintenance windows."""

@@ -206,6 +206,24 @@ def test_one_job_per_cluster_and_kind_and_the_fleet_wide_limit(storage: LocalSto
     assert runner.wait(10)
 
 
+def test_a_dr_drill_shares_the_drill_slots(storage: LocalStorage) -> None:
+    gate = threading.Event()
+    runner = JobRunner(JobLimits(drills=1), heartbeat=60)
+    runner.start(gated_job(storage, "cache", gate, kind="drill"))
+    with pytest.raises(Waiting, match="1 of 1 drill and dr-drill jobs run fleet-wide \\(operator.jobs.drills\\)"):
+        runner.start(gated_job(storage, "pg-main", gate, kind="dr-drill"))  # both start a scratch server
+    assert runner.waiting()["dr-drill"] == 1
+    gate.set()
+    assert runner.wait(10)
+    runner.begin_cycle()
+    two = JobRunner(JobLimits(drills=2), heartbeat=60)
+    gate.clear()
+    two.start(gated_job(storage, "cache", gate, kind="dr-drill"))
+    two.start(gated_job(storage, "pg-main", gate, kind="drill"))
+    gate.set()
+    assert two.wait(10)
+
+
 def test_a_failed_job_is_recorded_failed_and_inline_it_raises(storage: LocalStorage) -> None:
     gate = threading.Event()
     gate.set()

@@ -35,6 +35,7 @@ from dbfleet.backups.access import drop_lock, lock_busy, take_lock
 from dbfleet.backups.jobs import (
     BACKUP,
     DONE,
+    DR_DRILL,
     DRILL,
     HEARTBEAT_SECONDS,
     INTERRUPTED,
@@ -55,8 +56,16 @@ from dbfleet.spec import JobLimits
 log = logging.getLogger(__name__)
 
 
-LIMITS = {BACKUP: "backups", DRILL: "drills", REWRITE: "rewrites"}
-"""The operator.jobs field that bounds each kind fleet-wide; a restore is one per cluster and process."""
+LIMITS = {BACKUP: "backups", DRILL: "drills", DR_DRILL: "drills", REWRITE: "rewrites"}
+"""The operator.jobs field that bounds each kind fleet-wide; kinds with one field share its slots (a drill and a DR
+drill each start a scratch server). A restore is none of the operator's: `dbfleet restore` runs it in a runner of
+its own, so RESTORE_LIMIT is per process (one per cluster and the records say so across processes)."""
+RESTORE_LIMIT = 1
+
+
+def sharing(kind: str) -> tuple[str, ...]:
+    """The kinds whose running jobs count against `kind`'s limit (itself, and those bound by the same field)."""
+    return tuple(k for k in JOB_KINDS if k == kind or (kind in LIMITS and LIMITS.get(k) == LIMITS[kind]))
 
 
 def job_lock_name(kind: str) -> str:
@@ -156,7 +165,7 @@ class JobRunner:
 
     def limit(self, kind: str) -> int:
         field_name = LIMITS.get(kind)
-        return 1 if field_name is None else int(getattr(self.limits, field_name))
+        return RESTORE_LIMIT if field_name is None else int(getattr(self.limits, field_name))
 
     # -- what the cycle sees -------------------------------------------------
 
@@ -189,11 +198,12 @@ class JobRunner:
             if key in self._running:
                 raise Waiting(f"a {job.kind} job already runs: {self._running[key].context.record.id}",
                               cluster=job.cluster, action=job.kind)
-            busy = sum(k == job.kind for _, k in self._running)
+            busy = sum(k in sharing(job.kind) for _, k in self._running)
             if busy >= self.limit(job.kind):
                 self._waiting.add(key)
                 self._publish_locked()
-                raise Waiting(f"waiting for a free slot: {busy} of {self.limit(job.kind)} {job.kind} jobs run "
+                raise Waiting(f"waiting for a free slot: {busy} of {self.limit(job.kind)} "
+                              f"{' and '.join(sharing(job.kind))} jobs run "
                               f"fleet-wide (operator.jobs.{LIMITS.get(job.kind, job.kind)})", cluster=job.cluster,
                               action=job.kind)
             fd = take_lock(job.cluster, job_lock_name(job.kind))

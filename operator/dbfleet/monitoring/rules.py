@@ -468,8 +468,9 @@ def operator_job_rules(fleet: Fleet) -> list[Rule]:
              expr=f"max by (kind) ({metrics.JOBS_QUEUED}{operator}) > 0",
              for_=prom_duration(duration_seconds(limits.waiting_alert_after)),
              summary="{{ $value }} due {{ $labels.kind }} jobs have waited for a free slot for %s without a pause:"
-                     " operator.jobs (backups %d, drills %d, rewrites %d) is too low for the fleet, or a job holds "
-                     "its slot" % (limits.waiting_alert_after, limits.backups, limits.drills, limits.rewrites)),
+                     " operator.jobs (backups %d, drills %d for drills and DR drills together, rewrites %d) is too low "
+                     "for the fleet, or a job holds its slot (a user's restore never waits here)"
+                     % (limits.waiting_alert_after, limits.backups, limits.drills, limits.rewrites)),
     ]
 
 
