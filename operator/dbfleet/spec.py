@@ -246,11 +246,21 @@ def same_place(first: LocalTarget | S3Target, second: LocalTarget | S3Target) ->
             return "path", f"{second.path!r} is the same directory"
         if one.startswith(two) or two.startswith(one):
             return "path", f"{second.path!r} and {first.path!r} are one inside the other"
-    if isinstance(first, S3Target) and isinstance(second, S3Target) and first.bucket == second.bucket:
+    if isinstance(first, S3Target) and isinstance(second, S3Target) and first.bucket == second.bucket \
+            and same_endpoint(first, second):
         one, two = first.prefix + "/", second.prefix + "/"
         if not first.prefix or not second.prefix or one.startswith(two) or two.startswith(one):
             return "bucket", f"{second.bucket!r} under the prefix {second.prefix!r} overlaps {first.prefix!r}"
     return None
+
+
+def same_endpoint(first: S3Target, second: S3Target) -> bool:
+    """Both on one S3 service: AWS's (no endpoint), or one endpoint URL (a trailing slash and the host's case aside).
+    A bucket name is a place only on its service: one name on two endpoints is two buckets."""
+    def norm(target: S3Target) -> str:
+        return (target.endpoint or "").rstrip("/").lower()
+
+    return norm(first) == norm(second)
 
 
 class DrDrill(Strict):
@@ -636,6 +646,11 @@ class ClusterBase(Strict):
         if overlap:
             raise ValueError(f"dr.target.{overlap[0]}: {overlap[1]} as backup.target; the second copy must be apart "
                              "from the first")
+        first = self.backup.target
+        if isinstance(first, S3Target) and isinstance(dr.target, S3Target) and same_endpoint(first, dr.target) \
+                and first.region == dr.target.region:
+            raise ValueError(f"dr.target.region: {dr.target.region} is the region of backup.target (bucket "
+                             f"{first.bucket!r}); the second copy belongs in another region than the first")
         engine: str = getattr(self, "engine")  # noqa: B009
         if dr.standby is not None and engine != "postgres":
             raise ValueError(f"dr.standby: a standby site is PostgreSQL's; {engine} has none")

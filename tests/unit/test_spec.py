@@ -659,3 +659,29 @@ def test_a_standby_site_is_parsed() -> None:
     assert dr is not None and dr.standby is not None
     assert [getattr(h, "name", h) for h in dr.standby.hosts] == ["pg-dr-1", "pg-dr-2"]
     assert dr.standby.region == "us-west-2"
+
+
+def test_an_s3_dr_target_in_the_s3_backup_targets_region_is_refused() -> None:
+    # The first copy already left the fleet's region: the second must not share its region either.
+    first = _with_target("{kind: s3, bucket: acme-bk, region: us-west-2}")
+    assert parse_fleet(first).cluster("pg-main").backup.target.region == "us-west-2"
+    err = _error(first.replace(PG_DR, "target: {kind: s3, bucket: acme-dr, region: us-west-2}\n      rpo_seconds: 60\n",
+                               1))
+    problems = [p for p in err.problems if p.path == "clusters.0.dr.target.region"]
+    assert problems and all(p.line is not None for p in problems), str(err)
+    assert "us-west-2 is the region of backup.target" in str(err)
+    fine = first.replace(PG_DR, "target: {kind: s3, bucket: acme-dr, region: eu-west-1}\n      rpo_seconds: 60\n", 1)
+    assert parse_fleet(fine).cluster("pg-main").dr is not None
+
+
+def test_one_bucket_name_on_two_endpoints_is_two_places() -> None:
+    from dbfleet.spec import S3Target, same_place
+
+    aws = S3Target(kind="s3", bucket="acme-bk", region="us-east-1")
+    other = S3Target(kind="s3", bucket="acme-bk", region="eu-west-1", endpoint="https://s3.example.net")
+    assert same_place(aws, other) is None and same_place(other, aws) is None
+    assert same_place(other, other.model_copy(update={"endpoint": "https://s3.example.net/"})) is not None
+    assert same_place(aws, aws.model_copy(update={"region": "eu-west-1"})) is not None
+    first = _with_target("{kind: s3, bucket: acme-bk, endpoint: 'https://minio.example.net:9000'}")
+    text = first.replace(PG_DR, "target: {kind: s3, bucket: acme-bk, region: us-west-2}\n      rpo_seconds: 60\n", 1)
+    assert parse_fleet(text).cluster("pg-main").dr is not None
