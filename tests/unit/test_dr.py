@@ -136,7 +136,8 @@ def test_status_shows_the_second_target() -> None:
                             dr=BackupObservation([m("A")], last_drill=drill("A", rpo=42.0)))
     row = backup_columns(FLEET.cluster("pg-main"), {"backups": backup_status(obs)})
     assert row["dr"] == "1 copies missing; DR drill ok, RTO 12.0s, RPO 42s"
-    assert backup_status(BackupObservation([m("A")]))  # no dr key without a second target
+    plain = backup_status(BackupObservation([m("A")]))
+    assert "dr" not in plain and plain["newest_good"] == "A", "no dr key without a second target"
     assert "dr" not in backup_columns(FLEET.cluster("pg-main"), {"backups": backup_status(BackupObservation())})
 
 
@@ -290,7 +291,7 @@ def test_the_rpo_bounds_archive_timeout() -> None:
     assert postgres_server_inputs(pg(text))["postgres_server_parameters"]["archive_timeout"] == "150s"
 
 
-def test_a_dr_access_is_the_cluster_with_the_second_target_as_its_own() -> None:
+def test_a_dr_access_is_the_cluster_with_the_second_target_as_its_own(tmp_path: Path) -> None:
     cluster = FLEET.cluster("cache")
     view = dr_cluster(cluster)
     assert cluster.dr is not None and view.backup.target == cluster.dr.target and view.dr is None
@@ -301,7 +302,13 @@ def test_a_dr_access_is_the_cluster_with_the_second_target_as_its_own() -> None:
     plain = parse_fleet(without_dr("cache"))
     with pytest.raises(PermanentError, match="no dr section"):
         dr_cluster(plain.cluster("cache"))
-    assert Check("x", True)  # the drill record type is shared by both targets
+    # The drill record type is shared by both targets: a DR drill's record, saved in the second target, is read
+    # back there as the drill record a drill's is in the first.
+    record = DrillRecord(id="D2", cluster="cache", backup_id="A", started_at=iso(NOW) or "",
+                         finished_at=iso(NOW) or "", ok=True, message="ok", checks=(Check("x", True, "fine"),))
+    second = replace(access, storage=LocalStorage(tmp_path / "second"))
+    second.storage.save_drill(record)
+    assert second.storage.last_drill("cache") == record and LocalStorage(tmp_path / "first").last_drill("cache") is None
 
 
 # --------------------------------------------------------------------------- prunes held for restores and backups
