@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +91,17 @@ class RewriteJobs:
             return None
         record, alive = found
         action, _, before = record.before.partition(" ")
+        apart = (record.database, record.schema, record.relation) if record.schema and record.relation else None
         return RewriteJob(record.id, action, record.target, record.state, alive, record.owner, record.heartbeat_at,
-                          before, record.describe(utcnow()))
+                          before, record.describe(utcnow()), apart)
 
     def start(self, action: Action, session: AnySession, before: str, work: Callable[[], str]) -> str:
         def job(context: JobContext) -> str:
+            # The relation's parts, apart, go into its record from the first heartbeat on (and its end); a record
+            # without them is read by its target, and refused where a '.' or '/' in a name makes that ambiguous.
+            d = action.detail
+            context.record = replace(context.record, database=str(d.get("database", "")),
+                                     schema=str(d.get("schema", "")), relation=str(d.get("name", "")))
             context.step(f"{action.kind} {action.target}")
             return work()
 

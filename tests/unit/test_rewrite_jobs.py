@@ -409,3 +409,81 @@ def test_one_restore_per_cluster_across_both_targets(tmp_path: Path, monkeypatch
     command.restore_as_job(RestoreAccess(second), RestoreTarget("latest"), None, False,  # type: ignore[arg-type]
                            others=[RestoreAccess(first)])  # type: ignore[list-item]
     assert {r.kind: r for r in second.jobs("pg-main")}[RESTORE].state == DONE
+
+
+# --------------------------------------------------------------------------- a relation named with dots
+
+
+def dotted_action() -> Action:
+    return Action("pg-main", "maintenance", "reindex-index", "app/sales.eu.orders_a", "bloated",
+                  detail={"database": "app", "schema": "sales.eu", "name": "orders_a", "table": "orders",
+                          "lock_timeout": "5s", "size_bytes": 100})
+
+
+def test_a_rewrite_record_keeps_schema_and_name_apart(storage: LocalStorage) -> None:
+    pg = FLEET.cluster("pg-main")
+    runner = JobRunner(JobLimits(rewrites=1), heartbeat=0.05)
+    jobs = RewriteJobs(runner, storage=lambda cluster, session: storage)
+    jobs.start(dotted_action(), Session(pg), "16400", lambda: "rebuilt")
+    assert runner.wait(10)
+    [record] = storage.jobs("pg-main")
+    assert (record.database, record.schema, record.relation) == ("app", "sales.eu", "orders_a")
+    assert JobRecord.from_json(record.to_json()) == record
+    seen = jobs.observe(pg, Session(pg))
+    assert seen is not None and seen.place == ("app", "sales.eu", "orders_a")
+
+
+def test_an_old_record_is_read_by_its_target_unless_a_dot_makes_it_ambiguous() -> None:
+    assert job(target="app/public.orders_a").place == ("app", "public", "orders_a")
+    ambiguous = job(alive=False, target="app/sales.eu.orders_a")
+    assert ambiguous.place is None
+    state, message = settle_rewrite(ambiguous, observed(ambiguous, filenode=16999))
+    assert state == INTERRUPTED and "ambiguous" in message and "not judged from the catalog" in message
+    debris = [Debris("app", "sales", "eu", "orders_a_ccnew", MB)]
+    assert "orders_a_ccnew" not in settle_rewrite(ambiguous, observed(ambiguous, debris, filenode=1))[1]
+
+
+class OneEngine:
+    """A PgMaintenance stand-in: an observation, and file nodes looked up (or failing)."""
+
+    def __init__(self, fail: bool = False):
+        self.looked_up: list[tuple[str, str, str]] = []
+        self.fail = fail
+
+    def observe(self) -> ObservedMaintenance:
+        return observed()
+
+    def filenode(self, database: str, schema: str, name: str) -> int | None:
+        self.looked_up.append((database, schema, name))
+        if self.fail:
+            raise RuntimeError("to_regclass: invalid name syntax")
+        return 16999
+
+
+class OneJob(FakeJobs):
+    def __init__(self, seen: RewriteJob):
+        super().__init__()
+        self.seen = seen
+
+    def observe(self, cluster: Any, session: Any) -> RewriteJob | None:
+        return self.seen
+
+
+def test_observe_looks_a_stopped_jobs_relation_up_by_its_stored_parts_and_survives_a_failing_lookup() -> None:
+    pg = FLEET.cluster("pg-main")
+    stored_apart = RewriteJob("rewrite-pg-main-1", "reindex-index", "app/sales.eu.orders_a", RUNNING, False, "o:1",
+                              "2026-11-28T02:00:00Z", "16400", "line", relation=("app", "sales.eu", "orders_a"))
+    for seen, engine, looked, node in (
+            (stored_apart, OneEngine(), [("app", "sales.eu", "orders_a")], 16999),
+            (job(alive=False, target="app/sales.eu.orders_a"), OneEngine(), [], None),
+            (stored_apart, OneEngine(fail=True), [("app", "sales.eu", "orders_a")], None)):
+        reconciler = MaintenanceReconciler(jobs=OneJob(seen))
+        reconciler._engine = lambda session, e=engine: e  # type: ignore[method-assign,misc]
+        obs = reconciler.observe(pg, None)  # type: ignore[arg-type]
+        assert engine.looked_up == looked and obs.job_filenode == node
+        if seen.place is None:
+            assert any("ambiguous" in note for note in obs.notes), obs.notes
+        if engine.fail:
+            assert obs.job_unread and "invalid name syntax" in obs.job_unread
+            assert rewrite_busy(obs) and not any(a.kind == "settle-rewrite"
+                                                 for a in diff_maintenance("pg-main", POLICY, obs))

@@ -59,6 +59,8 @@ STALE_AFTER = JOB_STALE_AFTER
 SLACK = timedelta(seconds=5)
 """Clocks of the operator and the target's writer may differ this much when matching a job to what it left."""
 
+IDENTIFIER_TEXT = re.compile(r"[^\x00-\x1f\x7f]{0,200}")
+"""A database, schema or relation name as the catalog spells it (PostgreSQL's are at most 63 bytes)."""
 BEFORE = re.compile(r"([a-z-]{1,40} [0-9]{1,20})?")
 CLUSTER_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]")
 
@@ -98,6 +100,12 @@ class JobRecord:
     before: str = ""
     """A rewrite's action and its relation's file node when the job began ('reindex-index 16423'): a later file
     node says the relation was rewritten."""
+    database: str = ""
+    schema: str = ""
+    relation: str = ""
+    """A rewrite's relation, its database, schema and name apart, as the catalog spells them: `target` joins them
+    for people (database/schema.name), which a '.' or '/' in a name makes ambiguous. Empty in records older than
+    these fields, and until the job's first heartbeat."""
     format: int = FORMAT
 
     @property
@@ -157,6 +165,8 @@ def _check_job(data: dict[str, Any]) -> None:
         check.text(key, required=key in ("owner", "host"))
     check.text("result", required=False)
     check.text("before", required=False, pattern=BEFORE)
+    for key in ("database", "schema", "relation"):
+        check.text(key, required=False, pattern=IDENTIFIER_TEXT)
     if data.get("result"):
         check.text("result", pattern=RECORD_ID)
     check.time("started_at")

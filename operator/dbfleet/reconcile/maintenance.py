@@ -226,8 +226,9 @@ def _job(plan: _Plan, observed: ObservedMaintenance) -> None:
 
 def _debris_of(job: RewriteJob, debris: list[Debris]) -> list[Debris]:
     """The invalid copies a REINDEX CONCURRENTLY of the job's index leaves (its name, truncated, + _ccnew/_ccold)."""
-    database, _, relation = job.target.partition("/")
-    schema, _, name = relation.partition(".")
+    if job.place is None:
+        return []
+    database, schema, name = job.place
     return [d for d in debris if d.database == database and d.schema == schema
             and name.startswith(re.sub(r"_cc(new|old)[0-9]*$", "", d.name))]
 
@@ -237,10 +238,14 @@ def settle_rewrite(job: RewriteJob, observed: ObservedMaintenance) -> tuple[str,
     the one it began with (REINDEX CONCURRENTLY and pg_repack both give the relation a new one when they finish),
     and what an interrupted one leaves (`_ccnew`/`_ccold` copies, pg_repack's trigger and tables)."""
     now = observed.filenode_text()
+    if job.place is None:
+        return INTERRUPTED, (f"its record names {job.target} ambiguously (a record older than schema and name kept "
+                             "apart, with a '.' or '/' in a name); not judged from the catalog: it is planned "
+                             "again while bloated in the window")
     if observed.job_filenode is None:
         return INTERRUPTED, f"{job.target} no longer exists"
     debris = [d.target for d in _debris_of(job, [d for db in observed.databases.values() for d in db.debris])]
-    database = job.target.partition("/")[0]
+    database = job.place[0]
     repack = observed.databases[database].repack_debris if database in observed.databases else []
     left = debris if job.action == "reindex-index" else repack
     leftovers = f"; it left {', '.join(left)}" + (

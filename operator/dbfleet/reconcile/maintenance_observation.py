@@ -136,10 +136,25 @@ class RewriteJob:
     """Its relation's file node when it began: a different one now says the rewrite happened."""
     line: str
     """One line for notes and status: kind, target, state, age, step or outcome."""
+    relation: tuple[str, str, str] | None = None
+    """(database, schema, name) as its record keeps them apart; None in a record older than that."""
 
     @property
     def stopped_unsettled(self) -> bool:
         return self.state == "running" and not self.alive
+
+    @property
+    def place(self) -> tuple[str, str, str] | None:
+        """(database, schema, name) of the relation it rewrites: as its record keeps them, else from an older
+        record's target (database/schema.name); None when that cannot be split without guessing (a '.' or '/' in
+        a name), and the job is not judged from the catalog."""
+        if self.relation is not None:
+            return self.relation
+        database, slash, rest = self.target.partition("/")
+        if not slash or "/" in rest or rest.count(".") != 1:
+            return None
+        schema, _, name = rest.partition(".")
+        return (database, schema, name) if database and schema and name else None
 
 
 @dataclass(frozen=True)

@@ -77,18 +77,20 @@ class MaintenanceReconciler:
         if self.jobs is None:
             return observed
         try:
-            observed.job = self.jobs.observe(cluster, session)
-        except Exception as exc:  # the record's store failing must not hide the rest; no rewrite starts blind
-            observed.job_unread = f"{type(exc).__name__}: {exc}"
+            observed.job = job = self.jobs.observe(cluster, session)
+            if job is not None and job.stopped_unsettled:
+                place = job.place
+                if place is None:
+                    observed.notes.append(f"rewrite job {job.id}: its record names {job.target} ambiguously; it "
+                                          "is settled interrupted, not judged from the catalog")
+                elif place[0] in observed.databases:
+                    observed.job_filenode = engine.filenode(*place)
+        except Exception as exc:  # the record's store or the relation's look-up failing must not hide the rest;
+            observed.job_unread = f"{type(exc).__name__}: {exc}"  # no rewrite starts blind, none is settled
             observed.notes.append(f"rewrite job record unread: {observed.job_unread}")
         job = observed.job
         if job is not None and job.alive:
             observed.notes.append(f"job {job.line}")
-        if job is not None and job.stopped_unsettled:
-            database, _, relation = job.target.partition("/")
-            schema, _, name = relation.partition(".")
-            observed.job_filenode = engine.filenode(database, schema, name) if database in observed.databases \
-                else None
         return observed
 
     def diff(self, cluster: AnyCluster, observed: ObservedMaintenance) -> list[Action]:
