@@ -36,8 +36,9 @@ DR_REPO = 2
 SPOOL_PATH = "/var/spool/pgbackrest"
 ARCHIVE_QUEUE_MAX = "4GiB"
 """With archive-async, WAL waiting in the spool for a repository that cannot take it is dropped past this (the
-archive then has a gap, which the next backup closes and the archive alert reports) rather than filling the
-primary's disk: a lost second region must not stop the first."""
+archive then has a gap, which the next backup closes) rather than filling the primary's disk: a lost second
+region must not stop the first. PostgresArchivingFailing fires before the drop only if the queue takes longer than
+its 5 minutes to fill (README, Disaster recovery: the known limit)."""
 RETENTION_FULL = "9999999"
 """Expiry is the operator's: a backup goes only once a newer one is verified by a restore drill."""
 
