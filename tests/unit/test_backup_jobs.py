@@ -187,6 +187,36 @@ def test_a_job_runs_beside_the_caller_with_its_record_heartbeat_and_step(storage
     assert ended.state == DONE and ended.message == "backup taken" and not job_lock_held("cache", "backup")
 
 
+def test_a_heartbeat_never_writes_a_finished_job_back_to_running(storage: LocalStorage,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat is made to pause after it has begun a beat until the job's end is recorded (or 3 s): its
+    beat must not then overwrite the end, nor the result the job named meanwhile."""
+    from dbfleet.backups import job_runner
+
+    beating, ended = threading.Event(), threading.Event()
+    real_utcnow = job_runner.utcnow
+
+    def utcnow_pausing_the_heartbeat() -> datetime:
+        if threading.current_thread().name == "job-heartbeats" and not beating.is_set():
+            beating.set()
+            ended.wait(3)
+        return real_utcnow()
+
+    monkeypatch.setattr(job_runner, "utcnow", utcnow_pausing_the_heartbeat)
+
+    def work(context: JobContext) -> str:
+        assert beating.wait(10), "no heartbeat began"
+        context.result("20261130T120000Z-restore")
+        return "restored"
+
+    runner = JobRunner(heartbeat=0.02, on_end=lambda job, rec: ended.set())
+    runner.start(Job("cache", "restore", "snapshot", storage, work))
+    assert runner.wait(15) and ended.wait(15)
+    threading.Event().wait(0.3)  # a late beat, if any, has written by now
+    final = stored(storage, "cache")["restore"]
+    assert final.state == DONE and final.result == "20261130T120000Z-restore", final
+
+
 def test_one_job_per_cluster_and_kind_and_the_fleet_wide_limit(storage: LocalStorage) -> None:
     gate = threading.Event()
     runner = JobRunner(JobLimits(backups=1), heartbeat=60)

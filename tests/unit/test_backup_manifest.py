@@ -220,6 +220,30 @@ def test_a_local_delete_never_follows_a_symbolic_link(tmp_path: Path) -> None:
             store.delete(key)
 
 
+def test_a_local_write_never_follows_a_link_planted_in_the_target(tmp_path: Path) -> None:
+    """A target another party can write (a DR copy's place, say): a link waiting where the operator used to
+    write its temporary file (`<key>.tmp`), or at the key itself, is never written through."""
+    root, outside = tmp_path / "target", tmp_path / "outside"
+    root.mkdir()
+    outside.write_bytes(b"precious")
+    store = LocalStorage(root)
+    jobs = root / "dbfleet/cache/jobs"
+    jobs.mkdir(parents=True)
+    (jobs / "dr-drill.json.tmp").symlink_to(outside)
+    store.put_bytes("dbfleet/cache/jobs/dr-drill.json", b"{}")
+    (jobs / "backup.json").symlink_to(outside)
+    with pytest.raises(PermanentError, match="leaves the backup root"):
+        store.put_bytes("dbfleet/cache/jobs/backup.json", b"{}")
+    source = tmp_path / "dump.rdb"
+    source.write_bytes(b"dump")
+    (jobs / "dump.rdb.tmp").symlink_to(outside)
+    store.put_file("dbfleet/cache/jobs/dump.rdb", source)
+    assert outside.read_bytes() == b"precious"
+    assert store.get_bytes("dbfleet/cache/jobs/dr-drill.json") == b"{}"
+    assert (jobs / "dump.rdb").read_bytes() == b"dump"
+    assert not [p for p in jobs.iterdir() if p.name.startswith(".")], "no temporary file is left behind"
+
+
 def test_a_drill_record_with_a_bad_time_is_reported_and_the_last_good_one_is_used(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path)
     good = DrillRecord(id="d1", cluster="cache", backup_id="b", started_at=iso(T0) or "",

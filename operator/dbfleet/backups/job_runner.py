@@ -115,17 +115,22 @@ class JobContext:
     record: JobRecord
     progress: Progress = field(init=False)
     _write: Callable[[JobRecord], None] = field(repr=False, default=lambda record: None)
+    lock: threading.RLock = field(repr=False, default_factory=threading.RLock)
+    """Held to change `record` and to write it: the job's thread, the heartbeat and the job's end take turns, so
+    no one writes a record read before another's change (a lost result, a finished job written back running)."""
 
     def __post_init__(self) -> None:
         self.progress = JobProgress(f"{self.record.kind} {self.record.cluster}", self.step)
 
     def step(self, text: str) -> None:
-        self.record = self.record.beat(utcnow(), step=text)
+        with self.lock:
+            self.record = self.record.beat(utcnow(), step=text)
 
     def result(self, value: str) -> None:
         """Name what the job made (the backup's id) as soon as it exists, so a restarted operator finds it."""
-        self.record = self.record.beat(utcnow(), result=value)
-        self._write(self.record)
+        with self.lock:
+            self.record = self.record.beat(utcnow(), result=value)
+            self._write(self.record)
 
 
 @dataclass
@@ -134,12 +139,13 @@ class _Running:
     context: JobContext
     lock: int
     thread: threading.Thread | None = None
-    write: threading.Lock = field(default_factory=threading.Lock)
     written: float = 0.0
     """When its record was last written (Unix time): its heartbeat as others see it."""
     ended: bool = False
     """Its end was recorded (by drain, when the work outlived the grace): a later true end only rewrites the
     record."""
+    final: bool = False
+    """An ended record (done, failed, interrupted) was written: no heartbeat writes it running again."""
 
 
 JobEnded = Callable[[Job, JobRecord], None]
@@ -249,7 +255,7 @@ class JobRunner:
     def _end(self, entry: _Running, record: JobRecord) -> None:
         job = entry.job
         try:
-            self._save(entry, record)
+            self._save(entry, record, final=True)
         except Exception as exc:  # the job's work is done either way; a later operator settles the record
             log.error("%s: cannot record the end of %s job %s: %s", job.cluster, job.kind, record.id, exc)
         with self._lock:
@@ -269,10 +275,13 @@ class JobRunner:
             except Exception as exc:  # the audit trail failing here cannot undo the job; it is logged
                 log.error("%s: how %s job %s ended was not recorded: %s", job.cluster, job.kind, record.id, exc)
 
-    def _save(self, entry: _Running, record: JobRecord) -> None:
-        with entry.write:
+    def _save(self, entry: _Running, record: JobRecord, *, final: bool = False) -> None:
+        with entry.context.lock:
+            if entry.final and not final:
+                return
             entry.job.storage.put_bytes(record.key, record.to_json().encode())
             entry.written = time.time()
+            entry.final = entry.final or final
 
     # -- heartbeats ------------------------------------------------------------
 
@@ -292,12 +301,15 @@ class JobRunner:
                     self._beats = None
                     return
             for entry in entries:
-                record = entry.context.record.beat(utcnow())
-                entry.context.record = record
-                try:
-                    self._save(entry, record)
-                except Exception as exc:  # the next beat tries again; a stale one makes others settle it
-                    log.warning("%s: heartbeat of job %s not written: %s", entry.job.cluster, record.id, exc)
+                with entry.context.lock:  # read, beat and write in one turn: never a record older than the last
+                    if entry.final:
+                        continue
+                    record = entry.context.record.beat(utcnow())
+                    entry.context.record = record
+                    try:
+                        self._save(entry, record)
+                    except Exception as exc:  # the next beat tries again; a stale one makes others settle it
+                        log.warning("%s: heartbeat of job %s not written: %s", entry.job.cluster, record.id, exc)
             self._publish()
 
     # -- stopping --------------------------------------------------------------

@@ -15,17 +15,19 @@ cluster's other backups. A local delete never follows a symbolic link.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from dbfleet.backups.jobs import JobRecord, job_key
 from dbfleet.backups.manifest import (
@@ -253,20 +255,35 @@ class LocalStorage(Storage):
             raise PermanentError(f"key {key!r} leaves the backup root {self.root}")
         return path
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def _replace(self, key: str, write: Callable[[BinaryIO], object]) -> None:
+        """Write a stored file through a fresh temporary file beside it, renamed over the key: a reader never
+        sees half a file, and nothing planted in the target is followed. The temporary name is random and made
+        with O_EXCL (tempfile), so a symbolic link waiting under a guessable `<key>.tmp` is never written
+        through; the rename replaces a link at the key itself, not what it names."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # a reader never sees half a manifest
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                write(out)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._replace(key, lambda out: out.write(data))
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
     def put_file(self, key: str, source: Path) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, path)
+        def copy(out: BinaryIO) -> None:
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, out, CHUNK)
+
+        self._replace(key, copy)
 
     def get_file(self, key: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
