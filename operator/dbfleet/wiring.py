@@ -100,8 +100,9 @@ class RewriteJobs:
             # The relation's parts, apart, go into its record from the first heartbeat on (and its end); a record
             # without them is read by its target, and refused where a '.' or '/' in a name makes that ambiguous.
             d = action.detail
-            context.record = replace(context.record, database=str(d.get("database", "")),
-                                     schema=str(d.get("schema", "")), relation=str(d.get("name", "")))
+            with context.lock:  # as the runner changes a record: the heartbeat writes it next
+                context.record = replace(context.record, database=str(d.get("database", "")),
+                                         schema=str(d.get("schema", "")), relation=str(d.get("name", "")))
             context.step(f"{action.kind} {action.target}")
             return work()
 
