@@ -576,6 +576,8 @@ def test_the_example_writes_every_cluster_twice() -> None:
     assert pg.dr.drill.schedule == "0 6 * * *" and pg.dr.standby is None
 
 
+STANDBY = "      standby: {{hosts: [pg-dr-1], region: us-west-2, vpc_cidr: {cidr}}}\n"
+
 DR_BAD = [
     ("same path as backup", (PG_DR, "target: {kind: local, path: /var/lib/dbfleet/backups}\n      rpo_seconds: 60\n"),
      "clusters.0.dr.target.path", "same directory"),
@@ -603,6 +605,18 @@ DR_BAD = [
      "clusters.0.dr.standby.hosts.0", "already used"),
     ("standby region not aws", (PG_DR, PG_DR + "      standby: {hosts: [pg-dr-1], region: mars-1}\n"),
      "clusters.0.dr.standby.region", "AWS region"),
+    ("standby vpc inside the fleet's", (PG_DR, PG_DR + STANDBY.format(cidr="10.40.128.0/17")),
+     "clusters.0.dr.standby.vpc_cidr", "overlaps fleet.vpc_cidr (10.40.0.0/16)"),
+    ("standby vpc around the fleet's", (PG_DR, PG_DR + STANDBY.format(cidr="10.0.0.0/8")),
+     "clusters.0.dr.standby.vpc_cidr", "overlaps fleet.vpc_cidr"),
+    ("standby vpc not a cidr", (PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/33")),
+     "clusters.0.dr.standby.vpc_cidr", "not a CIDR"),
+    ("standby vpc with host bits", (PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.1/16")),
+     "clusters.0.dr.standby.vpc_cidr", "not a CIDR"),
+    ("standby vpc too small", (PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/24")),
+     "clusters.0.dr.standby.vpc_cidr", "a /20 or larger"),
+    ("standby vpc ipv6", (PG_DR, PG_DR + STANDBY.format(cidr="'2001:db8::/56'")),
+     "clusters.0.dr.standby.vpc_cidr", "not IPv4"),
 ]
 
 
@@ -658,4 +672,10 @@ def test_a_standby_site_is_parsed() -> None:
     dr = fleet.cluster("pg-main").dr
     assert dr is not None and dr.standby is not None
     assert [getattr(h, "name", h) for h in dr.standby.hosts] == ["pg-dr-1", "pg-dr-2"]
-    assert dr.standby.region == "us-west-2"
+    assert dr.standby.region == "us-west-2" and dr.standby.vpc_cidr is None  # the lab needs none; stacks/ refuses
+
+
+def test_a_standby_vpc_apart_from_the_fleets_is_accepted() -> None:
+    fleet = parse_fleet(_with_dr(PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/16")))
+    dr = fleet.cluster("pg-main").dr
+    assert dr is not None and dr.standby is not None and dr.standby.vpc_cidr == "10.41.0.0/16"
