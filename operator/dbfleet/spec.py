@@ -1195,9 +1195,9 @@ class Fleet(Strict):
                 raise ValueError(f"clusters.{i}.dr.standby.region: {dr.standby.region} is the fleet's own region")
             if dr.standby.vpc_cidr is not None:
                 net = ipaddress.ip_network(dr.standby.vpc_cidr)
-                for owner, other in seen_networks.items():
-                    if net.overlaps(other):
-                        raise ValueError(f"clusters.{i}.dr.standby.vpc_cidr: {net} overlaps {owner} ({other}); the "
+                for owner, taken in seen_networks.items():
+                    if net.overlaps(taken):
+                        raise ValueError(f"clusters.{i}.dr.standby.vpc_cidr: {net} overlaps {owner} ({taken}); the "
                                          "standby VPC is peered with the fleet's, so their addresses must differ")
                 seen_networks[f"cluster {cluster.name}'s standby site"] = net
             for j, ref in enumerate(dr.standby.hosts):
