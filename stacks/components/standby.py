@@ -94,8 +94,10 @@ class StandbySite(pulumi.ComponentResource):
     def __init__(self, plan: StandbyPlan, primary: PrimarySite, site: SecondRegion, ssh_public_key: str | None,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         name = f"{plan.cluster.name}-standby"
+        # Everything inside is the standby region's unless it names the primary's provider (the peering request,
+        # the fleet's route to the standby site).
         super().__init__("dbfleet:aws:StandbySite", name, None,
-                         pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(providers=[site.provider])))
+                         pulumi.ResourceOptions.merge(opts, site.opts) if opts else site.opts)
         child = pulumi.ResourceOptions(parent=self)
         at_primary = pulumi.ResourceOptions(parent=self, provider=primary.provider)
         network = Network(name, plan.vpc_cidr, plan.region, child)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from iam_eval import allowed
 from pulumi_mocks import Registered, Run, fleet_variant, run_program
+from test_program import EC2_TEXT
 
 from components.backups import plan_dr_targets
 from components.errors import StackError
@@ -405,3 +406,11 @@ def test_second_targets_outside_aws_or_local_get_nothing() -> None:
         data["clusters"][1]["dr"]["target"] = {"kind": "local", "path": "/var/lib/dbfleet/dr-backups"}
 
     assert set(plan_dr_targets(fleet_variant(elsewhere))) == {"cache"}
+
+
+def test_the_new_groups_and_rules_have_descriptions_ec2_accepts(dr_run: Run) -> None:
+    described = [r for token in ("aws:ec2/securityGroup:SecurityGroup", INGRESS, EGRESS) for r in dr_run.of_type(token)
+                 if "standby" in r.name or "10.41" in r.name]
+    assert len(described) == 13  # 2 groups, 6 ingress rules (1 into the primary), 5 egress rules (1 of the primary)
+    for resource in described:
+        assert EC2_TEXT.match(resource.inputs["description"]), (resource.name, resource.inputs["description"])
