@@ -679,3 +679,20 @@ def test_a_standby_vpc_apart_from_the_fleets_is_accepted() -> None:
     fleet = parse_fleet(_with_dr(PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/16")))
     dr = fleet.cluster("pg-main").dr
     assert dr is not None and dr.standby is not None and dr.standby.vpc_cidr == "10.41.0.0/16"
+
+
+def test_two_standby_sites_need_networks_apart() -> None:
+    # A second PostgreSQL cluster (pg-main's block under other names and paths) with a standby site of its own.
+    start, end = EXAMPLE.index("  - name: pg-main\n"), EXAMPLE.index("  - name: mongo-main\n")
+    block = EXAMPLE[start:end]
+    assert PG_DR in block
+    twin = block.replace(PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/20").replace("pg-dr-1", "pg-dr-9"))
+    for old, new in (("pg-main", "pg-two"), ("pg-1", "pg-t1"), ("pg-2", "pg-t2"), ("pg-3", "pg-t3"),
+                     ("/var/lib/dbfleet/", "/srv/two/")):
+        twin = twin.replace(old, new)
+    text = EXAMPLE[:start] + block.replace(PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/16")) + twin + EXAMPLE[end:]
+    err = _error(text)
+    assert [p.path for p in err.problems] == ["clusters.1.dr.standby.vpc_cidr"], str(err)
+    assert "overlaps cluster pg-main's standby site (10.41.0.0/16)" in str(err) and err.problems[0].line is not None
+    apart = parse_fleet(text.replace("vpc_cidr: 10.41.0.0/20", "vpc_cidr: 10.42.0.0/20"))
+    assert [c.name for c in apart.of_engine("postgres")] == ["pg-main", "pg-two"]
