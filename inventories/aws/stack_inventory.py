@@ -13,6 +13,11 @@ Ansible reaches each host with SSH tunnelled through SSM Session Manager: no
 inbound port and no bastion. ansible_host is the instance id and the
 ProxyCommand runs `aws ssm start-session`. With --bastion USER@HOST, SSH jumps
 through that bastion to the private address instead.
+
+A PostgreSQL standby site's hosts (dr.standby, output `standby_hosts`) are
+listed in the group `dr_standby`, reached through SSM in their own region.
+No play configures them yet (dbfleet_monitored is false there, so not even
+the node exporter is installed).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dbfleet.inventory import HostAccess, build_inventory, host_roles, write_inventory
-from dbfleet.inventory_format import inventory_json_value
+from dbfleet.inventory_format import SpecText, inventory_json_value
 from dbfleet.spec import Fleet, SpecError, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +40,7 @@ DEFAULT_SPEC = "../fleet.example.yaml"
 """The program's own default, relative to stacks/."""
 LOGIN_USER = "admin"
 """The login user of Debian's official AMIs."""
+STANDBY_GROUP = "dr_standby"
 
 
 class InventoryError(Exception):
@@ -77,25 +83,26 @@ def bastion_connection(address: str, bastion: str) -> dict[str, Any]:
     return {"ansible_host": address, "ansible_ssh_common_args": f"-o ProxyJump={bastion}"}
 
 
+def standby_hosts(fleet: Fleet) -> set[str]:
+    """The hosts of every standby site the spec names (dr.standby.hosts)."""
+    return {getattr(ref, "name", ref) for c in fleet.clusters if c.dr is not None and c.dr.standby is not None
+            for ref in c.dr.standby.hosts}
+
+
 def aws_inventory(fleet: Fleet, outputs: dict[str, Any], bastion: str | None = None) -> dict[str, Any]:
-    """The inventory for `fleet` from stack outputs, in the groups build_inventory gives the lab."""
+    """The inventory for `fleet` from stack outputs, in the groups build_inventory gives the lab, and the standby
+    sites' hosts in `dr_standby`."""
     hosts: dict[str, Any] = outputs.get("hosts") or {}
-    wanted = set(host_roles(fleet))
-    only_spec, only_stack = sorted(wanted - set(hosts)), sorted(set(hosts) - wanted)
+    standby: dict[str, Any] = outputs.get("standby_hosts") or {}
+    wanted, built = set(host_roles(fleet)) | standby_hosts(fleet), set(hosts) | set(standby)
+    only_spec, only_stack = sorted(wanted - built), sorted(built - wanted)
     if only_spec or only_stack:
         raise InventoryError(
             "the spec and the stack disagree (in the spec only: " + (", ".join(only_spec) or "none")
             + "; in the stack only: " + (", ".join(only_stack) or "none") + "); run `pulumi up` with this spec"
         )
     region = outputs["region"]
-    access = {}
-    for name, host in hosts.items():
-        connection = (bastion_connection(host["address"], bastion) if bastion
-                      else ssm_connection(host["instance_id"], region))
-        access[name] = HostAccess(host["address"], {
-            **connection, "ansible_user": LOGIN_USER, "ansible_become": True,
-            "ansible_python_interpreter": "/usr/bin/python3",
-        })
+    access = {name: HostAccess(host["address"], _login(host, region, bastion)) for name, host in hosts.items()}
     extra = {
         # The operator runs on the monitoring host (its group may reach every database port).
         "dbfleet_operator_address": hosts[fleet.monitoring.host]["address"],
@@ -103,7 +110,24 @@ def aws_inventory(fleet: Fleet, outputs: dict[str, Any], bastion: str | None = N
                         "security_groups": outputs.get("security_groups", {}),
                         "backups": outputs.get("backups", {})},
     }
-    return build_inventory(fleet, access, extra)
+    inventory = build_inventory(fleet, access, extra)
+    if standby:
+        top = inventory["all"]
+        for name, host in standby.items():
+            # A standby host's own region: its instance registers with SSM there.
+            top["hosts"][name] = {**_login(host, host["region"], bastion), "dbfleet_address": host["address"],
+                                  "dbfleet_cluster": SpecText(host["cluster"]), "dbfleet_region": host["region"]}
+        top["children"][STANDBY_GROUP] = {"hosts": {name: {} for name in sorted(standby)},
+                                          "vars": {"dbfleet_monitored": False}}
+    return inventory
+
+
+def _login(host: dict[str, Any], region: str, bastion: str | None) -> dict[str, Any]:
+    """How Ansible logs in to a host: SSH through SSM in its region, or through the bastion."""
+    connection = (bastion_connection(host["address"], bastion) if bastion
+                  else ssm_connection(host["instance_id"], region))
+    return {**connection, "ansible_user": LOGIN_USER, "ansible_become": True,
+            "ansible_python_interpreter": "/usr/bin/python3"}
 
 
 def script_inventory(inventory: dict[str, Any]) -> dict[str, Any]:

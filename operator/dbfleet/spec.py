@@ -153,7 +153,21 @@ def check_https_endpoint(value: str) -> str:
     return value
 
 
+def check_vpc_cidr(value: str) -> str:
+    """A VPC's IPv4 CIDR in network form, a /20 or larger: the stack carves it into sixteenths, six subnets."""
+    try:
+        net = ipaddress.ip_network(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a CIDR such as 10.40.0.0/16") from None
+    if net.version != 4:
+        raise ValueError(f"{value!r} is not IPv4; a VPC's CIDR is an IPv4 block such as 10.40.0.0/16")
+    if net.prefixlen > 20:
+        raise ValueError("a /20 or larger, to hold three subnets per AZ")
+    return value
+
+
 AwsRegion = Annotated[str, AfterValidator(check_aws_region)]
+VpcCidr = Annotated[str, AfterValidator(check_vpc_cidr)]
 AbsolutePath = Annotated[str, AfterValidator(check_absolute_path)]
 
 
@@ -271,10 +285,14 @@ class DrDrill(Strict):
 
 
 class StandbySite(Strict):
-    """A PostgreSQL standby site in the second region (parsed and validated; not built yet)."""
+    """A PostgreSQL standby site in the second region: stacks/ builds its network and hosts; the standby cluster
+    on them is not built yet."""
 
     hosts: Annotated[list[HostRef], Field(min_length=1)]
     region: AwsRegion
+    vpc_cidr: VpcCidr | None = None
+    """The standby site's VPC on AWS, apart from fleet.vpc_cidr and every other standby site's (the VPCs are
+    peered); the lab ignores it, and stacks/ refuses a standby site without it."""
 
 
 DR_MIN_RPO = 30
@@ -1070,18 +1088,7 @@ class FleetMeta(Strict):
     name: Annotated[str, Field(pattern=CLUSTER_NAME)]
     environment: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,20}$")] = "lab"
     region: AwsRegion = "us-east-1"
-    vpc_cidr: str = "10.40.0.0/16"
-
-    @field_validator("vpc_cidr")
-    @classmethod
-    def _cidr(cls, value: str) -> str:
-        try:
-            net = ipaddress.ip_network(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a CIDR such as 10.40.0.0/16") from None
-        if net.prefixlen > 20:
-            raise ValueError("a /20 or larger, to hold three subnets per AZ")
-        return value
+    vpc_cidr: VpcCidr = "10.40.0.0/16"
 
 
 class OperatorMetrics(Strict):
@@ -1185,7 +1192,9 @@ class Fleet(Strict):
 
     def _check_dr(self, seen_hosts: dict[str, str]) -> None:
         """A second target is apart from every cluster's first one, and in another region; a standby site's hosts
-        are its own, in another region than the fleet's."""
+        are its own, in another region than the fleet's, and its VPC apart from the fleet's and every other
+        standby site's."""
+        seen_networks = {"fleet.vpc_cidr": ipaddress.ip_network(self.fleet.vpc_cidr)}
         for i, cluster in enumerate(self.clusters):
             dr = cluster.dr
             if dr is None:
@@ -1202,6 +1211,13 @@ class Fleet(Strict):
                 continue
             if dr.standby.region == self.fleet.region:
                 raise ValueError(f"clusters.{i}.dr.standby.region: {dr.standby.region} is the fleet's own region")
+            if dr.standby.vpc_cidr is not None:
+                net = ipaddress.ip_network(dr.standby.vpc_cidr)
+                for owner, taken in seen_networks.items():
+                    if net.overlaps(taken):
+                        raise ValueError(f"clusters.{i}.dr.standby.vpc_cidr: {net} overlaps {owner} ({taken}); the "
+                                         "standby VPC is peered with the fleet's, so their addresses must differ")
+                seen_networks[f"cluster {cluster.name}'s standby site"] = net
             for j, ref in enumerate(dr.standby.hosts):
                 host = _as_host(ref)
                 if host.name in seen_hosts:

@@ -46,6 +46,8 @@ class BackupTarget:
     in_use: bool = True
     """False for a local target: backups then go to a directory, and the prefix reserved for the cluster in the
     fleet's bucket is written by nothing, so no instance profile is granted it."""
+    region: str | None = None
+    """The bucket's region when it is not fleet.region: a dr.target's second region."""
 
     @property
     def operator_prefix(self) -> str:
@@ -60,6 +62,9 @@ class BackupLocation:
     bucket: pulumi.Output[str]
     bucket_arn: pulumi.Output[str]
     target: BackupTarget
+    key_arn: pulumi.Output[str]
+    """The KMS key the bucket encrypts with: the fleet key, or the second region's key for a dr.target."""
+    region: str
 
     @property
     def prefix(self) -> str:
@@ -93,6 +98,18 @@ def _normal_prefix(prefix: str) -> str:
     return f"{prefix}/" if prefix else ""
 
 
+def _planned(cluster: spec.PostgresCluster | spec.MongoCluster | spec.RedisCluster, bucket: str | None, prefix: str,
+             in_use: bool, region: str | None = None) -> BackupTarget:
+    """A cluster's target with the lifecycle its retention needs (the same for both copies of a backup)."""
+    policy = cluster.backup
+    # An object must outlive max_age_days by one full-backup interval, or the
+    # oldest restore point inside max_age_days would lose the full it builds on.
+    age = policy.retention.max_age_days
+    expire = age + standalone_interval_days(policy) if age is not None else None
+    tool = repo_prefix(cluster.name) if isinstance(cluster, spec.PostgresCluster) else None
+    return BackupTarget(cluster.name, bucket, prefix, expire, tool, in_use, region)
+
+
 def plan_backup_targets(fleet: spec.Fleet) -> dict[str, BackupTarget]:
     """Each cluster's backup target on AWS. Local targets get a prefix in the fleet's bucket."""
     targets: dict[str, BackupTarget] = {}
@@ -111,13 +128,24 @@ def plan_backup_targets(fleet: spec.Fleet) -> dict[str, BackupTarget]:
                     f"{fleet.fleet.region}; backups are encrypted with the fleet's KMS key in {fleet.fleet.region}"
                 )
             bucket, prefix, in_use = target.bucket, _normal_prefix(target.prefix), True
-        # An object must outlive max_age_days by one full-backup interval, or the
-        # oldest restore point inside max_age_days would lose the full it builds on.
-        age = policy.retention.max_age_days
-        expire = age + standalone_interval_days(policy) if age is not None else None
-        tool = repo_prefix(cluster.name) if isinstance(cluster, spec.PostgresCluster) else None
-        targets[cluster.name] = BackupTarget(cluster.name, bucket, prefix, expire, tool, in_use)
+        targets[cluster.name] = _planned(cluster, bucket, prefix, in_use)
     _check_disjoint(targets.values())
+    return targets
+
+
+def plan_dr_targets(fleet: spec.Fleet) -> dict[str, BackupTarget]:
+    """Each cluster's second target on AWS (dr.target of kind s3, in its own region): written directly by the same
+    tools as the first, so it has the same layout and the same lifecycle. A local dr.target is a directory and
+    an S3 one with an endpoint is outside AWS: neither is built here."""
+    targets: dict[str, BackupTarget] = {}
+    for cluster in fleet.clusters:
+        dr = cluster.dr
+        if dr is None or not cluster.backup.enabled or not isinstance(dr.target, spec.S3Target) or dr.target.endpoint:
+            continue
+        targets[cluster.name] = _planned(cluster, dr.target.bucket, _normal_prefix(dr.target.prefix), True,
+                                         dr.target.region)
+    _check_disjoint(targets.values())
+    _check_one_region(fleet.fleet.region, [*plan_backup_targets(fleet).values(), *targets.values()])
     return targets
 
 
@@ -131,6 +159,21 @@ def _check_disjoint(targets: Any) -> None:
                     f"prefixes {other.prefix!r} and {target.prefix!r}; give each its own backup.target.prefix"
                 )
         by_bucket[target.bucket].append(target)
+
+
+def _check_one_region(home: str, targets: list[BackupTarget]) -> None:
+    """A bucket name lives in one region: two targets naming it in two regions cannot both be built."""
+    seen: dict[str, BackupTarget] = {}
+    for target in targets:
+        if target.bucket is None:
+            continue
+        other = seen.setdefault(target.bucket, target)
+        if (other.region or home) != (target.region or home):
+            raise StackError(
+                f"clusters {other.cluster} and {target.cluster}: bucket {target.bucket} is named in "
+                f"{other.region or home} and in {target.region or home}; an S3 bucket lives in one region, so give "
+                "the second copy a bucket of its own"
+            )
 
 
 def tls_only_policy(bucket_arn: str) -> dict[str, Any]:
@@ -201,11 +244,12 @@ class BackupBucket(pulumi.ComponentResource):
 
 
 class Backups(pulumi.ComponentResource):
-    """The fleet's backup buckets: its own for local targets, plus each S3 bucket the spec names."""
+    """The backup buckets of one region, each encrypted with that region's key: in fleet.region the fleet's own
+    bucket for local targets plus each S3 bucket the spec names; in a second region the dr.target buckets."""
 
     locations: dict[str, BackupLocation]
 
-    def __init__(self, name: str, targets: dict[str, BackupTarget], key_arn: pulumi.Input[str],
+    def __init__(self, name: str, targets: dict[str, BackupTarget], key_arn: pulumi.Output[str], region: str,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("dbfleet:aws:Backups", name, None, opts)
         by_bucket: dict[str | None, list[BackupTarget]] = defaultdict(list)
@@ -216,5 +260,5 @@ class Backups(pulumi.ComponentResource):
             bucket = BackupBucket(bucket_name or name, bucket_name, members, key_arn,
                                   opts=pulumi.ResourceOptions(parent=self)).bucket
             for target in members:
-                self.locations[target.cluster] = BackupLocation(bucket.bucket, bucket.arn, target)
+                self.locations[target.cluster] = BackupLocation(bucket.bucket, bucket.arn, target, key_arn, region)
         self.register_outputs({c: loc.bucket for c, loc in self.locations.items()})

@@ -22,8 +22,9 @@ class Ingress:
     """A port a role accepts, and who may use it.
 
     A source is `self` (the role's own hosts), another role of the same cluster,
-    a fleet group (`operator`, `monitoring`), or `clients`: the fleet's app group
-    plus the cluster's allowed_clients CIDRs.
+    a fleet group (`operator`, `monitoring`), `clients`: the fleet's app group
+    plus the cluster's allowed_clients CIDRs, or a CIDR (a peered VPC of the
+    other site, where no security group can be named across regions).
     """
 
     port: int
@@ -59,6 +60,8 @@ class ClusterComponent(pulumi.ComponentResource):
     """Builds a cluster from its role plans. A role gets a security group when anything may reach it."""
 
     hosts: dict[str, FleetHost]
+    groups: dict[str, aws.ec2.SecurityGroup]
+    """Each role's security group (roles nothing may reach have none)."""
 
     def __init__(self, type_: str, name: str, roles: list[RolePlan], size: spec.Instance,
                  allowed_clients: list[str], ctx: FleetContext, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -83,10 +86,10 @@ class ClusterComponent(pulumi.ComponentResource):
         placed = _host_roles(roles)
         owners = {owner.name for _, owner, _ in placed}
         profiles = {
-            role.name: create_instance_profile(f"{name}-{role.name}", _grants(role, name, ctx), ctx.key_arn, ctx.region,
-                                               self)
+            role.name: create_instance_profile(f"{name}-{role.name}", _grants(role, name, ctx), ctx.region, self)
             for role in roles if role.name in owners  # a role whose hosts another role owns needs no profile
         }
+        self.groups = groups
         self.hosts = {}
         for host, owner, member_of in placed:
             group_ids = [groups[r.name].id for r in member_of if r.name in groups]
@@ -103,9 +106,9 @@ class ClusterComponent(pulumi.ComponentResource):
 
 def _grants(role: RolePlan, cluster: str, ctx: FleetContext) -> list[Grant]:
     """The backup storage rights of a role's hosts (see components.iam)."""
-    grants = host_grants(ctx.backups.get(cluster)) if role.backups else []
+    grants = host_grants(ctx.backups.get(cluster)) + host_grants(ctx.dr_backups.get(cluster)) if role.backups else []
     if role.operator:
-        grants += operator_grants(ctx.backups.values())
+        grants += operator_grants([*ctx.backups.values(), *ctx.dr_backups.values()])
     return grants
 
 
@@ -113,11 +116,16 @@ def _origins(source: str, role: str, named: dict[str, pulumi.Output[str]],
              allowed_clients: list[str]) -> list[tuple[str, pulumi.Output[str] | None, str | None]]:
     """(label, group id, CIDR) for each origin a rule source stands for."""
     if source == "clients":
-        # Resource names keep ':' out: Pulumi's URNs use '::' as their separator.
-        return [("app", named["app"], None)] + [(cidr.replace("/", "_").replace(":", "-"), None, cidr)
-                                                for cidr in allowed_clients]
+        return [("app", named["app"], None)] + [(_cidr_label(cidr), None, cidr) for cidr in allowed_clients]
+    if "/" in source:
+        return [(_cidr_label(source), None, source)]
     label = role if source == "self" else source
     return [(label, named[label], None)]
+
+
+def _cidr_label(cidr: str) -> str:
+    """A CIDR as part of a resource name: Pulumi's URNs use '::' as their separator, so ':' stays out."""
+    return cidr.replace("/", "_").replace(":", "-")
 
 
 def _host_roles(roles: list[RolePlan]) -> list[tuple[spec.Host, RolePlan, list[RolePlan]]]:

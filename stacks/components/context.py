@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 
@@ -30,3 +30,5 @@ class FleetContext:
     """EC2 key pair for SSH over SSM; None leaves SSM shell access only."""
     boot_after: list[pulumi.Resource]
     """What hosts wait for before booting: the NAT route their boot script downloads through."""
+    dr_backups: dict[str, BackupLocation] = field(default_factory=dict)
+    """Second backup location (an S3 dr.target, in its own region) by cluster name; written like the first."""

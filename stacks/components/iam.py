@@ -10,6 +10,11 @@ Who touches backup storage, as the code does it (see stacks/README.md):
 - pgBackRest, on every PostgreSQL host (any may become primary), writes,
   reads and expires its repository `<prefix>pgbackrest/<cluster>/`;
 - nothing else: mongod, mongos, Redis and Sentinel hosts never call S3.
+
+A dr.target in S3 is written the same way, directly, by the same processes
+(pgBackRest's repo2, the operator's copy of each dump): each gets the same
+rights on the second region's bucket and key as on the first, and nobody else
+gets any.
 """
 
 from __future__ import annotations
@@ -47,10 +52,13 @@ INLINE_POLICY_MAX = 10_240
 
 @dataclass(frozen=True)
 class PrefixGrant:
-    """Rights under one key prefix of one bucket: list and read, and with `write` also put and delete."""
+    """Rights under one key prefix of one bucket: list and read, and with `write` also put and delete; and the use
+    of the bucket's KMS key (in the bucket's region) through S3 for it."""
 
     bucket_arn: str
     prefix: str
+    key_arn: str
+    region: str
     write: bool = False
 
 
@@ -84,9 +92,10 @@ def operator_grants(locations: Iterable[BackupLocation]) -> list[Grant]:
     return grants
 
 
-def backup_policy(grants: Sequence[PrefixGrant], key_arn: str, region: str) -> dict[str, Any]:
-    """Listing, reading and (where granted) writing under the granted prefixes only, over TLS only; the fleet
-    key only through S3 and only for these buckets (SSE-KMS with bucket keys: the context is the bucket ARN)."""
+def backup_policy(grants: Sequence[PrefixGrant], home_region: str) -> dict[str, Any]:
+    """Listing, reading and (where granted) writing under the granted prefixes only, over TLS only; each bucket's
+    key only through S3 in its region and only for these buckets (SSE-KMS with bucket keys: the context is the
+    bucket ARN). The fleet key (home_region's) comes first, then each second region's."""
     buckets = sorted({g.bucket_arn for g in grants})
     statements: list[dict[str, Any]] = []
     for n, bucket in enumerate(buckets, 1):
@@ -105,11 +114,16 @@ def backup_policy(grants: Sequence[PrefixGrant], key_arn: str, region: str) -> d
                 "Sid": f"WriteGrantedPrefixes{n}", "Effect": "Allow", "Action": WRITE_ACTIONS,
                 "Resource": [f"{bucket}/{g.prefix}*" for g in writable], "Condition": TLS_ONLY,
             })
-    statements.append({
-        "Sid": "UseFleetKeyThroughS3", "Effect": "Allow", "Action": KEY_ACTIONS, "Resource": key_arn,
-        "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com",
-                                       "kms:EncryptionContext:aws:s3:arn": buckets}},
-    })
+    keys = sorted({(g.region, g.key_arn) for g in grants}, key=lambda k: (k[0] != home_region, k))
+    for region, key_arn in keys:
+        statements.append({
+            "Sid": "UseFleetKeyThroughS3" if region == home_region
+            else "UseKeyThroughS3In" + "".join(part.capitalize() for part in region.split("-")),
+            "Effect": "Allow", "Action": KEY_ACTIONS, "Resource": key_arn,
+            "Condition": {"StringEquals": {
+                "kms:ViaService": f"s3.{region}.amazonaws.com",
+                "kms:EncryptionContext:aws:s3:arn": sorted({g.bucket_arn for g in grants if g.key_arn == key_arn})}},
+        })
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -122,18 +136,19 @@ def policy_json(role: str, document: dict[str, Any]) -> str:
     return text
 
 
-def _policy_document(role: str, grants: Sequence[Grant], key_arn: pulumi.Input[str],
-                     region: str) -> pulumi.Output[str]:
-    """The policy JSON once the buckets' ARNs are known."""
+def _policy_document(role: str, grants: Sequence[Grant], home_region: str) -> pulumi.Output[str]:
+    """The policy JSON once the buckets' and keys' ARNs are known."""
     def render(values: list[Any]) -> str:
-        *arns, key = values
-        resolved = [PrefixGrant(arn, grant.prefix, grant.write) for arn, grant in zip(arns, grants, strict=True)]
-        return policy_json(role, backup_policy(resolved, key, region))
+        arns, keys = values[:len(grants)], values[len(grants):]
+        resolved = [PrefixGrant(arn, grant.prefix, key, grant.location.region, grant.write)
+                    for arn, key, grant in zip(arns, keys, grants, strict=True)]
+        return policy_json(role, backup_policy(resolved, home_region))
 
-    return pulumi.Output.all(*(grant.location.bucket_arn for grant in grants), key_arn).apply(render)
+    return pulumi.Output.all(*(grant.location.bucket_arn for grant in grants),
+                             *(grant.location.key_arn for grant in grants)).apply(render)
 
 
-def create_instance_profile(name: str, grants: Sequence[Grant], key_arn: pulumi.Input[str], region: str,
+def create_instance_profile(name: str, grants: Sequence[Grant], home_region: str,
                             parent: pulumi.Resource) -> aws.iam.InstanceProfile:
     """A role and its instance profile, children of `parent`; no grants means no S3 or KMS rights at all."""
     child = pulumi.ResourceOptions(parent=parent)
@@ -141,6 +156,6 @@ def create_instance_profile(name: str, grants: Sequence[Grant], key_arn: pulumi.
                         opts=child)
     aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_MANAGED_POLICY, opts=child)
     if grants:
-        aws.iam.RolePolicy(f"{name}-backups", role=role.id, policy=_policy_document(name, grants, key_arn, region),
+        aws.iam.RolePolicy(f"{name}-backups", role=role.id, policy=_policy_document(name, grants, home_region),
                            opts=child)
     return aws.iam.InstanceProfile(name, role=role.name, opts=child)

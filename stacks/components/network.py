@@ -29,6 +29,8 @@ class Network(pulumi.ComponentResource):
     vpc: aws.ec2.Vpc
     zone_names: list[pulumi.Output[str]]
     private_subnet_ids: list[pulumi.Output[str]]
+    private_route_table: aws.ec2.RouteTable
+    """The hosts' routes: a peering with the other site adds its route here."""
     egress_route: aws.ec2.Route
 
     def __init__(self, name: str, vpc_cidr: str, region: str, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -60,6 +62,7 @@ class Network(pulumi.ComponentResource):
                                  tags={"Name": f"{name}-nat"},
                                  opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]))
         private_rt, self.private_subnet_ids = self._tier(name, "private", private_cidrs)
+        self.private_route_table = private_rt
         self.egress_route = aws.ec2.Route(f"{name}-private-nat", route_table_id=private_rt.id,
                                           destination_cidr_block="0.0.0.0/0", nat_gateway_id=nat.id, opts=child)
         # Backups go to S3 through a gateway endpoint: free, and off the NAT gateway's bill.

@@ -18,6 +18,7 @@ from .cluster import ClusterComponent, Ingress, RolePlan, scraped
 from .context import FleetContext
 
 POSTGRES_EXPORTER = 9187
+DATA_DIR = "/var/lib/postgresql"
 
 
 def postgres_roles(cluster: spec.PostgresCluster) -> list[RolePlan]:
@@ -26,9 +27,13 @@ def postgres_roles(cluster: spec.PostgresCluster) -> list[RolePlan]:
     postgres = [Ingress(cluster.port, ("clients", "operator"), "clients and the operator"),
                 Ingress(cluster.port, ("self",), "replicas stream from the primary; pg_rewind after failover"),
                 *scraped(POSTGRES_EXPORTER)]
+    standby = cluster.dr.standby if cluster.dr is not None else None
+    if standby is not None and standby.vpc_cidr is not None:
+        postgres.append(Ingress(cluster.port, (standby.vpc_cidr,), "the standby site streams from the primary (VPC "
+                                                                   "peering: no group id across regions)"))
     if cluster.ha != "patroni":
         return [RolePlan("postgres", tuple(cluster.all_hosts()), ingress=tuple(postgres),
-                         data_dir="/var/lib/postgresql", backups=True)]
+                         data_dir=DATA_DIR, backups=True)]
     api, etcd = cluster.patroni.rest_api_port, cluster.patroni.etcd
     postgres += [
         Ingress(cluster.port, ("haproxy",), "HAProxy forwards the sessions of the endpoints"),
@@ -38,7 +43,7 @@ def postgres_roles(cluster: spec.PostgresCluster) -> list[RolePlan]:
         Ingress(api, ("monitoring",), "Prometheus scrapes the Patroni /metrics"),
     ]
     return [
-        RolePlan("postgres", tuple(cluster.all_hosts()), ingress=tuple(postgres), data_dir="/var/lib/postgresql",
+        RolePlan("postgres", tuple(cluster.all_hosts()), ingress=tuple(postgres), data_dir=DATA_DIR,
                  backups=True),
         RolePlan("etcd", tuple(cluster.etcd_hosts()),
                  ingress=(Ingress(etcd.client_port, ("postgres",), "Patroni keeps its leader lock in etcd"),

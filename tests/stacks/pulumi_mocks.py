@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -29,7 +30,10 @@ from components.fleet import StackSettings, provision_fleet  # noqa: E402
 from components.images import DEBIAN_OWNER  # noqa: E402
 
 ACCOUNT = "123456789012"
-ZONE_NAMES = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"]
+DEFAULT_REGION = "us-east-1"
+"""The region of a resource registered without an aws provider (the program never does that)."""
+ZONE_LETTERS = "abcd"
+SUBNET = "aws:ec2/subnet:Subnet"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class Registered:
     name: str
     inputs: dict[str, Any]
     state: dict[str, Any]
+    region: str
+    """The region of the aws provider it was registered with."""
 
 
 @dataclass
@@ -48,22 +54,36 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     resources: list[Registered] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    call_regions: list[tuple[str, str]] = field(default_factory=list)
+    """(token, region of the provider asked) of every invoke."""
+    provider_regions: dict[str, str] = field(default_factory=dict)
+    """Region by aws provider id."""
+
+    def region(self, provider: str | None) -> str:
+        """The region of a provider reference (`urn::id`)."""
+        return self.provider_regions.get((provider or "").rsplit("::", 1)[-1], DEFAULT_REGION)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         # Ids and addresses derive from the name alone, so a resource looks the same
         # to its dependents whatever else the spec adds.
         digest = hashlib.sha256(f"{args.typ}/{args.name}".encode()).digest()
         state = {**args.inputs}
+        region = self.region(args.provider)
         service = args.typ.split(":")[1].split("/")[0] if ":" in args.typ else "pulumi"
-        state.setdefault("arn", f"arn:aws:{service}:us-east-1:{ACCOUNT}:{args.name}")
+        state.setdefault("arn", f"arn:aws:{service}:{region}:{ACCOUNT}:{args.name}")
         rid = f"{args.name}-id"
-        if args.typ == "aws:ec2/instance:Instance":
+        if args.typ == "pulumi:providers:aws":
+            self.provider_regions[rid] = args.inputs["region"]
+        elif args.typ == "aws:ec2/instance:Instance":
             rid = f"i-{digest.hex()[:17]}"
-            state["privateIp"] = f"10.40.{digest[0]}.{digest[1] % 250 + 4}"
+            # An address inside the subnet it was placed in (AWS keeps each subnet's first four and last one).
+            subnet = ipaddress.ip_network(next(r.inputs["cidrBlock"] for r in self.resources if r.type == SUBNET
+                                               and f"{r.name}-id" == args.inputs["subnetId"]))
+            state["privateIp"] = str(subnet[4 + int.from_bytes(digest[:2]) % (subnet.num_addresses - 5)])
         elif args.typ == "aws:ebs/volume:Volume":
             rid = f"vol-{digest.hex()[:17]}"
         elif args.typ == "aws:kms/key:Key":
-            state.update(arn=f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{args.name}", keyId=args.name)
+            state.update(arn=f"arn:aws:kms:{region}:{ACCOUNT}:key/{args.name}", keyId=args.name)
         elif args.typ == "aws:s3/bucket:Bucket":
             bucket = args.inputs.get("bucket") or f"{args.name}-0a1b2c3"
             state.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}")
@@ -72,13 +92,16 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state.setdefault("keyName", args.name)
         elif args.typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
             state.setdefault("name", f"{args.name}-0a1b2c3")
-        self.resources.append(Registered(args.typ, args.name, dict(args.inputs), state))
+        self.resources.append(Registered(args.typ, args.name, dict(args.inputs), state, region))
         return rid, state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         self.calls.append((args.token, dict(args.args)))
+        region = self.region(args.provider)
+        self.call_regions.append((args.token, region))
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            return {"names": ZONE_NAMES, "zoneIds": [f"use1-az{i}" for i in range(len(ZONE_NAMES))]}, []
+            return {"names": [region + letter for letter in ZONE_LETTERS],
+                    "zoneIds": [f"{region}-az{i}" for i in range(len(ZONE_LETTERS))]}, []
         if args.token == "aws:ec2/getAmi:getAmi":
             assert args.args.get("owners") == [DEBIAN_OWNER], args.args
             pattern = next(f["values"][0] for f in args.args["filters"] if f["name"] == "name")

@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from pulumi_mocks import REPO, SPEC, Run
+from pulumi_mocks import REPO, SPEC, Run, fleet_variant, run_program
 
 from dbfleet.inventory import HostAccess, build_inventory, host_roles
 from dbfleet.spec import Fleet
@@ -109,3 +109,33 @@ def test_the_inventory_script_hands_spec_strings_to_ansible_as_data(example_run:
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "lookup('pipe', 'touch" in done.stdout and not marker.exists(), "Ansible ran a lookup from the spec"
+
+
+@pytest.fixture(scope="module")
+def standby_fleet() -> Fleet:
+    def standby(data: dict[str, Any]) -> None:
+        data["clusters"][0]["dr"]["standby"] = {"hosts": ["pg-dr-1", "pg-dr-2"], "region": "us-west-2",
+                                                "vpc_cidr": "10.41.0.0/16"}
+
+    return fleet_variant(standby)
+
+
+def test_standby_hosts_are_listed_apart_and_reached_in_their_region(standby_fleet: Fleet) -> None:
+    outputs = run_program(standby_fleet).outputs
+    inventory = stack_inventory.aws_inventory(standby_fleet, outputs)
+    lab_shape = build_inventory(standby_fleet, {h: HostAccess("10.0.0.1") for h in host_roles(standby_fleet)})
+    groups = _memberships(inventory)
+    assert groups.pop("dr_standby") == {"pg-dr-1", "pg-dr-2"}
+    assert groups == _memberships(lab_shape), "the standby hosts are in no group of the lab's"
+    assert inventory["all"]["children"]["dr_standby"]["vars"] == {"dbfleet_monitored": False}
+    host = inventory["all"]["hosts"]["pg-dr-2"]
+    assert host["ansible_host"] == outputs["standby_hosts"]["pg-dr-2"]["instance_id"]
+    assert "aws ssm start-session --region us-west-2 --target %h" in host["ansible_ssh_common_args"]
+    assert host["dbfleet_address"] == outputs["standby_hosts"]["pg-dr-2"]["address"]
+    assert (host["dbfleet_cluster"], host["dbfleet_region"], host["ansible_user"]) == ("pg-main", "us-west-2", "admin")
+    assert "--region us-east-1" in inventory["all"]["hosts"]["pg-1"]["ansible_ssh_common_args"]
+    jumped = stack_inventory.aws_inventory(standby_fleet, outputs, bastion="admin@203.0.113.7")["all"]["hosts"]
+    assert jumped["pg-dr-1"]["ansible_host"] == outputs["standby_hosts"]["pg-dr-1"]["address"]
+    with pytest.raises(stack_inventory.InventoryError, match=r"in the spec only: pg-dr-1, pg-dr-2; in the stack only: "
+                                                             r"none"):
+        stack_inventory.aws_inventory(standby_fleet, {k: v for k, v in outputs.items() if k != "standby_hosts"})

@@ -576,6 +576,8 @@ def test_the_example_writes_every_cluster_twice() -> None:
     assert pg.dr.drill.schedule == "0 6 * * *" and pg.dr.standby is None
 
 
+STANDBY = "      standby: {{hosts: [pg-dr-1], region: us-west-2, vpc_cidr: {cidr}}}\n"
+
 DR_BAD = [
     ("same path as backup", (PG_DR, "target: {kind: local, path: /var/lib/dbfleet/backups}\n      rpo_seconds: 60\n"),
      "clusters.0.dr.target.path", "same directory"),
@@ -603,6 +605,18 @@ DR_BAD = [
      "clusters.0.dr.standby.hosts.0", "already used"),
     ("standby region not aws", (PG_DR, PG_DR + "      standby: {hosts: [pg-dr-1], region: mars-1}\n"),
      "clusters.0.dr.standby.region", "AWS region"),
+    ("standby vpc inside the fleet's", (PG_DR, PG_DR + STANDBY.format(cidr="10.40.128.0/17")),
+     "clusters.0.dr.standby.vpc_cidr", "overlaps fleet.vpc_cidr (10.40.0.0/16)"),
+    ("standby vpc around the fleet's", (PG_DR, PG_DR + STANDBY.format(cidr="10.0.0.0/8")),
+     "clusters.0.dr.standby.vpc_cidr", "overlaps fleet.vpc_cidr"),
+    ("standby vpc not a cidr", (PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/33")),
+     "clusters.0.dr.standby.vpc_cidr", "not a CIDR"),
+    ("standby vpc with host bits", (PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.1/16")),
+     "clusters.0.dr.standby.vpc_cidr", "not a CIDR"),
+    ("standby vpc too small", (PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/24")),
+     "clusters.0.dr.standby.vpc_cidr", "a /20 or larger"),
+    ("standby vpc ipv6", (PG_DR, PG_DR + STANDBY.format(cidr="'2001:db8::/56'")),
+     "clusters.0.dr.standby.vpc_cidr", "not IPv4"),
 ]
 
 
@@ -658,7 +672,7 @@ def test_a_standby_site_is_parsed() -> None:
     dr = fleet.cluster("pg-main").dr
     assert dr is not None and dr.standby is not None
     assert [getattr(h, "name", h) for h in dr.standby.hosts] == ["pg-dr-1", "pg-dr-2"]
-    assert dr.standby.region == "us-west-2"
+    assert dr.standby.region == "us-west-2" and dr.standby.vpc_cidr is None  # the lab needs none; stacks/ refuses
 
 
 def test_an_s3_dr_target_in_the_s3_backup_targets_region_is_refused() -> None:
@@ -685,3 +699,26 @@ def test_one_bucket_name_on_two_endpoints_is_two_places() -> None:
     first = _with_target("{kind: s3, bucket: acme-bk, endpoint: 'https://minio.example.net:9000'}")
     text = first.replace(PG_DR, "target: {kind: s3, bucket: acme-bk, region: us-west-2}\n      rpo_seconds: 60\n", 1)
     assert parse_fleet(text).cluster("pg-main").dr is not None
+
+
+def test_a_standby_vpc_apart_from_the_fleets_is_accepted() -> None:
+    fleet = parse_fleet(_with_dr(PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/16")))
+    dr = fleet.cluster("pg-main").dr
+    assert dr is not None and dr.standby is not None and dr.standby.vpc_cidr == "10.41.0.0/16"
+
+
+def test_two_standby_sites_need_networks_apart() -> None:
+    # A second PostgreSQL cluster (pg-main's block under other names and paths) with a standby site of its own.
+    start, end = EXAMPLE.index("  - name: pg-main\n"), EXAMPLE.index("  - name: mongo-main\n")
+    block = EXAMPLE[start:end]
+    assert PG_DR in block
+    twin = block.replace(PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/20").replace("pg-dr-1", "pg-dr-9"))
+    for old, new in (("pg-main", "pg-two"), ("pg-1", "pg-t1"), ("pg-2", "pg-t2"), ("pg-3", "pg-t3"),
+                     ("/var/lib/dbfleet/", "/srv/two/")):
+        twin = twin.replace(old, new)
+    text = EXAMPLE[:start] + block.replace(PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/16")) + twin + EXAMPLE[end:]
+    err = _error(text)
+    assert [p.path for p in err.problems] == ["clusters.1.dr.standby.vpc_cidr"], str(err)
+    assert "overlaps cluster pg-main's standby site (10.41.0.0/16)" in str(err) and err.problems[0].line is not None
+    apart = parse_fleet(text.replace("vpc_cidr: 10.41.0.0/20", "vpc_cidr: 10.42.0.0/20"))
+    assert [c.name for c in apart.of_engine("postgres")] == ["pg-main", "pg-two"]
