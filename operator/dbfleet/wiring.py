@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,17 +96,16 @@ class RewriteJobs:
 
     def start(self, action: Action, session: AnySession, before: str, work: Callable[[], str]) -> str:
         def job(context: JobContext) -> str:
-            # The relation's parts, apart, go into its record from the first heartbeat on (and its end); a record
-            # without them is read by its target, and refused where a '.' or '/' in a name makes that ambiguous.
-            d = action.detail
-            with context.lock:  # as the runner changes a record: the heartbeat writes it next
-                context.record = replace(context.record, database=str(d.get("database", "")),
-                                         schema=str(d.get("schema", "")), relation=str(d.get("name", "")))
             context.step(f"{action.kind} {action.target}")
             return work()
 
+        # The relation's parts, apart, are in its record from the first write on; a record without them (older
+        # operators) is read by its target, and refused where a '.' or '/' in a name makes that ambiguous.
+        d = action.detail
+        relation = (str(d.get("database", "")), str(d.get("schema", "")), str(d.get("name", "")))
         return self.runner.start(Job(action.cluster, REWRITE, action.target, self.storage(session.cluster, session),
-                                     job, action, before=f"{action.kind} {before}", settled_after=True))
+                                     job, action, before=f"{action.kind} {before}", settled_after=True,
+                                     relation=relation))
 
     def settle(self, cluster: AnyCluster, session: AnySession, job_id: str, state: str, message: str) -> str:
         found = self._record(cluster, session)

@@ -422,9 +422,13 @@ def dotted_action() -> Action:
 
 def test_a_rewrite_record_keeps_schema_and_name_apart(storage: LocalStorage) -> None:
     pg = FLEET.cluster("pg-main")
-    runner = JobRunner(JobLimits(rewrites=1), heartbeat=0.05)
+    runner = JobRunner(JobLimits(rewrites=1), heartbeat=60)  # no heartbeat: the first write alone must hold them
     jobs = RewriteJobs(runner, storage=lambda cluster, session: storage)
-    jobs.start(dotted_action(), Session(pg), "16400", lambda: "rebuilt")
+    gate = threading.Event()
+    jobs.start(dotted_action(), Session(pg), "16400", lambda: "rebuilt" if gate.wait(10) else "gate never opened")
+    [first] = storage.jobs("pg-main")  # an operator killed now leaves this record
+    assert first.state == RUNNING and (first.database, first.schema, first.relation) == ("app", "sales.eu", "orders_a")
+    gate.set()
     assert runner.wait(10)
     [record] = storage.jobs("pg-main")
     assert (record.database, record.schema, record.relation) == ("app", "sales.eu", "orders_a")

@@ -103,6 +103,8 @@ class Job:
     """The cycle's action that started it, for the audit trail's record of how it ended."""
     before: str = ""
     """Kept in its record (JobRecord.before): a rewrite's relation as it was when the job began."""
+    relation: tuple[str, str, str] = ("", "", "")
+    """Kept in its record from the first write (JobRecord.database, schema, relation): a rewrite's relation."""
     settled_after: bool = False
     """Its work goes on in the server after this process stops (a rewrite's statement), so a drain leaves its
     record running, and the next operator settles it from what it left rather than this one guessing."""
@@ -218,7 +220,8 @@ class JobRunner:
                               cluster=job.cluster, action=job.kind)
             now = utcnow()
             record = JobRecord(job.cluster, job.kind, new_job_id(job.kind, job.cluster, now), job.target, RUNNING,
-                               self.owner, self.host, iso(now) or "", iso(now) or "", before=job.before)
+                               self.owner, self.host, iso(now) or "", iso(now) or "", before=job.before,
+                               database=job.relation[0], schema=job.relation[1], relation=job.relation[2])
             entry = _Running(job, JobContext(record), fd)
             entry.context._write = lambda r, e=entry: self._save(e, r)  # type: ignore[misc]
             try:
