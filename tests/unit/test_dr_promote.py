@@ -1,0 +1,146 @@
+"""`dbfleet dr promote`'s decisions and plan: every branch from the two sites' state, without a server; and the
+act, against in-process fake sites."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dbfleet.engines.standby import scope, standby_cluster
+from dbfleet.reconcile.dr_promote import Sites, SiteView, decide, plan_promote, promote_site
+from dbfleet.spec import PostgresCluster, load_fleet
+
+REPO = Path(__file__).resolve().parents[2]
+PRIMARY = SiteView(("pg-1", "pg-2", "pg-3"), True, "pg-1", writable=True)
+STANDBY = SiteView(("pg-dr-1",), True, "pg-dr-1", writable=False, standby=True)
+UNREACHABLE = SiteView(("pg-1", "pg-2", "pg-3"), False, error="timed out")
+FENCED = replace(PRIMARY, standby=True, writable=False)
+PROMOTED = replace(STANDBY, standby=False, writable=True)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> PostgresCluster:
+    c = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
+    assert isinstance(c, PostgresCluster) and c.standby_hosts()
+    return c
+
+
+def kinds(cluster: PostgresCluster, primary: SiteView, standby: SiteView, force: bool) -> tuple[list[str], str]:
+    steps, end = plan_promote(cluster, primary, standby, force)
+    return [a.kind for a in steps], end.step
+
+
+def test_a_reachable_primary_site_is_fenced_then_the_standby_promoted(cluster: PostgresCluster) -> None:
+    assert kinds(cluster, PRIMARY, STANDBY, force=False) == (["fence-site", "promote-site"], "done")
+    steps, _ = plan_promote(cluster, PRIMARY, STANDBY, False)
+    assert all(a.destructive for a in steps)
+    assert steps[0].target == "pg-1,pg-2,pg-3" and steps[0].detail["follow"] == ["pg-dr-1"]
+    assert steps[1].target == "pg-dr-1"
+
+
+def test_a_leader_that_does_not_demote_after_the_fence_refuses_without_force() -> None:
+    decision = decide(PRIMARY, STANDBY, force=False, fence_tried=True)
+    assert decision.step == "refuse" and "pg-1 still accepts writes" in decision.reason
+    assert decide(PRIMARY, STANDBY, force=True, fence_tried=True).step == "promote"
+
+
+def test_an_unreachable_primary_site_refuses_without_force(cluster: PostgresCluster) -> None:
+    steps, end = plan_promote(cluster, UNREACHABLE, STANDBY, False)
+    assert steps == [] and end.step == "refuse" and "cannot be known" in end.reason and "--force" in end.reason
+
+
+def test_an_unreachable_primary_site_with_force_promotes_without_fencing(cluster: PostgresCluster) -> None:
+    assert kinds(cluster, UNREACHABLE, STANDBY, force=True) == (["promote-site"], "done")
+
+
+def test_an_already_fenced_primary_site_is_not_fenced_again(cluster: PostgresCluster) -> None:
+    assert kinds(cluster, FENCED, STANDBY, force=False) == (["promote-site"], "done")
+
+
+def test_an_already_promoted_standby_is_a_no_op(cluster: PostgresCluster) -> None:
+    assert kinds(cluster, FENCED, PROMOTED, force=False) == ([], "done")
+    steps, end = plan_promote(cluster, UNREACHABLE, PROMOTED, False)
+    assert steps == [] and end.step == "done" and "run this again" in end.reason
+
+
+def test_an_old_site_back_with_a_writable_leader_is_fenced_after_the_promotion(cluster: PostgresCluster) -> None:
+    assert kinds(cluster, PRIMARY, PROMOTED, force=False) == (["fence-site"], "done")
+    assert decide(PRIMARY, PROMOTED, force=True, fence_tried=True).step == "refuse"
+
+
+@pytest.mark.parametrize("standby", [replace(STANDBY, reachable=False, leader=None, error="refused"),
+                                     replace(STANDBY, leader=None),
+                                     replace(STANDBY, standby=False, writable=False)])
+def test_a_standby_site_without_a_standby_leader_refuses(cluster: PostgresCluster, standby: SiteView) -> None:
+    for force in (False, True):
+        steps, end = plan_promote(cluster, PRIMARY, standby, force)
+        assert steps == [] and end.step == "refuse"
+
+
+def test_the_standby_cluster_section_follows_the_addresses_and_reads_repo2(cluster: PostgresCluster) -> None:
+    section = standby_cluster(cluster, ["10.0.0.1", "10.0.0.2"])
+    assert section["host"] == "10.0.0.1,10.0.0.2" and section["port"] == cluster.port
+    assert section["restore_command"] == 'pgbackrest --stanza=pg-main --repo=2 archive-get %f "%p"'
+    assert section["create_replica_methods"] == ["pgbackrest", "basebackup"]
+    assert scope(cluster) == "pg-main-dr"
+
+
+class FakeApi:
+    """One site's REST API in memory: PATCH /config moves it as Patroni would, or not (`demotes`)."""
+
+    def __init__(self, view: SiteView, demotes: bool = True, answers: bool = True):
+        self.view, self.demotes, self.answers = view, demotes, answers
+        self.hosts = list(view.hosts)
+        self.patches: list[dict[str, Any]] = []
+
+
+class FakeSites(Sites):
+    def __init__(self, cluster: PostgresCluster, primary: FakeApi, standby: FakeApi):
+        self.cluster, self.p, self.s = cluster, primary, standby
+
+    def observe(self) -> tuple[SiteView, SiteView]:
+        return self.p.view, self.s.view
+
+    def fence(self, view: SiteView) -> None:
+        self.p.patches.append({"standby_cluster": "follow the standby site"})
+        self.p.view = replace(self.p.view, standby=True, writable=not self.p.demotes)
+
+    def promote(self, view: SiteView) -> None:
+        self.s.patches.append({"standby_cluster": None})
+        self.s.view = replace(self.s.view, standby=False, writable=True)
+
+
+def act(sites: FakeSites, force: bool) -> tuple[list[str], str, list[tuple[str, str]]]:
+    trail: list[tuple[str, str]] = []
+    import dbfleet.reconcile.dr_promote as module
+
+    original = module.observe_site
+    module.observe_site = lambda api: sites.p.view if api is sites.primary else sites.s.view  # type: ignore
+    try:
+        done, end = promote_site(sites, force, wait=1, record=lambda a, st, m, s: trail.append((a.kind, st)),
+                                 clock=iter(range(1000)).__next__, sleep=lambda _: None)
+    finally:
+        module.observe_site = original
+    return [d.action.kind for d in done], end.step, trail
+
+
+def test_the_act_fences_then_promotes_and_records_each_step(cluster: PostgresCluster) -> None:
+    sites = FakeSites(cluster, FakeApi(PRIMARY), FakeApi(STANDBY))
+    sites.primary, sites.standby = sites.p, sites.s  # type: ignore[assignment]
+    assert act(sites, force=False) == (["fence-site", "promote-site"], "done",
+                                       [("fence-site", "done"), ("promote-site", "done")])
+    assert sites.p.patches and sites.s.patches == [{"standby_cluster": None}]
+
+
+def test_the_act_stops_when_the_fence_does_not_take(cluster: PostgresCluster) -> None:
+    sites = FakeSites(cluster, FakeApi(PRIMARY, demotes=False), FakeApi(STANDBY))
+    sites.primary, sites.standby = sites.p, sites.s  # type: ignore[assignment]
+    kinds_done, end, _ = act(sites, force=False)
+    assert kinds_done == ["fence-site"] and end == "refuse" and sites.s.patches == []
+    sites = FakeSites(cluster, FakeApi(PRIMARY, demotes=False), FakeApi(STANDBY))
+    sites.primary, sites.standby = sites.p, sites.s  # type: ignore[assignment]
+    # --force promotes anyway, and the end still says that both sites accept writes (exit 1).
+    assert act(sites, force=True)[:2] == (["fence-site", "promote-site"], "refuse")
