@@ -66,9 +66,13 @@ def test_an_already_promoted_standby_is_a_no_op(cluster: PostgresCluster) -> Non
     assert steps == [] and end.step == "done" and "run this again" in end.reason
 
 
-def test_an_old_site_back_with_a_writable_leader_is_fenced_after_the_promotion(cluster: PostgresCluster) -> None:
+def test_an_old_site_back_unfenced_is_fenced_after_the_promotion(cluster: PostgresCluster) -> None:
     assert kinds(cluster, PRIMARY, PROMOTED, force=False) == (["fence-site"], "done")
     assert decide(PRIMARY, PROMOTED, force=True, fence_tried=True).step == "refuse"
+    # Demoted while cut off, but not following anyone: its site would make it a primary again.
+    demoted = replace(PRIMARY, writable=False)
+    assert kinds(cluster, demoted, PROMOTED, force=False) == (["fence-site"], "done")
+    assert decide(demoted, PROMOTED, force=False, fence_tried=True).step == "refuse"
 
 
 @pytest.mark.parametrize("standby", [replace(STANDBY, reachable=False, leader=None, error="refused"),
@@ -144,3 +148,9 @@ def test_the_act_stops_when_the_fence_does_not_take(cluster: PostgresCluster) ->
     sites.primary, sites.standby = sites.p, sites.s  # type: ignore[assignment]
     # --force promotes anyway, and the end still says that both sites accept writes (exit 1).
     assert act(sites, force=True)[:2] == (["fence-site", "promote-site"], "refuse")
+
+
+def test_a_failback_names_the_sites_the_other_way_round(cluster: PostgresCluster) -> None:
+    steps, end = plan_promote(cluster, replace(UNREACHABLE, hosts=("pg-dr-1",)), FENCED, False,
+                              ("standby site", "primary site"))
+    assert steps == [] and end.step == "refuse" and end.reason.startswith("the standby site does not answer")

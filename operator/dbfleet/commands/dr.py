@@ -8,7 +8,9 @@ whose leader still accepts writes after the fence, refuses the promotion
 unless --force. Every step and how it ended goes to the operator's audit trail
 (`dbfleet audit`). Exit codes: 0 promoted (or nothing to do, or a dry run that
 would promote), 1 refused or failed, 2 bad options or a cluster without a
-standby site.
+standby site. --failback takes the same steps the other way round: the
+standby site is fenced (it follows the spec's hosts again) and the primary
+site promoted.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument("--force", action="store_true",
                    help="promote even when the primary site cannot be fenced or does not answer: two sites may "
                         "then accept writes until the old one is stopped")
+    q.add_argument("--failback", action="store_true",
+                   help="the other way round: make the spec's hosts (the primary site) lead again, fencing the "
+                        "standby site first")
     q.add_argument("--timeout", type=float, default=90,
                    help="seconds to wait for each step to show (default 90)")
     add_lab_options(q)
@@ -73,13 +78,18 @@ def run_promote(args: argparse.Namespace) -> int:
         raise UsageError(f"{cluster.name} has no standby site to promote (dr.standby with ha: patroni)")
     try:
         access = FleetAccess.load(inventory_path(args), secrets_path(args))
-        sites = Sites(cluster, PatroniApi(cluster, access), PatroniApi(cluster, access, hosts=standby_hosts))
+        home, away = PatroniApi(cluster, access), PatroniApi(cluster, access, hosts=standby_hosts)
+        sites = Sites(cluster, away, home, ("standby site", "primary site")) if args.failback \
+            else Sites(cluster, home, away)
     except (ReconcileError, SecretsError) as exc:
         raise UsageError(str(exc)) from None
     primary, standby = sites.observe()
-    observed = {"primary_site": primary.as_dict(), "standby_site": standby.as_dict()}
-    seen = f"primary site: {primary.summary()}\nstandby site: {standby.summary()}"
-    steps, end = plan_promote(cluster, primary, standby, args.force)
+    # With --failback the spec's hosts are the site to promote and the standby site the one to fence.
+    names = sites.names
+    observed = {"failback": args.failback, "to_fence": {"site": names[0], **primary.as_dict()},
+                "to_promote": {"site": names[1], **standby.as_dict()}}
+    seen = f"{names[0]} (to fence): {primary.summary()}\n{names[1]} (to promote): {standby.summary()}"
+    steps, end = plan_promote(cluster, primary, standby, args.force, names)
     if args.dry_run:
         lines = [seen, *(a.render() for a in steps), f"then: {end.step} ({end.reason})",
                  "(dry run: nothing changed; ! destructive change)"]

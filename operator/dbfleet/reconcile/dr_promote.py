@@ -87,15 +87,35 @@ class Decision:
     reason: str
 
 
-def decide(primary: SiteView, standby: SiteView, force: bool, fence_tried: bool = False) -> Decision:
-    """The next step of a promotion from both sites' state; `fence_tried`: a fence was sent and waited for."""
+SITE_NAMES = ("primary site", "standby site")
+"""What the two sites are called in a promotion's reasons; a failback swaps them."""
+
+
+def decide(primary: SiteView, standby: SiteView, force: bool, fence_tried: bool = False,
+           names: tuple[str, str] = SITE_NAMES) -> Decision:
+    """The next step of a promotion from both sites' state; `fence_tried`: a fence was sent and waited for.
+    `primary` is the site to fence and `standby` the one to promote, called `names` in the reasons."""
+    return _name_sites(_decide(primary, standby, force, fence_tried), names)
+
+
+def _name_sites(decision: Decision, names: tuple[str, str]) -> Decision:
+    if names == SITE_NAMES:
+        return decision
+    reason = decision.reason.replace("the primary site", "\0").replace("the standby site", "\1")
+    return replace(decision, reason=reason.replace("\0", f"the {names[0]}").replace("\1", f"the {names[1]}"))
+
+
+def _decide(primary: SiteView, standby: SiteView, force: bool, fence_tried: bool) -> Decision:
     if standby.promoted:
-        if primary.reachable and primary.writable:
+        if primary.reachable and not primary.fenced:
+            # Even a leader that does not accept writes now (demoted while cut off) takes them again once its
+            # site elects it: only a standby_cluster section keeps it read-only.
             if not fence_tried:
-                return Decision("fence", f"the standby site leads, and the old site's leader {primary.leader} still "
-                                         "accepts writes: fence it")
-            return Decision("refuse", f"both sites accept writes: the old site's leader {primary.leader} did not "
-                                      "demote after the fence; stop its clients and Patroni there by hand")
+                return Decision("fence", f"the standby site leads, and the old site answers unfenced "
+                                         f"({primary.summary()}): fence it")
+            return Decision("refuse", f"the old site is not fenced after the fence ({primary.summary()}): it may "
+                                      "accept writes beside the promoted site; stop its clients and Patroni there "
+                                      "by hand")
         unknown = "" if primary.reachable else "; the old site does not answer: run this again once it does, " \
                                                "to fence it if it still accepts writes"
         return Decision("done", f"the standby site already leads (leader {standby.leader}){unknown}")
@@ -134,14 +154,14 @@ def action_for(cluster: PostgresCluster, decision: Decision, primary: SiteView, 
                   destructive=True, detail={"leader": standby.leader})
 
 
-def plan_promote(cluster: PostgresCluster, primary: SiteView, standby: SiteView,
-                 force: bool) -> tuple[list[Action], Decision]:
+def plan_promote(cluster: PostgresCluster, primary: SiteView, standby: SiteView, force: bool,
+                 names: tuple[str, str] = SITE_NAMES) -> tuple[list[Action], Decision]:
     """The steps a promotion would take from the observed state, each assumed to succeed, and how it ends
     ('done', or 'refuse' with why)."""
     actions: list[Action] = []
     fence_tried = False
     for _ in range(MAX_STEPS):
-        decision = decide(primary, standby, force, fence_tried)
+        decision = decide(primary, standby, force, fence_tried, names)
         if decision.step in ("done", "refuse"):
             return actions, decision
         actions.append(action_for(cluster, decision, primary, standby))
@@ -174,7 +194,10 @@ class Sites:
 
     cluster: PostgresCluster
     primary: PatroniApi
+    """The site to fence: the spec's hosts, or the standby site's for a failback."""
     standby: PatroniApi
+    """The site to promote."""
+    names: tuple[str, str] = SITE_NAMES
 
     def observe(self) -> tuple[SiteView, SiteView]:
         return observe_site(self.primary), observe_site(self.standby)
@@ -218,7 +241,7 @@ def promote_site(sites: Sites, force: bool, wait: float = 90,
     fence_tried = False
     for _ in range(MAX_STEPS):
         primary, standby = sites.observe()
-        decision = decide(primary, standby, force, fence_tried)
+        decision = decide(primary, standby, force, fence_tried, sites.names)
         if decision.step in ("done", "refuse"):
             return done, decision
         action = action_for(sites.cluster, decision, primary, standby)
