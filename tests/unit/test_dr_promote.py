@@ -3,6 +3,7 @@ act, against in-process fake sites."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from dbfleet.engines.standby import scope, standby_cluster
-from dbfleet.reconcile.dr_promote import Sites, SiteView, decide, plan_promote, promote_site
+from dbfleet.errors import TemporaryError
+from dbfleet.reconcile.dr_promote import Sites, SiteView, decide, first_answer, plan_promote, promote_site
 from dbfleet.spec import PostgresCluster, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,7 +126,7 @@ def act(sites: FakeSites, force: bool) -> tuple[list[str], str, list[tuple[str, 
     original = module.observe_site
     module.observe_site = lambda api: sites.p.view if api is sites.primary else sites.s.view  # type: ignore
     try:
-        done, end = promote_site(sites, force, wait=1, record=lambda a, st, m, s: trail.append((a.kind, st)),
+        done, end = promote_site(sites, force, wait=5, record=lambda a, st, m, s: trail.append((a.kind, st)),
                                  clock=iter(range(1000)).__next__, sleep=lambda _: None)
     finally:
         module.observe_site = original
@@ -154,3 +156,51 @@ def test_a_failback_names_the_sites_the_other_way_round(cluster: PostgresCluster
     steps, end = plan_promote(cluster, replace(UNREACHABLE, hosts=("pg-dr-1",)), FENCED, False,
                               ("standby site", "primary site"))
     assert steps == [] and end.step == "refuse" and end.reason.startswith("the standby site does not answer")
+
+
+class AnsweringApi:
+    """GET /cluster answered by some members only; a member given None hangs until `release` is set, then times
+    out; an int is the HTTP status it answers."""
+
+    def __init__(self, answers: dict[str, Any]):
+        self.hosts = list(answers)
+        self.answers = answers
+        self.cluster = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
+        self.release = threading.Event()
+        self.hung_ended: list[str] = []
+
+    def request(self, host: str, path: str) -> tuple[int, Any]:
+        answer = self.answers[host]
+        if answer is None:
+            self.release.wait(10)
+            self.hung_ended.append(host)
+            raise TemporaryError("timed out", host=host)
+        return answer if isinstance(answer, tuple) else (answer, {})
+
+
+def test_the_first_member_that_answers_is_read_without_waiting_for_the_others() -> None:
+    data = {"members": [{"name": "pg-2", "role": "leader", "state": "running", "timeline": 3}]}
+    api = AnsweringApi({"pg-1": None, "pg-2": (200, data), "pg-3": 503})
+    state = first_answer(api)  # type: ignore[arg-type]
+    assert api.hung_ended == [], "first_answer waited for the member that hangs"
+    api.release.set()
+    assert state.source == "pg-2" and state.leader is not None and state.leader.name == "pg-2"
+    down = AnsweringApi({"pg-1": None, "pg-3": 503})
+    down.release.set()
+    with pytest.raises(TemporaryError, match="pg-1: timed out; pg-3: HTTP 503"):
+        first_answer(down)  # type: ignore[arg-type]
+
+
+def test_a_patch_the_site_does_not_take_yet_is_sent_again_within_the_wait(cluster: PostgresCluster) -> None:
+    class Flaky(FakeSites):
+        refusals = 2
+
+        def fence(self, view: SiteView) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise TemporaryError("PATCH /config: HTTP 503: DCS not accessible")
+            super().fence(view)
+
+    sites = Flaky(cluster, FakeApi(PRIMARY), FakeApi(STANDBY))
+    sites.primary, sites.standby = sites.p, sites.s  # type: ignore[assignment]
+    assert act(sites, force=False)[:2] == (["fence-site", "promote-site"], "done") and sites.refusals == 0

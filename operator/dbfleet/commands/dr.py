@@ -108,7 +108,7 @@ def run_promote(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
-        done, end = promote_site(sites, args.force, args.timeout, record)
+        done, end = promote_site(sites, args.force, args.timeout, record, observed=(primary, standby))
     except ReconcileError as exc:
         emit(args, {"cluster": cluster.name, "observed": observed, "ok": False, "error": exc.render()},
                  f"{seen}\nfailed: {exc}")

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from dbfleet.actions import Action
-from dbfleet.engines.patroni import PatroniApi
+from dbfleet.engines.patroni import PatroniApi, PatroniState, parse_cluster
 from dbfleet.engines.standby import standby_cluster
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.spec import PostgresCluster
@@ -175,11 +176,34 @@ def plan_promote(cluster: PostgresCluster, primary: SiteView, standby: SiteView,
 # --------------------------------------------------------------------------- observe and act
 
 
+def first_answer(api: PatroniApi) -> PatroniState:
+    """GET /cluster from the site's members all at once, the first good answer: a site cut off costs one
+    connection timeout, not one per member."""
+    failures: list[str] = []
+    pool = ThreadPoolExecutor(max_workers=len(api.hosts) or 1)
+    try:
+        asked = {pool.submit(api.request, host, "cluster"): host for host in api.hosts}
+        for done in as_completed(asked):
+            host = asked[done]
+            try:
+                status, data = done.result()
+            except TemporaryError as exc:
+                failures.append(f"{host}: {exc.message}")
+                continue
+            if status == 200 and isinstance(data, dict):
+                return parse_cluster(data, host)
+            failures.append(f"{host}: HTTP {status}")
+    finally:
+        pool.shutdown(wait=False)  # a member still connecting ends by its own timeout, unwaited for
+    raise TemporaryError("no member's Patroni REST API answers (" + "; ".join(sorted(failures)) + ")",
+                         cluster=api.cluster.name, action="read Patroni state")
+
+
 def observe_site(api: PatroniApi) -> SiteView:
     """One site's state: its leader, whether that accepts writes, whether the site follows another."""
     hosts = tuple(api.hosts)
     try:
-        state = api.cluster_state()
+        state = first_answer(api)
         config = api.dynamic_config(state.source)
     except TemporaryError as exc:
         return SiteView(hosts, False, error=exc.message)
@@ -234,13 +258,16 @@ class StepDone:
 def promote_site(sites: Sites, force: bool, wait: float = 90,
                  record: Callable[[Action, str, str, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> tuple[list[StepDone], Decision]:
-    """Act: decide from fresh observations, take the step, wait (at most `wait` seconds) until it shows, and
-    decide again, until done or refused. `record(action, status, message, seconds)` sees every step."""
+                 sleep: Callable[[float], None] = time.sleep,
+                 observed: tuple[SiteView, SiteView] | None = None) -> tuple[list[StepDone], Decision]:
+    """Act: decide from fresh observations (the first step from `observed` when given, what the plan was made
+    from), take the step, wait (at most `wait` seconds) until it shows, and decide again, until done or
+    refused. `record(action, status, message, seconds)` sees every step."""
     done: list[StepDone] = []
     fence_tried = False
     for _ in range(MAX_STEPS):
-        primary, standby = sites.observe()
+        primary, standby = observed or sites.observe()
+        observed = None
         decision = decide(primary, standby, force, fence_tried, sites.names)
         if decision.step in ("done", "refuse"):
             return done, decision
@@ -248,12 +275,12 @@ def promote_site(sites: Sites, force: bool, wait: float = 90,
         started = clock()
         try:
             if decision.step == "fence":
-                sites.fence(primary)
+                retry(lambda: sites.fence(primary), wait, clock, sleep)
                 fence_tried = True
                 ok = until(lambda: observe_site(sites.primary).fenced, wait, clock, sleep)
                 message = "its leader demoted" if ok else f"its leader still accepts writes after {wait:.0f}s"
             else:
-                sites.promote(standby)
+                retry(lambda: sites.promote(standby), wait, clock, sleep)
                 ok = until(lambda: observe_site(sites.standby).promoted, wait, clock, sleep)
                 if not ok:
                     raise TemporaryError(f"the standby site did not lead within {wait:.0f}s",
@@ -267,6 +294,21 @@ def promote_site(sites: Sites, force: bool, wait: float = 90,
         if record:
             record(action, "done", message, clock() - started)
     raise AssertionError("a promotion takes at most a fence and a promote")  # pragma: no cover
+
+
+def retry(act: Callable[[], None], timeout: float, clock: Callable[[], float],
+          sleep: Callable[[float], None]) -> None:
+    """Run `act` again each second while it fails with a TemporaryError (a site just back may answer GET before
+    its DCS takes a PATCH), for at most `timeout` seconds; then let the last error through."""
+    started = clock()
+    while True:
+        try:
+            act()
+            return
+        except TemporaryError:
+            if clock() - started > timeout:
+                raise
+        sleep(1)
 
 
 def until(check: Callable[[], bool], timeout: float, clock: Callable[[], float],
