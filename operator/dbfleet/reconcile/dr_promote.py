@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal
 
 from dbfleet.actions import Action
@@ -275,12 +276,12 @@ def promote_site(sites: Sites, force: bool, wait: float = 90,
         started = clock()
         try:
             if decision.step == "fence":
-                retry(lambda: sites.fence(primary), wait, clock, sleep)
+                retry(partial(sites.fence, primary), wait, clock, sleep)
                 fence_tried = True
                 ok = until(lambda: observe_site(sites.primary).fenced, wait, clock, sleep)
                 message = "its leader demoted" if ok else f"its leader still accepts writes after {wait:.0f}s"
             else:
-                retry(lambda: sites.promote(standby), wait, clock, sleep)
+                retry(partial(sites.promote, standby), wait, clock, sleep)
                 ok = until(lambda: observe_site(sites.standby).promoted, wait, clock, sleep)
                 if not ok:
                     raise TemporaryError(f"the standby site did not lead within {wait:.0f}s",
