@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from dbfleet.inventory import HostAccess, build_inventory, host_roles, write_inventory
+from dbfleet.inventory import HostAccess, build_inventory, inventory_roles, write_inventory
 from dbfleet.spec import Fleet, SpecError, load_fleet
 
 HERE = Path(__file__).resolve().parent
@@ -54,7 +54,7 @@ def site_inventory(fleet: Fleet, machines: dict[str, Any]) -> dict[str, Any]:
     hosts = machines.get("hosts")
     if not isinstance(hosts, dict):
         raise MachinesError("hosts: expected a mapping of host name to {address: ..., ansible_*: ...}")
-    wanted = set(host_roles(fleet))
+    wanted = set(inventory_roles(fleet))
     only_spec, only_machines = sorted(wanted - set(hosts)), sorted(set(hosts) - wanted)
     if only_spec or only_machines:
         raise MachinesError("the spec and the machines disagree (in the spec only: " + (", ".join(only_spec) or "none")

@@ -17,7 +17,7 @@ from typing import Any
 from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.mongo import mongos_hosts
 from dbfleet.inventory_format import SpecText, from_spec, inventory_yaml
-from dbfleet.role_inputs import cluster_inputs, prometheus_inputs
+from dbfleet.role_inputs import cluster_inputs, prometheus_inputs, standby_site_inputs
 from dbfleet.spec import Fleet, MongoCluster, PostgresCluster, RedisCluster
 
 
@@ -34,6 +34,17 @@ class HostAccess:
 def cluster_group(name: str) -> str:
     """Ansible group name for a cluster: 'pg-main' -> 'cluster_pg_main'."""
     return "cluster_" + name.replace("-", "_")
+
+
+STANDBY_GROUP = "patroni_standby"
+"""The engine-role group of a standby site's hosts (dr.standby)."""
+
+
+def standby_group(name: str) -> str:
+    """Ansible group name for a cluster's standby site: 'pg-main' -> 'cluster_pg_main_dr'. Its hosts keep the
+    cluster's name (dbfleet_cluster: the stanza, the certificates) but form a site of their own: the roles find a
+    host's fellow members in its site group (dbfleet_group), so the standby site runs its own etcd and Patroni."""
+    return cluster_group(name) + "_dr"
 
 
 def host_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
@@ -67,6 +78,23 @@ def host_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
     return roles
 
 
+def standby_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
+    """Every standby site host's cluster and groups (dr.standby): a site of its own, whose first host is the
+    standby leader at the start and the one etcd member. Apart from host_roles, which are the fleet region's
+    machines (the stacks build a standby site in its own region)."""
+    roles: dict[str, tuple[str, list[str]]] = {}
+    for c in fleet.of_engine("postgres"):
+        for i, h in enumerate(c.standby_hosts()):
+            leads = ["postgres_primary", "etcd"] if i == 0 else ["postgres_replica"]
+            roles[h.name] = (c.name, ["postgres", *leads, "patroni", STANDBY_GROUP])
+    return roles
+
+
+def inventory_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
+    """Every host the inventory can hold: the fleet region's (host_roles), then the standby sites'."""
+    return {**host_roles(fleet), **standby_roles(fleet)}
+
+
 def build_inventory(fleet: Fleet, access: dict[str, HostAccess],
                     extra_vars: dict[str, Any] | None = None) -> dict[str, Any]:
     """Inventory as a YAML-ready dict. Hosts missing from `access` are left out (say, no Mongo image)."""
@@ -75,22 +103,25 @@ def build_inventory(fleet: Fleet, access: dict[str, HostAccess],
     def add(group: str, host: str, hostvars: dict[str, Any]) -> None:
         children.setdefault(group, {"hosts": {}})["hosts"][host] = hostvars
 
-    for host, (cluster, groups) in host_roles(fleet).items():
+    for host, (cluster, groups) in inventory_roles(fleet).items():
         if host not in access:
             continue
         hostvars = {**access[host].connection, "dbfleet_address": access[host].address}
-        if cluster:
-            hostvars["dbfleet_cluster"] = SpecText(cluster)
         for group in groups:
             add(group, host, {})
         if cluster:
-            add(cluster_group(cluster), host, {})
+            site = standby_group(cluster) if STANDBY_GROUP in groups else cluster_group(cluster)
+            hostvars |= {"dbfleet_cluster": SpecText(cluster), "dbfleet_group": site}
+            add(site, host, {})
         children.setdefault("_hostvars", {"hosts": {}})["hosts"][host] = hostvars
 
     hostvars_group = children.pop("_hostvars", {"hosts": {}})
     present = [c for c in fleet.clusters if cluster_group(c.name) in children]
     for c in present:
         children[cluster_group(c.name)]["vars"] = cluster_vars(c)
+        if isinstance(c, PostgresCluster) and standby_group(c.name) in children:
+            follow = [access[h.name].address for h in c.all_hosts() if h.name in access]
+            children[standby_group(c.name)]["vars"] = dict(from_spec(standby_site_inputs(c, follow)))
     if "monitoring" in children:
         children["monitoring"]["vars"] = from_spec(prometheus_inputs(present))
     all_vars: dict[str, Any] = {

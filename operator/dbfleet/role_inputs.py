@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbfleet.engines import patroni, pgbackrest
+from dbfleet.engines import patroni, pgbackrest, standby
 from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.etcd import OPERATOR_PREFIX
 from dbfleet.engines.mongo import mongos_hosts
@@ -93,18 +93,37 @@ def pgbackrest_inputs(cluster: PostgresCluster) -> dict[str, Any]:
         "pgbackrest_spool_path": pgbackrest.SPOOL_PATH if cluster.dr is not None else "",
         "pgbackrest_log_path": pgbackrest.HOST_LOG_PATH,
         "pgbackrest_cipher_include": pgbackrest.CIPHER_INCLUDE,
+        "pgbackrest_standby_site": False,
     }
 
 
 def patroni_inputs(cluster: PostgresCluster) -> dict[str, Any]:
-    """Patroni's REST API, loop and DCS: its namespace and dynamic configuration (dbfleet.engines.patroni)."""
+    """Patroni's REST API, loop and DCS: its namespace, scope and dynamic configuration (dbfleet.engines.patroni),
+    and pgBackRest's commands for restoring WAL and building replicas (dbfleet.engines.pgbackrest)."""
     return {
         "patroni_rest_port": cluster.patroni.rest_api_port,
         "patroni_loop_wait": cluster.patroni.loop_wait,
         "patroni_etcd_port": cluster.patroni.etcd.client_port,
         "patroni_namespace": patroni.NAMESPACE,
+        "patroni_scope": cluster.name,
         "patroni_dynamic_config": patroni.dynamic_config(cluster),
+        "patroni_standby_cluster": {},
+        "patroni_restore_command": pgbackrest.archive_get_command(cluster),
+        "patroni_replica_command": pgbackrest.replica_restore_command(cluster),
     }
+
+
+def standby_site_inputs(cluster: PostgresCluster, follow: list[str]) -> dict[str, Any]:
+    """The standby site's group vars (dr.standby): the cluster's, with a Patroni scope of its own, a standby
+    cluster that follows the primary site's servers at `follow`, WAL and replicas from the second region's
+    repository (repo2), and no stanza creation (the primary site's leader makes the stanza)."""
+    repo = pgbackrest.DR_REPO
+    return {**cluster_inputs(cluster),
+            "patroni_scope": standby.scope(cluster),
+            "patroni_standby_cluster": standby.standby_cluster(cluster, follow),
+            "patroni_restore_command": pgbackrest.archive_get_command(cluster, repo),
+            "patroni_replica_command": pgbackrest.replica_restore_command(cluster, repo),
+            "pgbackrest_standby_site": True}
 
 
 def etcd_inputs(cluster: PostgresCluster) -> dict[str, Any]:
@@ -182,7 +201,8 @@ def prometheus_inputs(clusters: list[AnyCluster]) -> dict[str, Any]:
     return {
         "prometheus_scrape_seconds": seconds,
         "prometheus_unmonitored_clusters": [c.name for c in clusters if not c.monitoring.enabled],
-        "prometheus_patroni_ports": {h.name: c.patroni.rest_api_port for c in patroni_clusters for h in c.all_hosts()},
+        "prometheus_patroni_ports": {h.name: c.patroni.rest_api_port for c in patroni_clusters
+                                     for h in c.all_hosts() + c.standby_hosts()},
         "prometheus_patroni_cluster_cas": [c.tls.ca_cert for c in patroni_clusters if c.tls.ca_cert],
         "prometheus_patroni_fleet_ca": any(not c.tls.ca_cert for c in patroni_clusters),
         "prometheus_mongo_replsets": {h.name: rs.name for c in clusters if isinstance(c, MongoCluster)

@@ -285,8 +285,10 @@ class DrDrill(Strict):
 
 
 class StandbySite(Strict):
-    """A PostgreSQL standby site in the second region: stacks/ builds its network and hosts; the standby cluster
-    on them is not built yet."""
+    """A PostgreSQL standby site in the second region: with ha: patroni, a Patroni standby cluster of its own (scope
+    `<cluster>-dr`, a one-member etcd on its first host) that streams from the primary site and restores WAL from
+    the dr target (pgBackRest's repo2) when streaming is cut; `dbfleet dr promote` makes it the primary site. On
+    AWS stacks/ builds its network (on `vpc_cidr`) and hosts."""
 
     hosts: Annotated[list[HostRef], Field(min_length=1)]
     region: AwsRegion
@@ -672,6 +674,9 @@ class ClusterBase(Strict):
         engine: str = getattr(self, "engine")  # noqa: B009
         if dr.standby is not None and engine != "postgres":
             raise ValueError(f"dr.standby: a standby site is PostgreSQL's; {engine} has none")
+        if dr.standby is not None and getattr(self, "ha") != "patroni":  # noqa: B009  (PostgresCluster's field)
+            raise ValueError("dr.standby: a standby site is a Patroni standby cluster; it needs ha: patroni (the "
+                             "same through the playbooks for ha: manual is not built)")
         return self
 
     def host_names(self) -> list[str]:
@@ -949,6 +954,13 @@ class PostgresCluster(ClusterBase):
         for host in self.etcd_hosts() + self.endpoint_hosts():
             found.setdefault(host.name, host)
         return list(found.values())
+
+    def standby_hosts(self) -> list[Host]:
+        """The standby site's PostgreSQL servers (dr.standby), the first its standby leader at the start; none
+        without a standby site."""
+        if self.dr is None or self.dr.standby is None:
+            return []
+        return [_as_host(h) for h in self.dr.standby.hosts]
 
     @property
     def primary(self) -> str:

@@ -130,13 +130,15 @@ def test_every_replica_streams_through_its_own_active_slot(pg: tuple[Any, Postgr
     slots_wanted = {r.replace("-", "_") for r in replicas}
     # ha: manual names each standby after its slot; Patroni names it after the member (slot: '-' -> '_').
     expected = set(replicas) if cluster.ha == "patroni" else slots_wanted
+    # A standby site (dr.standby) streams too, without a slot, from the first primary-site server that answers.
+    standby_site = {h.name for h in cluster.standby_hosts()}
     deadline = time.monotonic() + 30
     while True:
         streaming = dict(query(lab, cluster, primary,
                                "select application_name, state from pg_stat_replication"))
         slots = dict(query(lab, cluster, primary,
                            "select slot_name, active from pg_replication_slots where slot_type = 'physical'"))
-        if {a for a, s in streaming.items() if s == "streaming"} == expected and \
+        if {a for a, s in streaming.items() if s == "streaming" and a not in standby_site} == expected and \
                 all(slots.get(name) for name in slots_wanted):
             break
         assert time.monotonic() < deadline, f"streaming {streaming}, slots {slots}, expected {expected}"

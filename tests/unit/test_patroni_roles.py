@@ -20,7 +20,7 @@ from role_support import role_module as _module
 from role_support import trusted as _trusted
 
 from dbfleet.engines.patroni import dynamic_config
-from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles
+from dbfleet.inventory import HostAccess, build_inventory, cluster_group, inventory_roles, standby_group
 from dbfleet.inventory_format import inventory_yaml
 from dbfleet.spec import PostgresCluster, load_fleet, parse_fleet
 
@@ -38,7 +38,7 @@ PATRONI_CONFIG = _module("patroni", "patroni_config")
 
 def _variables(host: str, fleet_text: str = SPEC_TEXT) -> dict[str, Any]:
     fleet = parse_fleet(fleet_text)
-    access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
+    access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(inventory_roles(fleet), 1)}
     # As Ansible reads it: the hosts.yml text dbfleet writes, spec strings `!unsafe`, through Ansible's loader.
     inventory = AnsibleLoader(inventory_yaml(build_inventory(fleet, access))).get_single_data()["all"]
     groups = {name: list(group["hosts"]) for name, group in inventory["children"].items()}
@@ -210,12 +210,23 @@ def test_inventory_groups_for_patroni_etcd_and_haproxy() -> None:
     text = SPEC_TEXT.replace("      # etcd: {hosts: [pg-1, pg-2, pg-3]}", "      etcd: {hosts: [pg-1, pg-2, etcd-3]}")
     text = text.replace("{rw_port: 5000, ro_port: 5001}", "{hosts: [proxy-1], rw_port: 5000, ro_port: 5001}")
     fleet = parse_fleet(text)
-    access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
+    access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(inventory_roles(fleet), 1)}
     groups = build_inventory(fleet, access)["all"]["children"]
-    assert set(groups["patroni"]["hosts"]) == {"pg-1", "pg-2", "pg-3"}
-    assert set(groups["etcd"]["hosts"]) == {"pg-1", "pg-2", "etcd-3"}
+    # The standby site (pg-dr-1) runs Patroni and a one-member etcd of its own, in a site group of its own.
+    assert set(groups["patroni"]["hosts"]) == {"pg-1", "pg-2", "pg-3", "pg-dr-1"}
+    assert set(groups["etcd"]["hosts"]) == {"pg-1", "pg-2", "etcd-3", "pg-dr-1"}
     assert set(groups["haproxy"]["hosts"]) == {"proxy-1"}
     assert {"etcd-3", "proxy-1"} <= set(groups[cluster_group("pg-main")]["hosts"])
+    assert "pg-dr-1" not in groups[cluster_group("pg-main")]["hosts"]
+    assert set(groups[standby_group("pg-main")]["hosts"]) == {"pg-dr-1"}
+    site = groups[standby_group("pg-main")]["vars"]
+    assert site["patroni_scope"] == "pg-main-dr" and site["pgbackrest_standby_site"] is True
+    follows = [access[h].address for h in ("pg-1", "pg-2", "pg-3")]
+    assert site["patroni_standby_cluster"]["host"] == ",".join(follows)
+    assert "--repo=2" in site["patroni_restore_command"] and "--repo=2" in site["patroni_replica_command"]
+    primary = groups[cluster_group("pg-main")]["vars"]
+    assert primary["patroni_scope"] == "pg-main" and primary["patroni_standby_cluster"] == {}
+    assert "--repo" not in primary["patroni_restore_command"]
     assert "postgres" not in [g for g, v in groups.items() if "etcd-3" in v["hosts"]]
     dcs = groups[cluster_group("pg-main")]["vars"]["patroni_dynamic_config"]
     assert json.dumps(dcs) and dcs["ttl"] == 6

@@ -11,7 +11,7 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 from role_support import trusted as _trusted
 
-from dbfleet.inventory import HostAccess, build_inventory, host_roles
+from dbfleet.inventory import HostAccess, build_inventory, inventory_roles
 from dbfleet.spec import Fleet, load_fleet, parse_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ PASSWORD = "operator-metrics-secret-4xQ"
 
 def _render(fleet: Fleet) -> tuple[str, dict[str, Any]]:
     """prometheus.yml for the monitoring host, with the role's defaults and the inventory's groups and vars."""
-    access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(host_roles(fleet), 1)}
+    access = {h: HostAccess(f"10.0.0.{i}") for i, h in enumerate(inventory_roles(fleet), 1)}
     inventory = build_inventory(fleet, access, {"dbfleet_operator_address": OPERATOR})["all"]
     groups: dict[str, list[str]] = {"all": sorted(inventory["hosts"])}
     hostvars = {h: {**inventory["vars"], **v} for h, v in inventory["hosts"].items()}

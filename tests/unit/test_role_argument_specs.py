@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dbfleet.inventory import HostAccess, build_inventory, host_roles, write_inventory
+from dbfleet.inventory import HostAccess, build_inventory, inventory_roles, write_inventory
 from dbfleet.secrets import generate
 from dbfleet.spec import load_fleet
 
@@ -107,6 +107,7 @@ def manual_spec(folder: Path) -> Path:
             cluster["ha"] = "manual"
             cluster.pop("patroni", None)
             cluster.pop("endpoints", None)
+            (cluster.get("dr") or {}).pop("standby", None)  # a Patroni standby cluster
     folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "fleet.yaml"
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -118,7 +119,7 @@ def lab_inventory(folder: Path, spec: Path = REPO / "fleet.example.yaml") -> Pat
     fleet = load_fleet(spec)
     access = {h: HostAccess(f"172.30.0.{i}", {"ansible_connection": "community.docker.docker",
                                               "ansible_host": f"dbfleet-lab-{h}", "ansible_user": "root"})
-              for i, h in enumerate(host_roles(fleet), 2)}
+              for i, h in enumerate(inventory_roles(fleet), 2)}
     extra = {"dbfleet_lab": "lab", "dbfleet_operator_address": "172.30.0.1", "dbfleet_lab_subnet": "172.30.0.0/24",
              "mongo_install_source": "present"}
     return write_inventory(build_inventory(fleet, access, extra), folder)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dbfleet.inventory import HostAccess, build_inventory, host_roles
+from dbfleet.inventory import HostAccess, build_inventory, inventory_roles
 from dbfleet.inventory_format import SpecText
 from dbfleet.role_inputs import cluster_inputs, prometheus_inputs
 from dbfleet.spec import Fleet, MongoCluster, PostgresCluster, RedisCluster, load_fleet
@@ -118,7 +118,7 @@ def test_a_ca_the_spec_supplies_reaches_pki_and_prometheus() -> None:
 
 def lab_inventory(fleet: Fleet) -> dict[str, Any]:
     access = {h: HostAccess(f"10.0.0.{i}", {"ansible_connection": "local"})
-              for i, h in enumerate(host_roles(fleet), 1)}
+              for i, h in enumerate(inventory_roles(fleet), 1)}
     return build_inventory(fleet, access, {"dbfleet_operator_address": "10.0.0.250"})
 
 
@@ -170,7 +170,8 @@ def test_every_required_input_of_every_entry_point_a_host_runs_is_in_the_invento
     fleet = FLEET
     if spec == "manual":
         fleet = FLEET.model_copy(update={"clusters": [
-            c.model_copy(update={"ha": "manual"}) if isinstance(c, PostgresCluster) else c for c in FLEET.clusters]})
+            c.model_copy(update={"ha": "manual", "dr": c.dr.model_copy(update={"standby": None}) if c.dr else None})
+            if isinstance(c, PostgresCluster) else c for c in FLEET.clusters]})
     inventory = lab_inventory(fleet)
     checked = set()
     for host in inventory["all"]["hosts"]:

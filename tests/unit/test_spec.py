@@ -16,10 +16,13 @@ HA_LINE = next(line + "\n" for line in EXAMPLE.splitlines() if line.startswith("
 
 
 def as_manual(text: str) -> str:
-    """The example with pg-main on ha: manual: no patroni or endpoints section."""
+    """The example with pg-main on ha: manual: no patroni or endpoints section, and no standby site (a Patroni
+    standby cluster)."""
     lines = text.replace(HA_LINE, "    ha: manual\n").splitlines(keepends=True)
     out, skipping = [], False
     for line in lines:
+        if line.startswith("      standby:"):
+            continue
         if line.startswith("    patroni:"):
             skipping = True
             continue
@@ -559,6 +562,8 @@ def test_index_expressions_postgresql_takes_are_accepted() -> None:
 # --------------------------------------------------------------------------- disaster recovery (dr:)
 
 PG_DR = "target: {kind: local, path: /var/lib/dbfleet/dr-backups}\n      rpo_seconds: 60\n"
+PG_STANDBY = "      standby: {hosts: [pg-dr-1], region: us-west-2}\n"
+"""The example's standby site for pg-main."""
 
 
 def _with_dr(old: str, new: str) -> str:
@@ -573,7 +578,8 @@ def test_the_example_writes_every_cluster_twice() -> None:
         assert cluster.dr.target != cluster.backup.target
     pg = fleet.cluster("pg-main")
     assert pg.dr is not None and pg.dr.rpo_seconds == 60 and pg.dr.archive_timeout == 30
-    assert pg.dr.drill.schedule == "0 6 * * *" and pg.dr.standby is None
+    assert pg.dr.drill.schedule == "0 6 * * *" and pg.dr.standby is not None
+    assert [h.name for h in pg.standby_hosts()] == ["pg-dr-1"] and pg.dr.standby.region == "us-west-2"
 
 
 STANDBY = "      standby: {{hosts: [pg-dr-1], region: us-west-2, vpc_cidr: {cidr}}}\n"
@@ -599,11 +605,12 @@ DR_BAD = [
     ("standby on redis", ("      rpo_seconds: 4500", "      rpo_seconds: 4500\n"
                           "      standby: {hosts: [redis-dr-1], region: us-west-2}"),
      "clusters.2.dr.standby", "PostgreSQL's"),
-    ("standby in the fleet's region", (PG_DR, PG_DR + "      standby: {hosts: [pg-dr-1], region: us-east-1}\n"),
+    ("standby in the fleet's region", (PG_STANDBY, PG_STANDBY.replace("us-west-2", "us-east-1")),
      "clusters.0.dr.standby.region", "fleet's own region"),
-    ("standby host used elsewhere", (PG_DR, PG_DR + "      standby: {hosts: [pg-2], region: us-west-2}\n"),
+    ("standby host used elsewhere", (PG_STANDBY, PG_STANDBY.replace("pg-dr-1", "pg-2")),
      "clusters.0.dr.standby.hosts.0", "already used"),
-    ("standby region not aws", (PG_DR, PG_DR + "      standby: {hosts: [pg-dr-1], region: mars-1}\n"),
+    ("standby with ha manual", (HA_LINE, "    ha: manual\n"), "clusters.0.dr.standby", "needs ha: patroni"),
+    ("standby region not aws", (PG_STANDBY, PG_STANDBY.replace("us-west-2", "mars-1")),
      "clusters.0.dr.standby.region", "AWS region"),
     ("standby vpc inside the fleet's", (PG_DR, PG_DR + STANDBY.format(cidr="10.40.128.0/17")),
      "clusters.0.dr.standby.vpc_cidr", "overlaps fleet.vpc_cidr (10.40.0.0/16)"),
@@ -668,7 +675,7 @@ def test_s3_targets_in_one_bucket_must_not_share_a_prefix() -> None:
 
 
 def test_a_standby_site_is_parsed() -> None:
-    fleet = parse_fleet(_with_dr(PG_DR, PG_DR + "      standby: {hosts: [pg-dr-1, pg-dr-2], region: us-west-2}\n"))
+    fleet = parse_fleet(_with_dr(PG_STANDBY, PG_STANDBY.replace("[pg-dr-1]", "[pg-dr-1, pg-dr-2]")))
     dr = fleet.cluster("pg-main").dr
     assert dr is not None and dr.standby is not None
     assert [getattr(h, "name", h) for h in dr.standby.hosts] == ["pg-dr-1", "pg-dr-2"]

@@ -179,10 +179,13 @@ def parse_cluster(data: dict[str, Any], source: str) -> PatroniState:
 class PatroniApi:
     """Patroni's REST API on each member of one cluster, over TLS with the fleet CA."""
 
-    def __init__(self, cluster: PostgresCluster, access: FleetAccess, timeout: float = CONNECT_TIMEOUT):
+    def __init__(self, cluster: PostgresCluster, access: FleetAccess, timeout: float = CONNECT_TIMEOUT,
+                 hosts: Sequence[str] | None = None):
         self.cluster = cluster
         self.access = access
         self.timeout = timeout
+        self.hosts = list(hosts) if hosts is not None else cluster.host_names()
+        """The members asked: the primary site's servers, or a standby site's (dr.standby)."""
         self.context: ssl.SSLContext = https_context(cluster, access.ca_file(cluster))
 
     def url(self, host: str, path: str) -> str:
@@ -213,7 +216,7 @@ class PatroniApi:
     def cluster_state(self) -> PatroniState:
         """GET /cluster from the first member that answers."""
         failures = []
-        for host in self.cluster.host_names():
+        for host in self.hosts:
             try:
                 status, data = self.request(host, "cluster")
             except TemporaryError as exc:
@@ -265,6 +268,36 @@ class PatroniApi:
         xlog = data.get("xlog") if status == 200 and isinstance(data, dict) else None
         value = xlog.get("replayed_location") if isinstance(xlog, dict) else None
         return value if isinstance(value, int) else None
+
+    def dynamic_config(self, host: str) -> dict[str, Any]:
+        """GET /config: the site's dynamic configuration, as one member reads it from the DCS."""
+        status, data = self.request(host, "config")
+        if status != 200 or not isinstance(data, dict):
+            raise TemporaryError(f"GET /config: HTTP {status}", host=host, cluster=self.cluster.name)
+        return data
+
+    def patch_config(self, host: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """PATCH /config (as the REST API user): Patroni merges `patch` into the DCS configuration, a null value
+        removing a key; every member applies it on its next loop."""
+        status, data = self.request(host, "config", "PATCH", patch)
+        if status == 200 and isinstance(data, dict):
+            return data
+        text = data if isinstance(data, str) else json.dumps(data)
+        if status in (401, 403):
+            raise PermanentError(f"Patroni refused the credentials for PATCH /config: {text}", host=host,
+                                 cluster=self.cluster.name, action="patch config")
+        raise TemporaryError(f"PATCH /config: HTTP {status}: {text}", host=host, cluster=self.cluster.name,
+                             action="patch config")
+
+    def member_role(self, host: str) -> str | None:
+        """GET /patroni's role of one member, what its PostgreSQL runs as ('primary' or 'master' when it accepts
+        writes, 'standby_leader', 'replica'); None when it does not answer."""
+        try:
+            status, data = self.request(host, "patroni")
+        except TemporaryError:
+            return None
+        role = data.get("role") if status == 200 and isinstance(data, dict) else None
+        return str(role) if role is not None else None
 
     def switchover(self, leader: str, candidate: str, timeout: float = 60) -> str:
         """POST /switchover to the leader's API; Patroni waits for the candidate to take over."""

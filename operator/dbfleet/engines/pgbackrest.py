@@ -90,6 +90,20 @@ def repo_options(cluster: PostgresCluster, repo: int = 1, target: LocalTarget | 
     return options
 
 
+def archive_get_command(cluster: PostgresCluster, repo: int | None = None) -> str:
+    """PostgreSQL's restore_command: pgBackRest's archive-get, from every repository in order, or from `repo` only
+    (a standby site reads the second region's repository, which outlives the first region)."""
+    only = f" --repo={repo}" if repo else ""
+    return f'pgbackrest --stanza={cluster.name}{only} archive-get %f "%p"'
+
+
+def replica_restore_command(cluster: PostgresCluster, repo: int | None = None) -> str:
+    """The command Patroni runs to build a replica from the newest backup (its `pgbackrest` replica method), from
+    every repository in order or from `repo` only; Patroni adds no arguments (no_params)."""
+    only = f" --repo={repo}" if repo else ""
+    return f"pgbackrest --stanza={cluster.name}{only} --delta --type=standby restore"
+
+
 def render(sections: Mapping[str, Mapping[str, str]], header: str = "") -> str:
     """An INI file in pgBackRest's format, refusing any value that could start another line or section."""
     lines = [f"# {line}" for line in header.splitlines()]

@@ -6,7 +6,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
-from dbfleet.inventory import host_roles
+from dbfleet.inventory import inventory_roles
 from dbfleet.spec import Fleet
 
 IMAGE_FOR_GROUP = {"postgres": "postgres", "etcd": "postgres", "haproxy": "postgres", "redis": "redis",
@@ -54,7 +54,7 @@ def plan_hosts(fleet: Fleet, subnet: ipaddress.IPv4Network, engines: set[str] | 
     """One LabHost per spec host whose engine is wanted, with a fixed address in `subnet`."""
     hosts: list[LabHost] = []
     base = int(subnet.network_address)
-    for i, (name, (cluster, groups)) in enumerate(host_roles(fleet).items()):
+    for i, (name, (cluster, groups)) in enumerate(inventory_roles(fleet).items()):
         image = next(IMAGE_FOR_GROUP[g] for g in groups if g in IMAGE_FOR_GROUP)
         engine = fleet.cluster(cluster).engine if cluster else "monitor"
         if engines is not None and engine not in engines:
