@@ -15,9 +15,9 @@ ProxyCommand runs `aws ssm start-session`. With --bastion USER@HOST, SSH jumps
 through that bastion to the private address instead.
 
 A PostgreSQL standby site's hosts (dr.standby, output `standby_hosts`) are
-listed in the group `dr_standby`, reached through SSM in their own region.
-No play configures them yet (dbfleet_monitored is false there, so not even
-the node exporter is installed).
+in the same groups the lab gives them (`patroni_standby`, and their site's
+`cluster_<name>_dr` with its inputs: a Patroni standby cluster following the
+fleet region's servers), reached through SSM in their own region.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dbfleet.inventory import HostAccess, build_inventory, host_roles, write_inventory
-from dbfleet.inventory_format import SpecText, inventory_json_value
+from dbfleet.inventory import HostAccess, build_inventory, host_roles, standby_roles, write_inventory
+from dbfleet.inventory_format import inventory_json_value
 from dbfleet.spec import Fleet, SpecError, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +40,6 @@ DEFAULT_SPEC = "../fleet.example.yaml"
 """The program's own default, relative to stacks/."""
 LOGIN_USER = "admin"
 """The login user of Debian's official AMIs."""
-STANDBY_GROUP = "dr_standby"
 
 
 class InventoryError(Exception):
@@ -83,18 +82,12 @@ def bastion_connection(address: str, bastion: str) -> dict[str, Any]:
     return {"ansible_host": address, "ansible_ssh_common_args": f"-o ProxyJump={bastion}"}
 
 
-def standby_hosts(fleet: Fleet) -> set[str]:
-    """The hosts of every standby site the spec names (dr.standby.hosts)."""
-    return {getattr(ref, "name", ref) for c in fleet.clusters if c.dr is not None and c.dr.standby is not None
-            for ref in c.dr.standby.hosts}
-
-
 def aws_inventory(fleet: Fleet, outputs: dict[str, Any], bastion: str | None = None) -> dict[str, Any]:
-    """The inventory for `fleet` from stack outputs, in the groups build_inventory gives the lab, and the standby
-    sites' hosts in `dr_standby`."""
+    """The inventory for `fleet` from stack outputs, in the groups build_inventory gives the lab, the standby
+    sites' hosts included (reached in their own region)."""
     hosts: dict[str, Any] = outputs.get("hosts") or {}
     standby: dict[str, Any] = outputs.get("standby_hosts") or {}
-    wanted, built = set(host_roles(fleet)) | standby_hosts(fleet), set(hosts) | set(standby)
+    wanted, built = set(host_roles(fleet)) | set(standby_roles(fleet)), set(hosts) | set(standby)
     only_spec, only_stack = sorted(wanted - built), sorted(built - wanted)
     if only_spec or only_stack:
         raise InventoryError(
@@ -103,6 +96,10 @@ def aws_inventory(fleet: Fleet, outputs: dict[str, Any], bastion: str | None = N
         )
     region = outputs["region"]
     access = {name: HostAccess(host["address"], _login(host, region, bastion)) for name, host in hosts.items()}
+    # A standby host's own region: its instance registers with SSM there.
+    access |= {name: HostAccess(host["address"], {**_login(host, host["region"], bastion),
+                                                  "dbfleet_region": host["region"]})
+               for name, host in standby.items()}
     extra = {
         # The operator runs on the monitoring host (its group may reach every database port).
         "dbfleet_operator_address": hosts[fleet.monitoring.host]["address"],
@@ -110,16 +107,7 @@ def aws_inventory(fleet: Fleet, outputs: dict[str, Any], bastion: str | None = N
                         "security_groups": outputs.get("security_groups", {}),
                         "backups": outputs.get("backups", {})},
     }
-    inventory = build_inventory(fleet, access, extra)
-    if standby:
-        top = inventory["all"]
-        for name, host in standby.items():
-            # A standby host's own region: its instance registers with SSM there.
-            top["hosts"][name] = {**_login(host, host["region"], bastion), "dbfleet_address": host["address"],
-                                  "dbfleet_cluster": SpecText(host["cluster"]), "dbfleet_region": host["region"]}
-        top["children"][STANDBY_GROUP] = {"hosts": {name: {} for name in sorted(standby)},
-                                          "vars": {"dbfleet_monitored": False}}
-    return inventory
+    return build_inventory(fleet, access, extra)
 
 
 def _login(host: dict[str, Any], region: str, bastion: str | None) -> dict[str, Any]:

@@ -79,7 +79,8 @@ def provision_fleet(fleet: spec.Fleet, settings: StackSettings) -> dict[str, Any
     )
     components: list[ClusterComponent] = [COMPONENTS[c.engine](c, ctx, opts) for c in fleet.clusters]
     components.append(MonitoringHost(fleet, ctx, opts))
-    primary = PrimarySite(network.vpc.id, meta.vpc_cidr, network.private_route_table.id, provider)
+    primary = PrimarySite(network.vpc.id, meta.vpc_cidr, network.private_route_table.id, provider,
+                          backups.locations, dr_backups)
     sites = [(plan, StandbySite(plan, primary, regions[plan.region], settings.ssh_public_key)) for plan in standbys]
     outputs: dict[str, Any] = {
         "region": meta.region,

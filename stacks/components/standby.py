@@ -14,13 +14,14 @@ and from repo2) is not built yet; the hosts carry no backup storage rights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
 from dbfleet import spec
 
+from .backups import BackupLocation
 from .cluster import ClusterComponent, Ingress, RolePlan
 from .context import FleetContext
 from .errors import StackError
@@ -67,20 +68,27 @@ class PrimarySite:
     vpc_cidr: str
     route_table_id: pulumi.Output[str]
     provider: aws.Provider
+    backups: dict[str, BackupLocation] = field(default_factory=dict)
+    """Each cluster's first and second (dr) backup locations: a standby site's members get its cluster's rights."""
+    dr_backups: dict[str, BackupLocation] = field(default_factory=dict)
 
 
 def standby_roles(cluster: spec.PostgresCluster, hosts: tuple[spec.Host, ...], primary_cidr: str) -> list[RolePlan]:
     """The standby hosts: PostgreSQL open to each other and to the primary site's VPC; with Patroni, its REST API
-    and an etcd of the standby cluster's own among themselves. No backup rights: nothing there writes yet."""
+    to each other and to the primary site's VPC (the operator's `dbfleet dr promote` asks and patches it), and an
+    etcd of the standby cluster's own among themselves. The same pgBackRest rights as the primary site's members:
+    the standby restores WAL and builds members from repo2, and once promoted it archives into both
+    repositories."""
     ingress = [Ingress(cluster.port, ("self",), "standby members stream from each other (cascading)"),
                Ingress(cluster.port, (primary_cidr,), "the primary site (VPC peering): failback streaming and the "
                                                       "operator")]
     if cluster.ha == "patroni":
         api, etcd = cluster.patroni.rest_api_port, cluster.patroni.etcd
         ingress += [Ingress(api, ("self",), "Patroni members of the standby cluster ask each other"),
+                    Ingress(api, (primary_cidr,), "the operator (dr promote, VPC peering) reads and patches it"),
                     Ingress(etcd.client_port, ("self",), "the standby cluster keeps its leader lock in its own etcd"),
                     Ingress(etcd.peer_port, ("self",), "etcd peers (Raft)")]
-    return [RolePlan("postgres", hosts, ingress=tuple(ingress), data_dir=DATA_DIR)]
+    return [RolePlan("postgres", hosts, ingress=tuple(ingress), data_dir=DATA_DIR, backups=True)]
 
 
 class StandbySite(pulumi.ComponentResource):
@@ -116,7 +124,8 @@ class StandbySite(pulumi.ComponentResource):
         ctx = FleetContext(
             region=plan.region, vpc_id=network.vpc.id, zone_names=network.zone_names,
             private_subnet_ids=network.private_subnet_ids, groups={"egress": egress.id}, key_arn=site.key.arn,
-            backups={}, zones=plan.zones, amis=AmiCatalog(site.provider),
+            backups=_of(primary.backups, plan.cluster.name, name), zones=plan.zones,
+            dr_backups=_of(primary.dr_backups, plan.cluster.name, name), amis=AmiCatalog(site.provider),
             key_name=key_pair.key_name if key_pair else None, boot_after=[network.egress_route],
         )
         roles = standby_roles(plan.cluster, plan.hosts, primary.vpc_cidr)
@@ -126,3 +135,8 @@ class StandbySite(pulumi.ComponentResource):
         self.hosts = hosts.hosts
         self.register_outputs({"vpc_id": self.vpc_id, "peering_id": self.peering_id,
                                "hosts": {n: h.private_ip for n, h in self.hosts.items()}})
+
+
+def _of(locations: dict[str, BackupLocation], cluster: str, site: str) -> dict[str, BackupLocation]:
+    """The cluster's location under its site's component name (the hosts' grants are looked up by it)."""
+    return {site: locations[cluster]} if cluster in locations else {}

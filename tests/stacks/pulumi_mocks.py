@@ -138,8 +138,16 @@ def run_program(fleet: Fleet, settings: StackSettings | None = None) -> Run:
     return Run(mocks, resolved)
 
 
+def without_standby(data: dict[str, Any]) -> None:
+    """Drop every cluster's dr.standby (the example's standby site) from a parsed spec."""
+    for cluster in data["clusters"]:
+        (cluster.get("dr") or {}).pop("standby", None)
+
+
 def fleet_variant(change: Any) -> Fleet:
-    """The example spec after `change(data)` edits its parsed YAML, validated like any spec."""
+    """The example spec without its standby site (a variant that wants one sets it), after `change(data)` edits
+    its parsed YAML, validated like any spec."""
     data = yaml.safe_load(SPEC.read_text())
+    without_standby(data)
     change(data)
     return parse_fleet(yaml.safe_dump(data), "variant.yaml")

@@ -198,10 +198,16 @@ def test_the_operator_writes_its_copies_in_every_second_bucket_and_reads_repo2(d
 
 
 def test_nobody_else_gets_a_right_on_the_second_region(dr_run: Run) -> None:
-    # The same two writers as with one target; mongod, Redis, Sentinels, mongos and the standby hosts get nothing.
-    assert set(_policies(dr_run)) == {"monitoring-prometheus", "pg-main-postgres"}
-    roles = {r.name for r in dr_run.of_type("aws:iam/role:Role")}
-    assert "pg-main-standby-postgres" in roles
+    # The same two writers as with one target, and the standby site's members with exactly the primary site's
+    # members' rights (they restore from repo2, and archive to both once promoted); mongod, Redis, Sentinels and
+    # mongos get nothing.
+    policies = _policies(dr_run)
+    assert set(policies) == {"monitoring-prometheus", "pg-main-postgres", "pg-main-standby-postgres"}
+    def rights(role: str) -> list[str]:  # statements without their names and order (the key of the host's own
+        return sorted(json.dumps({k: v for k, v in st.items() if k != "Sid"}, sort_keys=True)  # region leads)
+                      for st in policies[role]["Statement"])
+
+    assert rights("pg-main-standby-postgres") == rights("pg-main-postgres")
     for role, policy in _policies(dr_run).items():
         for bucket in ("acme-pg-dr", "acme-dr-shared", "acme-cache-dr"):
             assert not allowed(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {**TLS, "s3:prefix": ""}), role
@@ -265,7 +271,8 @@ def test_each_site_admits_the_other_by_cidr(dr_run: Run) -> None:
                 r.inputs.get("cidrIpv4") or r.inputs["referencedSecurityGroupId"]) for r in dr_run.of_type(INGRESS)}
     assert (HOME, "pg-main-postgres-id", 5432, STANDBY_CIDR) in ingress
     standby = {(port, source) for region, group, port, source in ingress if group == "pg-main-standby-postgres-id"}
-    assert standby == {(5432, "10.40.0.0/16"), (5432, "pg-main-standby-postgres-id"),
+    # 8008 from the primary site: the operator's `dbfleet dr promote`, on the monitoring host there.
+    assert standby == {(5432, "10.40.0.0/16"), (5432, "pg-main-standby-postgres-id"), (8008, "10.40.0.0/16"),
                        (8008, "pg-main-standby-postgres-id"), (2379, "pg-main-standby-postgres-id"),
                        (2380, "pg-main-standby-postgres-id")}
     assert {r for r in ingress if r[2] == "pg-main-standby-postgres-id"} <= {r for r in ingress if r[0] == "us-west-2"}
@@ -411,6 +418,6 @@ def test_second_targets_outside_aws_or_local_get_nothing() -> None:
 def test_the_new_groups_and_rules_have_descriptions_ec2_accepts(dr_run: Run) -> None:
     described = [r for token in ("aws:ec2/securityGroup:SecurityGroup", INGRESS, EGRESS) for r in dr_run.of_type(token)
                  if "standby" in r.name or "10.41" in r.name]
-    assert len(described) == 13  # 2 groups, 6 ingress rules (1 into the primary), 5 egress rules (1 of the primary)
+    assert len(described) == 14  # 2 groups, 7 ingress rules (1 into the primary), 5 egress rules (1 of the primary)
     for resource in described:
         assert EC2_TEXT.match(resource.inputs["description"]), (resource.name, resource.inputs["description"])

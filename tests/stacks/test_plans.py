@@ -101,7 +101,8 @@ def _run_main(spec: Path) -> RecordingMocks:
 
 def test_the_program_reads_the_spec_named_in_config() -> None:
     mocks = _run_main(REPO / "fleet.example.yaml")
-    assert sum(r.type == "aws:ec2/instance:Instance" for r in mocks.resources) == 14
+    # The example's 14 hosts in its region and its standby site's one (pg-dr-1) in us-west-2.
+    assert sum(r.type == "aws:ec2/instance:Instance" for r in mocks.resources) == 15
 
 
 def test_a_bad_spec_fails_with_the_located_spec_error(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pulumi_mocks import REPO, SPEC, Run, fleet_variant, run_program
 
-from dbfleet.inventory import HostAccess, build_inventory, host_roles
-from dbfleet.spec import Fleet
+from dbfleet.inventory import HostAccess, build_inventory, host_roles, inventory_roles
+from dbfleet.spec import Fleet, load_fleet
 
 SCRIPT = REPO / "inventories" / "aws" / "stack_inventory.py"
 CHECKOUT = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "operator"), os.environ.get("PYTHONPATH")) if p)}
@@ -70,10 +70,9 @@ def test_a_spec_the_stack_was_not_built_from_is_refused(example_fleet: Fleet, ex
 
 
 @pytest.mark.skipif(not shutil.which("ansible-inventory"), reason="ansible-inventory is not installed")
-def test_ansible_reads_both_the_written_file_and_the_script(example_fleet: Fleet, example_run: Run,
-                                                              tmp_path: Path) -> None:
+def test_ansible_reads_both_the_written_file_and_the_script(full_example_run: Run, tmp_path: Path) -> None:
     outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(example_run.outputs))
+    outputs.write_text(json.dumps(full_example_run.outputs))
     assert stack_inventory.main(["--outputs", str(outputs), "--spec", str(SPEC), "--out", str(tmp_path)]) == 0
     env = {**os.environ, **CHECKOUT, "DBFLEET_STACK_OUTPUTS": str(outputs), "DBFLEET_SPEC": str(SPEC)}
     seen = {}
@@ -88,20 +87,21 @@ def test_ansible_reads_both_the_written_file_and_the_script(example_fleet: Fleet
         # The cluster name comes from the spec: both sources hand it to Ansible as not to be templated.
         assert listed["_meta"]["hostvars"]["sentinel-2"]["dbfleet_cluster"] == {"__ansible_unsafe": "cache"}
         assert listed["_meta"]["hostvars"]["sentinel-2"]["ansible_user"] == "admin"
+    example = load_fleet(SPEC)
     assert seen["hosts.yml"] == seen["stack_inventory.py"] == {
         g: hosts for g, hosts in _memberships(build_inventory(
-            example_fleet, {h: HostAccess("x") for h in host_roles(example_fleet)})).items()}
+            example, {h: HostAccess("x") for h in inventory_roles(example)})).items()}
 
 
 @pytest.mark.skipif(not shutil.which("ansible"), reason="ansible is not installed")
-def test_the_inventory_script_hands_spec_strings_to_ansible_as_data(example_run: Run, tmp_path: Path) -> None:
+def test_the_inventory_script_hands_spec_strings_to_ansible_as_data(full_example_run: Run, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     jinja = "{{ lookup('pipe', 'touch " + str(marker) + "') }}"
     spec = tmp_path / "fleet.yaml"
     spec.write_text(SPEC.read_text().replace("      max_connections: 100\n",
                                              f"      max_connections: 100\n      work_mem: {json.dumps(jinja)}\n", 1))
     outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(example_run.outputs))
+    outputs.write_text(json.dumps(full_example_run.outputs))
     env = {**os.environ, **CHECKOUT, "DBFLEET_STACK_OUTPUTS": str(outputs), "DBFLEET_SPEC": str(spec),
            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
     done = subprocess.run(["ansible", "pg-1", "-i", str(SCRIPT), "-m", "ansible.builtin.debug",
@@ -120,19 +120,26 @@ def standby_fleet() -> Fleet:
     return fleet_variant(standby)
 
 
-def test_standby_hosts_are_listed_apart_and_reached_in_their_region(standby_fleet: Fleet) -> None:
+def test_standby_hosts_are_in_the_labs_groups_and_reached_in_their_region(standby_fleet: Fleet) -> None:
+    """The standby site's hosts get what the lab gives them (its site group with the standby cluster's inputs,
+    so the playbooks configure it on AWS as in the lab), reached through SSM in their own region."""
     outputs = run_program(standby_fleet).outputs
     inventory = stack_inventory.aws_inventory(standby_fleet, outputs)
-    lab_shape = build_inventory(standby_fleet, {h: HostAccess("10.0.0.1") for h in host_roles(standby_fleet)})
+    lab_shape = build_inventory(standby_fleet, {h: HostAccess("10.0.0.1") for h in inventory_roles(standby_fleet)})
     groups = _memberships(inventory)
-    assert groups.pop("dr_standby") == {"pg-dr-1", "pg-dr-2"}
-    assert groups == _memberships(lab_shape), "the standby hosts are in no group of the lab's"
-    assert inventory["all"]["children"]["dr_standby"]["vars"] == {"dbfleet_monitored": False}
+    assert groups == _memberships(lab_shape)
+    assert groups["cluster_pg_main_dr"] == {"pg-dr-1", "pg-dr-2"} and "pg-dr-1" not in groups["cluster_pg_main"]
+    site = inventory["all"]["children"]["cluster_pg_main_dr"]["vars"]
+    assert site.keys() == lab_shape["all"]["children"]["cluster_pg_main_dr"]["vars"].keys()
+    primary = {outputs["hosts"][h]["address"] for h in ("pg-1", "pg-2", "pg-3")}
+    assert primary <= set(json.dumps(site, default=str).replace('"', " ").replace(",", " ").split()), \
+        "the standby site follows the fleet region's servers by their addresses"
     host = inventory["all"]["hosts"]["pg-dr-2"]
     assert host["ansible_host"] == outputs["standby_hosts"]["pg-dr-2"]["instance_id"]
     assert "aws ssm start-session --region us-west-2 --target %h" in host["ansible_ssh_common_args"]
     assert host["dbfleet_address"] == outputs["standby_hosts"]["pg-dr-2"]["address"]
-    assert (host["dbfleet_cluster"], host["dbfleet_region"], host["ansible_user"]) == ("pg-main", "us-west-2", "admin")
+    assert (host["dbfleet_cluster"], host["dbfleet_group"], host["dbfleet_region"], host["ansible_user"]) == \
+        ("pg-main", "cluster_pg_main_dr", "us-west-2", "admin")
     assert "--region us-east-1" in inventory["all"]["hosts"]["pg-1"]["ansible_ssh_common_args"]
     jumped = stack_inventory.aws_inventory(standby_fleet, outputs, bastion="admin@203.0.113.7")["all"]["hosts"]
     assert jumped["pg-dr-1"]["ansible_host"] == outputs["standby_hosts"]["pg-dr-1"]["address"]
