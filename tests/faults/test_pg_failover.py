@@ -388,7 +388,10 @@ def test_archiving_stuck_on_a_stale_segment_is_unblocked_by_the_operator(
     leader, _ = bounded("a healthy cluster", operator_heals(lab, cluster), HEALTHY_BOUND, every=1)
     status, history = patroni.get(leader, "history")
     if status == 200 and not history:  # run alone on a fresh lab: a switchover makes the parent timeline
-        target = next(n for n, m in patroni.members().items() if m.get("role") != "leader")
+        # The synchronous standby when there is one: with synchronous mode Patroni promotes no other member.
+        members = patroni.members()
+        target = next((n for n, m in members.items() if m.get("role") == "sync_standby"),
+                      next(n for n, m in members.items() if m.get("role") != "leader"))
         with redirect_stdout(StringIO()) as out:
             assert main(["--spec", str(REPO / "fleet.example.yaml"), "switchover", "--cluster", cluster.name, "--to",
                          target, "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets)]) == 0, \
