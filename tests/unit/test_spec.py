@@ -612,17 +612,17 @@ DR_BAD = [
     ("standby with ha manual", (HA_LINE, "    ha: manual\n"), "clusters.0.dr.standby", "needs ha: patroni"),
     ("standby region not aws", (PG_STANDBY, PG_STANDBY.replace("us-west-2", "mars-1")),
      "clusters.0.dr.standby.region", "AWS region"),
-    ("standby vpc inside the fleet's", (PG_DR, PG_DR + STANDBY.format(cidr="10.40.128.0/17")),
+    ("standby vpc inside the fleet's", (PG_STANDBY, STANDBY.format(cidr="10.40.128.0/17")),
      "clusters.0.dr.standby.vpc_cidr", "overlaps fleet.vpc_cidr (10.40.0.0/16)"),
-    ("standby vpc around the fleet's", (PG_DR, PG_DR + STANDBY.format(cidr="10.0.0.0/8")),
+    ("standby vpc around the fleet's", (PG_STANDBY, STANDBY.format(cidr="10.0.0.0/8")),
      "clusters.0.dr.standby.vpc_cidr", "overlaps fleet.vpc_cidr"),
-    ("standby vpc not a cidr", (PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/33")),
+    ("standby vpc not a cidr", (PG_STANDBY, STANDBY.format(cidr="10.41.0.0/33")),
      "clusters.0.dr.standby.vpc_cidr", "not a CIDR"),
-    ("standby vpc with host bits", (PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.1/16")),
+    ("standby vpc with host bits", (PG_STANDBY, STANDBY.format(cidr="10.41.0.1/16")),
      "clusters.0.dr.standby.vpc_cidr", "not a CIDR"),
-    ("standby vpc too small", (PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/24")),
+    ("standby vpc too small", (PG_STANDBY, STANDBY.format(cidr="10.41.0.0/24")),
      "clusters.0.dr.standby.vpc_cidr", "a /20 or larger"),
-    ("standby vpc ipv6", (PG_DR, PG_DR + STANDBY.format(cidr="'2001:db8::/56'")),
+    ("standby vpc ipv6", (PG_STANDBY, STANDBY.format(cidr="'2001:db8::/56'")),
      "clusters.0.dr.standby.vpc_cidr", "not IPv4"),
 ]
 
@@ -679,7 +679,7 @@ def test_a_standby_site_is_parsed() -> None:
     dr = fleet.cluster("pg-main").dr
     assert dr is not None and dr.standby is not None
     assert [getattr(h, "name", h) for h in dr.standby.hosts] == ["pg-dr-1", "pg-dr-2"]
-    assert dr.standby.region == "us-west-2" and dr.standby.vpc_cidr is None  # the lab needs none; stacks/ refuses
+    assert dr.standby.region == "us-west-2" and dr.standby.vpc_cidr == "10.41.0.0/16"  # stacks/ builds it there
 
 
 def test_an_s3_dr_target_in_the_s3_backup_targets_region_is_refused() -> None:
@@ -709,7 +709,7 @@ def test_one_bucket_name_on_two_endpoints_is_two_places() -> None:
 
 
 def test_a_standby_vpc_apart_from_the_fleets_is_accepted() -> None:
-    fleet = parse_fleet(_with_dr(PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/16")))
+    fleet = parse_fleet(_with_dr(PG_STANDBY, STANDBY.format(cidr="10.41.0.0/16")))
     dr = fleet.cluster("pg-main").dr
     assert dr is not None and dr.standby is not None and dr.standby.vpc_cidr == "10.41.0.0/16"
 
@@ -719,11 +719,11 @@ def test_two_standby_sites_need_networks_apart() -> None:
     start, end = EXAMPLE.index("  - name: pg-main\n"), EXAMPLE.index("  - name: mongo-main\n")
     block = EXAMPLE[start:end]
     assert PG_DR in block
-    twin = block.replace(PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/20").replace("pg-dr-1", "pg-dr-9"))
+    twin = block.replace(PG_STANDBY, STANDBY.format(cidr="10.41.0.0/20").replace("pg-dr-1", "pg-dr-9"))
     for old, new in (("pg-main", "pg-two"), ("pg-1", "pg-t1"), ("pg-2", "pg-t2"), ("pg-3", "pg-t3"),
                      ("/var/lib/dbfleet/", "/srv/two/")):
         twin = twin.replace(old, new)
-    text = EXAMPLE[:start] + block.replace(PG_DR, PG_DR + STANDBY.format(cidr="10.41.0.0/16")) + twin + EXAMPLE[end:]
+    text = EXAMPLE[:start] + block.replace(PG_STANDBY, STANDBY.format(cidr="10.41.0.0/16")) + twin + EXAMPLE[end:]
     err = _error(text)
     assert [p.path for p in err.problems] == ["clusters.1.dr.standby.vpc_cidr"], str(err)
     assert "overlaps cluster pg-main's standby site (10.41.0.0/16)" in str(err) and err.problems[0].line is not None
