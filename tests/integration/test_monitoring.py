@@ -236,11 +236,13 @@ def test_stopping_a_replica_fires_the_replica_down_alert(prom: tuple[Any, Promet
         assert lab.host(replica).run(f"systemctl start {unit}").rc == 0
     assert service.is_running
 
+    standby_site = {h.name for h in cluster.standby_hosts()}  # dr.standby streams too, and is no replica here
+
     def streaming_again() -> bool:
         try:  # the restarted server refuses connections until it has started
             primary = _replicas(lab)[0]
-            return len(_sql(lab, primary, "select 1 from pg_stat_replication where state = 'streaming'")) \
-                == cluster.replicas
+            rows = _sql(lab, primary, "select application_name from pg_stat_replication where state = 'streaming'")
+            return len([r for r in rows if r[0] not in standby_site]) == cluster.replicas
         except psycopg.OperationalError:
             return False
 
