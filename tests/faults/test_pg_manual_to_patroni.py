@@ -48,6 +48,8 @@ def specs(workdir: Path) -> tuple[Path, Path]:
     """(manual, patroni) specs: pg-main of the example alone, with each `ha`."""
     data = yaml.safe_load((REPO / "fleet.example.yaml").read_text())
     data["clusters"] = [c for c in data["clusters"] if c["name"] == "pg-main"]
+    # Without the standby site (a Patroni standby cluster: ha: manual refuses it; tests/faults/test_region_loss.py).
+    (data["clusters"][0].get("dr") or {}).pop("standby", None)
     patroni = workdir / "patroni.yaml"
     patroni.write_text(yaml.safe_dump(data, sort_keys=False))
     pg = data["clusters"][0]
