@@ -295,6 +295,10 @@ class StandbySite(Strict):
     vpc_cidr: VpcCidr | None = None
     """The standby site's VPC on AWS, apart from fleet.vpc_cidr and every other standby site's (the VPCs are
     peered); the lab ignores it, and stacks/ refuses a standby site without it."""
+    old_site: Literal["fence", "report"] = "report"
+    """What the operator does when, after `dbfleet dr promote`, the old primary site answers again and its leader
+    accepts writes: `fence` makes it a standby cluster of the promoted site in the next cycle (a destructive
+    fence-site, shown in plan first); `report` reports it, and `dr promote` run again fences it."""
 
 
 DR_MIN_RPO = 30

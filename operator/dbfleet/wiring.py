@@ -31,6 +31,7 @@ from dbfleet.engines.postgres import PostgresSession, connect
 from dbfleet.lab.scratch import LabScratch, backup_volume_mountpoint
 from dbfleet.progress import Progress
 from dbfleet.reconcile.audit import AuditTrail, command_identity
+from dbfleet.reconcile.dr_site import DrSiteReconciler
 from dbfleet.reconcile.etcd_leader import EtcdLeaderLock
 from dbfleet.reconcile.index_reconciler import IndexReconciler
 from dbfleet.reconcile.leader import AdvisoryLeaderLock, FileLeaderLock, operator_identity
@@ -53,11 +54,12 @@ from dbfleet.spec import Fleet, PostgresCluster, S3Target
 
 def reconcilers(jobs: JobRunner | None = None) -> list[Reconciler[Any]]:
     """What one cycle does to each cluster, in this order: members first (a stopped replica is started before
-    anything reads from it), then indexes, then maintenance (bloat, vacuum, wraparound; it rebuilds only in its
+    anything reads from it), then the DR site (a standby site that could not take over; an old site back after a
+    promotion, fenced), then indexes, then maintenance (bloat, vacuum, wraparound; it rebuilds only in its
     window, as a rewrite job), then backups, which start their backups and drills as jobs; all jobs on `jobs`
     (default: run to their end inside the act)."""
     runner = jobs or JobRunner(inline=True)
-    return [MemberReconciler(), IndexReconciler(), MaintenanceReconciler(jobs=RewriteJobs(runner)),
+    return [MemberReconciler(), DrSiteReconciler(), IndexReconciler(), MaintenanceReconciler(jobs=RewriteJobs(runner)),
             BackupReconciler(backup_access, runner)]
 
 

@@ -5,7 +5,7 @@ pg-main-dr, a one-member etcd) that streams from the primary site and restores W
 target. These tests check that it streams, that a dry run changes nothing, then cut the whole primary site off
 (every pg-main host blackholed), promote the standby site with --force, and print the time from the cut to the
 first write on the promoted site and the commits lost against the RPO bound. Healed, the old site still has a
-leader of its own; `dbfleet dr promote` again (no --force: that site is reachable) fences it, and its leader stops
+leader of its own; the operator's next cycle (dr.standby.old_site: fence) fences it, and its leader stops
 accepting writes.
 
 The tests leave pg-main's primary site fenced behind the promoted standby site (failing back is a runbook in the
@@ -66,6 +66,17 @@ def promote(lab: Any, cluster: PostgresCluster, *flags: str) -> tuple[int, dict[
     argv = ["--spec", str(REPO / "fleet.example.yaml"), "dr", "promote", "--cluster", cluster.name,
             "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets),
             "--state", str(lab.state.secrets.with_name("dr-state.json")), "--json", *flags]
+    with redirect_stdout(StringIO()) as out:
+        code = main(argv)
+    return code, json.loads(out.getvalue())
+
+
+def operator(lab: Any, cluster: PostgresCluster, command: str, *flags: str) -> tuple[int, dict[str, Any]]:
+    """`dbfleet plan` or `dbfleet reconcile` with the DR site reconciler alone, as the operator's loop runs it."""
+    state = ["--state", str(lab.state.secrets.with_name("dr-state.json"))] if command == "reconcile" else []
+    argv = ["--spec", str(REPO / "fleet.example.yaml"), command, *flags, *state, "--cluster", cluster.name,
+            "--reconciler", "dr", "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets),
+            "--json"]
     with redirect_stdout(StringIO()) as out:
         code = main(argv)
     return code, json.loads(out.getvalue())
@@ -170,18 +181,27 @@ def test_the_primary_site_cut_off_then_dr_promote_force_and_the_old_site_fenced_
                                                "refusal_took": refused_in, "forced_promote_took": forced_in,
                                                "rpo_bound_seconds": cluster.dr.rpo_seconds})
 
-    # Back on the network the old site has its etcd quorum again and would make its leader a primary again;
-    # promote again, without --force since it answers: it is fenced (a standby cluster of the promoted site),
-    # and none of its members accepts writes, for longer than its leader lock lives.
+    # Back on the network the old site has its etcd quorum again and its leader accepts writes beside the promoted
+    # site. The operator's next cycle fences it (the lab's spec says dr.standby.old_site: fence): `plan` shows the
+    # destructive fence-site first, then one `reconcile --once` makes the old site a standby cluster of the
+    # promoted one, and none of its members accepts writes, for longer than its leader lock lives.
     def old_site_answers() -> bool:
         return any(role is not None for role in site_roles(lab, cluster, cluster.host_names()).values())
 
     bounded("the old site's Patroni answering again", old_site_answers, FENCE_BOUND, every=1)
     healed_at = time.time()
-    code, out = promote(lab, cluster)
-    assert code == 0 and out["end"] == "done", out
-    fenced = [s["kind"] for s in out["steps"]]
-    assert fenced == ["fence-site"], out
+    assert cluster.dr.standby is not None and cluster.dr.standby.old_site == "fence"
+
+    def planned_fence() -> dict[str, Any] | None:
+        code, out = operator(lab, cluster, "plan")
+        assert code in (0, 1), out
+        return next((a for a in out["actions"] if a["kind"] == "fence-site"), None)
+
+    planned, _ = bounded("the operator's plan to fence the old site", planned_fence, FENCE_BOUND, every=1)
+    assert planned["destructive"] and planned["target"] == ",".join(cluster.host_names()), planned
+    code, out = operator(lab, cluster, "reconcile", "--once")
+    outcomes = [(o["kind"], o["status"]) for c in out["clusters"] for o in c["outcomes"]]
+    assert ("fence-site", "done") in outcomes, out
 
     def old_site_read_only() -> bool:
         roles = site_roles(lab, cluster, cluster.host_names())

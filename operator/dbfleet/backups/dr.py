@@ -26,9 +26,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from dbfleet.backups.access import BackupAccess
-from dbfleet.backups.manifest import COMPLETE, GOOD, Manifest, newest_first, utcnow
+from dbfleet.backups.manifest import COMPLETE, GOOD, Check, Manifest, newest_first, utcnow
+from dbfleet.engines import AnySession
 from dbfleet.engines.base import AnyCluster
-from dbfleet.errors import PermanentError, ReconcileError
+from dbfleet.engines.postgres import PostgresSession
+from dbfleet.engines.standby import REPLAY_LAG_QUERY, replay_lag_check
+from dbfleet.errors import PermanentError, ReconcileError, TemporaryError
+from dbfleet.spec import PostgresCluster
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +93,24 @@ def describe_holders(statuses: dict[str, str | None]) -> str:
     good = [name for name, status in statuses.items() if status in GOOD]
     other = [f"{name}: {status or 'missing'}" for name, status in statuses.items() if status not in GOOD]
     return "+".join(good or ["none"]) + (f" ({', '.join(other)})" if other else "")
+
+
+def standby_checks(cluster: AnyCluster, session: AnySession) -> list[Check]:
+    """The DR drill's check of a PostgreSQL standby site (dr.standby): its replay lag against dr.rpo_seconds, read
+    from pg_stat_replication on every primary-site server that answers (the standby leader may stream from a
+    replica). None for other clusters."""
+    if not isinstance(cluster, PostgresCluster) or not isinstance(session, PostgresSession) \
+            or not cluster.standby_hosts():
+        return []
+    names = [h.name for h in cluster.standby_hosts()]
+    rows: list[dict[str, object]] = []
+    unanswered = []
+    for host in cluster.host_names():
+        try:
+            rows.extend(session.run(host, "postgres", REPLAY_LAG_QUERY, (names,)))
+        except TemporaryError as exc:
+            unanswered.append(f"{host}: {exc.message}")
+    ok, detail = replay_lag_check(cluster, rows)
+    if unanswered and not ok:
+        detail += " (not asked: " + "; ".join(unanswered) + ")"
+    return [Check("standby site replay lag", ok, detail)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -46,10 +46,12 @@ def _describe(exc: BaseException) -> str:
     return exc.render() if isinstance(exc, ReconcileError) else f"{type(exc).__name__}: {exc}"
 
 
-def run_drill(access: BackupAccess, adapter: EngineBackups | None = None) -> DrillRecord:
+def run_drill(access: BackupAccess, adapter: EngineBackups | None = None,
+              extra: Callable[[], list[Check]] | None = None) -> DrillRecord:
     """Drill the newest backup of the cluster in access's target; the record says ok or not (it does not raise on
     a failed check). Given a cluster's second target (`access.dr`), it is the DR drill: restored from there,
-    recorded there, and measured by the dbfleet_dr_drill_* metrics."""
+    recorded there, and measured by the dbfleet_dr_drill_* metrics. `extra` adds checks of the live cluster (the DR
+    drill's standby-site replay lag against the RPO)."""
     from dbfleet.monitoring.metrics import record_drill
 
     adapter = adapter or adapter_for(access.cluster.engine)
@@ -81,6 +83,11 @@ def run_drill(access: BackupAccess, adapter: EngineBackups | None = None) -> Dri
         except Exception as exc:  # a drill records every failure; it never raises it away
             log.error("%s: drill %s failed: %s", access.name, drill_id, _describe(exc))
             checks.append(Check("restore", False, _describe(exc)))
+    if extra is not None:
+        try:
+            checks.extend(extra())
+        except Exception as exc:  # a drill records every failure; it never raises it away
+            checks.append(Check("live checks", False, _describe(exc)))
     finished = utcnow()
     if restored is not None and restored.recovered_to is not None:
         rpo = round((finished - restored.recovered_to).total_seconds(), 3)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC
+from functools import partial
 from typing import Any
 
 from dbfleet.actions import Action
 from dbfleet.backups.access import BackupAccess, backup_lock, drop_lock, take_lock
 from dbfleet.backups.adapters import adapter_for
+from dbfleet.backups.dr import standby_checks
 from dbfleet.backups.drills import run_drill
 from dbfleet.backups.job_runner import Job, JobContext, JobRunner
 from dbfleet.backups.jobs import BACKUP, DR_DRILL, DRILL, JobView, settle
@@ -124,7 +126,8 @@ class BackupReconciler:
                     done = take_backup(job_access, action.detail["kind"],
                                        on_pending=lambda pending: context.result(pending.id))
                     return f"{done.kind} backup {done.id} complete, {done.size_bytes} bytes"
-                record = run_drill(target_of(job_access, action))
+                live = partial(standby_checks, access.cluster, own) if action.kind == DR_DRILL else None
+                record = run_drill(target_of(job_access, action), extra=live)
                 context.result(record.id)
                 if not record.ok:
                     raise PermanentError(f"restore drill {record.id} of {record.backup_id} failed: {record.message}",

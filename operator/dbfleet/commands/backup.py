@@ -12,12 +12,13 @@ cluster runs.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from dbfleet.backups.access import BackupAccess
 from dbfleet.backups.adapters import adapter_for
-from dbfleet.backups.dr import describe_holders, holdings
+from dbfleet.backups.dr import describe_holders, holdings, standby_checks
 from dbfleet.backups.drills import restore, run_drill
 from dbfleet.backups.engine import RestoreTarget
 from dbfleet.backups.job_runner import Job, JobContext, JobRunner
@@ -306,7 +307,11 @@ def restore_as_job(access: BackupAccess, target: RestoreTarget, backup_id: str |
 
 def run_drill_command(args: argparse.Namespace) -> int:
     cluster = _clusters(args)[0]
-    record = run_drill(_access(args, cluster))
+    root, access = _accesses(args, cluster)
+    live = None
+    if args.source == "dr" and root.session is not None:
+        live = partial(standby_checks, cluster, root.session)
+    record = run_drill(access, extra=live)
     what = "DR drill (second target)" if args.source == "dr" else "drill"
     lines = [f"{cluster.name}: {what} {record.id} of {record.backup_id}: {'ok' if record.ok else 'FAILED'}; "
              f"RTO {record.rto_seconds}s, RPO {record.rpo_seconds}s"]
