@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dbfleet.engines.standby import replay_lag_check
 from dbfleet.reconcile.dr_promote import SiteView
 from dbfleet.reconcile.dr_site import DrSiteReconciler, DrSites, planned_dr_actions
 from dbfleet.spec import PostgresCluster, load_fleet
@@ -81,3 +82,22 @@ def test_the_loop_runs_it_only_for_patroni_clusters_with_a_standby_site(cluster:
     assert [c.name for c in fleet.clusters if dr.applies_to(c)] == ["pg-main"]
     assert cluster.dr is not None
     assert not dr.applies_to(cluster.model_copy(update={"dr": cluster.dr.model_copy(update={"standby": None})}))
+
+
+def test_the_standby_replay_lag_check_holds_it_to_the_rpo(cluster: PostgresCluster) -> None:
+    assert cluster.dr is not None
+    rpo = cluster.dr.rpo_seconds
+    caught_up = {"application_name": "pg-dr-1", "state": "streaming", "lag": None}
+    ok, detail = replay_lag_check(cluster, [caught_up])
+    assert ok and "pg-dr-1 replays 0.0s behind" in detail
+    ok, detail = replay_lag_check(cluster, [{**caught_up, "lag": rpo - 1.0}])
+    assert ok
+    ok, detail = replay_lag_check(cluster, [{**caught_up, "lag": rpo + 0.5}])
+    assert not ok and f"over dr.rpo_seconds {rpo}" in detail
+
+
+def test_a_standby_site_that_streams_from_no_server_fails_the_check(cluster: PostgresCluster) -> None:
+    ok, detail = replay_lag_check(cluster, [])
+    assert not ok and "streams from no primary-site server (no walsender)" in detail
+    ok, detail = replay_lag_check(cluster, [{"application_name": "pg-dr-1", "state": "catchup", "lag": 3.0}])
+    assert not ok and "pg-dr-1 catchup" in detail
