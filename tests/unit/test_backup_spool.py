@@ -205,3 +205,21 @@ def test_a_mongodb_backup_stores_only_ciphertext_and_records_its_cipher(root: Pa
     out = root / "restored.archive"
     spool.decrypt_into_scratch(access, LocalScratch(), done.files[0].key, str(out))  # type: ignore[arg-type]
     assert out.read_text().startswith(SECRET)
+
+
+def test_write_text_creates_a_new_file_only(tmp_path: Path) -> None:
+    """The mongodump password file is written with an exclusive create: a file or a link already at its path (say,
+    planted to catch the password elsewhere) fails the write, and nothing is written through it."""
+    shell = LocalShell()
+    fresh = tmp_path / "fresh.yaml"
+    shell.write_text("h", str(fresh), "password: s3cret\n")
+    assert fresh.read_text() == "password: s3cret\n" and stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    with pytest.raises(CommandFailed):
+        shell.write_text("h", str(fresh), "password: other\n")
+    assert fresh.read_text() == "password: s3cret\n"
+    elsewhere = tmp_path / "elsewhere"
+    planted = tmp_path / "planted.yaml"
+    planted.symlink_to(elsewhere)
+    with pytest.raises(CommandFailed):
+        shell.write_text("h", str(planted), "password: s3cret\n")
+    assert not elsewhere.exists()
