@@ -18,6 +18,7 @@ import pytest
 from pymongo import MongoClient
 
 from dbfleet.cli import main
+from mongo_support import client as mongo_client
 
 pytestmark = [
     pytest.mark.lab,
@@ -46,10 +47,8 @@ def mongos(configured: Any) -> Iterator[MongoClient[Any]]:
         pytest.skip("no MongoDB hosts in this lab")
     cluster = configured.fleet.cluster(CLUSTER)
     router = cluster.mongos[0] if isinstance(cluster.mongos[0], str) else cluster.mongos[0].name
-    client: MongoClient[Any] = MongoClient(
-        configured.address(router), cluster.port, username="admin",
-        password=configured.secrets["mongo_admin_password"], authSource="admin",
-        tls=cluster.tls.enabled, tlsAllowInvalidCertificates=cluster.tls.enabled, serverSelectionTimeoutMS=10000)
+    # As the mongo roles' admin user, with the certificate checked against the lab's CA (mongo_support).
+    client: MongoClient[Any] = mongo_client(configured, router, serverSelectionTimeoutMS=10000)
     yield client
     client.close()
 

@@ -146,6 +146,12 @@ def test_configure_check_and_plan_against_the_lab_from_the_wheel(venv: Venv, con
     ran = {line.split()[0] for line in ansible.splitlines() if " : ok=" in line}
     assert ran == set(one_of_each), "the check did not run on the hosts asked for"
     assert str(venv.package / "data" / "playbooks" / "roles") in ansible, "the roles did not come from the wheel"
+    # Issue 17: `configure --check` (it adds --diff) prints no private key and no secret, on every kind of host.
+    output = done.stdout + done.stderr
+    assert "PRIVATE KEY" not in output
+    secrets = {k: v for k, v in configured.secrets.items() if isinstance(v, str) and len(v) >= 16}
+    leaks = [name for name, value in secrets.items() if value in output]
+    assert not leaks, f"secrets in `configure --check` output: {leaks}"
 
     plan = json.loads(venv.dbfleet("--project", str(project), "plan", "--inventory", str(inventory), "--json",
                                    cwd=tmp_path).stdout)

@@ -57,7 +57,8 @@ def current_primary(lab: Any, cluster: Any) -> str:
 
 
 SERVER_LOG = "/var/log/postgresql/postgresql-15-main.log"
-"""Where Debian's pg_ctlcluster sends the server's stderr (log_destination = stderr, no logging_collector)."""
+"""The server log: where Debian's pg_ctlcluster sends the server's stderr under ha: manual, and where the
+logging collector writes it under ha: patroni (log_destination = stderr either way)."""
 
 
 def server_log(lab: Any, host: str) -> str:

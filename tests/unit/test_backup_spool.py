@@ -144,3 +144,82 @@ def test_a_work_root_someone_else_prepared_is_refused(root: Path, plant: str) ->
     with pytest.raises(CommandFailed, match="dbfleet-refused"), \
             spool.encrypted_dump(access_for(root), "host", "full-1", "dump.rdb"):
         pytest.fail("the dump must not start")
+
+
+class MongodumpHosts(LocalShell):
+    """This machine as every MongoDB host; `mongodump` writes a canary into its --archive and notes how its
+    --config (the password file) was kept."""
+
+    def __init__(self) -> None:
+        self.configs: list[tuple[int, int, str]] = []
+
+    def run(self, host: str, argv: Sequence[str], *, user: str | None = None, env: Mapping[str, str] | None = None,
+            timeout: float | None = 3600) -> ExecResult:
+        if argv[0] != "mongodump":
+            return super().run(host, argv, user=user, env=env, timeout=timeout)
+        options = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+        config = Path(options["config"])
+        self.configs.append((stat.S_IMODE(config.stat().st_mode), stat.S_IMODE(config.parent.stat().st_mode),
+                             config.read_text()))
+        Path(options["archive"]).write_text(f"{SECRET} {host}\n" * 100)
+        return ExecResult(0, "", "")
+
+
+@pytest.mark.parametrize("s3", [False, True], ids=["local target", "uploaded (S3)"])
+def test_a_mongodb_backup_stores_only_ciphertext_and_records_its_cipher(root: Path, s3: bool) -> None:
+    """Issue 17 for MongoDB (no mongod here): MongoBackups.take with a stand-in mongodump on this machine. Each
+    replica set's archive reaches the target age-encrypted, the manifest names the cipher and recipient, the
+    password file sat 0600 in a 0700 work directory and is gone with it, and the scratch host decrypts."""
+    from datetime import UTC, datetime
+
+    from dbfleet.backups.mongo import MongoBackups
+
+    class Mongos:  # the balancer stand-in, and no user collections to count
+        class admin:
+            @staticmethod
+            def command(name: str, **kwargs: object) -> dict[str, object]:
+                return {"mode": "off", "inBalancerRound": False, "ok": 1}
+
+        list_database_names = staticmethod(lambda: [])
+
+    cluster = load_fleet(REPO / "fleet.example.yaml").cluster("mongo-main")
+    target = S3Target(kind="s3", bucket="backups", region="eu-west-1") if s3 else \
+        LocalTarget(kind="local", path=str(root / "target"))
+    cluster = cluster.model_copy(update={"backup": cluster.backup.model_copy(update={"target": target})})
+    hosts, identity, password = MongodumpHosts(), new_identity(), f"pw-{uuid.uuid4().hex}"
+    access = BackupAccess(cluster, hosts, LocalStorage(root / ("bucket" if s3 else "target")),
+                          FleetAccess({}, {BACKUP_AGE_IDENTITY: identity, "mongo_admin_password": password}))
+    adapter = MongoBackups()
+    adapter.client_factory = lambda a: Mongos()  # type: ignore[method-assign,assignment,return-value]
+    pending = adapter.new_manifest(access, "full", datetime(2026, 11, 25, tzinfo=UTC), "100.9")
+    done = adapter.take(access, pending)
+
+    assert (done.detail["cipher"], done.detail["recipient"]) == (spool.CIPHER, recipient_of(identity))
+    assert len(done.files) == len(hosts.configs) == 1 + len(cluster.shards)
+    assert all(c == (0o600, 0o700, f"password: {password}\n") for c in hosts.configs)
+    assert list(Path(spool.WORK_ROOT).iterdir()) == []  # work dirs, plaintext and password files all gone
+    for entry in done.files:
+        stored = access.storage.get_bytes(entry.key)
+        assert entry.key.endswith(".archive.gz.age") and stored.startswith(b"age-encryption.org/v1")
+        assert SECRET.encode() not in stored and password.encode() not in stored
+    out = root / "restored.archive"
+    spool.decrypt_into_scratch(access, LocalScratch(), done.files[0].key, str(out))  # type: ignore[arg-type]
+    assert out.read_text().startswith(SECRET)
+
+
+def test_write_text_creates_a_new_file_only(tmp_path: Path) -> None:
+    """The mongodump password file is written with an exclusive create: a file or a link already at its path (say,
+    planted to catch the password elsewhere) fails the write, and nothing is written through it."""
+    shell = LocalShell()
+    fresh = tmp_path / "fresh.yaml"
+    shell.write_text("h", str(fresh), "password: s3cret\n")
+    assert fresh.read_text() == "password: s3cret\n" and stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    with pytest.raises(CommandFailed):
+        shell.write_text("h", str(fresh), "password: other\n")
+    assert fresh.read_text() == "password: s3cret\n"
+    elsewhere = tmp_path / "elsewhere"
+    planted = tmp_path / "planted.yaml"
+    planted.symlink_to(elsewhere)
+    with pytest.raises(CommandFailed):
+        shell.write_text("h", str(planted), "password: s3cret\n")
+    assert not elsewhere.exists()

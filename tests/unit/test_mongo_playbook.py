@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 from dbfleet.inventory import HostAccess, build_inventory, host_roles
 from dbfleet.inventory_format import inventory_yaml
@@ -100,3 +101,42 @@ def test_site_playbook_parses_with_mongo_hosts_present(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr[-2000:]
     for host in ("mongo-cfg-1", "mongo-a-1", "mongo-b-1", "mongos-1"):
         assert host in listed.stdout
+
+
+MONGO_HOST_CA = "{{ mongo_tls_dir ~ '/ca.crt' if mongo_common_tls_enabled else omit }}"
+"""The CA the mongo roles' own connections trust: the fleet CA mongo_common installs (engines.tls.MONGO_HOST_CA)."""
+
+
+def _module_tasks(node: object) -> list[dict]:
+    """Every task dict in a tasks file, blocks included."""
+    if isinstance(node, list):
+        return [task for item in node for task in _module_tasks(item)]
+    if isinstance(node, dict):
+        if "block" in node:
+            return [task for key in ("block", "rescue", "always") for task in _module_tasks(node.get(key, []))]
+        return [node]
+    return []
+
+
+def test_every_mongo_role_connection_checks_the_certificate_and_the_name() -> None:
+    """Issue 17: MongoDB connections did not check certificates. The roles' community.mongodb tasks and the
+    sharding module talk TLS whenever the cluster does, against the fleet CA on the host, to 127.0.0.1 (a name
+    every host certificate carries), and never turn verification off (ssl_cert_reqs defaults to CERT_REQUIRED,
+    which pymongo's hostname check goes with)."""
+    checked = []
+    for path in sorted((REPO / "playbooks/roles").glob("mongo*/tasks/*.yml")):
+        for task in _module_tasks(yaml.safe_load(path.read_text()) or []):
+            module = next((k for k in task if k.startswith("community.mongodb.") or k == "mongodb_sharded_collection"),
+                          None)
+            if module is None:
+                continue
+            where, args = f"{path.parts[-3]}/{path.name}: {task.get('name')}", task[module]
+            assert args.get("login_host", "127.0.0.1") == "127.0.0.1", where
+            if module == "mongodb_sharded_collection":
+                assert (args["tls"], args["tls_ca_file"]) == ("{{ mongo_common_tls_enabled }}", MONGO_HOST_CA), where
+            else:
+                assert (args["ssl"], args["ssl_ca_certs"]) == ("{{ mongo_common_tls_enabled }}", MONGO_HOST_CA), where
+            text = yaml.safe_dump(args)
+            assert "ssl_cert_reqs" not in text and "Invalid" not in text and "Insecure" not in text, where
+            checked.append(where)
+    assert len(checked) >= 8, checked  # mongod's replica set and users, mongos' shards, users, zones, balancer

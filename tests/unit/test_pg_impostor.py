@@ -9,6 +9,7 @@ protocol to ask for a cleartext password and record what comes back.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
 import struct
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.postgres import connect
@@ -120,3 +122,50 @@ def test_a_server_with_a_fleet_certificate_that_asks_for_a_cleartext_password_ge
         connect(cluster_on(impostor.port), operator_access(pki), "pg-1", "postgres")
     assert "cleartext" in err.value.render() and PASSWORD not in err.value.render()
     assert PASSWORD.encode() not in impostor.finish()
+
+
+def basebackup_conninfo(pki: Path, port: int, passfile: Path) -> str:
+    """The conninfo postgres_server's tasks/replica.yml gives pg_basebackup (the role's
+    postgres_server_primary_conninfo), rendered for a primary on 127.0.0.1:`port`, with the fleet CA and
+    .pgpass at this test's paths."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+    from role_support import ROLES, trusted
+
+    defaults = trusted(yaml.safe_load((ROLES / "postgres_server" / "defaults" / "main.yml").read_text()))
+    variables = {**defaults, "postgres_server_primary_address": "127.0.0.1", "postgres_server_port": port,
+                 "postgres_server_slot": "pg_2", "postgres_server_tls_enabled": True, "postgres_tls_dir": str(pki)}
+    rendered = str(Templar(loader=DataLoader(), variables=variables).template(
+        defaults["postgres_server_primary_conninfo"]))
+    assert "passfile=/var/lib/postgresql/.pgpass" in rendered and "sslmode=verify-full" in rendered, rendered
+    return rendered.replace("passfile=/var/lib/postgresql/.pgpass", f"passfile={passfile}")
+
+
+def pg_basebackup(conninfo: str, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["pg_basebackup", "-D", str(out), "-X", "stream", "-c", "fast", "-S", "pg_2", "-w",
+                           "-d", conninfo], capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.skipif(shutil.which("pg_basebackup") is None, reason="pg_basebackup is not installed")
+def test_pg_basebackup_with_the_roles_conninfo_gives_a_self_signed_server_no_password(pki: Path,
+                                                                                      tmp_path: Path) -> None:
+    """pg_basebackup (Debian 12's libpq 15: no require_auth) clones a replica over TCP with the role's conninfo:
+    verify-full against the fleet CA is what keeps the replication password from an impostor. Without it
+    (sslmode=require, what a conninfo without verification amounts to) the impostor gets the password."""
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"*:*:*:replicator:{PASSWORD}\n")
+    passfile.chmod(0o600)
+    impostor = Impostor(pki / "self.crt", pki / "self.key")
+    conninfo = basebackup_conninfo(pki / "pki", impostor.port, passfile)
+    done = pg_basebackup(conninfo, tmp_path / "clone")
+    assert done.returncode != 0 and "certificate verify failed" in done.stderr, done.stderr
+    assert PASSWORD.encode() not in impostor.finish()
+
+    unverified = Impostor(pki / "self.crt", pki / "self.key")
+    plain = basebackup_conninfo(pki / "pki", unverified.port, passfile)
+    # (sslmode=require with an sslrootcert given checks the chain as verify-ca would: drop both.)
+    plain = " ".join(p for p in plain.split() if not p.startswith("sslrootcert=")).replace(
+        "sslmode=verify-full", "sslmode=require") + " connect_timeout=3"
+    done = pg_basebackup(plain, tmp_path / "clone-unverified")
+    assert done.returncode != 0
+    assert PASSWORD.encode() in unverified.finish()  # the impostor is real for pg_basebackup too

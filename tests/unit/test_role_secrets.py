@@ -52,3 +52,22 @@ def test_every_task_that_prints_a_secret_is_no_log(tasks_file: Path) -> None:
         if risky and not task.get("no_log"):
             offenders.append(task.get("name", "<unnamed>"))
     assert not offenders, f"{tasks_file}: tasks that would print a secret without no_log: {offenders}"
+
+
+KEY_MARKERS = (".key", "keyfile")
+
+
+@pytest.mark.parametrize("tasks_file", sorted((REPO / "playbooks/roles").glob("*/tasks/*.yml")),
+                         ids=lambda p: f"{p.parts[-3]}/{p.name}")
+def test_every_copy_of_a_private_key_prints_no_diff(tasks_file: Path) -> None:
+    """`configure --check` adds --diff: a copy or template that writes a private key (or a keyfile) is no_log and
+    diff: false, so its content shows in neither the result nor the diff, whatever no_log hides in a given
+    Ansible version."""
+    offenders = []
+    for task in _tasks(yaml.safe_load(tasks_file.read_text()) or []):
+        if _module(task) not in ("copy", "template"):
+            continue
+        args = yaml.safe_dump({k: v for k, v in task.items() if k.rsplit(".", 1)[-1] in ("copy", "template")})
+        if any(m in args for m in KEY_MARKERS) and not (task.get("no_log") and task.get("diff") is False):
+            offenders.append(task.get("name", "<unnamed>"))
+    assert not offenders, f"{tasks_file}: key copies that --diff could print: {offenders}"

@@ -91,8 +91,9 @@ class Executor(ABC):
 
 
     def write_text(self, host: str, path: str, text: str, *, mode: str = "0600", owner: str | None = None) -> None:
-        """Write a small file on host; its content travels in the environment, not argv."""
-        script = 'umask 077; printf "%s" "$DBFLEET_CONTENT" > "$1" && chmod "$2" "$1"'
+        """Write a new small file on host; its content travels in the environment, not argv. The shell's noclobber
+        (`set -C`, an exclusive create) refuses a path that exists already, a link planted there included."""
+        script = 'umask 077; set -C; printf "%s" "$DBFLEET_CONTENT" > "$1" && chmod "$2" "$1"'
         if owner:
             script += ' && chown "$3" "$1"'
         self.check(host, ["sh", "-c", script, "write", path, mode, owner or ""], env={"DBFLEET_CONTENT": text},
