@@ -2,9 +2,10 @@
 options are the ones the module takes, and check mode changes nothing.
 
 Check mode runs each module's main() in-process (ansible's patch_module_args). Against no server: the
-Redis modules talk to an in-process fake of redis-py's client and the sharding module to a fake MongoClient,
-which record every command, so a write in check mode fails the test. redis_current_master is read-only and
-runs against closed ports, as on a first deployment.
+Redis modules talk to an in-process fake of redis-py's client, the sharding module to a fake MongoClient, and
+patroni_config and etcd_auth to fakes of their REST calls, which record every command, so a write in check mode
+fails the test. redis_current_master is read-only and runs against closed ports, as on a first deployment.
+pki_certificates' check mode is tested in test_pki_certificates.py.
 """
 
 from __future__ import annotations
@@ -205,3 +206,72 @@ def test_sharding_in_check_mode_runs_no_command(existing: dict[str, Any] | None,
                                "login_password": "pw"}, capsys)
     assert result["changed"] is changed and result["key"] == {"user_id": "hashed"}
     assert FakeMongo.commands == []
+
+
+@pytest.fixture
+def no_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The modules build an SSL context from their ca_file first; the fakes below need none."""
+    import ssl
+
+    monkeypatch.setattr(ssl, "create_default_context", lambda **kwargs: None)
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_patroni_config_in_check_mode_reads_and_sends_no_patch(check: bool, no_tls_context: None,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Check mode reports the PATCH it would send and sends only the GET; without it the PATCH goes out (so the fake
+    would see a write)."""
+    module = load(REPO / "playbooks/roles/patroni/library/patroni_config.py")
+    sent: list[tuple[str, str, Any]] = []
+
+    def call(url: str, context: Any, method: str = "GET", body: Any = None, auth: Any = None) -> Any:
+        sent.append((method, url, body))
+        return {"ttl": 30, "postgresql": {"parameters": {"max_connections": 100, "work_mem": "4MB"}}}
+
+    monkeypatch.setattr(module, "call", call)
+    args = {"url": "https://10.0.0.1:8008/", "ca_file": "/nonexistent/ca.crt", "user": "patroni", "password": "pw",
+            "config": {"ttl": 30, "postgresql": {"parameters": {"max_connections": 200}}}}
+    with patch_module_args({**args, "_ansible_check_mode": check}), pytest.raises(SystemExit):
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    patch = {"postgresql": {"parameters": {"max_connections": 200, "work_mem": None}}}
+    assert result["changed"] is True and result["patch"] == patch
+    expected = [("GET", "https://10.0.0.1:8008/config", None)]
+    if not check:
+        expected.append(("PATCH", "https://10.0.0.1:8008/config", patch))
+    assert sent == expected
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_etcd_auth_in_check_mode_reads_and_changes_nothing(check: bool, no_tls_context: None,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """On a fresh etcd (authentication off, no user, no role) check mode lists every change and makes none: only
+    look-ups reach etcd. Without check mode the same changes are sent, secrets filled in."""
+    module = load(REPO / "playbooks/roles/etcd/library/etcd_auth.py")
+    sent: list[tuple[str, dict[str, Any]]] = []
+    reads = {"auth/authenticate": module.NOT_ENABLED, "auth/user/get": "etcdserver: user name not found",
+             "auth/role/get": "etcdserver: role name not found"}
+
+    def call(self: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        sent.append((path, body))
+        if path in reads:
+            raise module.EtcdError(reads[path])
+        return {}
+
+    monkeypatch.setattr(module.Gateway, "call", call)
+    args = {"url": "https://10.0.0.1:2379", "ca_file": "/nonexistent/ca.crt", "root_password": "rootpw",
+            "user": "patroni", "password": "userpw", "prefix": "/dbfleet/"}
+    with patch_module_args({**args, "_ansible_check_mode": check}), pytest.raises(SystemExit):
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    changes = ["user/add", "user/grant", "role/add", "role/grant", "user/add", "user/grant", "enable"]
+    assert result["changed"] is True and result["changes"] == changes
+    writes = [(path, body) for path, body in sent if path not in reads]
+    if check:
+        assert writes == []
+    else:
+        assert [path.removeprefix("auth/") for path, _ in writes] == changes
+        assert {"name": "root", "password": "rootpw"} in [body for _, body in writes]
+        assert {"name": "patroni", "password": "userpw"} in [body for _, body in writes]
