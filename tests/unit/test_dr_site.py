@@ -101,3 +101,12 @@ def test_a_standby_site_that_streams_from_no_server_fails_the_check(cluster: Pos
     assert not ok and "streams from no primary-site server (no walsender)" in detail
     ok, detail = replay_lag_check(cluster, [{"application_name": "pg-dr-1", "state": "catchup", "lag": 3.0}])
     assert not ok and "pg-dr-1 catchup" in detail
+
+
+def test_the_standby_site_metrics_say_ready_and_old_site_unfenced() -> None:
+    assert DrSites(PRIMARY, STANDBY).ready and not DrSites(PRIMARY, STANDBY).old_site_unfenced
+    assert not DrSites(PRIMARY, replace(STANDBY, leader=None)).ready
+    assert not DrSites(PRIMARY, replace(STANDBY, reachable=False, leader=None)).ready
+    assert DrSites(PRIMARY, PROMOTED).ready and DrSites(PRIMARY, PROMOTED).old_site_unfenced
+    assert not DrSites(FENCED, PROMOTED).old_site_unfenced
+    assert not DrSites(replace(PRIMARY, reachable=False), PROMOTED).old_site_unfenced

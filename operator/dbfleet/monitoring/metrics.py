@@ -87,6 +87,14 @@ DR_RPO = Gauge(DR_DRILL_RPO_SECONDS, "Recovery point of the last DR drill: the a
                "point restored from the second target.", ["cluster"], registry=REGISTRY)
 DR_MISSING = Gauge(DR_COPIES_MISSING, "Good backups in the first target that the second target does not hold as "
                    "good ones.", ["cluster"], registry=REGISTRY)
+DR_STANDBY_READY_NAME = "dbfleet_dr_standby_ready"
+DR_OLD_SITE_UNFENCED_NAME = "dbfleet_dr_old_site_unfenced"
+DR_STANDBY_READY = Gauge(DR_STANDBY_READY_NAME, "1 while the PostgreSQL standby site (dr.standby) could take over: it "
+                         "answers and has a standby leader following the primary site (or leads after a promotion), "
+                         "else 0.", ["cluster"], registry=REGISTRY)
+DR_OLD_SITE_UNFENCED = Gauge(DR_OLD_SITE_UNFENCED_NAME, "1 while, after `dbfleet dr promote`, the old primary site "
+                             "answers with a leader that is not fenced (it may accept writes beside the promoted "
+                             "site), else 0.", ["cluster"], registry=REGISTRY)
 LEADER = Gauge("dbfleet_operator_leader", "1 while this operator process holds the leader lock, else 0.",
                ["backend"], registry=REGISTRY)
 NO_LEADER_CYCLES = Gauge(CYCLES_WITHOUT_LEADER, "Consecutive cycles in which the leader lock's store did not answer "
@@ -268,6 +276,12 @@ def record_drill(cluster: str, success: bool, rto_seconds: float | None, rpo_sec
 def record_dr_copies_missing(cluster: str, count: int) -> None:
     """How many good backups of the first target the second lacks, as the last observation saw."""
     DR_MISSING.labels(cluster).set(count)
+
+
+def record_standby_site(cluster: str, ready: bool, old_site_unfenced: bool) -> None:
+    """The standby site's state as the dr reconciler last observed it."""
+    DR_STANDBY_READY.labels(cluster).set(1 if ready else 0)
+    DR_OLD_SITE_UNFENCED.labels(cluster).set(1 if old_site_unfenced else 0)
 
 
 def record_jobs(running: list[tuple[str, str, float, float]], waiting: Mapping[str, int],

@@ -173,7 +173,29 @@ def _shared_rules(cluster: PostgresCluster | RedisCluster | MongoCluster) -> lis
         ))
     if backup.enabled and cluster.dr is not None:
         rules += dr_rules(cluster, cluster.dr)
+    if isinstance(cluster, PostgresCluster) and cluster.ha == "patroni" and cluster.standby_hosts():
+        rules += standby_site_rules(cluster)
     return rules
+
+
+STANDBY_UNREADY_FOR = "5m"
+"""How long the standby site may be unable to take over before DrStandbySiteUnready fires (a restart of its one
+member, or Patroni rebuilding it, takes minutes at most)."""
+
+
+def standby_site_rules(cluster: PostgresCluster) -> list[Rule]:
+    """The PostgreSQL standby site (dr.standby), as the operator's dr reconciler observes it."""
+    name, c = cluster.name, _sel(cluster.name)
+    return [
+        Rule(alert="DrStandbySiteUnready", expr=f"{metrics.DR_STANDBY_READY_NAME}{c} == 0", for_=STANDBY_UNREADY_FOR,
+             severity="critical",
+             summary=f"the standby site of {name} (dr.standby) could not take over: it does not answer or has no "
+                     "standby leader; `dbfleet plan --reconciler dr` says which"),
+        Rule(alert="DrOldSiteUnfenced", expr=f"{metrics.DR_OLD_SITE_UNFENCED_NAME}{c} == 1", for_="1m",
+             severity="critical",
+             summary=f"after a promotion, {name}'s old primary site answers with a leader that is not fenced and "
+                     "may accept writes; dr.standby.old_site: fence, or `dbfleet dr promote`, fences it"),
+    ]
 
 
 DR_COPY_FOR = "30m"

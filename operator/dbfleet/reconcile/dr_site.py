@@ -27,6 +27,7 @@ from dbfleet.engines import AnySession
 from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.patroni import PatroniApi
 from dbfleet.errors import PermanentError, TemporaryError
+from dbfleet.monitoring.metrics import record_standby_site
 from dbfleet.reconcile.dr_promote import RECONCILER, Sites, SiteView, action_for, decide, until
 from dbfleet.spec import PostgresCluster
 
@@ -40,6 +41,17 @@ class DrSites:
 
     primary: SiteView
     standby: SiteView
+
+    @property
+    def ready(self) -> bool:
+        """The standby site could take over: it follows with a standby leader, or leads after a promotion."""
+        return self.standby.promoted or (self.standby.reachable and self.standby.standby
+                                         and self.standby.leader is not None)
+
+    @property
+    def old_site_unfenced(self) -> bool:
+        """After a promotion, the old site answers and is not fenced."""
+        return self.standby.promoted and self.primary.reachable and not self.primary.fenced
 
 
 def sites_of(cluster: PostgresCluster, session: AnySession) -> Sites:
@@ -81,7 +93,9 @@ class DrSiteReconciler:
     def observe(self, cluster: AnyCluster, session: AnySession) -> DrSites:
         assert isinstance(cluster, PostgresCluster)
         primary, standby = sites_of(cluster, session).observe()
-        return DrSites(primary, standby)
+        observed = DrSites(primary, standby)
+        record_standby_site(cluster.name, observed.ready, observed.old_site_unfenced)
+        return observed
 
     def diff(self, cluster: AnyCluster, observed: DrSites) -> list[Action]:
         assert isinstance(cluster, PostgresCluster)
