@@ -255,13 +255,14 @@ def test_patroni_metrics_show_one_primary_and_every_member_running(prom: tuple[A
     if not lab.has("postgres") or _pg(lab).ha != "patroni":
         pytest.skip("no ha: patroni cluster in this lab")
     cluster = _pg(lab)
+    site = f'cluster="{cluster.name}",scope="{cluster.name}"'
     primaries = wait_for("Patroni's /metrics scraped",
-                         lambda: p.query(f'sum by (cluster) (patroni_primary{{cluster="{cluster.name}"}})'),
-                         timeout=60)
+                         lambda: p.query(f'sum by (cluster) (patroni_primary{{{site}}})'), timeout=60)
     assert list(primaries.values()) == [1.0], primaries
 
     def all_running() -> dict[Any, float] | None:
-        running = p.query(f'patroni_postgres_running{{cluster="{cluster.name}"}}')
+        # The primary site's members (Patroni's scope is the cluster's name; a standby site's is <name>-dr).
+        running = p.query(f'patroni_postgres_running{{{site}}}')
         every = len(running) == len(cluster.host_names()) and all(v == 1 for v in running.values())
         return running if every else None
 

@@ -104,7 +104,7 @@ def test_the_loop_reconciler_plans_and_reports_status() -> None:
     assert actions and all(a.reconciler == "backups" and a.cluster == "pg-main" for a in actions)
     status = reconciler.status(cluster, (cluster, obs), actions)["backups"]
     assert status["newest_good"] == "F1" and status["last_drill"] is None
-    assert [r.name for r in reconcilers()] == ["members", "indexes", "maintenance", "backups"]
+    assert [r.name for r in reconcilers()] == ["members", "dr", "indexes", "maintenance", "backups"]
 
 
 def test_status_shows_the_newest_good_backup_and_the_last_drill() -> None:

@@ -310,7 +310,7 @@ FAILOVER_WINDOW = "10m"
 def patroni_rules(cluster: PostgresCluster) -> list[Rule]:
     """From Patroni's own /metrics: no leader, the primary changed, a member whose PostgreSQL is not running."""
     name, alerts = cluster.name, cluster.monitoring.alerts
-    pt = _sel(name, job=PATRONI.job)
+    pt = _sel(name, job=PATRONI.job, scope=name)  # the primary site's members; a standby site's scope is <name>-dr
     return [
         Rule(alert="PatroniNoLeader",
              expr=(f"max by (cluster) (patroni_primary{pt}) == 0\n"
