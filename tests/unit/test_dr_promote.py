@@ -10,14 +10,23 @@ from typing import Any
 
 import pytest
 
+from dbfleet.engines.patroni import PatroniApi
 from dbfleet.engines.standby import scope, standby_cluster
 from dbfleet.errors import TemporaryError
-from dbfleet.reconcile.dr_promote import Sites, SiteView, decide, first_answer, plan_promote, promote_site
+from dbfleet.reconcile.dr_promote import (
+    Sites,
+    SiteView,
+    caught_up,
+    decide,
+    first_answer,
+    plan_promote,
+    promote_site,
+)
 from dbfleet.spec import PostgresCluster, load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
-PRIMARY = SiteView(("pg-1", "pg-2", "pg-3"), True, "pg-1", writable=True)
-STANDBY = SiteView(("pg-dr-1",), True, "pg-dr-1", writable=False, standby=True)
+PRIMARY = SiteView(("pg-1", "pg-2", "pg-3"), True, "pg-1", writable=True, position=0x5000060)
+STANDBY = SiteView(("pg-dr-1",), True, "pg-dr-1", writable=False, standby=True, position=0x5000060)
 UNREACHABLE = SiteView(("pg-1", "pg-2", "pg-3"), False, error="timed out")
 FENCED = replace(PRIMARY, standby=True, writable=False)
 PROMOTED = replace(STANDBY, standby=False, writable=True)
@@ -204,3 +213,66 @@ def test_a_patch_the_site_does_not_take_yet_is_sent_again_within_the_wait(cluste
     sites = Flaky(cluster, FakeApi(PRIMARY), FakeApi(STANDBY))
     sites.primary, sites.standby = sites.p, sites.s  # type: ignore[assignment]
     assert act(sites, force=False)[:2] == (["fence-site", "promote-site"], "done") and sites.refusals == 0
+
+
+class Lagging(FakeSites):
+    """The site to promote has received less than the fenced site wrote, and catches up after `behind` looks."""
+
+    behind = 10**6
+
+    def observe(self) -> tuple[SiteView, SiteView]:
+        if self.behind:
+            self.behind -= 1
+            self.s.view = replace(self.s.view, position=0x5000000)
+        else:
+            self.s.view = replace(self.s.view, position=self.p.view.position)
+        return super().observe()
+
+
+def test_a_promotion_waits_until_the_site_to_promote_has_the_fenced_sites_wal(cluster: PostgresCluster) -> None:
+    """A failback right after the old site was fenced lost a write made on the promoted site in the lab: the old
+    site was still rewinding when it was promoted. The promotion now waits for it to catch up, and refuses when it
+    does not within the wait (--force promotes anyway)."""
+    sites = Lagging(cluster, FakeApi(PRIMARY), FakeApi(STANDBY))
+    sites.primary, sites.standby = sites.p, sites.s  # type: ignore[assignment]
+    sites.behind = 3
+    assert act(sites, force=False)[:2] == (["fence-site", "promote-site"], "done") and sites.behind == 0
+    never = Lagging(cluster, FakeApi(PRIMARY), FakeApi(STANDBY))
+    never.primary, never.standby = never.p, never.s  # type: ignore[assignment]
+    kinds_done, end, trail = act(never, force=False)
+    assert kinds_done == ["fence-site"] and end == "refuse" and never.s.patches == []
+    assert trail == [("fence-site", "done"), ("promote-site", "failed")]
+    forced = Lagging(cluster, FakeApi(PRIMARY), FakeApi(STANDBY))
+    forced.primary, forced.standby = forced.p, forced.s  # type: ignore[assignment]
+    assert act(forced, force=True)[:2] == (["fence-site", "promote-site"], "done")
+
+
+def test_an_unreachable_old_site_is_not_waited_for(cluster: PostgresCluster) -> None:
+    sites = Lagging(cluster, FakeApi(UNREACHABLE), FakeApi(STANDBY))
+    sites.primary, sites.standby = sites.p, sites.s  # type: ignore[assignment]
+    assert act(sites, force=True)[:2] == (["promote-site"], "done")
+
+
+def test_caught_up_compares_where_each_leaders_wal_ends() -> None:
+    assert caught_up(PRIMARY, STANDBY)
+    assert not caught_up(PRIMARY, replace(STANDBY, position=0x5000000))
+    assert not caught_up(replace(PRIMARY, position=None), STANDBY)
+
+
+class PatroniAnswers(PatroniApi):
+    def __init__(self, answer: tuple[int, Any]):
+        self.answer = answer
+
+    def request(self, host: str, path: str, method: str = "GET", body: dict[str, Any] | None = None,
+                timeout: float | None = None) -> tuple[int, Any]:
+        assert (host, path, method) == ("pg-1", "patroni", "GET")
+        return self.answer
+
+
+def test_member_wal_reads_the_role_and_where_the_wal_ends() -> None:
+    primary = {"role": "master", "xlog": {"location": 83886176}}
+    replica = {"role": "standby_leader", "xlog": {"received_location": 83886176, "replayed_location": 83886000}}
+    assert PatroniAnswers((200, primary)).member_wal("pg-1") == ("master", 83886176)
+    assert PatroniAnswers((200, replica)).member_wal("pg-1") == ("standby_leader", 83886176)
+    assert PatroniAnswers((200, {"role": "replica"})).member_wal("pg-1") == ("replica", None)
+    assert PatroniAnswers((503, "")).member_wal("pg-1") == (None, None)

@@ -289,15 +289,22 @@ class PatroniApi:
         raise TemporaryError(f"PATCH /config: HTTP {status}: {text}", host=host, cluster=self.cluster.name,
                              action="patch config")
 
-    def member_role(self, host: str) -> str | None:
-        """GET /patroni's role of one member, what its PostgreSQL runs as ('primary' or 'master' when it accepts
-        writes, 'standby_leader', 'replica'); None when it does not answer."""
+    def member_wal(self, host: str) -> tuple[str | None, int | None]:
+        """GET /patroni of one member: its role, what its PostgreSQL runs as ('primary' or 'master' when it accepts
+        writes, 'standby_leader', 'replica'), and where its WAL ends: `xlog.location` of a
+        server that accepts writes, the further of `received_location` and `replayed_location` of one in recovery;
+        (None, None) when it does not answer."""
         try:
             status, data = self.request(host, "patroni")
         except TemporaryError:
-            return None
-        role = data.get("role") if status == 200 and isinstance(data, dict) else None
-        return str(role) if role is not None else None
+            return None, None
+        if status != 200 or not isinstance(data, dict):
+            return None, None
+        role = data.get("role")
+        xlog = data.get("xlog")
+        found = [v for k in ("location", "received_location", "replayed_location")
+                 if isinstance(xlog, dict) and isinstance(v := xlog.get(k), int) and not isinstance(v, bool)]
+        return (str(role) if role is not None else None), (max(found) if found else None)
 
     def switchover(self, leader: str, candidate: str, timeout: float = 60) -> str:
         """POST /switchover to the leader's API; Patroni waits for the candidate to take over."""

@@ -56,6 +56,9 @@ class SiteView:
     """The site's dynamic configuration has a standby_cluster section: it follows another site."""
     error: str = ""
     """Why the site is unreachable, when it is."""
+    position: int | None = None
+    """Where the leader's WAL ends (GET /patroni's xlog): written, for a leader that accepts writes; received or
+    replayed, whichever is further, for a standby leader. None when unknown."""
 
     @property
     def fenced(self) -> bool:
@@ -209,8 +212,15 @@ def observe_site(api: PatroniApi) -> SiteView:
     except TemporaryError as exc:
         return SiteView(hosts, False, error=exc.message)
     leader = next((m.name for m in state.members if m.role in ("leader", "standby_leader")), None)
-    role = api.member_role(leader) if leader else None
-    return SiteView(hosts, True, leader, role in WRITABLE_ROLES, bool(config.get("standby_cluster")))
+    role, position = api.member_wal(leader) if leader else (None, None)
+    return SiteView(hosts, True, leader, role in WRITABLE_ROLES, bool(config.get("standby_cluster")),
+                    position=position)
+
+
+def caught_up(fenced: SiteView, promoting: SiteView) -> bool:
+    """The site to promote has every WAL record of the fenced site's leader (which, fenced, writes no more): a
+    promotion now loses no write made there."""
+    return fenced.position is not None and promoting.position is not None and promoting.position >= fenced.position
 
 
 @dataclass
@@ -281,6 +291,15 @@ def promote_site(sites: Sites, force: bool, wait: float = 90,
                 ok = until(lambda: observe_site(sites.primary).fenced, wait, clock, sleep)
                 message = "its leader demoted" if ok else f"its leader still accepts writes after {wait:.0f}s"
             else:
+                if primary.reachable and not _catch_up(sites, wait, clock, sleep):
+                    fenced, promoting = sites.observe()
+                    reason = (f"the {sites.names[1]}'s leader has WAL up to {_lsn(promoting.position)}, the fenced "
+                              f"{sites.names[0]}'s ends at {_lsn(fenced.position)} after {wait:.0f}s: promoting now "
+                              "would lose the writes made there")
+                    if not force:
+                        if record:
+                            record(action, "failed", reason, clock() - started)
+                        return done, Decision("refuse", reason + " (--force promotes anyway)")
                 retry(partial(sites.promote, standby), wait, clock, sleep)
                 ok = until(lambda: observe_site(sites.standby).promoted, wait, clock, sleep)
                 if not ok:
@@ -295,6 +314,17 @@ def promote_site(sites: Sites, force: bool, wait: float = 90,
         if record:
             record(action, "done", message, clock() - started)
     raise AssertionError("a promotion takes at most a fence and a promote")  # pragma: no cover
+
+
+def _catch_up(sites: Sites, wait: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> bool:
+    """Wait (at most `wait` seconds) until the site to promote has the fenced site's WAL: a fenced leader shuts
+    down cleanly and sends its last records to the site streaming from it, but that site may still be rewinding,
+    restoring from the archive or reconnecting (a failback right after the old site was fenced)."""
+    return until(lambda: caught_up(*sites.observe()), wait, clock, sleep)
+
+
+def _lsn(position: int | None) -> str:
+    return "unknown" if position is None else f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 
 
 def retry(act: Callable[[], None], timeout: float, clock: Callable[[], float],
