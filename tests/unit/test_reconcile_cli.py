@@ -36,7 +36,7 @@ def test_an_unknown_cluster_is_a_usage_error(capsys, tmp_path):
 
 def test_an_unknown_reconciler_is_a_usage_error(capsys, tmp_path):
     assert main(["--spec", SPEC, "plan", "--reconciler", "nope", "--inventory", str(tmp_path / "h.yml")]) == 2
-    assert "no reconciler named nope; there are members, indexes" in capsys.readouterr().err
+    assert "no reconciler named nope; there are members, dr, indexes" in capsys.readouterr().err
 
 
 def test_a_missing_inventory_is_a_usage_error(capsys, tmp_path):

@@ -562,7 +562,7 @@ def test_index_expressions_postgresql_takes_are_accepted() -> None:
 # --------------------------------------------------------------------------- disaster recovery (dr:)
 
 PG_DR = "target: {kind: local, path: /var/lib/dbfleet/dr-backups}\n      rpo_seconds: 60\n"
-PG_STANDBY = "      standby: {hosts: [pg-dr-1], region: us-west-2, vpc_cidr: 10.41.0.0/16}\n"
+PG_STANDBY = "      standby: {hosts: [pg-dr-1], region: us-west-2, vpc_cidr: 10.41.0.0/16, old_site: fence}\n"
 """The example's standby site for pg-main."""
 
 
