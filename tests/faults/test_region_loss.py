@@ -15,25 +15,20 @@ after test_pg_*). Each wait is bounded.
 
 from __future__ import annotations
 
-import json
 import time
-from contextlib import redirect_stdout
-from io import StringIO
-from pathlib import Path
 from typing import Any
 
 import docker as docker_sdk
 import psycopg
 import pytest
-from patroni_support import CLIENT, Partition, Patroni, Writer, bounded, partition_possible, prepare_table, report
+from dr_support import connect, ids_on, operator, promote, site_roles
+from patroni_support import Partition, Patroni, Writer, bounded, partition_possible, prepare_table, report
 
-from dbfleet.cli import main
 from dbfleet.lab.topology import network_name
 from dbfleet.spec import PostgresCluster
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
 STREAM_BOUND = 120.0
 PROMOTE_BOUND = 120.0
 FENCE_BOUND = 120.0
@@ -50,38 +45,6 @@ def site(configured: Any) -> tuple[Any, PostgresCluster, str]:
     return configured, cluster, standby[0].name
 
 
-def connect(lab: Any, cluster: PostgresCluster, host: str) -> psycopg.Connection[Any]:
-    """Straight to one server (not through HAProxy), verifying its certificate."""
-    return psycopg.connect(host=lab.address(host), port=cluster.port, dbname=cluster.databases[0], user="postgres",
-                           password=lab.secrets["postgres_superuser_password"], sslmode="verify-full",
-                           sslrootcert=str(lab.inventory_path.parent / "pki" / "ca.crt"), autocommit=True, **CLIENT)
-
-
-def ids_on(lab: Any, cluster: PostgresCluster, host: str, table: str) -> set[int]:
-    with connect(lab, cluster, host) as conn:
-        return {row[0] for row in conn.execute(f"SELECT id FROM {table}")}
-
-
-def promote(lab: Any, cluster: PostgresCluster, *flags: str) -> tuple[int, dict[str, Any]]:
-    argv = ["--spec", str(REPO / "fleet.example.yaml"), "dr", "promote", "--cluster", cluster.name,
-            "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets),
-            "--state", str(lab.state.secrets.with_name("dr-state.json")), "--json", *flags]
-    with redirect_stdout(StringIO()) as out:
-        code = main(argv)
-    return code, json.loads(out.getvalue())
-
-
-def operator(lab: Any, cluster: PostgresCluster, command: str, *flags: str) -> tuple[int, dict[str, Any]]:
-    """`dbfleet plan` or `dbfleet reconcile` with the DR site reconciler alone, as the operator's loop runs it."""
-    state = ["--state", str(lab.state.secrets.with_name("dr-state.json"))] if command == "reconcile" else []
-    argv = ["--spec", str(REPO / "fleet.example.yaml"), command, *flags, *state, "--cluster", cluster.name,
-            "--reconciler", "dr", "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets),
-            "--json"]
-    with redirect_stdout(StringIO()) as out:
-        code = main(argv)
-    return code, json.loads(out.getvalue())
-
-
 def test_the_standby_site_streams_from_the_primary(site: tuple[Any, PostgresCluster, str]) -> None:
     lab, cluster, standby = site
     patroni = Patroni(lab, cluster)
@@ -95,19 +58,6 @@ def test_the_standby_site_streams_from_the_primary(site: tuple[Any, PostgresClus
     _, took = bounded("the row on the standby site", lambda: mark in ids_on(lab, cluster, standby, "dr_probe"),
                       STREAM_BOUND, every=0.5)
     report("standby site streams", {"row_visible_after": took})
-
-
-def site_roles(lab: Any, cluster: PostgresCluster, hosts: list[str]) -> dict[str, str | None]:
-    """GET /patroni's role of each host (what its PostgreSQL runs as), None where it does not answer."""
-    patroni = Patroni(lab, cluster)
-    roles: dict[str, str | None] = {}
-    for host in hosts:
-        try:
-            status, data = patroni.get(host, "patroni")
-            roles[host] = data.get("role") if status == 200 else None
-        except OSError:
-            roles[host] = None
-    return roles
 
 
 def test_a_dry_run_plans_the_fence_and_the_promotion_and_changes_nothing(
