@@ -6,15 +6,18 @@
 from __future__ import annotations
 
 import json
+import time
 from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import docker
 import psycopg
-from patroni_support import CLIENT, Patroni
+from patroni_support import CLIENT, Partition, Patroni, Writer, bounded, prepare_table
 
 from dbfleet.cli import main
+from dbfleet.lab.topology import network_name
 from dbfleet.spec import PostgresCluster
 
 SPEC = Path(__file__).resolve().parents[2] / "fleet.example.yaml"
@@ -63,3 +66,30 @@ def site_roles(lab: Any, cluster: PostgresCluster, hosts: list[str]) -> dict[str
         except OSError:
             roles[host] = None
     return roles
+
+
+def site_follows(lab: Any, cluster: PostgresCluster) -> bool:
+    """The primary site (the spec's hosts) is a standby cluster whose standby leader runs: it follows the other
+    site, and `dr promote --failback` can promote it."""
+    return any(m.get("role") == "standby_leader" and m.get("state") in ("running", "streaming")
+               for m in Patroni(lab, cluster).members().values())
+
+
+def writing(lab: Any, cluster: PostgresCluster, standby: str, seconds: float, bound: float) -> Writer:
+    """A writer on a fresh probe table through the primary site's endpoints, once the standby site has the table,
+    after `seconds` of acknowledged commits."""
+    writer = Writer(lab, cluster, lab.secrets["postgres_superuser_password"])
+    prepare_table(writer)
+    bounded("the probe table on the standby site",
+            lambda: ids_on(lab, cluster, standby, "failover_probe") == set(), bound, every=0.5)
+    writer.start()
+    writer.wait_for_write_after(time.time(), 30)
+    time.sleep(seconds)
+    return writer
+
+
+def partitions(lab: Any, hosts: list[str]) -> list[Partition]:
+    """One Partition of each host (to cut it off from the rest of the lab network)."""
+    client = docker.from_env()
+    subnet = client.networks.get(network_name(lab.name)).attrs["IPAM"]["Config"][0]["Subnet"]
+    return [Partition(client.containers.get(lab.container(h)), subnet) for h in hosts]

@@ -18,13 +18,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import docker as docker_sdk
 import psycopg
 import pytest
-from dr_support import connect, ids_on, operator, promote, site_roles
-from patroni_support import Partition, Patroni, Writer, bounded, partition_possible, prepare_table, report
+from dr_support import connect, ids_on, operator, partitions, promote, site_follows, site_roles, writing
+from patroni_support import Patroni, bounded, partition_possible, report
 
-from dbfleet.lab.topology import network_name
 from dbfleet.spec import PostgresCluster
 
 pytestmark = pytest.mark.lab
@@ -82,17 +80,8 @@ def test_the_primary_site_cut_off_then_dr_promote_force_and_the_old_site_fenced_
     assert cluster.dr is not None
     patroni = Patroni(lab, cluster)
     bounded("a healthy primary site before the cut", patroni.healthy, 180, every=1)
-    writer = Writer(lab, cluster, lab.secrets["postgres_superuser_password"])
-    prepare_table(writer)
-    bounded("the probe table on the standby site",
-            lambda: ids_on(lab, cluster, standby, "failover_probe") == set(), STREAM_BOUND, every=0.5)
-    writer.start()
-    writer.wait_for_write_after(time.time(), 30)
-    time.sleep(5)  # some seconds of acknowledged commits before the cut
-
-    client = docker_sdk.from_env()
-    subnet = client.networks.get(network_name(lab.name)).attrs["IPAM"]["Config"][0]["Subnet"]
-    cuts = [Partition(client.containers.get(lab.container(h)), subnet) for h in cluster.host_names()]
+    writer = writing(lab, cluster, standby, 5, STREAM_BOUND)  # some seconds of acknowledged commits before the cut
+    cuts = partitions(lab, cluster.host_names())
     cut_at = time.time()
     try:
         for cut in cuts:
@@ -184,6 +173,8 @@ def test_failback_makes_the_primary_site_lead_again_with_the_promoted_sites_writ
         conn.execute("CREATE TABLE IF NOT EXISTS dr_probe (id bigint PRIMARY KEY)")
         mark = int(time.time() * 1000)
         conn.execute("INSERT INTO dr_probe VALUES (%s)", (mark,))
+    # The runbook: fail back once the primary site follows the promoted one (its standby leader runs).
+    bounded("the primary site following the promoted one", lambda: site_follows(lab, cluster), FENCE_BOUND, every=1)
     started = time.time()
     code, out = promote(lab, cluster, "--failback")
     assert code == 0 and [s["kind"] for s in out["steps"]] == ["fence-site", "promote-site"], out
