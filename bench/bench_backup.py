@@ -75,11 +75,7 @@ def measure(fleet, inventory) -> list[Result]:
     def sh(script: str, user: str | None = "postgres", timeout: float = 7200) -> str:
         return ex.check(host, ["sh", "-c", script], user=user, timeout=timeout, action="bench").out.strip()
 
-    if psql(access, host, f"select 1 from pg_database where datname = '{DB}'", port=access.cluster.port).out.strip() \
-            != "1":
-        say(f"pgbench -i -s {SCALE} (once per lab)")
-        sh(f"createdb -p {port} {DB} && pgbench -p {port} -i -q -s {SCALE} {DB}")
-    db_bytes = int(psql(access, host, f"select pg_database_size('{DB}')", port=access.cluster.port).out.strip())
+    db_bytes = pgbench_database(access, SCALE)
     sh(f"rm -rf {base} && mkdir -p {base} && chown postgres {base}", user=None)
     dr = measure_dr(access, both, {"scale": SCALE, "database_bytes": db_bytes}) if both.dr is not None else []
     if os.environ.get("DBFLEET_BENCH_ONLY_DR") == "1":
@@ -141,9 +137,20 @@ def measure(fleet, inventory) -> list[Result]:
     ]
 
 
-def measure_dr(one: Any, both: Any, extra: dict[str, Any]) -> list[Result]:
+def pgbench_database(access: Any, scale: int) -> int:
+    """The pgbench database DB on the primary, initialised at `scale` the first time (once per lab); its bytes."""
+    host = find_primary(access)
+    port = access.cluster.port
+    if psql(access, host, f"select 1 from pg_database where datname = '{DB}'", port=port).out.strip() != "1":
+        say(f"pgbench -i -s {scale} (once per lab)")
+        access.executor.check(host, ["sh", "-c", f"createdb -p {port} {DB} && pgbench -p {port} -i -q -s {scale} {DB}"],
+                              user="postgres", timeout=7200, action="bench")
+    return int(psql(access, host, f"select pg_database_size('{DB}')", port=port).out.strip())
+
+
+def measure_dr(one: Any, both: Any, extra: dict[str, Any], bench: str = "backup") -> list[Result]:
     """The operator's full backup into both targets (pgBackRest repo1, then repo2, each measured) against the same
-    into one, alternating, the median of DR_ROUNDS each."""
+    into one, alternating, the median of DR_ROUNDS each; the row is `bench`'s."""
     single, double = [], []
     for round_ in range(DR_ROUNDS):
         say(f"dr round {round_ + 1}: the operator's full backup into one target")
@@ -156,6 +163,6 @@ def measure_dr(one: Any, both: Any, extra: dict[str, Any]) -> list[Result]:
         double.append(t.seconds)
     one_s, two_s = statistics.median(single), statistics.median(double)
     say(f"second repository: {two_s:.2f}s for both against {one_s:.2f}s for one ({two_s / one_s:.2f}x)")
-    return [Result("backup", "operator full backup into both targets (dr: repo1 + repo2)", two_s, "s", one_s,
+    return [Result(bench, "operator full backup into both targets (dr: repo1 + repo2)", two_s, "s", one_s,
                    "operator full backup into one target", extra={**extra, "runs": [single, double],
                                                                    "rounds": DR_ROUNDS, "statistic": "median"})]

@@ -55,7 +55,8 @@ def timed() -> Iterator[Timer]:
 def converged_postgres_lab(lab: str) -> Iterator[tuple[Any, Any]]:
     """The lab named `lab` with its PostgreSQL hosts up and postgres.yml converged: (lab state, FleetAccess).
 
-    Engines already running are kept in the inventory; the lab goes down afterwards unless DBFLEET_KEEP_LAB=1."""
+    Engines already running are kept in the inventory; the lab goes down afterwards unless DBFLEET_KEEP_LAB=1.
+    DBFLEET_BENCH_NO_CONVERGE=1 skips the converge (a lab kept from a run before)."""
     from dbfleet.engines.access import FleetAccess
     from dbfleet.lab import lifecycle
     from dbfleet.playbook import run_playbook
@@ -65,9 +66,10 @@ def converged_postgres_lab(lab: str) -> Iterator[tuple[Any, Any]]:
     running = {row["engine"] for row in lifecycle.status(lab) if row["engine"]}
     state = lifecycle.up(load_fleet(SPEC), lab, inventories, running | {"postgres"})
     try:
-        converge = run_playbook("postgres.yml", state.inventory, echo=False)
-        if not converge.ok:
-            raise RuntimeError("postgres.yml converge failed:\n" + converge.output[-3000:])
+        if os.environ.get("DBFLEET_BENCH_NO_CONVERGE") != "1":
+            converge = run_playbook("postgres.yml", state.inventory, echo=False)
+            if not converge.ok:
+                raise RuntimeError("postgres.yml converge failed:\n" + converge.output[-3000:])
         yield state, FleetAccess.load(state.inventory, state.secrets)
     finally:
         if os.environ.get("DBFLEET_KEEP_LAB") != "1":

@@ -1,6 +1,6 @@
 """Run the benchmarks and print a table of ratios against the standard tools.
 
-    python3 -m bench.run [--only converge,backup,reconcile,latency,maintenance,failover,fleet] [--json]
+    python3 -m bench.run [--only converge,backup,reconcile,latency,maintenance,failover,fleet,dr] [--json]
 
 Results are also written to bench/results/results.json.
 """
@@ -24,6 +24,7 @@ BENCHES = {
     "maintenance": "bench.bench_maintenance",
     "failover": "bench.bench_failover",
     "fleet": "bench.bench_fleet",
+    "dr": "bench.bench_dr",
 }
 
 

@@ -15,25 +15,18 @@ after test_pg_*). Each wait is bounded.
 
 from __future__ import annotations
 
-import json
 import time
-from contextlib import redirect_stdout
-from io import StringIO
-from pathlib import Path
 from typing import Any
 
-import docker as docker_sdk
 import psycopg
 import pytest
-from patroni_support import CLIENT, Partition, Patroni, Writer, bounded, partition_possible, prepare_table, report
+from dr_support import connect, ids_on, operator, partitions, promote, site_follows, site_roles, writing
+from patroni_support import Patroni, bounded, partition_possible, report
 
-from dbfleet.cli import main
-from dbfleet.lab.topology import network_name
 from dbfleet.spec import PostgresCluster
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
 STREAM_BOUND = 120.0
 PROMOTE_BOUND = 120.0
 FENCE_BOUND = 120.0
@@ -50,38 +43,6 @@ def site(configured: Any) -> tuple[Any, PostgresCluster, str]:
     return configured, cluster, standby[0].name
 
 
-def connect(lab: Any, cluster: PostgresCluster, host: str) -> psycopg.Connection[Any]:
-    """Straight to one server (not through HAProxy), verifying its certificate."""
-    return psycopg.connect(host=lab.address(host), port=cluster.port, dbname=cluster.databases[0], user="postgres",
-                           password=lab.secrets["postgres_superuser_password"], sslmode="verify-full",
-                           sslrootcert=str(lab.inventory_path.parent / "pki" / "ca.crt"), autocommit=True, **CLIENT)
-
-
-def ids_on(lab: Any, cluster: PostgresCluster, host: str, table: str) -> set[int]:
-    with connect(lab, cluster, host) as conn:
-        return {row[0] for row in conn.execute(f"SELECT id FROM {table}")}
-
-
-def promote(lab: Any, cluster: PostgresCluster, *flags: str) -> tuple[int, dict[str, Any]]:
-    argv = ["--spec", str(REPO / "fleet.example.yaml"), "dr", "promote", "--cluster", cluster.name,
-            "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets),
-            "--state", str(lab.state.secrets.with_name("dr-state.json")), "--json", *flags]
-    with redirect_stdout(StringIO()) as out:
-        code = main(argv)
-    return code, json.loads(out.getvalue())
-
-
-def operator(lab: Any, cluster: PostgresCluster, command: str, *flags: str) -> tuple[int, dict[str, Any]]:
-    """`dbfleet plan` or `dbfleet reconcile` with the DR site reconciler alone, as the operator's loop runs it."""
-    state = ["--state", str(lab.state.secrets.with_name("dr-state.json"))] if command == "reconcile" else []
-    argv = ["--spec", str(REPO / "fleet.example.yaml"), command, *flags, *state, "--cluster", cluster.name,
-            "--reconciler", "dr", "--inventory", str(lab.inventory_path), "--secrets", str(lab.state.secrets),
-            "--json"]
-    with redirect_stdout(StringIO()) as out:
-        code = main(argv)
-    return code, json.loads(out.getvalue())
-
-
 def test_the_standby_site_streams_from_the_primary(site: tuple[Any, PostgresCluster, str]) -> None:
     lab, cluster, standby = site
     patroni = Patroni(lab, cluster)
@@ -95,19 +56,6 @@ def test_the_standby_site_streams_from_the_primary(site: tuple[Any, PostgresClus
     _, took = bounded("the row on the standby site", lambda: mark in ids_on(lab, cluster, standby, "dr_probe"),
                       STREAM_BOUND, every=0.5)
     report("standby site streams", {"row_visible_after": took})
-
-
-def site_roles(lab: Any, cluster: PostgresCluster, hosts: list[str]) -> dict[str, str | None]:
-    """GET /patroni's role of each host (what its PostgreSQL runs as), None where it does not answer."""
-    patroni = Patroni(lab, cluster)
-    roles: dict[str, str | None] = {}
-    for host in hosts:
-        try:
-            status, data = patroni.get(host, "patroni")
-            roles[host] = data.get("role") if status == 200 else None
-        except OSError:
-            roles[host] = None
-    return roles
 
 
 def test_a_dry_run_plans_the_fence_and_the_promotion_and_changes_nothing(
@@ -132,17 +80,8 @@ def test_the_primary_site_cut_off_then_dr_promote_force_and_the_old_site_fenced_
     assert cluster.dr is not None
     patroni = Patroni(lab, cluster)
     bounded("a healthy primary site before the cut", patroni.healthy, 180, every=1)
-    writer = Writer(lab, cluster, lab.secrets["postgres_superuser_password"])
-    prepare_table(writer)
-    bounded("the probe table on the standby site",
-            lambda: ids_on(lab, cluster, standby, "failover_probe") == set(), STREAM_BOUND, every=0.5)
-    writer.start()
-    writer.wait_for_write_after(time.time(), 30)
-    time.sleep(5)  # some seconds of acknowledged commits before the cut
-
-    client = docker_sdk.from_env()
-    subnet = client.networks.get(network_name(lab.name)).attrs["IPAM"]["Config"][0]["Subnet"]
-    cuts = [Partition(client.containers.get(lab.container(h)), subnet) for h in cluster.host_names()]
+    writer = writing(lab, cluster, standby, 5, STREAM_BOUND)  # some seconds of acknowledged commits before the cut
+    cuts = partitions(lab, cluster.host_names())
     cut_at = time.time()
     try:
         for cut in cuts:
@@ -234,6 +173,8 @@ def test_failback_makes_the_primary_site_lead_again_with_the_promoted_sites_writ
         conn.execute("CREATE TABLE IF NOT EXISTS dr_probe (id bigint PRIMARY KEY)")
         mark = int(time.time() * 1000)
         conn.execute("INSERT INTO dr_probe VALUES (%s)", (mark,))
+    # The runbook: fail back once the primary site follows the promoted one (its standby leader runs).
+    bounded("the primary site following the promoted one", lambda: site_follows(lab, cluster), FENCE_BOUND, every=1)
     started = time.time()
     code, out = promote(lab, cluster, "--failback")
     assert code == 0 and [s["kind"] for s in out["steps"]] == ["fence-site", "promote-site"], out
