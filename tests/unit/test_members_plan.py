@@ -153,3 +153,27 @@ def test_etcd_s_leader_elsewhere_or_unknown_is_left_alone() -> None:
     no_primary = etcd_on("pg-1", "pg-1")
     no_primary = Topology("pg-main", "postgres", None, no_primary.members, no_primary.facts)
     assert "move-etcd-leader" not in [a.kind for a in planned_starts(PATRONI, no_primary)]
+
+
+def test_a_member_patroni_could_not_start_is_rebuilt_only_under_the_policy() -> None:
+    """After a region loss and the fence, the old site's former leader could not start on the promoted site's
+    timeline ('start failed'); Patroni does not rewind it and waits. Under on_diverged: rewind it is rebuilt from
+    the site's running (standby) leader; otherwise reported, never as a plain member down."""
+    facts = patroni_facts(**{"pg-1": {"role": "standby_leader", "state": "running", "timeline": 8},
+                             "pg-2": {"role": "replica", "state": "start failed", "timeline": 7},
+                             "pg-3": {"role": "replica", "state": "streaming", "timeline": 8}})
+    topology = Topology("pg-main", "postgres", None, pg(None, "pg-2").members, facts)
+    actions = planned_starts(with_policy("rewind"), topology)
+    [reinit] = [a for a in actions if a.target == "pg-2"]
+    assert (reinit.kind, reinit.destructive, reinit.changes) == ("reinit", True, True)
+    assert "while pg-1 leads" in reinit.reason and reinit.detail["leader"] == "pg-1"
+    [report] = [a for a in planned_starts(with_policy("report"), topology) if a.target == "pg-2"]
+    assert (report.kind, report.changes) == ("report-start-failed", False)
+    assert "patronictl reinit pg-main pg-2" in report.reason
+
+
+def test_nothing_is_rebuilt_without_a_running_leader_to_clone_from() -> None:
+    facts = patroni_facts(**{"pg-1": {"role": "replica", "state": "stopped", "timeline": 8},
+                             "pg-2": {"role": "replica", "state": "start failed", "timeline": 7}})
+    topology = Topology("pg-main", "postgres", None, pg(None, "pg-1", "pg-2").members, facts)
+    assert "reinit" not in [a.kind for a in planned_starts(with_policy("rewind"), topology)]

@@ -39,7 +39,7 @@ from dbfleet.actions import Action
 from dbfleet.engines import AnySession
 from dbfleet.engines.base import AnyCluster, Topology
 from dbfleet.engines.etcd import move_leader
-from dbfleet.engines.patroni import SEGMENT_NAME
+from dbfleet.engines.patroni import SEGMENT_NAME, PatroniApi
 from dbfleet.engines.postgres import PgPaths, pg_paths
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.playbook import run_shell
@@ -65,13 +65,49 @@ def patroni_reports(cluster: PostgresCluster, topology: Topology) -> list[Action
         reports.append(Action(cluster.name, RECONCILER, "report-no-leader", cluster.name,
                               f"no member leads; Patroni promotes a replica once the leader lock expires "
                               f"(ttl {cluster.patroni.ttl}s), or waits for etcd's quorum"))
+    unstartable = unstartable_members(cluster, topology)
+    rebuilt = {a.target for a in unstartable}
     for member in topology.members:
-        if not member.up:
+        if not member.up and member.host not in rebuilt:
             reports.append(Action(cluster.name, RECONCILER, "report-member-down", member.host,
                                   f"{member.host} is not running ({member.detail or 'down'}); Patroni owns it: "
                                   "it restarts, rebuilds or rewinds the server, dbfleet starts nothing"))
-    return (reports + diverged_members(cluster, topology) + stuck_archiving(cluster, topology)
+    return (reports + unstartable + diverged_members(cluster, topology) + stuck_archiving(cluster, topology)
             + etcd_leader_placement(cluster, topology))
+
+
+START_FAILED = "start failed"
+"""Patroni's state of a member whose PostgreSQL it tried to start and could not; it does not try again by itself."""
+
+
+def unstartable_members(cluster: PostgresCluster, topology: Topology) -> list[Action]:
+    """A `reinit` (or, without the policy, a report) per member Patroni could not start while the site has a
+    running leader to clone from. Seen after a region loss: the old site's leader demoted with a shutdown
+    checkpoint past the promoted site's fork and, once fenced, could not start on the new timeline
+    (`requested timeline ... is not a child of this server's history`); Patroni 3.0.2 does not rewind it."""
+    patroni = topology.facts.get("patroni") or {}
+    members: dict[str, dict[str, Any]] = patroni.get("members") or {}
+    leader = next((name for name, m in sorted(members.items()) if m.get("role") in ("leader", "standby_leader")
+                   and m.get("state") in ("running", "streaming")), None)
+    if leader is None:
+        return []
+    actions: list[Action] = []
+    for name, member in sorted(members.items()):
+        if member.get("state") != START_FAILED or name == leader:
+            continue
+        why = (f"Patroni could not start PostgreSQL on {name} (state '{START_FAILED}', timeline "
+               f"{member.get('timeline')}) and does not try again by itself, while {leader} leads")
+        if cluster.patroni.on_diverged == "rewind":
+            actions.append(Action(cluster.name, RECONCILER, "reinit", name,
+                                  f"{why}; rebuild it from the site's leader (Patroni's POST /reinitialize: its data "
+                                  "directory is replaced, as `patronictl reinit` does)", destructive=True,
+                                  detail={"unit": "patroni", "leader": leader,
+                                          "done": f"Patroni rebuilds {name} from {leader}"}))
+        else:
+            actions.append(Action(cluster.name, RECONCILER, "report-start-failed", name,
+                                  f"{why}; `patroni.on_diverged: rewind` lets dbfleet rebuild it, or run "
+                                  f"`patronictl reinit {cluster.name} {name}`"))
+    return actions
 
 
 def etcd_leader_placement(cluster: PostgresCluster, topology: Topology) -> list[Action]:
@@ -123,6 +159,15 @@ def diverged_members(cluster: PostgresCluster, topology: Topology) -> list[Actio
                                   f"{why}; `patroni.on_diverged: rewind` lets dbfleet restart Patroni there to "
                                   "rewind it, or rebuild it with `patronictl reinit`", detail={"fork": fork}))
     return actions
+
+
+def reinitialize(api: PatroniApi, host: str, done: str) -> str:
+    """POST /reinitialize on the member (force: even while Patroni is busy with it)."""
+    status, data = api.request(host, "reinitialize", "POST", {"force": True}, timeout=30)
+    if status == 200:
+        return done
+    raise TemporaryError(f"POST /reinitialize: HTTP {status}: {data}", cluster=api.cluster.name, host=host,
+                         action="reinit")
 
 
 def mark_done_command(data_dir: str, segments: list[str]) -> str:
@@ -202,6 +247,11 @@ class MemberReconciler:
         return planned_starts(cluster, observed)
 
     def act(self, action: Action, session: AnySession) -> str:
+        if action.kind == "reinit":
+            if not isinstance(session.cluster, PostgresCluster):
+                raise PermanentError("only a Patroni member is rebuilt", cluster=action.cluster)
+            return reinitialize(PatroniApi(session.cluster, session.access), action.target,
+                                str(action.detail["done"]))
         if action.kind == "move-etcd-leader":
             if not isinstance(session.cluster, PostgresCluster):
                 raise PermanentError("etcd's leader is moved only for PostgreSQL clusters", cluster=action.cluster)
@@ -234,6 +284,7 @@ class MemberReconciler:
 
     def status(self, cluster: AnyCluster, observed: Topology, actions: list[Action]) -> dict[str, Any]:
         stuck = [a for a in actions if a.kind in ("skip-stale-wal", "report-stale-wal", "report-archive-failing")]
-        return {"members_down": [a.target for a in actions if a.kind in ("start", "report-member-down")],
+        down = ("start", "report-member-down", "reinit", "report-start-failed")
+        return {"members_down": [a.target for a in actions if a.kind in down],
                 "members_diverged": [a.target for a in actions if a.kind in ("rewind", "report-diverged")],
                 **({"archiving_stuck_at": stuck[0].detail["wal"]} if stuck else {})}
