@@ -212,14 +212,17 @@ def test_write_text_creates_a_new_file_only(tmp_path: Path) -> None:
     planted to catch the password elsewhere) fails the write, and nothing is written through it."""
     shell = LocalShell()
     fresh = tmp_path / "fresh.yaml"
-    shell.write_text("h", str(fresh), "password: s3cret\n")
+    shell.write_text("h", str(fresh), "password: s3cret\n", exclusive=True)
     assert fresh.read_text() == "password: s3cret\n" and stat.S_IMODE(fresh.stat().st_mode) == 0o600
     with pytest.raises(CommandFailed):
-        shell.write_text("h", str(fresh), "password: other\n")
+        shell.write_text("h", str(fresh), "password: other\n", exclusive=True)
     assert fresh.read_text() == "password: s3cret\n"
     elsewhere = tmp_path / "elsewhere"
     planted = tmp_path / "planted.yaml"
     planted.symlink_to(elsewhere)
     with pytest.raises(CommandFailed):
-        shell.write_text("h", str(planted), "password: s3cret\n")
+        shell.write_text("h", str(planted), "password: s3cret\n", exclusive=True)
     assert not elsewhere.exists()
+    # Without `exclusive` a config file is replaced (the restore rewrites the restored postgresql.conf).
+    shell.write_text("h", str(fresh), "port = 5432\n")
+    assert fresh.read_text() == "port = 5432\n"

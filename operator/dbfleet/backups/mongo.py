@@ -126,7 +126,8 @@ class MongoBackups(EngineBackups):
         name = f"{rs.name}.archive.gz"
         with encrypted_dump(access, host, pending.id, name) as dump:
             config_path = f"{dump.workdir}/mongodump.yaml"
-            access.executor.write_text(host, config_path, f"password: {access.password(MONGO_ADMIN)}\n")
+            access.executor.write_text(host, config_path, f"password: {access.password(MONGO_ADMIN)}\n",
+                                       exclusive=True)
             access.executor.check(host, ["mongodump", "--host", "127.0.0.1", "--port", str(cluster.port),
                                          "--username", str(MONGO_ADMIN.user), "--authenticationDatabase", "admin",
                                          *mongo_tool_args(cluster),

@@ -90,10 +90,13 @@ class Executor(ABC):
         return result
 
 
-    def write_text(self, host: str, path: str, text: str, *, mode: str = "0600", owner: str | None = None) -> None:
-        """Write a new small file on host; its content travels in the environment, not argv. The shell's noclobber
-        (`set -C`, an exclusive create) refuses a path that exists already, a link planted there included."""
-        script = 'umask 077; set -C; printf "%s" "$DBFLEET_CONTENT" > "$1" && chmod "$2" "$1"'
+    def write_text(self, host: str, path: str, text: str, *, mode: str = "0600", owner: str | None = None,
+                   exclusive: bool = False) -> None:
+        """Write a small file on host; its content travels in the environment, not argv. `exclusive`: a new file
+        only (the shell's noclobber, `set -C`): a file or a link already at the path fails the write, and nothing
+        is written through it (credential files)."""
+        script = 'umask 077; ' + ('set -C; ' if exclusive else '') + \
+            'printf "%s" "$DBFLEET_CONTENT" > "$1" && chmod "$2" "$1"'
         if owner:
             script += ' && chown "$3" "$1"'
         self.check(host, ["sh", "-c", script, "write", path, mode, owner or ""], env={"DBFLEET_CONTENT": text},
