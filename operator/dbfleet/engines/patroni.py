@@ -306,6 +306,14 @@ class PatroniApi:
                  if isinstance(xlog, dict) and isinstance(v := xlog.get(k), int) and not isinstance(v, bool)]
         return (str(role) if role is not None else None), (max(found) if found else None)
 
+    def reinitialize(self, host: str) -> None:
+        """POST /reinitialize on one member (`force`: even while Patroni is busy with it): Patroni replaces its data
+        directory from the leader, as `patronictl reinit` does."""
+        status, data = self.request(host, "reinitialize", "POST", {"force": True}, timeout=30)
+        if status != 200:
+            raise TemporaryError(f"POST /reinitialize: HTTP {status}: {data}", cluster=self.cluster.name, host=host,
+                                 action="reinit")
+
     def switchover(self, leader: str, candidate: str, timeout: float = 60) -> str:
         """POST /switchover to the leader's API; Patroni waits for the candidate to take over."""
         status, data = self.request(leader, "switchover", "POST", {"leader": leader, "candidate": candidate},

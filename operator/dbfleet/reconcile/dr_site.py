@@ -28,7 +28,16 @@ from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.patroni import PatroniApi
 from dbfleet.errors import PermanentError, TemporaryError
 from dbfleet.monitoring.metrics import record_standby_site
-from dbfleet.reconcile.dr_promote import RECONCILER, Sites, SiteView, action_for, decide, until
+from dbfleet.reconcile.dr_promote import (
+    RECONCILER,
+    Decision,
+    Sites,
+    SiteView,
+    action_for,
+    decide,
+    observe_site,
+    until,
+)
 from dbfleet.spec import PostgresCluster
 
 FENCE_WAIT = 30.0
@@ -50,8 +59,13 @@ class DrSites:
 
     @property
     def old_site_unfenced(self) -> bool:
-        """After a promotion, the old site answers and is not fenced."""
-        return self.standby.promoted and self.primary.reachable and not self.primary.fenced
+        """After a promotion, the old site answers and is not fenced: `dr promote`'s decision would fence it."""
+        return self.standby.promoted and self.fence_decision.step == "fence"
+
+    @property
+    def fence_decision(self) -> Decision:
+        """`dr promote`'s next step from these two views (no --force)."""
+        return decide(self.primary, self.standby, force=False)
 
 
 def sites_of(cluster: PostgresCluster, session: AnySession) -> Sites:
@@ -65,21 +79,21 @@ def planned_dr_actions(cluster: PostgresCluster, observed: DrSites) -> list[Acti
     policy = cluster.dr.standby.old_site if cluster.dr and cluster.dr.standby else "report"
     where = ",".join(standby.hosts)
     if standby.promoted:
-        decision = decide(primary, standby, force=False)
-        if decision.step != "fence":
+        if not observed.old_site_unfenced:
             return []
+        decision = observed.fence_decision
         if policy == "fence":
             return [action_for(cluster, decision, primary, standby)]
         return [Action(cluster.name, RECONCILER, "report-old-site-unfenced", ",".join(primary.hosts),
                        f"{decision.reason}; dr.standby.old_site is report: run `dbfleet dr promote --cluster "
                        f"{cluster.name}` to fence it, or set old_site: fence")]
+    if observed.ready:
+        return []
     if not standby.reachable:
         return [Action(cluster.name, RECONCILER, "report-standby-site-down", where,
                        f"the standby site does not answer ({standby.error or 'no member'}): it could not take over")]
-    if not standby.standby or standby.leader is None:
-        return [Action(cluster.name, RECONCILER, "report-standby-site-unready", where,
-                       f"the standby site is {standby.summary()}: it could not take over")]
-    return []
+    return [Action(cluster.name, RECONCILER, "report-standby-site-unready", where,
+                   f"the standby site is {standby.summary()}: it could not take over")]
 
 
 class DrSiteReconciler:
@@ -111,7 +125,7 @@ class DrSiteReconciler:
         if [a.kind for a in now] != ["fence-site"]:
             return f"no fence needed any more (old site: {primary.summary()}; standby site: {standby.summary()})"
         sites.fence(primary)
-        if until(lambda: sites.observe()[0].fenced, FENCE_WAIT, time.monotonic, time.sleep):
+        if until(lambda: observe_site(sites.primary).fenced, FENCE_WAIT, time.monotonic, time.sleep):
             return f"old site fenced: it follows {','.join(standby.hosts)} and its leader accepts no writes"
         raise TemporaryError(f"the old site's leader still accepts writes {FENCE_WAIT:.0f}s after the fence",
                              cluster=action.cluster, action="fence-site")
@@ -122,4 +136,3 @@ class DrSiteReconciler:
     def status(self, cluster: AnyCluster, observed: DrSites, actions: list[Action]) -> dict[str, Any]:
         return {"standby_site": observed.standby.summary(),
                 "standby_site_promoted": observed.standby.promoted}
-

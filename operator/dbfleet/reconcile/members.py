@@ -161,15 +161,6 @@ def diverged_members(cluster: PostgresCluster, topology: Topology) -> list[Actio
     return actions
 
 
-def reinitialize(api: PatroniApi, host: str, done: str) -> str:
-    """POST /reinitialize on the member (force: even while Patroni is busy with it)."""
-    status, data = api.request(host, "reinitialize", "POST", {"force": True}, timeout=30)
-    if status == 200:
-        return done
-    raise TemporaryError(f"POST /reinitialize: HTTP {status}: {data}", cluster=api.cluster.name, host=host,
-                         action="reinit")
-
-
 def mark_done_command(data_dir: str, segments: list[str]) -> str:
     """Mark queued segments archived (`.ready` -> `.done`), each only if still queued; names are checked."""
     if not segments or not all(SEGMENT_NAME.fullmatch(wal) for wal in segments):
@@ -250,8 +241,8 @@ class MemberReconciler:
         if action.kind == "reinit":
             if not isinstance(session.cluster, PostgresCluster):
                 raise PermanentError("only a Patroni member is rebuilt", cluster=action.cluster)
-            return reinitialize(PatroniApi(session.cluster, session.access), action.target,
-                                str(action.detail["done"]))
+            PatroniApi(session.cluster, session.access).reinitialize(action.target)
+            return str(action.detail["done"])
         if action.kind == "move-etcd-leader":
             if not isinstance(session.cluster, PostgresCluster):
                 raise PermanentError("etcd's leader is moved only for PostgreSQL clusters", cluster=action.cluster)
