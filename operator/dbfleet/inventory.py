@@ -37,7 +37,11 @@ def cluster_group(name: str) -> str:
 
 
 STANDBY_GROUP = "patroni_standby"
-"""The engine-role group of a standby site's hosts (dr.standby)."""
+"""The engine-role group of a standby site's hosts (dr.standby) with ha: patroni."""
+MANUAL_STANDBY_GROUP = "postgres_standby"
+"""The engine-role group of a standby site's hosts with ha: manual: hot standbys the postgres_server role builds,
+streaming from the primary site (postgres_server_follow), never in postgres_primary or postgres_replica."""
+STANDBY_GROUPS = (STANDBY_GROUP, MANUAL_STANDBY_GROUP)
 
 
 def standby_group(name: str) -> str:
@@ -79,12 +83,16 @@ def host_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
 
 
 def standby_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
-    """Every standby site host's cluster and groups (dr.standby): a site of its own, whose first host is the
-    standby leader at the start and the one etcd member. Apart from host_roles, which are the fleet region's
-    machines (the stacks build a standby site in its own region)."""
+    """Every standby site host's cluster and groups (dr.standby): a site of its own. With ha: patroni its first host
+    is the standby leader at the start and the one etcd member; with ha: manual every host is a hot standby of the
+    primary site (MANUAL_STANDBY_GROUP) until `dr promote` promotes the first. Apart from host_roles, which are the
+    fleet region's machines (the stacks build a standby site in its own region)."""
     roles: dict[str, tuple[str, list[str]]] = {}
     for c in fleet.of_engine("postgres"):
         for i, h in enumerate(c.standby_hosts()):
+            if c.ha == "manual":
+                roles[h.name] = (c.name, ["postgres", MANUAL_STANDBY_GROUP])
+                continue
             leads = ["postgres_primary", "etcd"] if i == 0 else ["postgres_replica"]
             roles[h.name] = (c.name, ["postgres", *leads, "patroni", STANDBY_GROUP])
     return roles
@@ -110,7 +118,7 @@ def build_inventory(fleet: Fleet, access: dict[str, HostAccess],
         for group in groups:
             add(group, host, {})
         if cluster:
-            site = standby_group(cluster) if STANDBY_GROUP in groups else cluster_group(cluster)
+            site = standby_group(cluster) if set(STANDBY_GROUPS) & set(groups) else cluster_group(cluster)
             hostvars |= {"dbfleet_cluster": SpecText(cluster), "dbfleet_group": site}
             add(site, host, {})
         children.setdefault("_hostvars", {"hosts": {}})["hosts"][host] = hostvars

@@ -116,8 +116,15 @@ def patroni_inputs(cluster: PostgresCluster) -> dict[str, Any]:
 def standby_site_inputs(cluster: PostgresCluster, follow: list[str]) -> dict[str, Any]:
     """The standby site's group vars (dr.standby): the cluster's, with a Patroni scope of its own, a standby
     cluster that follows the primary site's servers at `follow`, WAL and replicas from the second region's
-    repository (repo2), and no stanza creation (the primary site's leader makes the stanza)."""
+    repository (repo2), and no stanza creation (the primary site's leader makes the stanza). With ha: manual, the
+    postgres_server role's: hot standbys that follow `follow`, restore WAL from repo2, and are never synchronous."""
     repo = pgbackrest.DR_REPO
+    if cluster.ha == "manual":
+        return {**cluster_inputs(cluster),
+                "postgres_server_follow": ",".join(follow),
+                "postgres_server_restore_command": pgbackrest.archive_get_command(cluster, repo),
+                "postgres_server_synchronous_replicas": 0,
+                "pgbackrest_standby_site": True}
     return {**cluster_inputs(cluster),
             "patroni_scope": standby.scope(cluster),
             "patroni_standby_cluster": standby.standby_cluster(cluster, follow),

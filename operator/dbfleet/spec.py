@@ -287,8 +287,9 @@ class DrDrill(Strict):
 class StandbySite(Strict):
     """A PostgreSQL standby site in the second region: with ha: patroni, a Patroni standby cluster of its own (scope
     `<cluster>-dr`, a one-member etcd on its first host) that streams from the primary site and restores WAL from
-    the dr target (pgBackRest's repo2) when streaming is cut; `dbfleet dr promote` makes it the primary site. On
-    AWS stacks/ builds its network (on `vpc_cidr`) and hosts."""
+    the dr target (pgBackRest's repo2) when streaming is cut; with ha: manual, hot standbys built by the playbooks
+    that do the same (playbooks/pg_dr_promote.yml promotes them). `dbfleet dr promote` makes it the primary site.
+    On AWS stacks/ builds its network (on `vpc_cidr`) and hosts."""
 
     hosts: Annotated[list[HostRef], Field(min_length=1)]
     region: AwsRegion
@@ -298,7 +299,8 @@ class StandbySite(Strict):
     old_site: Literal["fence", "report"] = "report"
     """What the operator does when, after `dbfleet dr promote`, the old primary site answers again and its leader
     accepts writes: `fence` makes it a standby cluster of the promoted site in the next cycle (a destructive
-    fence-site, shown in plan first); `report` reports it, and `dr promote` run again fences it."""
+    fence-site, shown in plan first; ha: patroni only); `report` reports it, and `dr promote` run again fences it
+    (with ha: manual, the operator does not watch the old site: `dr promote` run again is the way)."""
 
 
 DR_MIN_RPO = 30
@@ -678,9 +680,11 @@ class ClusterBase(Strict):
         engine: str = getattr(self, "engine")  # noqa: B009
         if dr.standby is not None and engine != "postgres":
             raise ValueError(f"dr.standby: a standby site is PostgreSQL's; {engine} has none")
-        if dr.standby is not None and getattr(self, "ha") != "patroni":  # noqa: B009  (PostgresCluster's field)
-            raise ValueError("dr.standby: a standby site is a Patroni standby cluster; it needs ha: patroni (the "
-                             "same through the playbooks for ha: manual is not built)")
+        if dr.standby is not None and dr.standby.old_site == "fence" \
+                and getattr(self, "ha") != "patroni":  # noqa: B009  (PostgresCluster's field)
+            raise ValueError("dr.standby.old_site: fence needs ha: patroni; with ha: manual the operator does not "
+                             "watch a returning old site: run `dbfleet dr promote` again once it is back, which "
+                             "fences it (old_site: report)")
         return self
 
     def host_names(self) -> list[str]:

@@ -609,7 +609,8 @@ DR_BAD = [
      "clusters.0.dr.standby.region", "fleet's own region"),
     ("standby host used elsewhere", (PG_STANDBY, PG_STANDBY.replace("pg-dr-1", "pg-2")),
      "clusters.0.dr.standby.hosts.0", "already used"),
-    ("standby with ha manual", (HA_LINE, "    ha: manual\n"), "clusters.0.dr.standby", "needs ha: patroni"),
+    ("standby fenced by the operator with ha manual", (HA_LINE, "    ha: manual\n"), "clusters.0.dr.standby.old_site",
+     "fence needs ha: patroni"),
     ("standby region not aws", (PG_STANDBY, PG_STANDBY.replace("us-west-2", "mars-1")),
      "clusters.0.dr.standby.region", "AWS region"),
     ("standby vpc inside the fleet's", (PG_STANDBY, STANDBY.format(cidr="10.40.128.0/17")),
@@ -633,6 +634,29 @@ def test_a_bad_dr_section_gets_a_located_error(name: str, edit: tuple[str, str],
     assert any(p.path == path for p in err.problems), str(err)
     assert words in str(err)
     assert all(p.line is not None for p in err.problems), str(err)
+
+
+def manual_with_standby(old_site: str = "report") -> str:
+    """The example on ha: manual with its standby site kept (old_site as given)."""
+    manual = as_manual(EXAMPLE)
+    standby = PG_STANDBY.replace("old_site: fence", f"old_site: {old_site}")
+    return manual.replace("      drill: {schedule: \"0 6 * * *\"}\n",
+                          "      drill: {schedule: \"0 6 * * *\"}\n" + standby, 1)
+
+
+def test_ha_manual_takes_a_standby_site_the_playbooks_build() -> None:
+    fleet = parse_fleet(manual_with_standby(), "fleet.yaml")
+    pg = fleet.cluster("pg-main")
+    assert isinstance(pg, PostgresCluster) and pg.ha == "manual"
+    assert [h.name for h in pg.standby_hosts()] == ["pg-dr-1"]
+    assert pg.dr is not None and pg.dr.standby is not None and pg.dr.standby.old_site == "report"
+
+
+def test_ha_manual_refuses_the_operator_fencing_a_returning_old_site() -> None:
+    err = _error(manual_with_standby("fence"))
+    problem = next(p for p in err.problems if p.path == "clusters.0.dr.standby.old_site")
+    assert "the operator does not watch a returning old site" in problem.message and problem.line is not None
+    assert "dbfleet dr promote" in problem.message
 
 
 def test_dr_needs_a_backup_section() -> None:

@@ -11,6 +11,14 @@ would promote), 1 refused or failed, 2 bad options or a cluster without a
 standby site. --failback takes the same steps the other way round: the
 standby site is fenced (it follows the spec's hosts again) and the primary
 site promoted.
+
+An ha: manual cluster has no Patroni: both sites are observed by SQL
+(pg_is_in_recovery() over verify-full TLS, dbfleet.reconcile.dr_manual), the
+same steps decided, and playbooks/pg_dr_promote.yml takes them (fence: the old
+primary stopped, masked and marked; promote: pg_promote()); then both sites are
+observed again until the promotion shows, within --timeout. A failed playbook's
+failures and last lines are in the report and in --json (`playbook_output`).
+--failback is not built for ha: manual.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from dbfleet.actions import Action, Outcome
 from dbfleet.commands.common import (
@@ -36,8 +45,11 @@ from dbfleet.commands.reconcile import open_audit_trail, secrets_path
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.patroni import PatroniApi
 from dbfleet.errors import ReconcileError
+from dbfleet.playbook import run_playbook
+from dbfleet.reconcile.dr_manual import ManualSites, output_tail, promote_manual
 from dbfleet.reconcile.dr_promote import Sites, plan_promote, promote_site
 from dbfleet.secrets import SecretsError
+from dbfleet.spec import PostgresCluster
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,7 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                   "when the primary site does not answer or its leader does not demote, unless "
                                   "--force. --dry-run prints the steps only. Exit 0 promoted or nothing to do, "
                                   "1 refused or failed, 2 bad options.")
-    q.add_argument("--cluster", required=True, help="PostgreSQL cluster (ha: patroni) with dr.standby")
+    q.add_argument("--cluster", required=True, help="PostgreSQL cluster with dr.standby")
     q.add_argument("--dry-run", action="store_true", help="print the planned steps and change nothing")
     q.add_argument("--force", action="store_true",
                    help="promote even when the primary site cannot be fenced or does not answer: two sites may "
@@ -74,8 +86,10 @@ def run_promote(args: argparse.Namespace) -> int:
     spec = spec_of(args)
     cluster = postgres_cluster(spec.fleet, args.cluster, "dr promote is for PostgreSQL")
     standby_hosts = [h.name for h in cluster.standby_hosts()]
-    if cluster.ha != "patroni" or not standby_hosts:
-        raise UsageError(f"{cluster.name} has no standby site to promote (dr.standby with ha: patroni)")
+    if not standby_hosts:
+        raise UsageError(f"{cluster.name} has no standby site to promote (dr.standby)")
+    if cluster.ha == "manual":
+        return run_manual_promote(args, spec.sha256, cluster)
     try:
         access = FleetAccess.load(inventory_path(args), secrets_path(args))
         home, away = PatroniApi(cluster, access), PatroniApi(cluster, access, hosts=standby_hosts)
@@ -121,3 +135,49 @@ def run_promote(args: argparse.Namespace) -> int:
                 "end": end.step, "reason": end.reason, "seconds": round(time.monotonic() - started, 3)},
          "\n".join(lines))
     return EXIT_OK if end.step == "done" else EXIT_FAILED
+
+
+def run_manual_promote(args: argparse.Namespace, spec_sha256: str, cluster: PostgresCluster) -> int:
+    """`dr promote` of an ha: manual cluster: observe by SQL, plan with the same decision, act through
+    playbooks/pg_dr_promote.yml, observe until the promotion shows."""
+    if args.failback:
+        raise UsageError(f"{cluster.name} has ha: manual: --failback is not built for it (README, \"The standby site "
+                         "with ha: manual\")")
+    try:
+        sites = ManualSites(cluster, FleetAccess.load(inventory_path(args), secrets_path(args)))
+    except (ReconcileError, SecretsError) as exc:
+        raise UsageError(str(exc)) from None
+    primary, standby, silent = sites.observe()
+    observed = {"failback": False, "to_fence": {"site": sites.names[0], **primary.as_dict()},
+                "to_promote": {"site": sites.names[1], **standby.as_dict()}, "unanswered": silent}
+    seen = f"{sites.names[0]} (to fence): {primary.summary()}\n{sites.names[1]} (to promote): {standby.summary()}"
+    steps, end = plan_promote(cluster, primary, standby, args.force, sites.names)
+    base = {"cluster": cluster.name, "ha": "manual", "observed": observed}
+    if args.dry_run or not steps:
+        lines = [seen, *(a.render() for a in steps), f"then: {end.step} ({end.reason})"]
+        if args.dry_run:
+            lines.append("(dry run: nothing changed; ! destructive change)")
+        emit(args, {**base, "dry_run": args.dry_run, "steps": [a.as_dict() for a in steps], "end": end.step,
+                    "reason": end.reason, "ok": end.step == "done"}, "\n".join(lines))
+        return EXIT_OK if end.step == "done" else EXIT_FAILED
+    trail = open_audit_trail(args, spec_sha256, "dr promote")
+
+    def record(action: Action, status: str, message: str, seconds: float) -> None:
+        trail.record(Outcome(action, status, message, 1, seconds))
+
+    def run(playbook: str, inventory: Path, extra: list[str]) -> Any:
+        return run_playbook(playbook, inventory, extra, echo=not args.json)
+
+    done = promote_manual(sites, args.force, inventory_path(args), silent, args.timeout, run, record, steps)
+    lines = [seen, *(f"{a.render()} -> {'done' if done.ok else 'failed'}" for a in steps),
+             f"{done.decision.step}: {done.decision.reason} ({done.seconds:.1f}s)"]
+    data = {**base, "steps": [{**a.as_dict(), "status": "done" if done.ok else "failed"} for a in steps],
+            "end": done.decision.step, "reason": done.decision.reason, "ok": done.ok,
+            "seconds": round(done.seconds, 3), "playbook": {"returncode": done.played.returncode,
+                                                            "changed": done.played.changed}}
+    if not done.played.ok:
+        tail = output_tail(done.played)
+        data["playbook_output"] = tail
+        lines += ["pg_dr_promote.yml failed; its failures and last lines:", tail]
+    emit(args, data, "\n".join(lines))
+    return EXIT_OK if done.ok else EXIT_FAILED
