@@ -201,7 +201,7 @@ class Servers:
 def recap(failed: bool) -> str:
     return ("TASK [Refuse as decided] ***\nfatal: [pg-1]: FAILED! => {\"msg\": \"dr promote refused: why\"}\n"
             if failed else "") + \
-        "PLAY RECAP ***\npg-1 : ok=3 changed=0 unreachable=0 failed=%d skipped=0 rescued=0 ignored=0\n" % failed
+        f"PLAY RECAP ***\npg-1 : ok=3 changed=0 unreachable=0 failed={int(failed)} skipped=0 rescued=0 ignored=0\n"
 
 
 @pytest.fixture

@@ -17,11 +17,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import psycopg
 
 from dbfleet.actions import Action
 from dbfleet.engines.access import FleetAccess
-from dbfleet.engines.postgres import connect
+from dbfleet.engines.postgres import classify, connect
 from dbfleet.errors import ReconcileError
 from dbfleet.playbook import PlaybookResult
 from dbfleet.reconcile.dr_promote import SITE_NAMES, Decision, SiteView, decide
@@ -66,8 +67,8 @@ def ask(cluster: PostgresCluster, access: FleetAccess, host: str) -> Answer:
             row = conn.execute(IN_RECOVERY_QUERY).fetchone()
     except ReconcileError as exc:
         return Answer(None, exc.message)
-    except Exception as exc:  # noqa: BLE001  (a query error on a server going down: it did not answer)
-        return Answer(None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except psycopg.Error as exc:  # the server went down between the connection and the query
+        return Answer(None, classify(exc, host, "pg_is_in_recovery()").message)
     return Answer(bool(row[0]) if row else None, "" if row else "no row")
 
 
