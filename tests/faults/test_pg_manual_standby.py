@@ -136,7 +136,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandbyLab]:
     try:
         yield StandbyLab(name, spec, state, cluster, load_secrets(state.secrets))
     finally:
-        lifecycle.down(name, inventories)
+        if os.environ.get("DBFLEET_KEEP_STANDBY_LAB") != "1":  # to look at a failure; never set in CI
+            lifecycle.down(name, inventories)
 
 
 @dataclass
