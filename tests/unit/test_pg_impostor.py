@@ -134,7 +134,8 @@ def basebackup_conninfo(pki: Path, port: int, passfile: Path) -> str:
 
     defaults = trusted(yaml.safe_load((ROLES / "postgres_server" / "defaults" / "main.yml").read_text()))
     variables = {**defaults, "postgres_server_primary_address": "127.0.0.1", "postgres_server_port": port,
-                 "postgres_server_slot": "pg_2", "postgres_server_tls_enabled": True, "postgres_tls_dir": str(pki)}
+                 "postgres_server_slot": "pg_2", "postgres_server_application_name": "pg_2",
+                 "postgres_server_tls_enabled": True, "postgres_tls_dir": str(pki)}
     rendered = str(Templar(loader=DataLoader(), variables=variables).template(
         defaults["postgres_server_primary_conninfo"]))
     assert "passfile=/var/lib/postgresql/.pgpass" in rendered and "sslmode=verify-full" in rendered, rendered

@@ -76,6 +76,8 @@ def _render(template: str, host: str, role_vars: dict[str, Any] | None = None, *
                      **role_inputs(fleet.cluster("pg-main"), **cluster_overrides),
                      postgres_is_primary=host == "pg-1", postgres_server_primary_address="10.0.0.1",
                      postgres_server_slot=host.replace("-", "_"),
+                     postgres_server_stream_slot=host.replace("-", "_"),
+                     postgres_server_application_name=host.replace("-", "_"),
                      dbfleet_secrets={"postgres_replication_password": "secret-replication"})
     variables.update(role_vars or {})
     text = (ROLE / "templates" / template).read_text()
@@ -181,9 +183,27 @@ def test_ordinary_settings_render_as_before() -> None:
 
 def test_a_replica_streams_from_one_line_of_conninfo() -> None:
     read = dict(settings(render_settings({}, host="pg-2", postgres_is_primary=False, postgres_server_slot="pg_2",
+                                         postgres_server_stream_slot="pg_2", postgres_server_application_name="pg_2",
                                          postgres_server_primary_address="10.0.0.1")))
     assert read["primary_conninfo"].startswith("host=10.0.0.1 port=5432 user=replicator passfile=")
     assert "  " not in read["primary_conninfo"] and read["primary_slot_name"] == "pg_2"
+
+
+def test_a_standby_site_host_streams_from_the_primary_site_without_a_slot_and_restores_from_repo2() -> None:
+    """A standby site's host (dr.standby, ha: manual) while its site has no primary: discover.yml gives it the
+    primary site's addresses (postgres_server_follow), no slot and its host name; its restore_command (a role
+    input) is quoted by postgresql.conf's rules."""
+    restore = "pgbackrest --stanza=pg-main --repo=2 archive-get %f \"%p\" # it's"
+    read = dict(settings(render_settings(
+        {}, host="pg-2", postgres_is_primary=False, postgres_server_slot="pg_dr_1", postgres_server_stream_slot="",
+        postgres_server_application_name="pg-dr-1", postgres_server_primary_address="10.0.0.1,10.0.0.2,10.0.0.3",
+        postgres_server_restore_command=restore)))
+    conninfo = dict(pair.split("=", 1) for pair in read["primary_conninfo"].split())
+    assert conninfo["host"] == "10.0.0.1,10.0.0.2,10.0.0.3" and conninfo["sslmode"] == "verify-full"
+    assert conninfo["application_name"] == "pg-dr-1" and "primary_slot_name" not in read
+    assert read["restore_command"] == restore
+    task = (ROLE / "tasks" / "replica.yml").read_text()
+    assert "('-S ' ~ postgres_server_stream_slot) if postgres_server_stream_slot else ''" in task
 
 
 def test_replicas_and_pg_basebackup_verify_the_primary_against_the_fleet_ca() -> None:
@@ -194,8 +214,8 @@ def test_replicas_and_pg_basebackup_verify_the_primary_against_the_fleet_ca() ->
     from dbfleet.spec import PostgresCluster
 
     conninfo = dict(pair.split("=", 1) for pair in dict(settings(render_settings(
-        {}, host="pg-2", postgres_is_primary=False, postgres_server_slot="pg_2",
-        postgres_server_primary_address="10.0.0.1")))["primary_conninfo"].split())
+        {}, host="pg-2", postgres_is_primary=False, postgres_server_slot="pg_2", postgres_server_stream_slot="pg_2",
+        postgres_server_application_name="pg_2", postgres_server_primary_address="10.0.0.1")))["primary_conninfo"].split())
     assert (conninfo["host"], conninfo["sslmode"], conninfo["sslrootcert"]) == (
         "10.0.0.1", "verify-full", "/etc/postgresql/tls/ca.crt")
     assert "-d '{{ postgres_server_primary_conninfo }}'" in (ROLE / "tasks" / "replica.yml").read_text()
