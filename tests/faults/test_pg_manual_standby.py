@@ -34,16 +34,15 @@ import pytest
 import yaml
 from dr_support import connect, ids_on, partitions
 from patroni_support import bounded, docker, partition_possible, report
+from test_pg_manual_to_patroni import ManualLab
 
 from dbfleet.backups.dr import standby_checks
 from dbfleet.cli import main
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.postgres import PostgresSession
 from dbfleet.lab import lifecycle
-from dbfleet.lab.topology import container_name
-from dbfleet.playbook import PlaybookResult, run_playbook
 from dbfleet.secrets import load_secrets
-from dbfleet.spec import PostgresCluster, load_fleet
+from dbfleet.spec import load_fleet
 
 pytestmark = pytest.mark.lab
 
@@ -71,26 +70,10 @@ def manual_spec(folder: Path) -> Path:
 
 
 @dataclass
-class StandbyLab:
-    name: str
-    spec: Path
-    state: lifecycle.LabState
-    cluster: PostgresCluster
-    secrets: dict[str, str]
+class StandbyLab(ManualLab):
+    """test_pg_manual_to_patroni's lab, with the spec it was made from."""
 
-    def address(self, host: str) -> str:
-        return next(h.address for h in self.state.hosts if h.name == host)
-
-    def container(self, host: str) -> str:
-        return container_name(self.name, host)
-
-    @property
-    def inventory_path(self) -> Path:
-        return self.state.inventory
-
-    def converge(self, *extra: str) -> PlaybookResult:
-        return run_playbook("postgres.yml", self.state.inventory, list(extra),
-                            echo=os.environ.get("DBFLEET_ECHO", "1") == "1")
+    spec: Path = Path()
 
     def promote(self, *flags: str) -> tuple[int, dict[str, Any]]:
         argv = ["--spec", str(self.spec), "dr", "promote", "--cluster", self.cluster.name,
@@ -134,7 +117,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandbyLab]:
     state = lifecycle.up(fleet, name, inventories, {"postgres"})
     cluster = fleet.of_engine("postgres")[0]
     try:
-        yield StandbyLab(name, spec, state, cluster, load_secrets(state.secrets))
+        yield StandbyLab(name, state, cluster, load_secrets(state.secrets), spec)
     finally:
         if os.environ.get("DBFLEET_KEEP_STANDBY_LAB") != "1":  # to look at a failure; never set in CI
             lifecycle.down(name, inventories)
@@ -215,7 +198,7 @@ def assert_fence_holds(lab: StandbyLab, host: str) -> dict[str, str]:
             in ("running", "degraded"), 120, every=2)
     time.sleep(5)  # a unit started at boot would be up by now
     seen["after restart"] = refuses_writes(lab, host)
-    again = lab.converge()
+    again = lab.converge("postgres.yml")
     assert again.ok, "a converge after the promotion failed:\n" + again.failures()
     seen["after converge"] = refuses_writes(lab, host)
     assert lab.in_recovery(STANDBY) is False, "the promoted site must still lead after the converge"
@@ -226,12 +209,12 @@ def assert_fence_holds(lab: StandbyLab, host: str) -> dict[str, str]:
 
 
 def test_the_converge_builds_the_standby_site_idempotently(lab: StandbyLab) -> None:
-    first = lab.converge()
+    first = lab.converge("postgres.yml")
     assert first.ok, "converge failed:\n" + first.failures() + "\n" + first.output[-3000:]
-    second = lab.converge()
+    second = lab.converge("postgres.yml")
     assert second.ok, second.failures()
     assert second.changed == {}, f"a second converge changed {second.changed}"
-    checked = lab.converge("--check")
+    checked = lab.converge("postgres.yml", ["--check"])
     assert checked.ok, checked.failures()
     assert checked.changed == {}, f"--check after a converge would change {checked.changed}"
 
@@ -326,7 +309,7 @@ def test_the_primary_site_cut_off_then_dr_promote_force_and_the_old_primary_fenc
     assert lab.cluster.dr is not None
     lifecycle.down(lab.name, REPO / "inventories")  # a fresh lab: the last test promoted the standby site
     lab.up()
-    built = lab.converge()
+    built = lab.converge("postgres.yml")
     assert built.ok, "converge failed:\n" + built.failures()
     bounded("pg-dr-1 in recovery", lambda: lab.in_recovery(STANDBY) is True, STREAM_BOUND, every=1)
     writer = Writer(lab, "pg-1")
