@@ -215,7 +215,8 @@ def test_replicas_and_pg_basebackup_verify_the_primary_against_the_fleet_ca() ->
 
     conninfo = dict(pair.split("=", 1) for pair in dict(settings(render_settings(
         {}, host="pg-2", postgres_is_primary=False, postgres_server_slot="pg_2", postgres_server_stream_slot="pg_2",
-        postgres_server_application_name="pg_2", postgres_server_primary_address="10.0.0.1")))["primary_conninfo"].split())
+        postgres_server_application_name="pg_2",
+        postgres_server_primary_address="10.0.0.1")))["primary_conninfo"].split())
     assert (conninfo["host"], conninfo["sslmode"], conninfo["sslrootcert"]) == (
         "10.0.0.1", "verify-full", "/etc/postgresql/tls/ca.crt")
     assert "-d '{{ postgres_server_primary_conninfo }}'" in (ROLE / "tasks" / "replica.yml").read_text()
