@@ -124,6 +124,19 @@ def test_pg_parameters_spell_booleans_as_postgres_does() -> None:
         "hot_standby": "on", "fsync": "off", "max_connections": 5, "x": "on"}
 
 
+def test_the_leader_is_the_first_answering_patronis_and_only_one_of_the_servers() -> None:
+    """patroni_leader (the patroni role's discover): the hosts' GET /cluster results in host order."""
+    def seen(leader: str, status: int = 200) -> dict[str, Any]:
+        return {"status": status, "json": {"members": [{"name": "pg-9", "role": "replica"},
+                                                       {"name": leader, "role": "leader"}]}}
+    servers = ["pg-1", "pg-2", "pg-3"]
+    assert filters.patroni_leader([{"status": -1}, seen("pg-2"), seen("pg-3")], servers) == "pg-2"
+    assert filters.patroni_leader([seen("pg-1", status=503), seen("pg-3")], servers) == "pg-3"
+    assert filters.patroni_leader([seen("etcd-1"), seen("pg-1")], servers) == "pg-1"  # not a server: the next
+    assert filters.patroni_leader([{}, {"status": 200, "json": {"members": []}}], servers) == ""
+    assert filters.patroni_leader([], servers) == ""
+
+
 def test_the_dcs_diff_patches_only_what_differs_and_drops_parameters_no_longer_wanted() -> None:
     module = PATRONI_CONFIG
     current = {"ttl": 30, "loop_wait": 10, "check_timeline": False,

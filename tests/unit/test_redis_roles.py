@@ -220,3 +220,28 @@ def test_each_role_module_connects_with_the_operators_tls_options(module: Module
     cluster = example.model_copy(update={"tls": example.tls.model_copy(update={"enabled": True})})
     assert module.tls_options(True, CA) == tls.redis_client_tls(cluster, CA)
     assert module.tls_options(False, CA) == {}
+
+
+def test_a_file_of_servers_set_up_the_other_way_than_tls_enabled_is_named() -> None:
+    """redis_tls_other_way (redis_common's refusal to switch in place): slurp's results, content in base64."""
+    import base64
+    import importlib.util
+
+    found = importlib.util.spec_from_file_location("dbfleet_redis", REPO / "playbooks/filter_plugins/dbfleet_redis.py")
+    assert found and found.loader
+    filters = importlib.util.module_from_spec(found)
+    found.loader.exec_module(filters)
+
+    def read(path: str, text: str | None) -> dict[str, Any]:
+        return {"item": path} | ({"content": base64.b64encode(text.encode()).decode()} if text is not None else {})
+
+    managed, sentinel, marker = "/etc/redis/dbfleet.conf", "/etc/redis/sentinel.conf", "# Managed by dbfleet"
+    tls_files = [read(managed, "port 0\ntls-replication yes\n"), read(sentinel, f"{marker}\ntls-replication yes\n")]
+    plain_files = [read(managed, "port 6379\n"), read(sentinel, f"{marker}\nport 26379\n")]
+    assert filters.redis_tls_other_way(tls_files, True, sentinel, marker) == []
+    assert filters.redis_tls_other_way(tls_files, False, sentinel, marker) == [managed, sentinel]
+    assert filters.redis_tls_other_way(plain_files, True, sentinel, marker) == [managed, sentinel]
+    # Debian's Sentinel file (no marker), a missing file, a commented line: nothing to refuse.
+    fresh = [read(managed, None), read(sentinel, "port 26379\n"), read(managed, "# tls-replication yes\n")]
+    assert filters.redis_tls_other_way(fresh, False, sentinel, marker) == []
+    assert filters.redis_tls_other_way(fresh[:2], True, sentinel, marker) == []
