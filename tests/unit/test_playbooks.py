@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = sorted((REPO / "playbooks").glob("*.yml"))
@@ -217,3 +218,28 @@ def test_every_include_of_the_pki_role_applies_the_pki_tag() -> None:
                 assert "pki" in tags, f"{path}: {task.get('name')} is not tagged pki"
                 assert "pki" in (include.get("apply") or {}).get("tags", []), f"{path}: {task.get('name')} lacks apply"
     assert includes >= 7  # postgres_server, patroni, etcd, haproxy, redis_common, mongo_common, prometheus
+
+
+def tasks_in(node: object) -> list[dict[str, object]]:
+    """Every task of a playbook or task file, nested blocks and plays included."""
+    found: list[dict[str, object]] = []
+    if isinstance(node, list):
+        for item in node:
+            found += tasks_in(item)
+    elif isinstance(node, dict):
+        found.append(node)
+        for key in ("tasks", "pre_tasks", "post_tasks", "handlers", "block", "rescue", "always"):
+            found += tasks_in(node.get(key))
+    return found
+
+
+def test_every_task_calling_pg_promote_is_skipped_in_check_mode() -> None:
+    """postgresql_query's check mode rolls back a transaction, which cannot undo pg_promote(): `--check` promoted."""
+    files = sorted((REPO / "playbooks").rglob("*.yml"))
+    promoting = [(f.name, t) for f in files for t in tasks_in(yaml.safe_load(f.read_text()))
+                 if "pg_promote(" in str(t.get("community.postgresql.postgresql_query") or "")]
+    assert len(promoting) >= 2, promoting
+    for name, task in promoting:
+        when = task.get("when")
+        conditions = when if isinstance(when, list) else [when]
+        assert any("not ansible_check_mode" in str(c) for c in conditions), (name, task.get("name"))
