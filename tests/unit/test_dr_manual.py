@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
+from dbfleet.addresses import check_address
 from dbfleet.cli import main
 from dbfleet.commands import dr as dr_command
+from dbfleet.engines.access import FleetAccess
+from dbfleet.errors import PermanentError
 from dbfleet.inventory import HostAccess, build_inventory, standby_group
 from dbfleet.inventory_format import inventory_yaml
 from dbfleet.playbook import PlaybookResult, parse_recap
@@ -344,3 +347,31 @@ def test_playbook_vars_are_json_data(manual: PostgresCluster) -> None:
     flag, extra = dr_manual.playbook_vars(manual, True, ["pg-1"])
     assert flag == "-e" and json.loads(extra) == {"dr_cluster": "pg-main", "dr_force": True,
                                                    "dr_unreachable": ["pg-1"]}
+
+
+# --------------------------------------------------------------------------- addresses are data
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1' sslmode=disable host='evil", "10.0.0.1 host=evil", "a,b", "",
+                                     "10.0.0.1;id", "-host"])
+def test_an_address_that_is_not_an_ip_or_host_name_is_refused_where_the_inventory_is_built(address: str) -> None:
+    """Regression: postgres_server_follow and the primary's address reached a shell command and libpq conninfo."""
+    fleet = parse_fleet(manual_spec_text(), "fleet.yaml")
+    access = {h: HostAccess(f"10.0.0.{i + 10}") for i, h in enumerate(PRIMARY + STANDBY)}
+    access["pg-2"] = HostAccess(address)
+    with pytest.raises(PermanentError, match="host pg-2: its address: .* is not an IP address or a DNS host name"):
+        build_inventory(fleet, access)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1' host=evil", "a b"])
+def test_an_address_that_is_not_an_ip_or_host_name_is_refused_where_the_inventory_is_read(
+        tmp_path: Path, address: str) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"pg-1": {"dbfleet_address": address}}}}))
+    with pytest.raises(PermanentError, match=r"hosts.yml: host pg-1: dbfleet_address: .* is not an IP address"):
+        FleetAccess.load(inventory, tmp_path / "none.yml")
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "fd00::1", "db-1.example.internal", "pg-1", "db.example.com."])
+def test_ip_addresses_and_host_names_pass(address: str) -> None:
+    assert check_address(address, "here") == address
