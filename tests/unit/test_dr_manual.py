@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -375,3 +375,27 @@ def test_an_address_that_is_not_an_ip_or_host_name_is_refused_where_the_inventor
 @pytest.mark.parametrize("address", ["10.0.0.1", "fd00::1", "db-1.example.internal", "pg-1", "db.example.com."])
 def test_ip_addresses_and_host_names_pass(address: str) -> None:
     assert check_address(address, "here") == address
+
+
+# --------------------------------------------------------------------------- what is missing is a usage error
+
+
+def test_a_missing_superuser_secret_is_a_usage_error_not_a_silent_site(files: dict[str, Path]) -> None:
+    """Regression: a missing secret made every server 'not answer' (a cut-off primary site, promotable with
+    --force) instead of naming what is missing."""
+    files["secrets"].write_text("dbfleet_secrets: {postgres_replication_password: x}\n")
+    argv = ["--spec", str(files["spec"]), "dr", "promote", "--cluster", "pg-main", "--force",
+            "--inventory", str(files["inventory"]), "--secrets", str(files["secrets"])]
+    with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
+        assert main(argv) == 2
+    assert "postgres_superuser_password" in err.getvalue(), err.getvalue()
+
+
+def test_a_host_missing_from_the_inventory_is_a_usage_error(files: dict[str, Path]) -> None:
+    files["inventory"].write_text(yaml.safe_dump({"all": {"hosts": {h: {"dbfleet_address": f"127.0.0.{i + 10}"}
+                                                                    for i, h in enumerate(PRIMARY)}}}))
+    argv = ["--spec", str(files["spec"]), "dr", "promote", "--cluster", "pg-main", "--force",
+            "--inventory", str(files["inventory"]), "--secrets", str(files["secrets"])]
+    with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
+        assert main(argv) == 2
+    assert "host pg-dr-1 is not in the inventory" in err.getvalue(), err.getvalue()

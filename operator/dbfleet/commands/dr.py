@@ -149,6 +149,7 @@ def run_manual_promote(args: argparse.Namespace, spec_sha256: str, cluster: Post
                          "with ha: manual\")")
     try:
         sites = ManualSites(cluster, FleetAccess.load(inventory_path(args), secrets_path(args)))
+        sites.check_access()
     except (ReconcileError, SecretsError) as exc:
         raise UsageError(str(exc)) from None
     primary, standby, silent = sites.observe()

@@ -22,6 +22,7 @@ import psycopg
 
 from dbfleet.actions import Action
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
+from dbfleet.engines.credentials import POSTGRES_SUPERUSER
 from dbfleet.engines.postgres import classify, connect, pg_paths
 from dbfleet.errors import ReconcileError
 from dbfleet.playbook import PlaybookResult
@@ -104,7 +105,7 @@ def is_fenced(cluster: PostgresCluster, access: FleetAccess, host: str) -> bool:
     marker = f"{pg_paths(cluster).data_dir}/{FENCE_MARKER}"
     try:
         return access.executor.run(host, ["test", "-e", marker], timeout=CONNECT_TIMEOUT * 2).rc == 0
-    except ReconcileError:
+    except (ReconcileError, OSError):
         return False
 
 
@@ -123,6 +124,14 @@ class ManualSites:
     @property
     def standby_hosts(self) -> list[str]:
         return [h.name for h in self.cluster.standby_hosts()]
+
+    def check_access(self) -> None:
+        """Every host of both sites in the inventory, and the superuser's password in the secrets file: a
+        PermanentError naming what is missing, before anything is observed (missing, every server would count as
+        not answering, and the primary site as cut off)."""
+        for host in self.primary_hosts + self.standby_hosts:
+            self.access.address(host)
+        self.access.password(POSTGRES_SUPERUSER)
 
     def answers(self) -> dict[str, Answer]:
         """Every server of both sites at once: a site cut off costs one connection timeout, not one per server."""
