@@ -243,3 +243,33 @@ def test_every_task_calling_pg_promote_is_skipped_in_check_mode() -> None:
         when = task.get("when")
         conditions = when if isinstance(when, list) else [when]
         assert any("not ansible_check_mode" in str(c) for c in conditions), (name, task.get("name"))
+
+
+def test_a_site_with_a_host_fenced_by_dr_promote_is_left_alone_whole(tmp_path: Path) -> None:
+    """Regression: discover.yml ended only the fenced host's play; another host of the site (a replica promoted by
+    hand, or re-cloned) then went on as the site's primary. Now every host of a site with a fenced host ends there.
+    Run for real against local hosts whose data directories are temporary folders."""
+    hosts = {}
+    for name, files in {"pg-1": ["PG_VERSION", "standby.signal", "dbfleet.fenced"], "pg-2": ["PG_VERSION"],
+                        "pg-3": ["PG_VERSION", "standby.signal"]}.items():
+        data = tmp_path / name
+        data.mkdir()
+        for file in files:
+            (data / file).write_text("")
+        hosts[name] = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                       "postgres_data_dir": str(data), "dbfleet_group": "cluster_pg_x", "dbfleet_cluster": "pg-x",
+                       "dbfleet_address": "127.0.0.1", "postgres_server_version": "15"}
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts, "children": {
+        "postgres": {"hosts": dict.fromkeys(hosts, {})}, "postgres_primary": {"hosts": {"pg-1": {}}},
+        "cluster_pg_x": {"hosts": dict.fromkeys(hosts, {})}}}}))
+    play = tmp_path / "discover.yml"
+    play.write_text(yaml.safe_dump([{"name": "Discover", "hosts": "postgres", "gather_facts": False, "tasks": [
+        {"name": "Discover", "ansible.builtin.include_role": {"name": "postgres_server", "tasks_from": "discover"}},
+        {"name": "Past discover", "ansible.builtin.debug": {"msg": "went on"}}]}]))
+    env = {**ENV, "ANSIBLE_ROLES_PATH": str(REPO / "playbooks" / "roles"), "ANSIBLE_STRATEGY": "linear"}
+    done = subprocess.run(["ansible-playbook", "-i", str(inventory), str(play)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "went on" not in done.stdout, done.stdout[-3000:]
+    assert "pg-2: pg-1 of its site was fenced by dr promote" in done.stdout, done.stdout[-3000:]
