@@ -399,3 +399,22 @@ def test_a_host_missing_from_the_inventory_is_a_usage_error(files: dict[str, Pat
     with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
         assert main(argv) == 2
     assert "host pg-dr-1 is not in the inventory" in err.getvalue(), err.getvalue()
+
+
+def test_each_step_is_reported_from_what_was_observed_after_the_playbook(
+        files: dict[str, Path], servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: every planned step was reported done or failed with the playbook's exit, whatever it did: a
+    playbook that fenced the primary site then refused to promote reported the fence failed too."""
+    def play(playbook: str, inventory: Path, extra: list[str], echo: bool = True) -> PlaybookResult:
+        for host in PRIMARY:
+            servers.state[host] = Answer(None, "connection refused", fenced=True)
+        output = recap(True)
+        return PlaybookResult(2, parse_recap(output), output)
+
+    monkeypatch.setattr(dr_command, "run_playbook", play)
+    code, out = run(files)
+    assert code == 1 and not out["ok"], out
+    assert [(s["kind"], s["status"]) for s in out["steps"]] == [("fence-site", "done"), ("promote-site", "failed")]
+    assert out["after"] == {"fenced": PRIMARY, "leader": None}, out
+    trail = files["state"].with_name(AUDIT_FILE_NAME).read_text()
+    assert trail.count('"failed"') == 1 and trail.count('"done"') == 1, trail

@@ -174,12 +174,14 @@ def run_manual_promote(args: argparse.Namespace, spec_sha256: str, cluster: Post
         return run_playbook(playbook, inventory, extra, echo=not args.json)
 
     done = promote_manual(sites, args.force, inventory_path(args), silent, args.timeout, run, record, steps)
-    lines = [seen, *(f"{a.render()} -> {'done' if done.ok else 'failed'}" for a in steps),
+    lines = [seen, *(f"{a.render()} -> {done.step_status(a)}" for a in steps),
+             f"after: fenced {', '.join(done.fenced) or 'none'}; leading {done.leader or 'none'}",
              f"{done.decision.step}: {done.decision.reason} ({done.seconds:.1f}s)"]
     if args.force:
         lines.insert(1, FORCE_SKIPS)
         base["force"] = FORCE_SKIPS
-    data = {**base, "steps": [{**a.as_dict(), "status": "done" if done.ok else "failed"} for a in steps],
+    data = {**base, "steps": [{**a.as_dict(), "status": done.step_status(a)} for a in steps],
+            "after": {"fenced": list(done.fenced), "leader": done.leader},
             "end": done.decision.step, "reason": done.decision.reason, "ok": done.ok,
             "seconds": round(done.seconds, 3), "playbook": {"returncode": done.played.returncode,
                                                             "changed": done.played.changed}}

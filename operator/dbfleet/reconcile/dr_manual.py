@@ -173,10 +173,25 @@ class ManualPromotion:
     fenced or silent."""
     seconds: float
     settled: bool
+    fenced: tuple[str, ...] = ()
+    """The primary-site hosts observed fenced after the playbook (dbfleet.fenced in their data directory)."""
+    leader: str | None = None
+    """The standby-site host observed accepting writes after the playbook, if any."""
 
     @property
     def ok(self) -> bool:
         return self.played.ok and self.decision.step == "done"
+
+    def step_status(self, action: Action) -> str:
+        """What became of a planned step, from what was observed after the playbook (not from the plan): a fence
+        is done once every primary-site host is fenced, a promotion once a standby-site host accepts writes."""
+        if action.kind == "fence-site":
+            done = set(action.target.split(",")) <= set(self.fenced)
+        elif action.kind == "promote-site":
+            done = self.leader is not None
+        else:
+            done = self.ok
+        return "done" if done else "failed" if not self.played.ok else "not done"
 
 
 def promote_manual(sites: ManualSites, force: bool, inventory: Path, unreachable: Sequence[str], timeout: float,
@@ -191,19 +206,24 @@ def promote_manual(sites: ManualSites, force: bool, inventory: Path, unreachable
     played = run(PLAYBOOK, inventory, playbook_vars(sites.cluster, force, unreachable))
     decision = Decision("refuse", f"{PLAYBOOK} failed (exit {played.returncode})")
     settled = False
-    if played.ok:
-        while True:
-            primary, standby, _ = sites.observe()
-            decision = decide(primary, standby, force, True, sites.names)
-            settled = decision.step in ("done", "refuse")
-            if settled or clock() - started > timeout:
-                break
-            sleep(1)
-        if not settled:
-            decision = Decision("refuse", f"not settled within {timeout:.0f}s: {decision.reason}")
-    seconds = clock() - started
+    while True:  # observed after a failed playbook too: the report says what it did before it failed
+        answers = sites.answers()
+        primary = site_from_answers(sites.primary_hosts, answers, strict=True)
+        standby = site_from_answers(sites.standby_hosts, answers)
+        if not played.ok:
+            break
+        decision = decide(primary, standby, force, True, sites.names)
+        settled = decision.step in ("done", "refuse")
+        if settled or clock() - started > timeout:
+            break
+        sleep(1)
+    if played.ok and not settled:
+        decision = Decision("refuse", f"not settled within {timeout:.0f}s: {decision.reason}")
+    done = ManualPromotion(played, decision, clock() - started, settled,
+                           tuple(h for h in sites.primary_hosts if answers[h].fenced),
+                           standby.leader if standby.writable else None)
     if record:
         message = decision.reason if played.ok else output_tail(played, 12)
         for action in steps:
-            record(action, "done" if played.ok and decision.step == "done" else "failed", message, seconds)
-    return ManualPromotion(played, decision, seconds, settled)
+            record(action, done.step_status(action), message, done.seconds)
+    return done
