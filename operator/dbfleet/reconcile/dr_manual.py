@@ -104,7 +104,7 @@ def is_fenced(cluster: PostgresCluster, access: FleetAccess, host: str) -> bool:
     reached to look (its server then counts by what it answers)."""
     marker = f"{pg_paths(cluster).data_dir}/{FENCE_MARKER}"
     try:
-        return access.executor.run(host, ["test", "-e", marker], timeout=CONNECT_TIMEOUT * 2).rc == 0
+        return access.executor.run(host, ["test", "-e", marker], user="postgres", timeout=CONNECT_TIMEOUT * 2).rc == 0
     except (ReconcileError, OSError):
         return False
 
