@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dbfleet.addresses import check_address
 from dbfleet.engines.base import AnyCluster
 from dbfleet.engines.mongo import mongos_hosts
 from dbfleet.inventory_format import SpecText, from_spec, inventory_yaml
@@ -106,6 +107,8 @@ def inventory_roles(fleet: Fleet) -> dict[str, tuple[str, list[str]]]:
 def build_inventory(fleet: Fleet, access: dict[str, HostAccess],
                     extra_vars: dict[str, Any] | None = None) -> dict[str, Any]:
     """Inventory as a YAML-ready dict. Hosts missing from `access` are left out (say, no Mongo image)."""
+    for host, reach in access.items():  # they reach conninfo strings, pg_hba lines and certificates
+        check_address(reach.address, f"host {host}: its address")
     children: dict[str, dict[str, Any]] = {}
 
     def add(group: str, host: str, hostvars: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
+from dbfleet.addresses import check_address
 from dbfleet.cli import main
 from dbfleet.commands import dr as dr_command
+from dbfleet.engines.access import FleetAccess
+from dbfleet.errors import PermanentError
 from dbfleet.inventory import HostAccess, build_inventory, standby_group
 from dbfleet.inventory_format import inventory_yaml
 from dbfleet.playbook import PlaybookResult, parse_recap
@@ -97,50 +100,111 @@ def test_the_standby_sites_inputs_reach_ansible_as_data() -> None:
 
 
 def seen(primary: tuple[str, ...], standby: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Per host: 'w' accepts writes, 'r' in recovery, '-' does not answer."""
+    """Per host: 'w' accepts writes, 'r' in recovery, '-' does not answer (Ansible does not reach it either), 's'
+    does not answer SQL though Ansible reaches it, 'f' fenced by dr promote (stopped: it answers nothing). A host in
+    recovery has replayed further the later it comes."""
     out = {}
-    for host, state in [*zip(PRIMARY, primary, strict=False), *zip(STANDBY + ["pg-dr-2"], standby, strict=False)]:
-        out[host] = {"answered": state != "-", "in_recovery": state == "r", "fenced": False}
+    for i, (host, state) in enumerate([*zip(PRIMARY, primary, strict=False),
+                                       *zip(STANDBY + ["pg-dr-2"], standby, strict=False)]):
+        out[host] = {"answered": state in "wr", "in_recovery": state == "r", "fenced": state == "f",
+                     "reached": state != "-", "replay_lsn": f"0/{i + 1}000000" if state == "r" else "",
+                     "stop_lsn": "0/9000000" if state == "f" else "", "stop_state": "shut down" if state == "f" else ""}
     return out
 
 
 def answers(primary: tuple[str, ...], standby: tuple[str, ...]) -> dict[str, Answer]:
-    return {h: Answer(None if s["answered"] is False else s["in_recovery"], "" if s["answered"] else "timed out")
+    return {h: Answer(s["in_recovery"] if s["answered"] else None, "" if s["answered"] else "timed out",
+                      bool(s["fenced"]), s["replay_lsn"])
             for h, s in seen(primary, standby).items()}
 
 
-STATES = list(itertools.product(itertools.product("wr-", repeat=3), itertools.product("wr-", repeat=2)))
+STATES = list(itertools.product(itertools.product("wrsf-", repeat=3), itertools.product("wr-", repeat=2)))
 
 
 @pytest.mark.parametrize("force,fence_tried", [(False, False), (True, False), (False, True), (True, True)])
 def test_the_playbooks_filter_takes_the_operators_step_in_every_state(force: bool, fence_tried: bool) -> None:
+    """Same step, same host promoted, and the filter fences exactly the primary-site hosts that are not fenced and
+    that Ansible reaches, fenced ones and silent writers included."""
     standby_hosts = STANDBY + ["pg-dr-2"]
     for primary_state, standby_state in STATES:
         observed = answers(primary_state, standby_state)
-        expected = decide(site_from_answers(PRIMARY, observed), site_from_answers(standby_hosts, observed), force,
-                          fence_tried)
+        primary_site = site_from_answers(PRIMARY, observed, strict=True)
+        standby_site = site_from_answers(standby_hosts, observed)
+        expected = decide(primary_site, standby_site, force, fence_tried)
         plan = FILTER.dr_promote_plan(seen(primary_state, standby_state), PRIMARY, standby_hosts, force, fence_tried)
-        assert plan["step"] == expected.step, (primary_state, standby_state, plan, expected)
+        where = (primary_state, standby_state, plan, expected)
+        assert plan["step"] == expected.step, where
+        if plan["step"] == "promote":
+            assert plan["promote"] == standby_site.leader, where
+        if plan["step"] in ("fence", "promote", "done"):
+            assert plan["fence"] == [h for h, st in zip(PRIMARY, primary_state, strict=True) if st in "wrs"], where
+        assert set(plan["catch_up"]) == {h for h, st in zip(PRIMARY, primary_state, strict=True) if st == "f"}
 
 
-def test_the_fence_takes_the_servers_that_accept_writes_not_the_spec_primary() -> None:
-    plan = FILTER.dr_promote_plan(seen(("r", "w", "r"), ("r",)), PRIMARY, STANDBY, False, False)
-    assert plan["step"] == "fence" and plan["fence"] == ["pg-2"]
+def test_a_primary_site_host_that_does_not_answer_makes_the_site_unknown() -> None:
+    """Regression: a replica answering in recovery beside a silent primary (max_connections, a pg_hba or TLS fault for
+    the operator only) made the site look fenced, and the standby was promoted without fence or force."""
+    observed = seen(("s", "r", "r"), ("r",))
+    plan = FILTER.dr_promote_plan(observed, PRIMARY, STANDBY, False, False)
+    assert plan["step"] == "refuse" and "pg-1 does not answer" in plan["reason"], plan
+    site = site_from_answers(PRIMARY, answers(("-", "r", "r"), ("r",)), strict=True)
+    assert not site.reachable and decide(site, site_from_answers(STANDBY, answers(("-",), ("r",))), False).step \
+        == "refuse"
+    forced = FILTER.dr_promote_plan(observed, PRIMARY, STANDBY, True, False)
+    assert forced["step"] == "promote" and forced["fence"] == PRIMARY, forced
 
 
-def test_the_first_standby_host_in_recovery_is_promoted_and_the_others_repointed() -> None:
-    plan = FILTER.dr_promote_plan(seen(("-", "-", "-"), ("-", "r")), PRIMARY, ["pg-dr-1", "pg-dr-2"], "True")
-    assert plan["step"] == "promote" and plan["promote"] == "pg-dr-2" and plan["repoint"] == ["pg-dr-1"]
+def test_the_fence_takes_every_unfenced_host_of_the_primary_site() -> None:
+    plan = FILTER.dr_promote_plan(seen(("r", "w", "f"), ("r",)), PRIMARY, STANDBY, False, False)
+    assert plan["step"] == "fence" and plan["fence"] == ["pg-1", "pg-2"], plan
+    plan = FILTER.dr_promote_plan(seen(("r", "r", "r"), ("r",)), PRIMARY, STANDBY, False, False)
+    assert plan["step"] == "fence" and plan["fence"] == PRIMARY, plan
+
+
+def test_the_standby_host_that_replayed_furthest_is_promoted_and_the_others_repointed() -> None:
+    hosts = ["pg-dr-1", "pg-dr-2"]
+    observed = seen(("f", "f", "f"), ("r", "r"))
+    observed["pg-dr-1"]["replay_lsn"] = "1/0"
+    plan = FILTER.dr_promote_plan(observed, PRIMARY, hosts, False, False)
+    assert plan["step"] == "promote" and plan["promote"] == "pg-dr-1" and plan["repoint"] == ["pg-dr-2"], plan
+    observed["pg-dr-1"]["replay_lsn"] = "0/1"
+    plan = FILTER.dr_promote_plan(observed, PRIMARY, hosts, False, False)
+    assert plan["promote"] == "pg-dr-2" and plan["repoint"] == ["pg-dr-1"], plan
     assert FILTER.dr_promote_plan(seen(("-", "-", "-"), ("r",)), PRIMARY, STANDBY, "false")["step"] == "refuse"
 
 
-def test_a_fenced_server_that_answers_nothing_is_known_fenced() -> None:
-    observed = seen(("-", "-", "-"), ("r",))
-    observed["pg-1"]["fenced"] = True
-    plan = FILTER.dr_promote_plan(observed, PRIMARY, STANDBY, False, True)
-    assert plan["step"] == "promote" and "pg-1 fenced" in plan["primary_site"]
+def test_a_fenced_server_that_answers_nothing_is_known_fenced_and_caught_up_with() -> None:
+    """Regression: a second run (the fence done by the first) skipped the catch-up; the stop LSN is read each run."""
+    observed = seen(("f", "f", "f"), ("r",))
+    plan = FILTER.dr_promote_plan(observed, PRIMARY, STANDBY, False, False)
+    assert plan["step"] == "promote" and "pg-1, pg-2, pg-3 fenced" in plan["primary_site"], plan
+    assert plan["catch_up"] == dict.fromkeys(PRIMARY, "0/9000000") and plan["unclean"] == []
     observed["pg-dr-1"] = {"answered": True, "in_recovery": False, "fenced": False}
     assert FILTER.dr_promote_plan(observed, PRIMARY, STANDBY)["step"] == "done"
+
+
+def test_a_fenced_server_that_did_not_shut_down_cleanly_is_unclean() -> None:
+    """Regression: after a crash or a stop cut short "Latest checkpoint location" is not the last record."""
+    observed = seen(("f", "f", "f"), ("r",))
+    observed["pg-1"]["stop_state"] = "in production"
+    observed["pg-2"]["stop_state"] = "shut down in recovery"
+    assert FILTER.dr_promote_plan(observed, PRIMARY, STANDBY)["unclean"] == ["pg-1"]
+
+
+def test_the_playbook_waits_for_every_fenced_server_and_refuses_an_unclean_one() -> None:
+    playbook = yaml.safe_load((REPO / "playbooks" / "pg_dr_promote.yml").read_text())
+    tasks = {t["name"]: t for t in playbook[0]["tasks"]}
+    wait = tasks["Wait until the host to promote has every record the fenced servers wrote (force does not wait)"]
+    assert wait["loop"] == "{{ dr_plan.catch_up | dict2items }}" and "dr_fenced" not in str(wait["when"])
+    unclean = tasks["Refuse to promote over a fenced server that did not stop cleanly"]
+    assert "dr_plan.unclean" in unclean["ansible.builtin.assert"]["that"]
+    observe = (REPO / "playbooks" / "tasks" / "dr_observe.yml").read_text()
+    control = next(t for t in yaml.safe_load(observe) if "pg_controldata" in str(t))
+    assert control["environment"] == {"LC_ALL": "C"} and control["ansible.builtin.command"]["argv"][0].endswith(
+        "/pg_controldata")
+    fence = yaml.safe_load((REPO / "playbooks" / "tasks" / "dr_fence.yml").read_text())
+    stop = next(t for t in fence if t["name"].startswith("Stop the server"))
+    assert stop["ansible.builtin.command"]["argv"][:2] == ["timeout", "{{ dr_stop_seconds }}"]
 
 
 def test_the_filter_is_what_the_playbook_calls() -> None:
@@ -156,8 +220,12 @@ def test_a_site_is_what_its_servers_answer() -> None:
     site = site_from_answers(PRIMARY, {"pg-1": Answer(None, "timed out"), "pg-2": Answer(True),
                                        "pg-3": Answer(False)})
     assert site.reachable and site.writable and site.leader == "pg-3" and not site.fenced
-    fenced = site_from_answers(PRIMARY, {"pg-1": Answer(None, "refused"), "pg-2": Answer(True), "pg-3": Answer(True)})
-    assert fenced.fenced and not fenced.writable and fenced.leader == "pg-2"
+    strict = site_from_answers(PRIMARY, {"pg-1": Answer(None, "refused"), "pg-2": Answer(True), "pg-3": Answer(True)},
+                               strict=True)
+    assert not strict.reachable and "pg-1: refused" in strict.error
+    fenced = site_from_answers(PRIMARY, {"pg-1": Answer(None, "refused", True), "pg-2": Answer(True, "", True),
+                                         "pg-3": Answer(None, "refused", True)}, strict=True)
+    assert fenced.reachable and fenced.fenced and not fenced.writable
     gone = site_from_answers(PRIMARY, {h: Answer(None, "timed out") for h in PRIMARY})
     assert not gone.reachable and "pg-1: timed out" in gone.error
 
@@ -215,7 +283,8 @@ def fake_playbook(servers: Servers, monkeypatch: pytest.MonkeyPatch, fails: bool
     def play(playbook: str, inventory: Path, extra: list[str], echo: bool = True) -> PlaybookResult:
         servers.played.append([playbook, *extra])
         if not fails:
-            servers.state["pg-1"] = Answer(None, "connection refused")
+            for host in PRIMARY:
+                servers.state[host] = Answer(None, "connection refused", fenced=True)
             servers.state["pg-dr-1"] = Answer(False)
         output = recap(fails)
         return PlaybookResult(2 if fails else 0, parse_recap(output), output)
@@ -252,6 +321,7 @@ def test_a_cut_off_primary_site_refuses_without_force_and_is_left_alone_with_it(
     assert code == 1 and out["end"] == "refuse" and "does not answer" in out["reason"] and servers.played == []
     code, out = run(files, "--force")
     assert code == 0 and [s["kind"] for s in out["steps"]] == ["promote-site"], out
+    assert "does not wait for the fenced servers' last records" in out["force"], out
     assert json.loads(servers.played[0][2])["dr_unreachable"] == PRIMARY
 
 
@@ -277,3 +347,74 @@ def test_playbook_vars_are_json_data(manual: PostgresCluster) -> None:
     flag, extra = dr_manual.playbook_vars(manual, True, ["pg-1"])
     assert flag == "-e" and json.loads(extra) == {"dr_cluster": "pg-main", "dr_force": True,
                                                    "dr_unreachable": ["pg-1"]}
+
+
+# --------------------------------------------------------------------------- addresses are data
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1' sslmode=disable host='evil", "10.0.0.1 host=evil", "a,b", "",
+                                     "10.0.0.1;id", "-host"])
+def test_an_address_that_is_not_an_ip_or_host_name_is_refused_where_the_inventory_is_built(address: str) -> None:
+    """Regression: postgres_server_follow and the primary's address reached a shell command and libpq conninfo."""
+    fleet = parse_fleet(manual_spec_text(), "fleet.yaml")
+    access = {h: HostAccess(f"10.0.0.{i + 10}") for i, h in enumerate(PRIMARY + STANDBY)}
+    access["pg-2"] = HostAccess(address)
+    with pytest.raises(PermanentError, match="host pg-2: its address: .* is not an IP address or a DNS host name"):
+        build_inventory(fleet, access)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1' host=evil", "a b"])
+def test_an_address_that_is_not_an_ip_or_host_name_is_refused_where_the_inventory_is_read(
+        tmp_path: Path, address: str) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"pg-1": {"dbfleet_address": address}}}}))
+    with pytest.raises(PermanentError, match=r"hosts.yml: host pg-1: dbfleet_address: .* is not an IP address"):
+        FleetAccess.load(inventory, tmp_path / "none.yml")
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "fd00::1", "db-1.example.internal", "pg-1", "db.example.com."])
+def test_ip_addresses_and_host_names_pass(address: str) -> None:
+    assert check_address(address, "here") == address
+
+
+# --------------------------------------------------------------------------- what is missing is a usage error
+
+
+def test_a_missing_superuser_secret_is_a_usage_error_not_a_silent_site(files: dict[str, Path]) -> None:
+    """Regression: a missing secret made every server 'not answer' (a cut-off primary site, promotable with
+    --force) instead of naming what is missing."""
+    files["secrets"].write_text("dbfleet_secrets: {postgres_replication_password: x}\n")
+    argv = ["--spec", str(files["spec"]), "dr", "promote", "--cluster", "pg-main", "--force",
+            "--inventory", str(files["inventory"]), "--secrets", str(files["secrets"])]
+    with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
+        assert main(argv) == 2
+    assert "postgres_superuser_password" in err.getvalue(), err.getvalue()
+
+
+def test_a_host_missing_from_the_inventory_is_a_usage_error(files: dict[str, Path]) -> None:
+    files["inventory"].write_text(yaml.safe_dump({"all": {"hosts": {h: {"dbfleet_address": f"127.0.0.{i + 10}"}
+                                                                    for i, h in enumerate(PRIMARY)}}}))
+    argv = ["--spec", str(files["spec"]), "dr", "promote", "--cluster", "pg-main", "--force",
+            "--inventory", str(files["inventory"]), "--secrets", str(files["secrets"])]
+    with redirect_stdout(StringIO()), redirect_stderr(StringIO()) as err:
+        assert main(argv) == 2
+    assert "host pg-dr-1 is not in the inventory" in err.getvalue(), err.getvalue()
+
+
+def test_each_step_is_reported_from_what_was_observed_after_the_playbook(
+        files: dict[str, Path], servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: every planned step was reported done or failed with the playbook's exit, whatever it did: a
+    playbook that fenced the primary site then refused to promote reported the fence failed too."""
+    def play(playbook: str, inventory: Path, extra: list[str], echo: bool = True) -> PlaybookResult:
+        for host in PRIMARY:
+            servers.state[host] = Answer(None, "connection refused", fenced=True)
+        output = recap(True)
+        return PlaybookResult(2, parse_recap(output), output)
+
+    monkeypatch.setattr(dr_command, "run_playbook", play)
+    code, out = run(files)
+    assert code == 1 and not out["ok"], out
+    assert [(s["kind"], s["status"]) for s in out["steps"]] == [("fence-site", "done"), ("promote-site", "failed")]
+    assert out["after"] == {"fenced": PRIMARY, "leader": None}, out
+    trail = files["state"].with_name(AUDIT_FILE_NAME).read_text()
+    assert trail.count('"failed"') == 1 and trail.count('"done"') == 1, trail

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = sorted((REPO / "playbooks").glob("*.yml"))
@@ -219,3 +220,58 @@ def test_every_include_of_the_pki_role_applies_the_pki_tag() -> None:
                 assert "pki" in tags, f"{path}: {task.get('name')} is not tagged pki"
                 assert "pki" in (include.get("apply") or {}).get("tags", []), f"{path}: {task.get('name')} lacks apply"
     assert includes >= 7  # postgres_server, patroni, etcd, haproxy, redis_common, mongo_common, prometheus
+
+
+def tasks_in(node: object) -> list[dict[str, object]]:
+    """Every task of a playbook or task file, nested blocks and plays included."""
+    found: list[dict[str, object]] = []
+    if isinstance(node, list):
+        for item in node:
+            found += tasks_in(item)
+    elif isinstance(node, dict):
+        found.append(node)
+        for key in ("tasks", "pre_tasks", "post_tasks", "handlers", "block", "rescue", "always"):
+            found += tasks_in(node.get(key))
+    return found
+
+
+def test_every_task_calling_pg_promote_is_skipped_in_check_mode() -> None:
+    """postgresql_query's check mode rolls back a transaction, which cannot undo pg_promote(): `--check` promoted."""
+    files = sorted((REPO / "playbooks").rglob("*.yml"))
+    promoting = [(f.name, t) for f in files for t in tasks_in(yaml.safe_load(f.read_text()))
+                 if "pg_promote(" in str(t.get("community.postgresql.postgresql_query") or "")]
+    assert len(promoting) >= 2, promoting
+    for name, task in promoting:
+        when = task.get("when")
+        conditions = when if isinstance(when, list) else [when]
+        assert any("not ansible_check_mode" in str(c) for c in conditions), (name, task.get("name"))
+
+
+def test_a_site_with_a_host_fenced_by_dr_promote_is_left_alone_whole(tmp_path: Path) -> None:
+    """Regression: discover.yml ended only the fenced host's play; another host of the site (a replica promoted by
+    hand, or re-cloned) then went on as the site's primary. Now every host of a site with a fenced host ends there.
+    Run for real against local hosts whose data directories are temporary folders."""
+    hosts = {}
+    for name, files in {"pg-1": ["PG_VERSION", "standby.signal", "dbfleet.fenced"], "pg-2": ["PG_VERSION"],
+                        "pg-3": ["PG_VERSION", "standby.signal"]}.items():
+        data = tmp_path / name
+        data.mkdir()
+        for file in files:
+            (data / file).write_text("")
+        hosts[name] = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                       "postgres_data_dir": str(data), "dbfleet_group": "cluster_pg_x", "dbfleet_cluster": "pg-x",
+                       "dbfleet_address": "127.0.0.1", "postgres_server_version": "15"}
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts, "children": {
+        "postgres": {"hosts": dict.fromkeys(hosts, {})}, "postgres_primary": {"hosts": {"pg-1": {}}},
+        "cluster_pg_x": {"hosts": dict.fromkeys(hosts, {})}}}}))
+    play = tmp_path / "discover.yml"
+    play.write_text(yaml.safe_dump([{"name": "Discover", "hosts": "postgres", "gather_facts": False, "tasks": [
+        {"name": "Discover", "ansible.builtin.include_role": {"name": "postgres_server", "tasks_from": "discover"}},
+        {"name": "Past discover", "ansible.builtin.debug": {"msg": "went on"}}]}]))
+    env = {**ENV, "ANSIBLE_ROLES_PATH": str(REPO / "playbooks" / "roles"), "ANSIBLE_STRATEGY": "linear"}
+    done = subprocess.run(["ansible-playbook", "-i", str(inventory), str(play)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "went on" not in done.stdout, done.stdout[-3000:]
+    assert "pg-2: pg-1 of its site was fenced by dr promote" in done.stdout, done.stdout[-3000:]

@@ -53,6 +53,37 @@ def _unquote(value: str) -> str:
     return "".join(out)
 
 
+def conninfo(text: str) -> dict[str, str]:
+    """A libpq conninfo string as libpq reads it (conninfo_parse): keyword = value, a value bare or '...' with \\
+    escaping the next character."""
+    out, i = {}, 0
+    while i < len(text):
+        if text[i].isspace():
+            i += 1
+            continue
+        key = re.match(r"\s*([A-Za-z_]+)\s*=\s*", text[i:])
+        assert key, f"libpq would not parse {text[i:]!r}"
+        i += key.end()
+        value = []
+        if i < len(text) and text[i] == "'":
+            i += 1
+            while text[i] != "'":
+                if text[i] == "\\":
+                    i += 1
+                value.append(text[i])
+                i += 1
+            i += 1
+        else:
+            while i < len(text) and not text[i].isspace():
+                if text[i] == "\\":
+                    i += 1
+                value.append(text[i])
+                i += 1
+        assert key.group(1) not in out, f"{key.group(1)} given twice in {text!r}"
+        out[key.group(1)] = "".join(value)
+    return out
+
+
 def settings(conf: str) -> list[tuple[str, str]]:
     """Every (name, value) the server reads from `conf`; a line it could not read fails the test."""
     found = []
@@ -185,7 +216,7 @@ def test_a_replica_streams_from_one_line_of_conninfo() -> None:
     read = dict(settings(render_settings({}, host="pg-2", postgres_is_primary=False, postgres_server_slot="pg_2",
                                          postgres_server_stream_slot="pg_2", postgres_server_application_name="pg_2",
                                          postgres_server_primary_address="10.0.0.1")))
-    assert read["primary_conninfo"].startswith("host=10.0.0.1 port=5432 user=replicator passfile=")
+    assert read["primary_conninfo"].startswith("host='10.0.0.1' port=5432 user='replicator' passfile=")
     assert "  " not in read["primary_conninfo"] and read["primary_slot_name"] == "pg_2"
 
 
@@ -198,12 +229,12 @@ def test_a_standby_site_host_streams_from_the_primary_site_without_a_slot_and_re
         {}, host="pg-2", postgres_is_primary=False, postgres_server_slot="pg_dr_1", postgres_server_stream_slot="",
         postgres_server_application_name="pg-dr-1", postgres_server_primary_address="10.0.0.1,10.0.0.2,10.0.0.3",
         postgres_server_restore_command=restore)))
-    conninfo = dict(pair.split("=", 1) for pair in read["primary_conninfo"].split())
-    assert conninfo["host"] == "10.0.0.1,10.0.0.2,10.0.0.3" and conninfo["sslmode"] == "verify-full"
-    assert conninfo["application_name"] == "pg-dr-1" and "primary_slot_name" not in read
+    parsed = conninfo(read["primary_conninfo"])
+    assert parsed["host"] == "10.0.0.1,10.0.0.2,10.0.0.3" and parsed["sslmode"] == "verify-full"
+    assert parsed["application_name"] == "pg-dr-1" and "primary_slot_name" not in read
     assert read["restore_command"] == restore
     task = (ROLE / "tasks" / "replica.yml").read_text()
-    assert "('-S ' ~ postgres_server_stream_slot) if postgres_server_stream_slot else ''" in task
+    assert "(['-S', postgres_server_stream_slot] if postgres_server_stream_slot else [])" in task
 
 
 def test_replicas_and_pg_basebackup_verify_the_primary_against_the_fleet_ca() -> None:
@@ -213,13 +244,13 @@ def test_replicas_and_pg_basebackup_verify_the_primary_against_the_fleet_ca() ->
     from dbfleet.engines.pgbackrest import host_config
     from dbfleet.spec import PostgresCluster
 
-    conninfo = dict(pair.split("=", 1) for pair in dict(settings(render_settings(
+    parsed = conninfo(dict(settings(render_settings(
         {}, host="pg-2", postgres_is_primary=False, postgres_server_slot="pg_2", postgres_server_stream_slot="pg_2",
         postgres_server_application_name="pg_2",
-        postgres_server_primary_address="10.0.0.1")))["primary_conninfo"].split())
-    assert (conninfo["host"], conninfo["sslmode"], conninfo["sslrootcert"]) == (
+        postgres_server_primary_address="10.0.0.1")))["primary_conninfo"])
+    assert (parsed["host"], parsed["sslmode"], parsed["sslrootcert"]) == (
         "10.0.0.1", "verify-full", "/etc/postgresql/tls/ca.crt")
-    assert "-d '{{ postgres_server_primary_conninfo }}'" in (ROLE / "tasks" / "replica.yml").read_text()
+    assert "['-d', postgres_server_primary_conninfo" in (ROLE / "tasks" / "replica.yml").read_text()
     example = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
     assert isinstance(example, PostgresCluster)
     pgbackrest = host_config(example)
@@ -241,3 +272,32 @@ def test_a_restored_copy_preloads_what_the_clusters_servers_preload(audit: Any) 
     cluster = example.model_copy(update={"audit": None if audit is None else PgAudit(**audit)})
     conf = dict(settings(scratch_server_conf(cluster)))
     assert conf["shared_preload_libraries"].split(",") == list(preloaded)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1' sslmode=disable host='evil", "10.0.0.1 sslmode=disable",
+                                     "10.0.0.1\\' sslmode=disable"])
+def test_an_address_stays_one_conninfo_value_in_postgresql_conf(address: str) -> None:
+    """Regression: the primary's address (postgres_server_follow, from the inventory) went into conninfo unquoted;
+    the inventory refuses such an address at load, and the role quotes it by libpq's rules all the same."""
+    read = dict(settings(render_settings({}, host="pg-2", postgres_is_primary=False,
+                                         postgres_server_primary_address=address)))
+    parsed = conninfo(read["primary_conninfo"])
+    assert parsed["host"] == address and parsed["sslmode"] == "verify-full", parsed
+
+
+def test_pg_basebackup_gets_its_conninfo_as_one_argument_not_through_a_shell() -> None:
+    """Regression: tasks/replica.yml ran pg_basebackup -d '<conninfo>' in a shell: a ' in an address ended the
+    quoting and the rest ran as shell."""
+    tasks = _tasks(ROLE / "tasks" / "replica.yml")
+    assert not [t["name"] for t in tasks if "ansible.builtin.shell" in t or "shell" in t]
+    clone = next(t for t in tasks if t["name"].startswith("Clone the primary"))
+    address = "10.0.0.1' host=evil; touch /tmp/x '"
+    variables = _trusted(yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()))
+    variables.update(postgres_server_primary_address=address, postgres_server_application_name="pg-dr-1",
+                     postgres_server_stream_slot="", postgres_server_tls_enabled=True, postgres_version=15,
+                     postgres_tls_dir="/etc/postgresql/tls", postgres_bin_dir="/usr/lib/postgresql/15/bin",
+                     postgres_data_dir="/var/lib/postgresql/15/main", postgres_server_port=5432)
+    templar = Templar(loader=DataLoader(), variables=variables)
+    argv = templar.template(trust_as_template(clone["ansible.builtin.command"]["argv"]))
+    assert isinstance(argv, list) and argv[-2] == "-d" and "-S" not in argv, argv
+    assert conninfo(argv[-1])["host"] == address, argv

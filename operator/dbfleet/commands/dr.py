@@ -137,6 +137,10 @@ def run_promote(args: argparse.Namespace) -> int:
     return EXIT_OK if end.step == "done" else EXIT_FAILED
 
 
+FORCE_SKIPS = ("--force: the promoted host does not wait for the fenced servers' last records, nor are they checked "
+               "to have stopped cleanly; writes made there may be lost")
+
+
 def run_manual_promote(args: argparse.Namespace, spec_sha256: str, cluster: PostgresCluster) -> int:
     """`dr promote` of an ha: manual cluster: observe by SQL, plan with the same decision, act through
     playbooks/pg_dr_promote.yml, observe until the promotion shows."""
@@ -145,6 +149,7 @@ def run_manual_promote(args: argparse.Namespace, spec_sha256: str, cluster: Post
                          "with ha: manual\")")
     try:
         sites = ManualSites(cluster, FleetAccess.load(inventory_path(args), secrets_path(args)))
+        sites.check_access()
     except (ReconcileError, SecretsError) as exc:
         raise UsageError(str(exc)) from None
     primary, standby, silent = sites.observe()
@@ -169,9 +174,14 @@ def run_manual_promote(args: argparse.Namespace, spec_sha256: str, cluster: Post
         return run_playbook(playbook, inventory, extra, echo=not args.json)
 
     done = promote_manual(sites, args.force, inventory_path(args), silent, args.timeout, run, record, steps)
-    lines = [seen, *(f"{a.render()} -> {'done' if done.ok else 'failed'}" for a in steps),
+    lines = [seen, *(f"{a.render()} -> {done.step_status(a)}" for a in steps),
+             f"after: fenced {', '.join(done.fenced) or 'none'}; leading {done.leader or 'none'}",
              f"{done.decision.step}: {done.decision.reason} ({done.seconds:.1f}s)"]
-    data = {**base, "steps": [{**a.as_dict(), "status": "done" if done.ok else "failed"} for a in steps],
+    if args.force:
+        lines.insert(1, FORCE_SKIPS)
+        base["force"] = FORCE_SKIPS
+    data = {**base, "steps": [{**a.as_dict(), "status": done.step_status(a)} for a in steps],
+            "after": {"fenced": list(done.fenced), "leader": done.leader},
             "end": done.decision.step, "reason": done.decision.reason, "ok": done.ok,
             "seconds": round(done.seconds, 3), "playbook": {"returncode": done.played.returncode,
                                                             "changed": done.played.changed}}

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from dbfleet.addresses import check_address
 from dbfleet.engines.credentials import Login
 from dbfleet.engines.executor import InventoryExecutor
 from dbfleet.engines.tls import fleet_ca
@@ -70,7 +71,8 @@ class FleetAccess:
         """From an inventory written by dbfleet; secrets default to group_vars/all/secrets.yml beside it."""
         data = read_inventory(inventory)
         hosts = dict(data["all"].get("hosts") or {})
-        addresses = {name: str(v["dbfleet_address"]) for name, v in hosts.items() if "dbfleet_address" in v}
+        addresses = {name: check_address(v["dbfleet_address"], f"{inventory}: host {name}: dbfleet_address")
+                     for name, v in hosts.items() if isinstance(v, dict) and "dbfleet_address" in v}
         lab = (data["all"].get("vars") or {}).get("dbfleet_lab")
         values = load_secrets(secrets or default_secrets_path(inventory), require_all=False)
         return cls(addresses, values, inventory, hosts, str(lab) if lab else None, docker_client)
