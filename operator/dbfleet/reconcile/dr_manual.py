@@ -23,6 +23,7 @@ import psycopg
 from dbfleet.actions import Action
 from dbfleet.engines.access import CONNECT_TIMEOUT, FleetAccess
 from dbfleet.engines.credentials import POSTGRES_SUPERUSER
+from dbfleet.engines.patroni import parse_lsn
 from dbfleet.engines.postgres import classify, connect, pg_paths
 from dbfleet.errors import ReconcileError
 from dbfleet.playbook import PlaybookResult
@@ -55,8 +56,7 @@ class Answer:
 def lsn_number(lsn: str) -> int:
     """A PostgreSQL LSN ('16/B374D848') as a number to compare; -1 when unknown."""
     try:
-        high, low = lsn.split("/")
-        return (int(high, 16) << 32) + int(low, 16)
+        return parse_lsn(lsn)
     except ValueError:
         return -1
 
