@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 from dbfleet.actions import Action, Outcome
 from dbfleet.commands.common import (
@@ -45,7 +44,7 @@ from dbfleet.commands.reconcile import open_audit_trail, secrets_path
 from dbfleet.engines.access import FleetAccess
 from dbfleet.engines.patroni import PatroniApi
 from dbfleet.errors import ReconcileError
-from dbfleet.playbook import run_playbook
+from dbfleet.playbook import PlaybookResult, run_playbook
 from dbfleet.reconcile.dr_manual import ManualSites, output_tail, promote_manual
 from dbfleet.reconcile.dr_promote import Sites, plan_promote, promote_site
 from dbfleet.secrets import SecretsError
@@ -170,7 +169,7 @@ def run_manual_promote(args: argparse.Namespace, spec_sha256: str, cluster: Post
     def record(action: Action, status: str, message: str, seconds: float) -> None:
         trail.record(Outcome(action, status, message, 1, seconds))
 
-    def run(playbook: str, inventory: Path, extra: list[str]) -> Any:
+    def run(playbook: str, inventory: Path, extra: list[str]) -> PlaybookResult:
         return run_playbook(playbook, inventory, extra, echo=not args.json)
 
     done = promote_manual(sites, args.force, inventory_path(args), silent, args.timeout, run, record, steps)
