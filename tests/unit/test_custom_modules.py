@@ -37,7 +37,7 @@ def load(path: Path) -> ModuleType:
 def test_the_roles_have_the_four_modules() -> None:
     assert {m.stem for m in MODULES} == {"mongodb_sharded_collection", "redis_current_master",
                                          "redis_sentinel_monitor", "redis_live_config", "etcd_auth",
-                                         "patroni_config", "pki_certificates"}
+                                         "patroni_config", "pki_certificates", "converge_state"}
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
