@@ -25,6 +25,7 @@ from dbfleet.commands.common import (
     inventory_path,
     inventory_source,
 )
+from dbfleet.converge_inputs import inputs_digest
 from dbfleet.monitoring.rules import render_rules
 from dbfleet.playbook import NoHostsError, list_hosts, run_playbook
 
@@ -43,6 +44,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--limit", help="only these hosts or groups")
     p.add_argument("--tags", metavar="TAGS",
                    help="only these parts, comma-separated: postgres, redis, mongo, monitoring, backups")
+    p.add_argument("--fast", action="store_true",
+                   help="site.yml only: skip the roles on each cluster whose hosts all still hold what the last full "
+                        "converge of the same spec, secrets and playbooks left (files, units, packages, and what "
+                        "PostgreSQL, Patroni, Redis and Sentinel report; README, Converge speed)")
     p.set_defaults(handler=run)
 
 
@@ -51,10 +56,14 @@ def _asked(args: argparse.Namespace) -> str:
     return ", ".join(parts)
 
 
-def write_extra_vars(folder: Path, rules: Path) -> Path:
-    """A vars file for `-e @file`: the rules file's path marked unsafe, so Ansible never templates it."""
+def write_extra_vars(folder: Path, rules: Path, inputs: str, fast: bool) -> Path:
+    """A vars file for `-e @file`: the rules file's path marked unsafe, so Ansible never templates it; the digest
+    of this converge's inputs (hex), which site.yml records on each host after a full run; and whether to take the
+    fast path (skip the clusters whose hosts still match their record)."""
     path = folder / "dbfleet-vars.yml"
-    path.write_text(f"prometheus_rules_source: !unsafe {json.dumps(str(rules))}\n", encoding="utf-8")
+    path.write_text(f"prometheus_rules_source: !unsafe {json.dumps(str(rules))}\n"
+                    f"converge_state_inputs: {json.dumps(inputs)}\n"
+                    f"converge_state_fast: {json.dumps(fast)}\n", encoding="utf-8")
     return path
 
 
@@ -64,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         shipped.playbook(args.playbook)
     except shipped.ShippedFilesError as exc:
         raise UsageError(f"--playbook: {exc}") from None
+    if args.fast and args.playbook != "site.yml":
+        raise UsageError(f"--fast works with site.yml only, not --playbook {args.playbook}")
     try:
         hosts = list_hosts(args.playbook, inventory, args.limit)
     except NoHostsError as exc:
@@ -78,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="dbfleet-configure-") as tmp:
         rules = Path(tmp) / "fleet.rules.yml"
         rules.write_text(render_rules(fleet), encoding="utf-8")
-        extra += ["-e", f"@{write_extra_vars(Path(tmp), rules)}"]
+        inputs = inputs_digest(inventory, {"fleet.rules.yml": rules.read_text(encoding="utf-8")})
+        extra += ["-e", f"@{write_extra_vars(Path(tmp), rules, inputs, args.fast)}"]
         result = run_playbook(args.playbook, inventory, extra)
     changed = sum(s.changed for s in result.stats.values())
     print(f"configure: {'ok' if result.ok else 'FAILED'}; {len(result.stats)} hosts, {changed} changes")

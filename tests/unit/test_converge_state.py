@@ -1,0 +1,310 @@
+"""`configure --fast`'s parts without a lab (issue 21): the converge_state module's observation and comparison, the
+digest of a converge's inputs, the playbooks' wiring (every engine and monitoring play can be skipped, the record is
+written only after a full run), and that every file the roles write is observed or named as not observed, with why.
+
+The lab test is tests/integration/test_converge_fast.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible.module_utils.testing import patch_module_args
+
+from dbfleet import converge_inputs, shipped
+
+REPO = Path(__file__).resolve().parents[2]
+ROLES = REPO / "playbooks" / "roles"
+MODULE_PATH = ROLES / "converge_state" / "library" / "converge_state.py"
+DEFAULTS = yaml.safe_load((ROLES / "converge_state" / "defaults" / "main.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def cs() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dbfleet_test_converge_state", MODULE_PATH)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- observing and comparing
+
+
+def tree(root: Path) -> Path:
+    (root / "conf.d").mkdir(parents=True)
+    (root / "main.conf").write_text("port 6379\n")
+    (root / "conf.d" / "extra.conf").write_text("maxmemory 1mb\n")
+    (root / "rewritten.conf").write_text("epoch 1\n")
+    (root / "link").symlink_to("main.conf")
+    return root
+
+
+def test_files_are_observed_by_content_mode_owner_and_target(cs: Any, tmp_path: Path) -> None:
+    root = tree(tmp_path / "etc")
+    before = cs.observe_files([str(root)], [str(root / "rewritten.conf")])
+    assert f"file:{root / 'rewritten.conf'}" not in before, "an excluded path is not observed"
+    assert before[f"file:{root / 'link'}"].startswith("l ") and before[f"file:{root / 'conf.d'}"].startswith("d ")
+    assert cs.observe_files([str(root)], [str(root / "rewritten.conf")]) == before, "observing twice is stable"
+
+    (root / "rewritten.conf").write_text("epoch 2\n")
+    assert cs.observe_files([str(root)], [str(root / "rewritten.conf")]) == before
+
+    def relink(r: Path) -> None:
+        (r / "link").unlink()
+        (r / "link").symlink_to("conf.d")
+
+    changes = {"content": lambda r: (r / "conf.d" / "extra.conf").write_text("maxmemory 2mb\n"),
+               "mode": lambda r: os.chmod(r / "main.conf", 0o666),
+               "new file": lambda r: (r / "new.conf").write_text(""),
+               "removed file": lambda r: (r / "conf.d" / "extra.conf").unlink(),
+               "moved link": relink}
+    for what, change in changes.items():
+        fresh = tree(tmp_path / what.replace(" ", "-"))
+        seen = cs.observe_files([str(fresh)], [])
+        change(fresh)
+        drift = cs.compare({"format": cs.FORMAT, "inputs": "i", "items": seen}, "i", cs.observe_files([str(fresh)], []))
+        assert len(drift) == 1 and drift[0].startswith(f"file:{fresh}"), (what, drift)
+
+
+def test_a_missing_root_is_observed_as_absent_not_as_unreadable(cs: Any, tmp_path: Path) -> None:
+    seen = cs.observe_files([str(tmp_path / "nothing")], [])
+    assert seen == {f"file:{tmp_path / 'nothing'}": "absent"}
+    assert cs.compare({"format": cs.FORMAT, "inputs": "i", "items": seen}, "i", seen) == []
+
+
+def test_compare_needs_a_record_of_the_same_inputs_and_equal_items(cs: Any) -> None:
+    items = {"file:/etc/a": "f 644 0 0 x", "postgres:roles": "sha256:1"}
+    record = {"format": cs.FORMAT, "inputs": "abc", "items": items}
+    assert cs.compare(record, "abc", dict(items)) == []
+    assert cs.compare(None, "abc", items) == ["no record of a full converge"]
+    assert cs.compare({**record, "format": 0}, "abc", items) == ["no record of a full converge"]
+    assert cs.compare(record, "abd", items) == ["the converge's inputs changed"]
+    assert cs.compare(record, "abc", {**items, "postgres:roles": "sha256:2"}) == ["postgres:roles"]
+    assert cs.compare(record, "abc", {"file:/etc/a": items["file:/etc/a"]}) == ["postgres:roles"]
+    assert cs.compare(record, "abc", {**items, "redis:acl": "x"}) == ["redis:acl"]
+
+
+def test_what_cannot_be_read_is_never_in_sync_even_when_it_was_unreadable_before(cs: Any) -> None:
+    items = {"postgres:roles": cs.ERROR + "exit 2: could not connect"}
+    assert cs.compare({"format": cs.FORMAT, "inputs": "i", "items": items}, "i", dict(items)) == \
+        ["postgres:roles (unreadable)"]
+
+
+def test_the_record_is_root_only_and_written_whole(cs: Any, tmp_path: Path) -> None:
+    path = tmp_path / "state" / "converge-state.json"
+    cs.write_record(str(path), "abc", {"file:/etc/a": "absent"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert cs.read_record(str(path)) == {"format": cs.FORMAT, "inputs": "abc", "items": {"file:/etc/a": "absent"}}
+    path.write_text("{not json")
+    assert cs.read_record(str(path)) is None
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_engine_answers_are_kept_only_as_digests_and_values_never_reach_the_drift_list(cs: Any,
+                                                                                       monkeypatch: Any) -> None:
+    """CONFIG GET * holds masterauth: the record and the module's result keep a digest, never the answer."""
+    monkeypatch.setattr(cs, "observe_system", lambda: {"packages": "p 1"})
+    monkeypatch.setattr(cs, "observe_redis", lambda conf: {"redis:config": '["masterauth", "s3cret"]',
+                                                          "redis:role": cs.ERROR + "ConnectionError"})
+    found = cs.observe({"roots": [], "exclude": [], "redis": {"port": 6379}})
+    assert "s3cret" not in json.dumps(found)
+    assert found["redis:config"].startswith("sha256:") and len(found["redis:config"]) == 7 + 64
+    assert found["redis:role"] == cs.ERROR + "ConnectionError", "unreadable stays recognisable"
+    assert found["packages"].startswith("sha256:")
+    drift = cs.compare({"format": cs.FORMAT, "inputs": "i", "items": {**found, "redis:config": "sha256:0"}}, "i",
+                       found)
+    assert drift == ["redis:config", "redis:role (unreadable)"], drift
+
+
+def test_record_in_check_mode_writes_nothing_and_no_run_reports_a_change(cs: Any, tmp_path: Path, capsys: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cs, "observe_system", lambda: {"packages": "redis-server 7.0"})  # no systemd here
+    path = tmp_path / "converge-state.json"
+    args = {"mode": "record", "inputs": "abc", "path": str(path), "roots": [str(tmp_path)]}
+    with patch_module_args({**args, "_ansible_check_mode": True}), pytest.raises(SystemExit):
+        cs.main()
+    assert json.loads(capsys.readouterr().out)["changed"] is False and not path.exists()
+    for mode in ("record", "check", "check"):
+        with patch_module_args({**args, "mode": mode}), pytest.raises(SystemExit):
+            cs.main()
+        result = json.loads(capsys.readouterr().out)
+        assert result["changed"] is False, "the record is bookkeeping: a no-op converge stays changed=0"
+    assert result["in_sync"] is True, result
+    (tmp_path / "drifted").write_text("x")
+    with patch_module_args({**args, "mode": "check"}), pytest.raises(SystemExit):
+        cs.main()
+    result = json.loads(capsys.readouterr().out)
+    assert result["in_sync"] is False and result["drift"] == [f"file:{tmp_path / 'drifted'}"], result
+
+
+def test_sentinel_is_observed_by_what_the_role_sets_not_by_its_counters(cs: Any) -> None:
+    assert {"quorum", "down-after-milliseconds", "failover-timeout", "parallel-syncs"} <= set(cs.SENTINEL_SETTINGS)
+    assert not {"runid", "config-epoch", "num-other-sentinels", "last-ping-reply"} & set(cs.SENTINEL_SETTINGS)
+
+
+# --------------------------------------------------------------------------- the inputs' digest
+
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    (tmp_path / "inv" / "group_vars" / "all").mkdir(parents=True)
+    (tmp_path / "inv" / "group_vars" / "all" / "secrets.yml").write_text("dbfleet_secrets: {a: 1}\n")
+    hosts = tmp_path / "inv" / "hosts.yml"
+    hosts.write_text("all: {hosts: {pg-1: {}}}\n")
+    return hosts
+
+
+def test_the_inputs_digest_moves_with_the_inventory_folder_and_the_rendered_files(inventory: Path) -> None:
+    base = converge_inputs.inputs_digest(inventory, {"fleet.rules.yml": "groups: []\n"})
+    assert converge_inputs.inputs_digest(inventory, {"fleet.rules.yml": "groups: []\n"}) == base
+    assert converge_inputs.inputs_digest(inventory, {"fleet.rules.yml": "groups: [x]\n"}) != base
+    secrets = inventory.parent / "group_vars" / "all" / "secrets.yml"
+    secrets.write_text("dbfleet_secrets: {a: 2}\n")
+    assert converge_inputs.inputs_digest(inventory, {"fleet.rules.yml": "groups: []\n"}) != base
+    secrets.write_text("dbfleet_secrets: {a: 1}\n")
+    (inventory.parent / "__pycache__").mkdir()
+    (inventory.parent / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    assert converge_inputs.inputs_digest(inventory, {"fleet.rules.yml": "groups: []\n"}) == base
+
+
+def test_the_inputs_digest_moves_with_a_shipped_playbook(inventory: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "playbooks"
+    (copy / "roles" / "x" / "tasks").mkdir(parents=True)
+    task = copy / "roles" / "x" / "tasks" / "main.yml"
+    task.write_text("- ansible.builtin.debug: {msg: one}\n")
+    monkeypatch.setattr(shipped, "playbooks_dir", lambda: copy)
+    base = converge_inputs.inputs_digest(inventory, {})
+    task.write_text("- ansible.builtin.debug: {msg: two}\n")
+    assert converge_inputs.inputs_digest(inventory, {}) != base
+
+
+# --------------------------------------------------------------------------- the playbooks' wiring
+
+ENGINE_PLAYBOOKS = ("postgres.yml", "redis.yml", "mongo.yml", "monitoring.yml")
+
+
+@pytest.mark.parametrize("name", ENGINE_PLAYBOOKS)
+def test_every_engine_and_monitoring_play_starts_with_the_skip(name: str) -> None:
+    for play in yaml.safe_load((REPO / "playbooks" / name).read_text()):
+        first = (play.get("pre_tasks") or [{}])[0]
+        assert first.get("ansible.builtin.import_tasks") == "tasks/converge_skip.yml", play["name"]
+        assert first.get("tags") == ["always"], f"{play['name']}: the skip must hold under --tags too"
+        assert not play.get("gather_facts"), f"{play['name']}: facts are gathered after the skip, not before it"
+
+
+def test_site_checks_first_and_records_last_only_after_a_full_run() -> None:
+    plays = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())
+    check, record = plays[0], plays[-1]
+    assert check["tasks"][0]["ansible.builtin.import_role"] == {"name": "converge_state"}
+    assert "converge_state_fast" in check["hosts"] and check["tags"] == ["always"]
+    assert [p.get("import_playbook") for p in plays[1:-1]] == list(ENGINE_PLAYBOOKS)
+    task = record["tasks"][0]
+    assert task["ansible.builtin.import_role"] == {"name": "converge_state", "tasks_from": "record"}
+    assert set(task["when"]) == {"not ansible_check_mode", "ansible_run_tags | list == ['all']",
+                                 "ansible_skip_tags | length == 0", "not (converge_state_skip | default(false))"}
+    skip = yaml.safe_load((REPO / "playbooks" / "tasks" / "converge_skip.yml").read_text())
+    assert skip == [{"name": skip[0]["name"], "ansible.builtin.meta": "end_host",
+                     "when": "converge_state_skip | default(false)"}]
+
+
+def test_the_skip_is_decided_per_cluster_and_a_play_without_fast_has_no_host(tmp_path: Path) -> None:
+    """site.yml's first play on localhost-only inventories: without converge_state_fast it matches no host; the skip
+    expression holds a host back only when every host of its group in the run is in sync."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(shipped.ansible_cfg())}
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {h: {"ansible_connection": "local",
+                                                               "ansible_python_interpreter": sys.executable,
+                                                               "dbfleet_group": "cluster_c"}
+                                                           for h in ("a", "b")},
+                                                 "children": {"cluster_c": {"hosts": {"a": {}, "b": {}}}}}}))
+    plays = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())
+    decide = plays[0]["tasks"][1]
+    for in_sync, expected in (({"a": True, "b": True}, "True True"), ({"a": True, "b": False}, "False False")):
+        playbook = tmp_path / "decide.yml"
+        playbook.write_text(yaml.safe_dump([
+            {"hosts": "all", "gather_facts": False, "tasks": [
+                {"ansible.builtin.set_fact": {
+                    "converge_state_check": {"in_sync": "{{ in_sync[inventory_hostname] }}"}}},
+                decide,
+                {"ansible.builtin.debug": {"msg": "SKIP {{ converge_state_skip }}"}}]}]))
+        done = subprocess.run(["ansible-playbook", "-i", str(inventory), str(playbook), "-e",
+                               json.dumps({"in_sync": in_sync})], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert " ".join(re.findall(r"SKIP (\w+)", done.stdout)) == expected, done.stdout
+
+
+# --------------------------------------------------------------------------- what is observed
+
+
+def role_defaults() -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for path in sorted(ROLES.glob("*/defaults/main.yml")):
+        merged.update(yaml.safe_load(path.read_text()) or {})
+    return merged
+
+
+def resolve(text: str, known: dict[str, Any]) -> str | None:
+    """`text` with every plain `{{ name }}` replaced from the roles' defaults; None if anything else is templated."""
+    for _ in range(5):
+        text = re.sub(r"\{\{\s*(\w+)\s*\}\}",
+                      lambda m: str(known[m[1]]) if isinstance(known.get(m[1]), (str, int)) else m[0], text)
+    return None if "{{" in text else text.strip()
+
+
+MONGO_ROLES = {"mongo_common", "mongod", "mongos", "mongodb_exporter"}
+"""A MongoDB host never takes the fast path, so its roles' files need not be observed."""
+
+
+def test_every_file_the_roles_write_is_observed_or_named_as_not_observed() -> None:
+    known = role_defaults()
+    watched = [*DEFAULTS["converge_state_roots"], *DEFAULTS["converge_state_unwatched"]]
+    resolved = 0
+    for tasks in sorted(ROLES.glob("*/tasks/*.yml")):
+        role = tasks.parts[-3]
+        if role in MONGO_ROLES or role == "converge_state":
+            continue
+        for match in re.finditer(r"^\s+(?:dest|path): (.+)$", tasks.read_text(), re.MULTILINE):
+            raw = match[1].strip().strip('"')
+            path = resolve(raw.replace("{{ item }}", "x").replace("{{ item.name }}", "x")
+                           .replace("{{ item.dest }}", "x"), known)
+            if path is None or not path.startswith("/"):
+                continue
+            resolved += 1
+            assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in watched), \
+                f"{tasks.relative_to(REPO)}: {raw} ({path}) is neither below a converge_state root nor unwatched"
+    assert resolved >= 30, f"only {resolved} paths resolved: the check would pass on nothing"
+
+
+def test_the_paths_and_user_converge_state_shares_with_the_engine_roles_are_theirs() -> None:
+    known = role_defaults()
+    assert DEFAULTS["converge_state_redis_ca"] == resolve("{{ redis_tls_ca }}", known)
+    assert DEFAULTS["converge_state_postgres_ca"] == resolve("{{ postgres_tls_dir }}/ca.crt", known)
+    assert DEFAULTS["converge_state_redis_user"] == known["redis_admin_user"]
+    assert DEFAULTS["converge_state_exclude"] == [resolve("{{ redis_sentinel_config }}", known)]
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_fast_is_refused_with_another_playbook(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "dbfleet", "--spec", str(REPO / "fleet.example.yaml"), "configure",
+                           "--inventory", str(REPO / "inventories" / "example" / "hosts.yml"), "--playbook",
+                           "postgres.yml", "--fast"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "operator")}, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--fast works with site.yml only" in done.stderr
