@@ -4,6 +4,8 @@
 - no-op `site.yml` (changed=0 checked), median of ROUNDS, against the cold run; then once without Mitogen
   (DBFLEET_MITOGEN=0, pipelining on) and once without either (what dbfleet ran before: Ansible's default);
 - no-op `site.yml --limit <one cluster's hosts>` for each cluster of the lab, median of ROUNDS;
+- the same no-ops on the fast path (`configure --fast`: a recording run, then ROUNDS runs that find every cluster in
+  sync and skip its roles), of the fleet and of each cluster;
 - each play's time, and per host the module runs on the host and the actions on the controller
   (bench/callback_plugins/dbfleet_counts.py);
 - per-role and slowest-task time from ansible.posix's profile_roles and profile_tasks callbacks.
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, SPEC, Result, timed
+from dbfleet.converge_inputs import inputs_digest
 from dbfleet.lab import lifecycle
 from dbfleet.playbook import PlaybookResult, run_playbook
 from dbfleet.spec import load_fleet
@@ -95,6 +98,19 @@ def report(label: str, seconds: float, result: PlaybookResult, counts: dict[str,
     return "\n".join(lines)
 
 
+def fast_vars(inventory: Path, fast: bool) -> list[str]:
+    """The extra vars `dbfleet configure` gives site.yml: its inputs' digest (a host's record is written after a full
+    run) and, with `fast`, the fast path (bench/README: "Converge speed")."""
+    return ["-e", json.dumps({"converge_state_inputs": inputs_digest(inventory, {}), "converge_state_fast": fast})]
+
+
+def in_sync_hosts(result: PlaybookResult) -> int:
+    """How many hosts site.yml's first play found in sync (its report line); a fast no-op must skip them all."""
+    flat = re.sub(r"\s+", " ", result.output)
+    found = re.search(r"converge_state: in sync, skipped: (.*?); converging: ", flat)
+    return 0 if not found or found[1] == "none" else len(found[1].split(","))
+
+
 def runs_per_host(counts: dict[str, Any]) -> dict[str, int]:
     return {host: n["on_host"] for host, n in counts["hosts"].items()}
 
@@ -146,10 +162,41 @@ def run() -> list[Result]:
             results.append(Result("converge", f"no-op site.yml --limit {cluster.name} (median)",
                                   statistics.median(runs), "s", cold, "cold site.yml",
                                   extra={"rounds": [round(s, 1) for s in runs], "hosts": len(members)}))
+        results += fast_path(state, fleet, running, cold)
         return results
     finally:
         if os.environ.get("DBFLEET_KEEP_LAB") != "1":
             lifecycle.down(LAB, inventories)
+
+
+def fast_path(state: Any, fleet: Any, running: set[str], cold: float) -> list[Result]:
+    """`configure --fast`'s no-op: one recording run (a full no-op that writes each host's record), then ROUNDS runs
+    of the fleet and of each cluster that find every host in sync."""
+    recording, _, _ = converge(state, "no-op recording each host's state", fast_vars(state.inventory, False))
+    fast = fast_vars(state.inventory, True)
+    rounds = [converge(state, f"fast no-op {i + 1}/{ROUNDS}", fast) for i in range(ROUNDS)]
+    for _, result, _ in rounds:
+        if in_sync_hosts(result) != len(running):
+            raise RuntimeError(f"a fast no-op found {in_sync_hosts(result)} of {len(running)} hosts in sync:\n"
+                               f"{result.output[-3000:]}")
+    seconds = statistics.median(s for s, _, _ in rounds)
+    print(report(f"fast no-op (round 1 of {ROUNDS})", rounds[0][0], rounds[0][1], rounds[0][2]))
+    results = [
+        Result("converge", "no-op site.yml recording each host's state", recording, "s", cold, "cold site.yml"),
+        Result("converge", f"fast no-op site.yml, every cluster in sync (median of {ROUNDS})", seconds, "s", cold,
+               "cold site.yml", extra={"rounds": [round(s, 1) for s, _, _ in rounds],
+                                       "module_runs": runs_per_host(rounds[0][2])}),
+    ]
+    for cluster in fleet.clusters:
+        members = [h for h in cluster.host_names() if h in running]
+        if not members:
+            continue
+        limit = [*fast, "--limit", ",".join(members)]
+        runs = [converge(state, f"fast no-op {cluster.name} {i + 1}/{ROUNDS}", limit)[0] for i in range(ROUNDS)]
+        results.append(Result("converge", f"fast no-op site.yml --limit {cluster.name} (median)",
+                              statistics.median(runs), "s", cold, "cold site.yml",
+                              extra={"rounds": [round(s, 1) for s in runs], "hosts": len(members)}))
+    return results
 
 
 if __name__ == "__main__":
