@@ -155,6 +155,73 @@ def test_sentinel_is_observed_by_what_the_role_sets_not_by_its_counters(cs: Any)
     assert not {"runid", "config-epoch", "num-other-sentinels", "last-ping-reply"} & set(cs.SENTINEL_SETTINGS)
 
 
+def test_a_database_name_never_reaches_psql_as_connection_syntax(cs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security (review of issue 21's fast path): database names come from the catalog, and psql expands a `-d`
+    value holding `=` as a connection string, so a role that may create or rename a database could send the
+    module's psql (run as postgres, with its .pgpass) to a host of its choosing. The name travels in PGDATABASE."""
+    calls: list[tuple[list[str], dict[str, str] | None]] = []
+    evil = "host=evil.example user=replicator dbname=x"
+
+    def fake_run(argv: list[str], env: dict[str, str] | None = None) -> str:
+        calls.append((argv, env))
+        return json.dumps([evil, "app"]) if "json_agg(datname" in argv[-1] else "row"
+
+    monkeypatch.setattr(cs, "run", fake_run)
+    found = cs.observe_postgres({"port": 5432})
+    assert calls and all("-d" not in argv and not any(evil in a for a in argv) for argv, _ in calls)
+    assert {env["PGDATABASE"] for _, env in calls if env} == {"postgres", evil, "app"}
+    assert not any(evil in name for name in found), "catalog text never becomes an item name"
+
+
+def certificate(tmp_path: Path, days: int, name: str) -> Path:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=days)).sign(key, hashes.SHA256()))
+    path = tmp_path / f"{name}.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_a_certificate_due_for_renewal_is_drift(cs: Any, tmp_path: Path) -> None:
+    """Review of issue 21's fast path: the pki role signs a certificate again within renew_days of its end, which
+    depends on the date, not on anything recorded; a cluster always in sync would keep its certificates until
+    they expire. A certificate within renew_days (or unreadable) below a root is drift."""
+    import time
+
+    fresh = certificate(tmp_path, 400, "fresh")
+    late = certificate(tmp_path, 9000, "after-2049")  # GeneralizedTime, not UTCTime
+    assert cs.certificates_due([str(tmp_path)], [], 30, time.time()) == []
+    assert abs(cs.not_after(__import__("base64").b64decode(
+        b"".join(fresh.read_bytes().split(b"\n")[1:-2]))) - (time.time() + 400 * 86400)) < 120
+    assert cs.certificates_due([str(tmp_path)], [], 30, time.time() + 380 * 86400) == \
+        [f"certificate:{fresh} (renewal due)"]
+    soon = certificate(tmp_path, 10, "soon")
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_bytes(fresh.read_bytes() + soon.read_bytes())
+    due = cs.certificates_due([str(tmp_path)], [], 30, time.time())
+    assert due == [f"certificate:{bundle} (renewal due)", f"certificate:{soon} (renewal due)"], due
+    assert late.exists()
+    (tmp_path / "broken.crt").write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    assert f"certificate:{tmp_path / 'broken.crt'} (renewal due)" in cs.certificates_due([str(tmp_path)], [], 30,
+                                                                                        time.time())
+
+
+def test_renew_days_is_the_pki_roles(cs: Any) -> None:
+    pki = (ROLES / "pki" / "library" / "pki_certificates.py").read_text()
+    assert re.search(r'"renew_days": \{"type": "int", "default": 30\}', pki)
+    assert re.search(r'"renew_days": \{"type": "int", "default": 30\}', MODULE_PATH.read_text())
+
+
 # --------------------------------------------------------------------------- the inputs' digest
 
 
@@ -175,9 +242,31 @@ def test_the_inputs_digest_moves_with_the_inventory_folder_and_the_rendered_file
     secrets.write_text("dbfleet_secrets: {a: 2}\n")
     assert converge_inputs.inputs_digest(inventory, {"fleet.rules.yml": "groups: []\n"}) != base
     secrets.write_text("dbfleet_secrets: {a: 1}\n")
-    (inventory.parent / "__pycache__").mkdir()
-    (inventory.parent / "__pycache__" / "x.pyc").write_bytes(b"\0")
-    assert converge_inputs.inputs_digest(inventory, {"fleet.rules.yml": "groups: []\n"}) == base
+    (inventory.parent / "notes.txt").write_text("not read by Ansible")
+    (inventory.parent / "pki").mkdir()
+    assert converge_inputs.inputs_digest(inventory, {"fleet.rules.yml": "groups: []\n"}) == base, \
+        "only the inventory file, group_vars, host_vars and pki are inputs"
+    (inventory.parent / "pki" / "ca.crt").write_text("a CA")
+    assert converge_inputs.inputs_digest(inventory, {"fleet.rules.yml": "groups: []\n"}) != base
+
+
+def test_an_unreadable_input_is_named_not_a_traceback(inventory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = inventory.parent / "group_vars" / "all" / "secrets.yml"
+    real = Path.read_bytes
+
+    def refuse(path: Path) -> bytes:
+        if path == secrets:
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(converge_inputs.InputsError, match=r"cannot read .*secrets.yml.*Permission denied"):
+        converge_inputs.inputs_digest(inventory, {})
+
+
+def test_a_collection_upgrade_is_an_input() -> None:
+    versions = converge_inputs.collection_versions()
+    assert "community.postgresql" in versions and "community.general" in versions, sorted(versions)[:5]
 
 
 def test_the_inputs_digest_moves_with_a_shipped_playbook(inventory: Path, tmp_path: Path,
@@ -215,7 +304,8 @@ def test_site_checks_first_and_records_last_only_after_a_full_run() -> None:
     task = record["tasks"][0]
     assert task["ansible.builtin.import_role"] == {"name": "converge_state", "tasks_from": "record"}
     assert set(task["when"]) == {"not ansible_check_mode", "ansible_run_tags | list == ['all']",
-                                 "ansible_skip_tags | length == 0", "not (converge_state_skip | default(false))"}
+                                 "ansible_skip_tags | length == 0", "ansible_limit is not defined",
+                                 "not (converge_state_skip | default(false))"}
     skip = yaml.safe_load((REPO / "playbooks" / "tasks" / "converge_skip.yml").read_text())
     assert skip == [{"name": skip[0]["name"], "ansible.builtin.meta": "end_host",
                      "when": "converge_state_skip | default(false)"}]
@@ -251,23 +341,44 @@ def test_the_skip_is_decided_per_cluster_and_a_play_without_fast_has_no_host(tmp
 # --------------------------------------------------------------------------- what is observed
 
 
+class _Unsafe(yaml.SafeLoader):
+    pass
+
+
+_Unsafe.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
 def role_defaults() -> dict[str, Any]:
+    """Every role's defaults, then the example inventory's group vars (the values the roles are given)."""
     merged: dict[str, Any] = {}
     for path in sorted(ROLES.glob("*/defaults/main.yml")):
         merged.update(yaml.safe_load(path.read_text()) or {})
+    inventory = yaml.load((REPO / "inventories" / "example" / "hosts.yml").read_text(), Loader=_Unsafe)
+    for group in inventory["all"]["children"].values():
+        merged.update({k: v for k, v in (group.get("vars") or {}).items() if isinstance(v, (str, int))})
+    merged.setdefault("postgres_server_cluster_name", "main")
     return merged
 
 
 def resolve(text: str, known: dict[str, Any]) -> str | None:
-    """`text` with every plain `{{ name }}` replaced from the roles' defaults; None if anything else is templated."""
-    for _ in range(5):
-        text = re.sub(r"\{\{\s*(\w+)\s*\}\}",
-                      lambda m: str(known[m[1]]) if isinstance(known.get(m[1]), (str, int)) else m[0], text)
+    """`text` with every `{{ name }}` (or `{{ name | dirname }}`) replaced from `known`; None if anything else is
+    templated."""
+    def one(match: re.Match[str]) -> str:
+        value = known.get(match[1])
+        if not isinstance(value, (str, int)):
+            return match[0]
+        return os.path.dirname(str(value).strip()) if match[2] else str(value).strip()
+
+    for _ in range(6):
+        text = re.sub(r"\{\{\s*(\w+)\s*(\|\s*dirname\s*)?\}\}", one, text)
     return None if "{{" in text else text.strip()
 
 
 MONGO_ROLES = {"mongo_common", "mongod", "mongos", "mongodb_exporter"}
 """A MongoDB host never takes the fast path, so its roles' files need not be observed."""
+UNRESOLVED = {"{{ item.path }}": "pgbackrest's directory loop: its log, repository and spool directories are listed "
+                                "in converge_state_unwatched, /etc/pgbackrest and the include's folder are roots"}
+"""Paths no default or inventory value resolves, each with where what it names is observed or why it is not."""
 
 
 def test_every_file_the_roles_write_is_observed_or_named_as_not_observed() -> None:
@@ -280,14 +391,17 @@ def test_every_file_the_roles_write_is_observed_or_named_as_not_observed() -> No
             continue
         for match in re.finditer(r"^\s+(?:dest|path): (.+)$", tasks.read_text(), re.MULTILINE):
             raw = match[1].strip().strip('"')
+            if raw in UNRESOLVED:
+                continue
             path = resolve(raw.replace("{{ item }}", "x").replace("{{ item.name }}", "x")
                            .replace("{{ item.dest }}", "x"), known)
-            if path is None or not path.startswith("/"):
-                continue
+            assert path is not None and path.startswith("/"), f"{tasks.relative_to(REPO)}: {raw} does not resolve"
             resolved += 1
             assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in watched), \
                 f"{tasks.relative_to(REPO)}: {raw} ({path}) is neither below a converge_state root nor unwatched"
-    assert resolved >= 30, f"only {resolved} paths resolved: the check would pass on nothing"
+    assert resolved >= 40, f"only {resolved} paths resolved"
+    for path in known["pgbackrest_log_path"], known["pgbackrest_spool_path"]:
+        assert path in DEFAULTS["converge_state_unwatched"], path
 
 
 def test_the_paths_and_user_converge_state_shares_with_the_engine_roles_are_theirs() -> None:
@@ -308,3 +422,80 @@ def test_fast_is_refused_with_another_playbook(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(REPO / "operator")}, cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--fast works with site.yml only" in done.stderr
+
+
+# --------------------------------------------------------------------------- site.yml's plays, run
+
+
+STUB_CHECK = """- name: Stub check
+  ansible.builtin.set_fact:
+    converge_state_check: {in_sync: "{{ inventory_hostname in stub_in_sync }}", drift: [stub]}
+"""
+STUB_RECORD = """- name: Stub record
+  ansible.builtin.copy:
+    content: recorded
+    dest: "{{ stub_out }}/record-{{ inventory_hostname }}"
+    mode: "0600"
+  check_mode: false
+"""
+
+
+@pytest.fixture
+def site_copy(tmp_path: Path) -> Path:
+    """site.yml's first and last plays verbatim around one play that starts with the real skip and then marks the
+    host (failing where asked), with converge_state replaced by a stub whose check reads `stub_in_sync`; hosts a, b
+    (one cluster group) and c (another), all local."""
+    plays = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())
+    body = {"name": "Engine", "hosts": "all", "gather_facts": False,
+            "pre_tasks": yaml.safe_load((REPO / "playbooks" / "postgres.yml").read_text())[0]["pre_tasks"][:1],
+            "tasks": [{"name": "Mark", "ansible.builtin.copy": {"content": "ran", "mode": "0600",
+                                                                "dest": "{{ stub_out }}/ran-{{ inventory_hostname }}"},
+                       "check_mode": False},
+                      {"name": "Fail where asked", "ansible.builtin.fail": {"msg": "asked"},
+                       "when": "inventory_hostname in stub_fail"}]}
+    (tmp_path / "site.yml").write_text(yaml.safe_dump([plays[0], body, plays[-1]], sort_keys=False))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "converge_skip.yml").write_text((REPO / "playbooks" / "tasks" / "converge_skip.yml")
+                                                          .read_text())
+    stub = tmp_path / "roles" / "converge_state" / "tasks"
+    stub.mkdir(parents=True)
+    (stub / "main.yml").write_text(STUB_CHECK)
+    (stub / "record.yml").write_text(STUB_RECORD)
+    hosts = {h: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                 "dbfleet_group": "cluster_d" if h == "c" else "cluster_c"} for h in ("a", "b", "c")}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts, "children": {
+        "cluster_c": {"hosts": {"a": {}, "b": {}}}, "cluster_d": {"hosts": {"c": {}}}}}}))
+    return tmp_path
+
+
+def run_site(folder: Path, in_sync: list[str], *args: str, fast: bool = True,
+             fail: tuple[str, ...] = ()) -> tuple[set[str], set[str]]:
+    """(hosts that ran the engine play, hosts that recorded) for one run."""
+    out = folder / "out"
+    if out.exists():
+        for path in out.iterdir():
+            path.unlink()
+    out.mkdir(exist_ok=True)
+    extra = {"converge_state_inputs": "digest", "converge_state_fast": fast, "stub_in_sync": in_sync,
+             "stub_out": str(out), "stub_fail": list(fail)}
+    done = subprocess.run(["ansible-playbook", "-i", str(folder / "hosts.yml"), str(folder / "site.yml"),
+                           "-e", json.dumps(extra), *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ANSIBLE_CONFIG": str(shipped.ansible_cfg())})
+    assert ("failed=1" in done.stdout) == bool(fail), done.stdout + done.stderr
+    names = {p.name for p in out.iterdir()}
+    return ({n.removeprefix("ran-") for n in names if n.startswith("ran-")},
+            {n.removeprefix("record-") for n in names if n.startswith("record-")})
+
+
+def test_fast_skips_a_cluster_only_when_all_its_hosts_are_in_sync(site_copy: Path) -> None:
+    assert run_site(site_copy, ["a", "b", "c"]) == (set(), set()), "in sync: nothing runs, nothing is re-recorded"
+    assert run_site(site_copy, ["a", "c"]) == ({"a", "b"}, {"a", "b"}), "b drifted: its whole cluster converges"
+    assert run_site(site_copy, ["a", "b", "c"], fast=False) == ({"a", "b", "c"}, {"a", "b", "c"})
+
+
+def test_only_a_full_run_that_succeeded_on_a_host_records_it(site_copy: Path) -> None:
+    assert run_site(site_copy, [], fast=False, fail=("b",)) == ({"a", "b", "c"}, {"a", "c"})
+    assert run_site(site_copy, [], "--check", fast=False)[1] == set()
+    assert run_site(site_copy, [], "--tags", "always", fast=False)[1] == set()
+    assert run_site(site_copy, [], "--skip-tags", "nothing", fast=False)[1] == set()
+    assert run_site(site_copy, [], "--limit", "a,b,c", fast=False)[1] == set()

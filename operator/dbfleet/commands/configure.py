@@ -25,7 +25,7 @@ from dbfleet.commands.common import (
     inventory_path,
     inventory_source,
 )
-from dbfleet.converge_inputs import inputs_digest
+from dbfleet.converge_inputs import InputsError, inputs_digest
 from dbfleet.monitoring.rules import render_rules
 from dbfleet.playbook import NoHostsError, list_hosts, run_playbook
 
@@ -89,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="dbfleet-configure-") as tmp:
         rules = Path(tmp) / "fleet.rules.yml"
         rules.write_text(render_rules(fleet), encoding="utf-8")
-        inputs = inputs_digest(inventory, {"fleet.rules.yml": rules.read_text(encoding="utf-8")})
+        try:
+            inputs = inputs_digest(inventory, {"fleet.rules.yml": rules.read_text(encoding="utf-8")})
+        except InputsError as exc:
+            print(f"dbfleet configure: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         extra += ["-e", f"@{write_extra_vars(Path(tmp), rules, inputs, args.fast)}"]
         result = run_playbook(args.playbook, inventory, extra)
     changed = sum(s.changed for s in result.stats.values())

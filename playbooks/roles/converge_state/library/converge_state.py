@@ -25,12 +25,17 @@ reports changed=false, so a no-op converge stays changed=0.
 
 from __future__ import annotations
 
+import base64
+import calendar
 import hashlib
 import json
 import os
+import re
 import ssl
 import stat
 import subprocess
+import tempfile
+import time
 import urllib.request
 from typing import Any
 
@@ -60,6 +65,10 @@ options:
     type: list
     elements: path
     default: []
+  renew_days:
+    description: A certificate below the roots that expires within this many days is drift (the pki role's renew_days)
+    type: int
+    default: 30
   postgres: {description: "PostgreSQL on this host: {port, socket_dir}", type: dict}
   patroni: {description: "Patroni's REST API: {url, ca_file}", type: dict}
   redis: {description: "Redis data node: {port, user, password, tls, ca_file}", type: dict, no_log: true}
@@ -137,6 +146,61 @@ def observe_files(roots: list[str], exclude: list[str]) -> dict[str, str]:
     return found
 
 
+PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
+
+
+def _der(data: bytes, at: int) -> tuple[int, int, int]:
+    """One DER element at `at`: (tag, start of its content, end of its content)."""
+    tag, length = data[at], data[at + 1]
+    at += 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(data[at:at + count], "big")
+        at += count
+    return tag, at, at + length
+
+
+def not_after(der: bytes) -> float:
+    """A certificate's notAfter as a Unix time (RFC 5280: Certificate > TBSCertificate > Validity)."""
+    _, tbs, _ = _der(der, 0)
+    _, at, _ = _der(der, tbs)
+    if der[at] == 0xA0:  # [0] version
+        at = _der(der, at)[2]
+    for _ in range(3):  # serialNumber, signature, issuer
+        at = _der(der, at)[2]
+    _, validity, _ = _der(der, at)
+    _, start, end = _der(der, _der(der, validity)[2])  # notAfter follows notBefore
+    text = der[start:end].decode("ascii")
+    if len(text) == 13:  # UTCTime, YYMMDDHHMMSSZ
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    return calendar.timegm(time.strptime(text, "%Y%m%d%H%M%SZ"))
+
+
+def certificates_due(roots: list[str], exclude: list[str], renew_days: int, now: float) -> list[str]:
+    """`certificate:<path>` for each file below the roots holding a certificate that the pki role would sign again
+    (it expires within renew_days) or that cannot be read: that renewal is a converge's work, so it is drift."""
+    due: list[str] = []
+    for name, line in observe_files(roots, exclude).items():
+        path = name.split(":", 1)[1]
+        if not line.startswith("f "):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(1 << 20)
+        except OSError:
+            continue
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            continue
+        try:
+            ends = [not_after(base64.b64decode(b"".join(m[1].split()))) for m in PEM.finditer(data)]
+        except (ValueError, IndexError, UnicodeDecodeError):
+            ends = []
+        if not ends or min(ends) - now <= renew_days * 86400:
+            due.append(f"certificate:{path} (renewal due)")
+    return due
+
+
 def run(argv: list[str], env: dict[str, str] | None = None) -> str:
     """A command's output, or an unreadable marker with its error (never raises)."""
     try:
@@ -184,21 +248,37 @@ PG_DATABASE = {
 }
 
 
+def psql_argv(pg: dict[str, Any], sql: str) -> list[str]:
+    """psql on the local socket as postgres. The database is never on the command line: psql reads a `-d` value
+    with `=` or a URI prefix as a connection string, and database names come from the catalog, where any role
+    that may create or rename a database chooses them; PGDATABASE (see psql_env) is never expanded."""
+    return ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1",
+            "-h", str(pg.get("socket_dir") or "/var/run/postgresql"), "-p", str(int(pg["port"])), "-c", sql]
+
+
+def psql_env(database: str) -> dict[str, str]:
+    return {"PGDATABASE": database}
+
+
 def psql(pg: dict[str, Any], database: str, sql: str) -> str:
-    return run(["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1",
-                "-h", str(pg.get("socket_dir") or "/var/run/postgresql"), "-p", str(pg["port"]),
-                "-d", database, "-c", sql])
+    return run(psql_argv(pg, sql), psql_env(database))
 
 
 def observe_postgres(pg: dict[str, Any]) -> dict[str, str]:
     found = {f"postgres:{name}": psql(pg, "postgres", sql) for name, sql in PG_CLUSTER.items()}
-    names = psql(pg, "postgres", "SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname")
-    if names.startswith(ERROR):
-        found["postgres:database-list"] = names
+    listed = psql(pg, "postgres", "SELECT coalesce(json_agg(datname ORDER BY datname), '[]') FROM pg_database "
+                                  "WHERE datallowconn")
+    try:
+        names = [] if listed.startswith(ERROR) else json.loads(listed)
+    except ValueError:
+        names, listed = [], f"{ERROR}the database list is not JSON"
+    if listed.startswith(ERROR) or not isinstance(names, list):
+        found["postgres:database-list"] = listed if listed.startswith(ERROR) else f"{ERROR}not a list"
         return found
-    for name in names.splitlines():
+    for index, name in enumerate(names):
         for what, sql in PG_DATABASE.items():
-            found[f"postgres:{name}:{what}"] = psql(pg, name, sql)
+            # Item names carry the database's position, not its name, so no catalog text reaches the output.
+            found[f"postgres:database-{index}:{what}"] = f"{name}\n{psql(pg, str(name), sql)}"
     return found
 
 
@@ -269,8 +349,12 @@ def observe_sentinel(conf: dict[str, Any]) -> dict[str, str]:
 def observe(params: dict[str, Any]) -> dict[str, str]:
     """Every item of the host, as name -> what is compared. A file's line holds only its digest, mode and owner; every
     other item is kept as the digest of its text, since some hold secrets (CONFIG GET * lists masterauth)."""
-    own = [params["path"], f"{params['path']}.tmp"] if params.get("path") else []
-    found = observe_files(params["roots"], [*params["exclude"], *own])
+    found = observe_files(params["roots"], params["exclude"])
+    if params.get("path"):  # the record and its temporary files, when they lie below a root
+        folder = os.path.dirname(os.path.normpath(params["path"]))
+        found = {name: line for name, line in found.items()
+                 if not (name == f"file:{os.path.normpath(params['path'])}"
+                         or name.startswith(f"file:{folder}/.converge-state."))}
     found.update(observe_system())
     if params.get("postgres"):
         found.update(observe_postgres(params["postgres"]))
@@ -308,12 +392,17 @@ def read_record(path: str) -> dict[str, Any] | None:
 
 
 def write_record(path: str, inputs: str, items: dict[str, str]) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    temporary = f"{path}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"format": FORMAT, "inputs": inputs, "items": items}, handle, sort_keys=True)
-    os.replace(temporary, path)
+    """The record, whole or not at all: a new 0600 file (mkstemp) beside it, then renamed over it."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".converge-state.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"format": FORMAT, "inputs": inputs, "items": items}, handle, sort_keys=True)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def main() -> None:
@@ -324,6 +413,7 @@ def main() -> None:
             "path": {"type": "path", "default": "/var/lib/dbfleet/converge-state.json"},
             "roots": {"type": "list", "elements": "path", "default": []},
             "exclude": {"type": "list", "elements": "path", "default": []},
+            "renew_days": {"type": "int", "default": 30},
             "postgres": {"type": "dict"},
             "patroni": {"type": "dict"},
             "redis": {"type": "dict", "no_log": True},
@@ -338,6 +428,7 @@ def main() -> None:
             write_record(p["path"], p["inputs"], now)
         module.exit_json(changed=False, in_sync=True, drift=[], items=len(now))
     drift = compare(read_record(p["path"]), p["inputs"], now)
+    drift += certificates_due(p["roots"], p["exclude"], p["renew_days"], time.time())
     module.exit_json(changed=False, in_sync=not drift, drift=drift[:20], items=len(now))
 
 
