@@ -198,22 +198,23 @@ def test_a_certificate_due_for_renewal_is_drift(cs: Any, tmp_path: Path) -> None
     they expire. A certificate within renew_days (or unreadable) below a root is drift."""
     import time
 
+    def due(at: float) -> list[str]:
+        """What the check adds for the certificates among the files it observed below tmp_path."""
+        return cs.certificates_due(cs.regular_files(cs.observe_files([str(tmp_path)], [])), 30, at)
+
     fresh = certificate(tmp_path, 400, "fresh")
     late = certificate(tmp_path, 9000, "after-2049")  # GeneralizedTime, not UTCTime
-    assert cs.certificates_due([str(tmp_path)], [], 30, time.time()) == []
+    assert due(time.time()) == []
     assert abs(cs.not_after(__import__("base64").b64decode(
         b"".join(fresh.read_bytes().split(b"\n")[1:-2]))) - (time.time() + 400 * 86400)) < 120
-    assert cs.certificates_due([str(tmp_path)], [], 30, time.time() + 380 * 86400) == \
-        [f"certificate:{fresh} (renewal due)"]
+    assert due(time.time() + 380 * 86400) == [f"certificate:{fresh} (renewal due)"]
     soon = certificate(tmp_path, 10, "soon")
     bundle = tmp_path / "bundle.crt"
     bundle.write_bytes(fresh.read_bytes() + soon.read_bytes())
-    due = cs.certificates_due([str(tmp_path)], [], 30, time.time())
-    assert due == [f"certificate:{bundle} (renewal due)", f"certificate:{soon} (renewal due)"], due
+    assert due(time.time()) == [f"certificate:{bundle} (renewal due)", f"certificate:{soon} (renewal due)"]
     assert late.exists()
     (tmp_path / "broken.crt").write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
-    assert f"certificate:{tmp_path / 'broken.crt'} (renewal due)" in cs.certificates_due([str(tmp_path)], [], 30,
-                                                                                        time.time())
+    assert f"certificate:{tmp_path / 'broken.crt'} (renewal due)" in due(time.time())
 
 
 def test_renew_days_is_the_pki_roles(cs: Any) -> None:

@@ -177,14 +177,17 @@ def not_after(der: bytes) -> float:
     return calendar.timegm(time.strptime(text, "%Y%m%d%H%M%SZ"))
 
 
-def certificates_due(roots: list[str], exclude: list[str], renew_days: int, now: float) -> list[str]:
-    """`certificate:<path>` for each file below the roots holding a certificate that the pki role would sign again
-    (it expires within renew_days) or that cannot be read: that renewal is a converge's work, so it is drift."""
+def regular_files(observed: dict[str, str]) -> list[str]:
+    """The paths an observation (observe_files or observe) saw as regular files."""
+    return [name.split(":", 1)[1] for name, line in observed.items()
+            if name.startswith("file:") and line.startswith("f ")]
+
+
+def certificates_due(files: list[str], renew_days: int, now: float) -> list[str]:
+    """`certificate:<path>` for each of `files` holding a certificate that the pki role would sign again (it
+    expires within renew_days) or that cannot be read: that renewal is a converge's work, so it is drift."""
     due: list[str] = []
-    for name, line in observe_files(roots, exclude).items():
-        path = name.split(":", 1)[1]
-        if not line.startswith("f "):
-            continue
+    for path in files:
         try:
             with open(path, "rb") as handle:
                 data = handle.read(1 << 20)
@@ -323,7 +326,7 @@ def observe_redis(conf: dict[str, Any]) -> dict[str, str]:
     if not role.startswith(ERROR):
         # ROLE's replication offsets move with every write; what it says about the topology does not.
         answer = json.loads(role)
-        role = json.dumps(answer[:1] + answer[1:3] if answer and answer[0] == "slave" else answer[:1])
+        role = json.dumps(answer[:3] if answer and answer[0] == "slave" else answer[:1])  # role, master host, port
     return {"redis:config": ask(client, "CONFIG", "GET", "*"), "redis:acl": ask(client, "ACL", "LIST"),
             "redis:role": role}
 
@@ -428,7 +431,7 @@ def main() -> None:
             write_record(p["path"], p["inputs"], now)
         module.exit_json(changed=False, in_sync=True, drift=[], items=len(now))
     drift = compare(read_record(p["path"]), p["inputs"], now)
-    drift += certificates_due(p["roots"], p["exclude"], p["renew_days"], time.time())
+    drift += certificates_due(regular_files(now), p["renew_days"], time.time())
     module.exit_json(changed=False, in_sync=not drift, drift=drift[:20], items=len(now))
 
 
