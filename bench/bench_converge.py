@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, SPEC, Result, timed
-from dbfleet.converge_inputs import inputs_digest
+from dbfleet.converge_inputs import inputs_digest, parse_fast_report, site_vars
 from dbfleet.lab import lifecycle
 from dbfleet.playbook import PlaybookResult, run_playbook
 from dbfleet.spec import load_fleet
@@ -101,14 +101,13 @@ def report(label: str, seconds: float, result: PlaybookResult, counts: dict[str,
 def fast_vars(inventory: Path, fast: bool) -> list[str]:
     """The extra vars `dbfleet configure` gives site.yml: its inputs' digest (a host's record is written after a full
     run) and, with `fast`, the fast path (bench/README: "Converge speed")."""
-    return ["-e", json.dumps({"converge_state_inputs": inputs_digest(inventory, {}), "converge_state_fast": fast})]
+    return ["-e", json.dumps(site_vars(inputs_digest(inventory, {}), fast))]
 
 
 def in_sync_hosts(result: PlaybookResult) -> int:
     """How many hosts site.yml's first play found in sync (its report line); a fast no-op must skip them all."""
-    flat = re.sub(r"\s+", " ", result.output)
-    found = re.search(r"converge_state: in sync, skipped: (.*?); converging: ", flat)
-    return 0 if not found or found[1] == "none" else len(found[1].split(","))
+    report = parse_fast_report(result.output)
+    return len(report[0]) if report else 0
 
 
 def runs_per_host(counts: dict[str, Any]) -> dict[str, int]:

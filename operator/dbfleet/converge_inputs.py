@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -88,3 +89,23 @@ def inputs_digest(inventory: Path, rendered: dict[str, str]) -> str:
     for package, version in sorted(versions.items()):
         sha.update(f"version/{package}\0{version}\n".encode())
     return sha.hexdigest()
+
+
+def site_vars(inputs: str, fast: bool) -> dict[str, str | bool]:
+    """The extra vars site.yml's first and last plays read: the inputs' digest (a host's record is written after a
+    full run) and whether to take the fast path."""
+    return {"converge_state_inputs": inputs, "converge_state_fast": fast}
+
+
+FAST_REPORT = re.compile(r"converge_state: in sync, skipped: (.*?); converging: ((?:[^']|'')*)'")
+"""The line site.yml's first play prints (a YAML single-quoted scalar in Ansible's output, folded over lines)."""
+
+
+def parse_fast_report(output: str) -> tuple[set[str], str] | None:
+    """From a `--fast` run's output: the hosts found in sync (skipped), and what the play says of the others; None
+    when the output has no such line."""
+    found = FAST_REPORT.search(re.sub(r"\s+", " ", output))
+    if not found:
+        return None
+    skipped = set() if found[1] == "none" else {host.strip() for host in found[1].split(",")}
+    return skipped, found[2].replace("''", "'")

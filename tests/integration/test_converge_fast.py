@@ -8,7 +8,6 @@ failure here leaves the session lab as it found it.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from dbfleet.converge_inputs import parse_fast_report
 from dbfleet.playbook import parse_recap
 from dbfleet.spec import PostgresCluster, RedisCluster
 
@@ -36,11 +36,9 @@ def configure(lab: Any, *args: str) -> tuple[subprocess.CompletedProcess[str], f
 
 def fast_report(output: str) -> tuple[set[str], str]:
     """The hosts site.yml's first play found in sync (skipped), and what it says of the others."""
-    flat = re.sub(r"\s+", " ", output)
-    found = re.search(r"converge_state: in sync, skipped: (.*?); converging: ((?:[^']|'')*)'", flat)
-    assert found, f"no fast-path report in the output:\n{output[-3000:]}"
-    skipped = set() if found[1] == "none" else {h.strip() for h in found[1].split(",")}
-    return skipped, found[2].replace("''", "'")
+    report = parse_fast_report(output)
+    assert report, f"no fast-path report in the output:\n{output[-3000:]}"
+    return report
 
 
 def psql(lab: Any, host: str, port: int, sql: str) -> str:

@@ -282,6 +282,29 @@ def test_the_inputs_digest_moves_with_a_shipped_playbook(inventory: Path, tmp_pa
     assert converge_inputs.inputs_digest(inventory, {}) != base
 
 
+def test_the_fast_report_is_read_from_ansibles_folded_output() -> None:
+    """The line site.yml's first play prints, as Ansible's YAML output folds and quotes it (from a lab run)."""
+    output = ("TASK [Say which hosts are in sync and what the others found different] ****\n"
+              "ok: [redis-1] => \n"
+              "    msg: 'converge_state: in sync, skipped: s-1, m-1; converging: redis-1 (the converge''s\n"
+              "        inputs changed), redis-2 (file:/etc/redis/dbfleet.conf)'\n\nPLAY [PostgreSQL] ***\n")
+    assert converge_inputs.parse_fast_report(output) == (
+        {"s-1", "m-1"}, "redis-1 (the converge's inputs changed), redis-2 (file:/etc/redis/dbfleet.conf)")
+    assert converge_inputs.parse_fast_report("    msg: 'converge_state: in sync, skipped: none; converging: none'") \
+        == (set(), "none")
+    assert converge_inputs.parse_fast_report("PLAY RECAP ***") is None
+
+
+def test_configure_gives_site_yml_the_inputs_and_the_fast_flag_as_data(tmp_path: Path) -> None:
+    from dbfleet.commands.configure import write_extra_vars
+
+    path = write_extra_vars(tmp_path, tmp_path / "rules {{ x }}.yml", "ab12", True)
+    loaded = yaml.load(path.read_text(), Loader=_Unsafe)
+    assert loaded == {"prometheus_rules_source": str(tmp_path / "rules {{ x }}.yml"),
+                      **converge_inputs.site_vars("ab12", True)}
+    assert loaded["converge_state_fast"] is True and "!unsafe" in path.read_text()
+
+
 # --------------------------------------------------------------------------- the playbooks' wiring
 
 ENGINE_PLAYBOOKS = ("postgres.yml", "redis.yml", "mongo.yml", "monitoring.yml")

@@ -25,7 +25,7 @@ from dbfleet.commands.common import (
     inventory_path,
     inventory_source,
 )
-from dbfleet.converge_inputs import InputsError, inputs_digest
+from dbfleet.converge_inputs import InputsError, inputs_digest, site_vars
 from dbfleet.monitoring.rules import render_rules
 from dbfleet.playbook import NoHostsError, list_hosts, run_playbook
 
@@ -61,9 +61,9 @@ def write_extra_vars(folder: Path, rules: Path, inputs: str, fast: bool) -> Path
     of this converge's inputs (hex), which site.yml records on each host after a full run; and whether to take the
     fast path (skip the clusters whose hosts still match their record)."""
     path = folder / "dbfleet-vars.yml"
-    path.write_text(f"prometheus_rules_source: !unsafe {json.dumps(str(rules))}\n"
-                    f"converge_state_inputs: {json.dumps(inputs)}\n"
-                    f"converge_state_fast: {json.dumps(fast)}\n", encoding="utf-8")
+    lines = [f"prometheus_rules_source: !unsafe {json.dumps(str(rules))}"]
+    lines += [f"{name}: {json.dumps(value)}" for name, value in site_vars(inputs, fast).items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
