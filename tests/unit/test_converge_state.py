@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from ansible.module_utils.testing import patch_module_args
+from role_support import role_module
 
 from dbfleet import converge_inputs, shipped
 
@@ -30,13 +31,7 @@ DEFAULTS = yaml.safe_load((ROLES / "converge_state" / "defaults" / "main.yml").r
 
 @pytest.fixture(scope="module")
 def cs() -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("dbfleet_test_converge_state", MODULE_PATH)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return role_module("converge_state", "converge_state")
 
 
 # --------------------------------------------------------------------------- observing and comparing
