@@ -29,6 +29,7 @@ SECRET_KEYS = ("redis_admin_password", "redis_app_password", "redis_replication_
 discovery = _module("redis_common", "redis_current_master")
 live_config = _module("redis_server", "redis_live_config")
 monitor = _module("redis_sentinel", "redis_sentinel_monitor")
+converge_state = _module("converge_state", "converge_state")  # configure --fast reads CONFIG, ACL and Sentinel too
 
 
 # --------------------------------------------------------------------------- master discovery
@@ -211,7 +212,7 @@ def test_the_exporters_dial_tls_and_check_the_certificate_against_the_fleet_ca(a
     assert f"REDIS_ADDR={address.replace('rediss', 'redis')}" in plain.splitlines() and "tls" not in plain
 
 
-@pytest.mark.parametrize("module", [discovery, live_config, monitor], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [discovery, live_config, monitor, converge_state], ids=lambda m: m.__name__)
 def test_each_role_module_connects_with_the_operators_tls_options(module: ModuleType) -> None:
     """The modules run on the hosts (no dbfleet there): their options are checked against engines.tls here.
     redis-py 4 on Debian 12 checks no host name unless asked, so they ask."""
