@@ -34,11 +34,18 @@ def from_spec(value: Any) -> Any:
 
 
 class _InventoryDumper(yaml.SafeDumper):
-    """YAML for Ansible: a SpecText is written `!unsafe '...'`."""
+    """YAML for Ansible: a SpecText is written `!unsafe '...'`; an empty one plain `''`."""
 
 
-_InventoryDumper.add_representer(
-    SpecText, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value), style="'"))
+def _represent_spec_text(dumper: yaml.SafeDumper, value: SpecText) -> yaml.Node:
+    if not value:
+        # ansible-core 2.19 loads `!unsafe ''` as None (a role's `x | length` then fails); an empty string holds
+        # nothing to template, so it is written plain.
+        return dumper.represent_str("")
+    return dumper.represent_scalar("!unsafe", str(value), style="'")
+
+
+_InventoryDumper.add_representer(SpecText, _represent_spec_text)
 
 
 class InventoryLoader(yaml.SafeLoader):
@@ -63,7 +70,7 @@ def inventory_json_value(value: Any) -> Any:
     """`value` for the JSON an inventory script prints: a SpecText becomes `{"__ansible_unsafe": text}`, the form
     Ansible's script inventory reads as not to be templated."""
     if isinstance(value, SpecText):
-        return {"__ansible_unsafe": str(value)}
+        return {"__ansible_unsafe": str(value)} if value else ""  # empty: as inventory_yaml writes it
     if isinstance(value, dict):
         return {key: inventory_json_value(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

@@ -113,6 +113,27 @@ def test_ansible_does_not_evaluate_jinja_from_the_spec(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inventory"], "Ansible ran a lookup from the spec"
 
 
+@pytest.mark.skipif(not shutil.which("ansible"), reason="ansible is not installed")
+def test_an_empty_spec_string_reaches_ansible_as_an_empty_string(tmp_path: Path) -> None:
+    """ansible-core 2.19 reads `!unsafe ''` as None: pgbackrest's `pgbackrest_spool_path | length` failed the
+    converge of every PostgreSQL cluster without dr (found by bench fleet's one-host clusters)."""
+    text = (REPO / "fleet.example.yaml").read_text()
+    start = text.index("    dr:\n")
+    end = text.index("    indexes:\n", start)
+    fleet = parse_fleet(text[:start] + text[end:], "no-dr.yaml")
+    assert fleet.cluster("pg-main").dr is None  # type: ignore[union-attr]
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    path = write_inventory(build_inventory(fleet, {h: HostAccess("127.0.0.1", local) for h in host_roles(fleet)}),
+                           tmp_path / "inventory")
+    assert "pgbackrest_spool_path: ''" in path.read_text()
+    env = {**os.environ, "ANSIBLE_LOCALHOST_WARNING": "0", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0"}
+    args = json.dumps({"msg": "spool={{ pgbackrest_spool_path | type_debug }}:{{ pgbackrest_spool_path | length }}"})
+    done = subprocess.run(["ansible", "pg-1", "-i", str(path), "-m", "ansible.builtin.debug", "-a", args],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "spool=str:0" in done.stdout
+
+
 def test_backup_access_reads_an_inventory_with_unsafe_spec_strings(tmp_path: Path) -> None:
     from dbfleet.spec import S3Target
     from dbfleet.wiring import open_access
