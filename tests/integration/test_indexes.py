@@ -383,3 +383,24 @@ def test_a_captured_query_is_planned_with_the_rights_of_the_role_that_ran_it(pge
             conn.execute("REVOKE ALL ON SCHEMA public FROM dbf_app")
             conn.execute("DROP ROLE IF EXISTS dbf_app")
             conn.execute(f"SELECT lo_unlink({lob}) FROM pg_largeobject_metadata WHERE oid = {lob}")
+
+
+def test_the_catalog_query_reads_what_the_statistics_views_show(pgenv: PgEnv, reconciled):
+    """The observation reads counters with the functions the pg_stat_user_* views are made of, and comments from
+    pg_description (it joined the views once; planning them cost as much as running the query): every index's
+    scans, every table's sequential scans and live rows, and comments are the views' and obj_description's."""
+    from dbfleet.reconcile.pg_indexes import CATALOG_SQL
+
+    pgenv.sql("COMMENT ON INDEX orders_open_idx IS 'a note'; SELECT count(*) FROM orders WHERE status = 'open'")
+    with pgenv.connect(pgenv.primary) as conn, conn.transaction():
+        conn.execute("SET LOCAL stats_fetch_consistency = snapshot")  # both reads see one snapshot of counters
+        doc = conn.execute(CATALOG_SQL, prepare=True).fetchone()[0]  # type: ignore[index]
+        views = {f"index {r[0]}": (r[1], r[2]) for r in conn.execute(
+            "SELECT indexrelname, idx_scan, obj_description(indexrelid, 'pg_class') FROM pg_stat_user_indexes")}
+        views |= {f"table {r[0]}": (r[1], r[2]) for r in conn.execute(
+            "SELECT s.relname, seq_scan, CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE n_live_tup END "
+            "FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid")}
+    observed = {f"index {i['name']}": (i["scans"], i["comment"]) for i in doc["indexes"]}
+    observed |= {f"table {t['table']}": (t["seq_scans"], t["live_rows"]) for t in doc["tables"]}
+    assert observed == views
+    assert observed["index orders_open_idx"][1] == "a note" and views["table orders"][0] > 0

@@ -40,6 +40,13 @@ TEMPORARY_SQLSTATES = {
     "40001", "40P01",  # serialization failure, deadlock
 }
 
+MEMBER_SQL = ("SELECT pg_is_in_recovery() AS recovery, "
+              "ARRAY(SELECT application_name FROM pg_stat_replication ORDER BY 1) AS standbys")
+"""A member's role, and the standbys streaming from it (read from the primary's row): one statement a member."""
+PREPARE_WHEN_ASKED = 2**31 - 1
+"""psycopg's prepare_threshold: no statement is prepared for its count of runs, only where a caller asks
+(`PostgresSession.run(..., prepare=True)`: the same catalog reads every cycle, whose planning cost as much server
+CPU as their execution). None would refuse even those."""
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
               "tcp_user_timeout": 10000}
 """A server that vanished (a killed primary) is noticed in about 10 s, not the kernel's minutes: the leader
@@ -129,7 +136,7 @@ def connect(cluster: PostgresCluster, access: FleetAccess, host: str, dbname: st
         "application_name": application_name, "options": SESSION_OPTIONS, **KEEPALIVES,
         **postgres_tls(cluster, access.ca_file(cluster))}
     try:
-        return psycopg.connect(autocommit=True, prepare_threshold=None, **params)
+        return psycopg.connect(autocommit=True, prepare_threshold=PREPARE_WHEN_ASKED, **params)
     except psycopg.Error as exc:
         raise classify(exc, host, f"connect to database {dbname}") from None
 
@@ -151,13 +158,18 @@ class PostgresSession(EngineSession[PostgresCluster]):
             self._conns[(host, dbname)] = conn
         return conn
 
-    def run(self, host: str, dbname: str, query: Query, params: Any = None) -> list[dict[str, Any]]:
-        """One statement on one member; driver errors become Temporary or Permanent errors naming the host."""
+    def run(self, host: str, dbname: str, query: Query, params: Any = None, *,
+            prepare: bool = False) -> list[dict[str, Any]]:
+        """One statement on one member; driver errors become Temporary or Permanent errors naming the host.
+
+        `prepare`: a named prepared statement on this connection, planned once and kept (psycopg drops them all
+        after a DROP, ALTER, ROLLBACK or DEALLOCATE ALL, and a new connection starts without): for the statements
+        every cycle repeats word for word."""
         conn = self.connection(host, dbname)
         self.queries += 1
         try:
             with conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(query, params)
+                cur.execute(query, params, prepare=prepare or None)
                 return cur.fetchall() if cur.description else []
         except psycopg.Error as exc:
             if conn.closed or conn.broken:
@@ -228,7 +240,7 @@ class PostgresSession(EngineSession[PostgresCluster]):
         leader's timeline history (README: Patroni, "WAL archiving after a rewind"). Empty while archiving works: a
         healthy cycle costs one query."""
         try:
-            rows = self.run(leader, "postgres", ARCHIVER_FAILING)
+            rows = self.run(leader, "postgres", ARCHIVER_FAILING, prepare=True)
             if not rows or not rows[0]["failing"]:
                 return {}
             queued = [r["wal"] for r in self.run(leader, "postgres", QUEUED_SEGMENTS)]
@@ -241,17 +253,18 @@ class PostgresSession(EngineSession[PostgresCluster]):
 
     def _sql_topology(self) -> Topology:
         members = []
+        standbys: dict[str, list[str]] = {}
         for host in self.cluster.host_names():
             try:
-                row = self.run(host, "postgres", "SELECT pg_is_in_recovery() AS recovery")[0]
+                row = self.run(host, "postgres", MEMBER_SQL, prepare=True)[0]
                 members.append(Member(host, "replica" if row["recovery"] else "primary", True))
+                standbys[host] = list(row["standbys"])
             except ReconcileError as exc:
                 members.append(Member(host, "unknown", False, exc.message))
         primaries = [m.host for m in members if m.role == "primary"]
         facts: dict[str, Any] = {}
         if len(primaries) == 1:
-            rows = self.run(primaries[0], "postgres", "SELECT application_name FROM pg_stat_replication")
-            facts["standbys"] = sorted(r["application_name"] for r in rows)
+            facts["standbys"] = sorted(standbys[primaries[0]])
         return Topology(self.cluster.name, self.engine, primaries[0] if len(primaries) == 1 else None,
                         tuple(members), facts)
 

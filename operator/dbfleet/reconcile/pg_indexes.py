@@ -2,7 +2,10 @@
 
 Per database, one catalog query on the primary returns every index, table
 and counter as one JSON document, and one query per replica returns that
-replica's scan counters (physical replicas share the primary's OIDs).
+replica's scan counters (physical replicas share the primary's OIDs). Both
+are prepared once per connection, and read the counters with the functions
+the pg_stat_user_* views are made of (pg_stat_get_numscans, ...) rather than
+joining the views: planning the views cost as much as running the query.
 Index DDL is always CONCURRENTLY, with a lock timeout so it waits for no one
 for long; a lock timeout is a TemporaryError and is retried. Everything goes
 through the cluster's engine session.
@@ -44,11 +47,10 @@ SELECT json_build_object(
   'extensions', (SELECT coalesce(json_agg(extname), '[]') FROM pg_extension),
   'tables', (SELECT coalesce(json_agg(json_build_object(
                 'oid', c.oid, 'schema', n.nspname, 'table', c.relname,
-                'seq_scans', coalesce(s.seq_scan, 0),
-                'live_rows', CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE coalesce(s.n_live_tup, 0) END
+                'seq_scans', pg_stat_get_numscans(c.oid),
+                'live_rows', CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE pg_stat_get_live_tuples(c.oid) END
              )), '[]')
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
              WHERE c.relkind IN ('r', 'p', 'm') AND {_NOT_SYSTEM}),
   'indexes', (SELECT coalesce(json_agg(json_build_object(
                 'oid', i.indexrelid, 'schema', n.nspname, 'table', t.relname, 'name', c.relname,
@@ -63,8 +65,8 @@ SELECT json_build_object(
                                  FROM generate_series(i.indnkeyatts + 1, i.indnatts) AS k ORDER BY k),
                 'predicate', pg_get_expr(i.indpred, i.indrelid, true),
                 'constraint', b.names,
-                'comment', obj_description(i.indexrelid, 'pg_class'),
-                'scans', coalesce(s.idx_scan, 0),
+                'comment', d.description,
+                'scans', pg_stat_get_numscans(i.indexrelid),
                 'size_bytes', pg_relation_size(i.indexrelid)
              ) ORDER BY n.nspname, c.relname), '[]')
              FROM pg_index i
@@ -72,8 +74,9 @@ SELECT json_build_object(
              JOIN pg_class t ON t.oid = i.indrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_am am ON am.oid = c.relam
-             LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = i.indexrelid
              LEFT JOIN backing b ON b.conindid = i.indexrelid
+             LEFT JOIN pg_description d ON d.objoid = i.indexrelid AND d.classoid = 'pg_class'::regclass
+                                           AND d.objsubid = 0
              WHERE {_NOT_SYSTEM})
 ) AS doc
 """
@@ -130,14 +133,14 @@ class PostgresIndexes:
 
     def _observe_database(self, cluster: PostgresCluster, dbname: str, primary: str, replicas: list[str],
                           down: list[str]) -> ObservedDatabase:
-        doc = self.session.run(primary, dbname, CATALOG_SQL)[0]["doc"]
+        doc = self.session.run(primary, dbname, CATALOG_SQL, prepare=True)[0]["doc"]
         scans: dict[int, dict[str, int]] = {int(i["oid"]): {primary: int(i["scans"])} for i in doc["indexes"]}
         seq: dict[int, int] = {int(t["oid"]): int(t["seq_scans"]) for t in doc["tables"]}
         windows = [float(doc["window_days"] or 0)]
         counted, missing = [primary], list(down)
         for replica in replicas:
             try:
-                rdoc = self.session.run(replica, dbname, REPLICA_SQL)[0]["doc"]
+                rdoc = self.session.run(replica, dbname, REPLICA_SQL, prepare=True)[0]["doc"]
             except ReconcileError as exc:
                 log.info("%s: replica %s counters unread: %s", cluster.name, replica, exc)
                 missing.append(replica)

@@ -234,10 +234,10 @@ class PgMaintenance:
             observed.notes.append(f"free disk on {primary} ({observed.free_where or 'data_directory'}) unread: no "
                                   "rewrite is planned")
         observed.ages = [DatabaseAge(r["datname"], int(r["xid_age"]), int(r["mxid_age"]))
-                         for r in self.session.run(primary, "postgres", AGES_SQL)]
+                         for r in self.session.run(primary, "postgres", AGES_SQL, prepare=True)]
         observed.in_flight = [RewriteInFlight(r["datname"], int(r["pid"]), str(r["query"]), float(r["seconds"] or 0))
                               for r in self.session.run(primary, "postgres", IN_FLIGHT_SQL,
-                                                        [[REWRITE_APP, REPACK_APP]])]
+                                                        [[REWRITE_APP, REPACK_APP]], prepare=True)]
         for dbname in cluster.databases:
             try:
                 observed.databases[dbname] = self._observe_database(primary, dbname, observed.notes)
@@ -248,7 +248,7 @@ class PgMaintenance:
         return observed
 
     def _observe_database(self, primary: str, dbname: str, notes: list[str]) -> MaintenanceDatabase:
-        doc = self.session.run(primary, dbname, CATALOG_SQL)[0]["doc"]
+        doc = self.session.run(primary, dbname, CATALOG_SQL, prepare=True)[0]["doc"]
         block = int(doc["block_size"])
         db = MaintenanceDatabase(dbname, extensions=set(doc["extensions"]), repack_debris=list(doc["repack_debris"]))
         exact = "pgstattuple" in db.extensions
