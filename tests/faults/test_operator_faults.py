@@ -176,8 +176,10 @@ def _patroni_member_down_is_reported_and_left_to_patroni(pgenv: PgEnv, replica: 
     docker("systemctl", "stop", "patroni")
     try:
         code, plan = run_cli(pgenv, spec, "plan", "--cluster", CLUSTER, "--reconciler", "members")
-        assert code == 0 and [(a["kind"], a["target"]) for a in plan["actions"]] == \
-            [("report-member-down", replica)], plan
+        # Where etcd's raft leader sits is the members reconciler's too (move-etcd-leader), and in a lab no earlier
+        # test reconciled it can be on the PostgreSQL leader's host: not what this test is about.
+        assert code == 0 and [(a["kind"], a["target"]) for a in plan["actions"]
+                              if a["kind"] != "move-etcd-leader"] == [("report-member-down", replica)], plan
         code, once = run_cli(pgenv, spec, "reconcile", "--once", "--cluster", CLUSTER, "--reconciler", "members")
         assert code == 0, once
         assert docker("systemctl", "is-active", "patroni", check=False).stdout.strip() != "active"
