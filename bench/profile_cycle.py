@@ -1,13 +1,14 @@
 """Where one cluster's no-change cycle spends its CPU: cProfile over a cluster's part of a `--watch` cycle.
 
-The cluster is a view of the lab's pg-main, as bench_fleet builds them (ha manual, ten declared indexes in a
-database of its own, kept connections), and its part of the cycle (topology, members, indexes) runs on this
-thread, so the profile sees all of it, timed by this thread's CPU clock (waiting on the server costs none). Each
-round's CPU time (thread_time) and wall time are printed with their medians, then a summary by area (TLS,
-psycopg, pydantic, logging, the reconcilers' own code) as shares of the profiled CPU, and the functions with the
-most own CPU time. The profiler's own overhead inflates the profiled total over the unprofiled median.
+The cluster is fleet-1 of bench_fleet's lab (one host, ha manual, ten declared indexes, kept connections; run
+`DBFLEET_KEEP_LAB=1 python3 -m bench.bench_fleet` first), and its part of the cycle (every reconciler but
+backups, as bench_fleet times it) runs on this thread, so the profile sees all of it, timed by this thread's
+CPU clock (waiting on the server costs none). Each round's CPU time (thread_time) and wall time are printed
+with their medians, then a summary by area (TLS, psycopg, pydantic, logging, the reconcilers' own code) as
+shares of the profiled CPU, and the functions with the most own CPU time. The profiler's own overhead inflates
+the profiled total over the unprofiled median.
 
-    python3 -m bench.profile_cycle            # DBFLEET_BENCH_LAB names the lab (default "bench")
+    python3 -m bench.profile_cycle            # DBFLEET_BENCH_LAB names the lab (default "benchfleet")
 
 Figures, not assertions: the README's "Scale" quotes them.
 """
@@ -23,16 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
-from bench.bench_fleet import INDEXES, ViewSession, _is_primary, fleet_of, set_up, tear_down, with_views
-from bench.common import SPEC
+from bench.bench_fleet import INDEXES, LAB, cycle_reconcilers, fleet_data, name_of, set_up
 from dbfleet.engines.access import FleetAccess
 from dbfleet.reconcile.loop import Operator
-from dbfleet.spec import load_fleet
-from dbfleet.wiring import reconcilers
+from dbfleet.spec import Fleet
 
-LAB = os.environ.get("DBFLEET_BENCH_LAB", "bench")
 ROUNDS = int(os.environ.get("DBFLEET_PROFILE_ROUNDS", "30"))
 AREAS = (
     ("TLS and sockets", ("ssl.py", "socket.py", "<method 'read' of '_ssl", "<method 'write' of '_ssl",
@@ -55,22 +51,11 @@ def area_of(filename: str, name: str) -> str:
 
 
 def profile(inventory: Path, secrets: Path | None) -> None:
-    base = load_fleet(SPEC)
-    lab_access = FleetAccess.load(inventory, secrets)
-    main = base.cluster("pg-main")
-    access = with_views(lab_access, base, 1)
-
-    def connect(db: str) -> psycopg.Connection[Any]:
-        primary = next(h for h in main.host_names() if _is_primary(access, main, h))
-        return psycopg.connect(host=access.address(primary), port=main.port, dbname=db, user="postgres",
-                               password=access.secret("postgres_superuser_password"), sslmode="require",
-                               autocommit=True)
-
-    set_up(connect, 1)
-    fleet = fleet_of(base, 1)
-    cluster = fleet.clusters[0]
-    operator = Operator(fleet, access, reconcilers=reconcilers()[:3], session_factory=ViewSession,
-                        keep_sessions=True)
+    access = FleetAccess.load(inventory, secrets)
+    fleet = Fleet.model_validate(fleet_data())
+    set_up(fleet, access)
+    cluster = fleet.cluster(name_of(1))
+    operator = Operator(fleet, access, reconcilers=cycle_reconcilers(), keep_sessions=True)
     try:
         first = operator._cluster_cycle(cluster, apply=True)  # opens the connections
         if first.error or first.outcomes:
@@ -89,7 +74,6 @@ def profile(inventory: Path, secrets: Path | None) -> None:
                 raise RuntimeError(report.sentence())
     finally:
         operator.close()
-        tear_down(connect, 1)
     print(f"profile: one cluster ({INDEXES} declared indexes), {ROUNDS} no-change rounds on kept connections: "
           f"CPU median {statistics.median(cpu) * 1000:.1f} ms, wall median {statistics.median(wall) * 1000:.1f} ms, "
           f"{statistics.median(queries):.0f} statements a round")
