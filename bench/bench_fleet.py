@@ -46,6 +46,8 @@ from dbfleet.wiring import open_access, reconcilers
 LAB = os.environ.get("DBFLEET_BENCH_LAB", "benchfleet")
 SIZES = (1, 4, 8)
 ROUNDS = int(os.environ.get("DBFLEET_BENCH_ROUNDS", "7"))
+CPU_CYCLES = 200
+"""No-change cycles over which the machine's and the operator's CPU are counted."""
 INDEXES = 10
 BULK_ROWS = 5_000_000
 """Rows of fleet-big's bulk table: what makes its full backup take a while."""
@@ -138,9 +140,16 @@ def rss_bytes() -> int:
     return 0
 
 
-def no_change_cycles(fleet: Fleet, access: FleetAccess, n: int) -> tuple[list[float], int]:
-    """ROUNDS no-change cycles of the first n small clusters on kept connections; their seconds, and the
-    resident set after them."""
+def machine_cpu() -> tuple[int, int]:
+    """/proc/stat's first line: (all ticks, idle and iowait ticks) of every core together."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]
+
+
+def no_change_cycles(fleet: Fleet, access: FleetAccess, n: int) -> tuple[list[float], int, dict[str, float]]:
+    """ROUNDS no-change cycles of the first n small clusters on kept connections; their seconds, the resident
+    set after them, and where the CPU went: the machine's busy share of all its cores and the operator's own CPU
+    seconds, both per cycle (the servers run on the same machine)."""
     operator = Operator(fleet, access, reconcilers=cycle_reconcilers(), keep_sessions=True,
                         clusters={name_of(k) for k in range(1, n + 1)})
     try:
@@ -154,7 +163,15 @@ def no_change_cycles(fleet: Fleet, access: FleetAccess, n: int) -> tuple[list[fl
             if not report.ok or [o for c in report.clusters for o in c.outcomes]:
                 raise RuntimeError(report.render()[:3000])
             seconds.append(t.seconds)
-        return seconds, rss_bytes()
+        total0, idle0 = machine_cpu()  # counted in ticks of 10 ms: over CPU_CYCLES more cycles, not ROUNDS
+        cpu0 = time.process_time()
+        for _ in range(CPU_CYCLES):
+            operator.run_cycle(apply=True)
+        total1, idle1 = machine_cpu()
+        cpu = {"cores": float(os.cpu_count() or 1),
+               "machine_busy": 1 - (idle1 - idle0) / max(1, total1 - total0),
+               "operator_cpu_s": (time.process_time() - cpu0) / CPU_CYCLES}
+        return seconds, rss_bytes(), cpu
     finally:
         operator.close()
 
@@ -209,18 +226,21 @@ def run() -> list[Result]:
         set_up(fleet, access)
         medians: dict[int, float] = {}
         memory: dict[int, int] = {}
+        cpu: dict[int, dict[str, float]] = {}
         for n in SIZES:
-            seconds, memory[n] = no_change_cycles(fleet, access, n)
+            seconds, memory[n], cpu[n] = no_change_cycles(fleet, access, n)
             medians[n] = statistics.median(seconds)
             print(f"fleet: N={n}: no-change cycle median {medians[n]:.3f}s of {[round(s, 3) for s in seconds]}, "
-                  f"ratio to N=1 {medians[n] / medians[1]:.2f}, resident {memory[n] / 2**20:.1f} MiB", flush=True)
+                  f"ratio to N=1 {medians[n] / medians[1]:.2f}, resident {memory[n] / 2**20:.1f} MiB; machine "
+                  f"busy {cpu[n]['machine_busy']:.0%} of {cpu[n]['cores']:.0f} cores, operator CPU "
+                  f"{cpu[n]['operator_cpu_s'] * 1000:.1f} ms a cycle", flush=True)
         per_cluster = (memory[max(SIZES)] - memory[min(SIZES)]) / (max(SIZES) - min(SIZES))
         drift = drift_while_backing_up(access, workdir)
     running = bool(drift["backup_running_when_fixed"])
     print(f"fleet: memory per cluster ~{per_cluster / 2**20:.2f} MiB; drift fixed in {drift['fixed_s']:.2f}s while "
           f"a {drift['backup_s']:.0f}s backup job ran (still running when fixed: {running})")
     extra = {"rounds": ROUNDS, "parallel": DEFAULT_PARALLEL, "indexes_per_cluster": INDEXES,
-             "medians_s": medians, "resident_bytes": memory}
+             "medians_s": medians, "resident_bytes": memory, "cpu": cpu}
     results = [Result("fleet", f"no-change cycle, N={n} clusters", medians[n], "s", medians[1],
                       "the same cycle at N=1", extra) for n in SIZES]
     results.append(Result("fleet", "memory per cluster", per_cluster / 2**20, "MiB", None, "", extra))
