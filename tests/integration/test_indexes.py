@@ -395,12 +395,52 @@ def test_the_catalog_query_reads_what_the_statistics_views_show(pgenv: PgEnv, re
     with pgenv.connect(pgenv.primary) as conn, conn.transaction():
         conn.execute("SET LOCAL stats_fetch_consistency = snapshot")  # both reads see one snapshot of counters
         doc = conn.execute(CATALOG_SQL, prepare=True).fetchone()[0]  # type: ignore[index]
-        views = {f"index {r[0]}": (r[1], r[2]) for r in conn.execute(
-            "SELECT indexrelname, idx_scan, obj_description(indexrelid, 'pg_class') FROM pg_stat_user_indexes")}
-        views |= {f"table {r[0]}": (r[1], r[2]) for r in conn.execute(
-            "SELECT s.relname, seq_scan, CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE n_live_tup END "
+        views = {f"index {r[0]}.{r[1]}": (r[2], r[3]) for r in conn.execute(
+            "SELECT schemaname, indexrelname, idx_scan, obj_description(indexrelid, 'pg_class') "
+            "FROM pg_stat_user_indexes")}
+        views |= {f"table {r[0]}.{r[1]}": (r[2], r[3]) for r in conn.execute(
+            "SELECT schemaname, s.relname, seq_scan, "
+            "CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint ELSE n_live_tup END "
             "FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid")}
-    observed = {f"index {i['name']}": (i["scans"], i["comment"]) for i in doc["indexes"]}
-    observed |= {f"table {t['table']}": (t["seq_scans"], t["live_rows"]) for t in doc["tables"]}
+    observed = {f"index {i['schema']}.{i['name']}": (i["scans"], i["comment"]) for i in doc["indexes"]}
+    observed |= {f"table {t['schema']}.{t['table']}": (t["seq_scans"], t["live_rows"]) for t in doc["tables"]}
     assert observed == views
-    assert observed["index orders_open_idx"][1] == "a note" and views["table orders"][0] > 0
+    assert observed["index public.orders_open_idx"][1] == "a note" and views["table public.orders"][0] > 0
+
+
+def test_the_cycle_s_prepared_reads_outlive_the_index_advice(pgenv: PgEnv, reconciled):
+    """The catalog reads are prepared once per kept connection; the advice's rolled-back transaction and its
+    DEALLOCATE ALL run on a connection of their own, so a second cycle prepares nothing again."""
+    from dbfleet.engines.access import FleetAccess
+    from dbfleet.engines.postgres import PostgresSession
+    from dbfleet.reconcile.index_reconciler import IndexReconciler
+    from dbfleet.reconcile.loop import Operator
+    from dbfleet.spec import load_fleet
+
+    with pgenv.connect(pgenv.primary) as conn:
+        for kind in range(60):  # hot sequential scans, so that the advice runs each cycle
+            conn.execute("SELECT count(*) FROM hot WHERE kind = %s", [kind]).fetchall()
+    sessions: list[PostgresSession] = []
+
+    def session(cluster: Any, access: FleetAccess) -> PostgresSession:
+        sessions.append(PostgresSession(cluster, access))
+        return sessions[-1]
+
+    fleet = load_fleet(pgenv.write_spec())
+    access = FleetAccess.load(pgenv.lab.inventory_path, pgenv.lab.state.secrets)
+    operator = Operator(fleet, access, reconcilers=[IndexReconciler()], session_factory=session, keep_sessions=True,
+                        clusters={CLUSTER})
+    try:
+        prepared = []
+        for _ in range(2):
+            report = operator.run_cycle(apply=False)
+            assert report.ok, report.render()
+            assert any(a.kind == "advise-index" for a in report.clusters[0].actions), report.render()
+            rows = sessions[0].run(pgenv.primary, DB, "SELECT name, statement FROM pg_prepared_statements "
+                                                      "WHERE name LIKE '\\_pg3\\_%' ORDER BY name")
+            prepared.append([(r["name"], r["statement"]) for r in rows])
+        assert len(sessions) == 1
+        assert prepared[0] and prepared[1] == prepared[0]
+        assert any("pg_stat_get_numscans" in statement for _, statement in prepared[0])
+    finally:
+        operator.close()

@@ -116,3 +116,46 @@ def test_connect_prints_a_dsn_verified_against_the_inventorys_ca_from_any_direct
     assert dsn.startswith("postgresql://app@10.0.0.")
     ca = quote(str(tmp_path / "lab" / "pki" / "ca.crt"), safe="")
     assert f"sslmode=verify-full&sslrootcert={ca}&require_auth=scram-sha-256" in dsn and "password" not in dsn
+
+
+class _LostStatementConnection:
+    """A kept connection whose server no longer knows a statement psycopg prepared on it."""
+
+    closed = broken = False
+
+    def cursor(self, **kw: Any) -> Any:
+        import psycopg
+
+        conn = self
+
+        class Cursor:
+            def __enter__(self) -> Cursor:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+            def execute(self, query: Any, params: Any = None, prepare: bool | None = None) -> None:
+                assert prepare is True
+                raise psycopg.errors.InvalidSqlStatementName('prepared statement "_pg3_0" does not exist')
+
+        conn.kw = kw
+        return Cursor()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_prepared_statement_the_server_lost_drops_the_connection_and_is_retried() -> None:
+    """Not a PermanentError that repeats every cycle on the kept connection: the connection is closed and
+    forgotten, and the TemporaryError's retry reconnects and prepares again."""
+    from dbfleet.engines.postgres import PostgresSession
+    from dbfleet.errors import TemporaryError
+
+    cluster = load_fleet(REPO / "fleet.example.yaml").cluster("pg-main")
+    session = PostgresSession(cluster, FleetAccess({"pg-1": "10.0.0.1"}, {}))  # type: ignore[arg-type]
+    lost = _LostStatementConnection()
+    session._conns[("pg-1", "app", "")] = lost  # type: ignore[assignment]
+    with pytest.raises(TemporaryError, match="does not exist; reconnecting"):
+        session.run("pg-1", "app", "SELECT 1", prepare=True)
+    assert lost.closed and ("pg-1", "app", "") not in session._conns

@@ -41,8 +41,11 @@ TEMPORARY_SQLSTATES = {
 }
 
 MEMBER_SQL = ("SELECT pg_is_in_recovery() AS recovery, "
-              "ARRAY(SELECT application_name FROM pg_stat_replication ORDER BY 1) AS standbys")
+              "ARRAY(SELECT application_name FROM pg_stat_replication) AS standbys")
 """A member's role, and the standbys streaming from it (read from the primary's row): one statement a member."""
+ADVICE_LANE = "advice"
+"""The connection the index advice runs on: its rolled-back transaction and DEALLOCATE ALL would make psycopg
+forget the statements prepared on the default one every cycle."""
 PREPARE_WHEN_ASKED = 2**31 - 1
 """psycopg's prepare_threshold: no statement is prepared for its count of runs, only where a caller asks
 (`PostgresSession.run(..., prepare=True)`: the same catalog reads every cycle, whose planning cost as much server
@@ -146,34 +149,43 @@ class PostgresSession(EngineSession[PostgresCluster]):
 
     def __init__(self, cluster: PostgresCluster, access: FleetAccess):
         super().__init__(cluster, access)
-        self._conns: dict[tuple[str, str], psycopg.Connection[Any]] = {}
+        self._conns: dict[tuple[str, str, str], psycopg.Connection[Any]] = {}
+        """(host, database, lane) -> connection."""
         self._patroni: PatroniApi | None = None
         self._etcd: EtcdGateway | None = None
 
-    def connection(self, host: str, dbname: str) -> psycopg.Connection[Any]:
-        conn = self._conns.get((host, dbname))
+    def connection(self, host: str, dbname: str, lane: str = "") -> psycopg.Connection[Any]:
+        """This session's connection to one database on one member; a `lane` (say, ADVICE_LANE) is a connection
+        of its own beside the default one."""
+        conn = self._conns.get((host, dbname, lane))
         if conn is None or conn.closed:
             conn = connect(self.cluster, self.access, host, dbname)
             self.connections += 1
-            self._conns[(host, dbname)] = conn
+            self._conns[(host, dbname, lane)] = conn
         return conn
 
     def run(self, host: str, dbname: str, query: Query, params: Any = None, *,
-            prepare: bool = False) -> list[dict[str, Any]]:
+            prepare: bool = False, lane: str = "") -> list[dict[str, Any]]:
         """One statement on one member; driver errors become Temporary or Permanent errors naming the host.
 
-        `prepare`: a named prepared statement on this connection, planned once and kept (psycopg drops them all
-        after a DROP, ALTER, ROLLBACK or DEALLOCATE ALL, and a new connection starts without): for the statements
-        every cycle repeats word for word."""
-        conn = self.connection(host, dbname)
+        `prepare`: a named prepared statement on this connection, planned once and kept, for the catalog reads
+        every cycle repeats word for word. psycopg forgets them all when a transaction block on the connection
+        rolls back, or a DROP, ALTER or DEALLOCATE ALL is run through it: work that does that every cycle (the
+        index advice) has a lane of its own. A statement the server no longer knows drops the connection (a
+        TemporaryError: the retry reconnects and prepares again)."""
+        conn = self.connection(host, dbname, lane)
         self.queries += 1
         try:
             with conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(query, params, prepare=prepare or None)
                 return cur.fetchall() if cur.description else []
+        except psycopg.errors.InvalidSqlStatementName as exc:
+            conn.close()
+            self._conns.pop((host, dbname, lane), None)
+            raise TemporaryError(f"database {dbname}: {_first_line(exc)}; reconnecting", host=host) from None
         except psycopg.Error as exc:
             if conn.closed or conn.broken:
-                self._conns.pop((host, dbname), None)
+                self._conns.pop((host, dbname, lane), None)
             raise classify(exc, host, f"database {dbname}") from None
 
     def close(self) -> None:

@@ -3,9 +3,10 @@
 Per database, one catalog query on the primary returns every index, table
 and counter as one JSON document, and one query per replica returns that
 replica's scan counters (physical replicas share the primary's OIDs). Both
-are prepared once per connection, and read the counters with the functions
-the pg_stat_user_* views are made of (pg_stat_get_numscans, ...) rather than
-joining the views: planning the views cost as much as running the query.
+are prepared once per connection; the primary's reads the counters with the
+functions the pg_stat_user_* views are made of (pg_stat_get_numscans, ...)
+rather than joining the views, whose planning cost as much as running it.
+Missing-index advice runs on a connection of its own (ADVICE_LANE).
 Index DDL is always CONCURRENTLY, with a lock timeout so it waits for no one
 for long; a lock timeout is a TemporaryError and is retried. Everything goes
 through the cluster's engine session.
@@ -23,7 +24,7 @@ from psycopg import sql
 
 from dbfleet.actions import Action
 from dbfleet.engines.credentials import EXPLAIN_ROLE
-from dbfleet.engines.postgres import PostgresSession
+from dbfleet.engines.postgres import ADVICE_LANE, PostgresSession, Query
 from dbfleet.errors import PermanentError, ReconcileError
 from dbfleet.pg_syntax import UnsafeQuery, one_select
 from dbfleet.reconcile import advice as plans
@@ -75,7 +76,7 @@ SELECT json_build_object(
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_am am ON am.oid = c.relam
              LEFT JOIN backing b ON b.conindid = i.indexrelid
-             LEFT JOIN pg_description d ON d.objoid = i.indexrelid AND d.classoid = 'pg_class'::regclass
+             LEFT JOIN pg_description d ON d.objoid = i.indexrelid AND d.classoid = 'pg_catalog.pg_class'::regclass
                                            AND d.objsubid = 0
              WHERE {_NOT_SYSTEM})
 ) AS doc
@@ -169,6 +170,10 @@ class PostgresIndexes:
 
     # -- indexes: missing-index advice with hypopg ---------------------------
 
+    def _advice_run(self, primary: str, dbname: str, query: Query, params: Any = None) -> list[dict[str, Any]]:
+        """A statement of the advice, on its own connection (ADVICE_LANE): its transaction always rolls back."""
+        return self.session.run(primary, dbname, query, params, lane=ADVICE_LANE)
+
     def _advise(self, cluster: PostgresCluster, primary: str, database: ObservedDatabase,
                 extensions: set[str]) -> None:
         rule = cluster.indexes.missing
@@ -187,11 +192,11 @@ class PostgresIndexes:
         elif hot:
             database.notes.append(f"hot sequential scans on {', '.join(sorted(hot))}, but pg_stat_statements "
                                   "is not installed to name their queries")
-        conn = self.session.connection(primary, database.name)
+        conn = self.session.connection(primary, database.name, ADVICE_LANE)
         try:
             with conn.transaction(force_rollback=True):
-                self.session.run(primary, database.name, "SET TRANSACTION READ ONLY")
-                roles = {r["rolname"] for r in self.session.run(primary, database.name,
+                self._advice_run(primary, database.name, "SET TRANSACTION READ ONLY")
+                roles = {r["rolname"] for r in self._advice_run(primary, database.name,
                                                                  "SELECT rolname FROM pg_roles")}
                 for candidate in candidates[:MAX_ADVICE_QUERIES]:
                     try:
@@ -207,15 +212,15 @@ class PostgresIndexes:
                         with conn.transaction():  # a savepoint: one bad query does not spoil the others
                             # Planning runs IMMUTABLE functions, so never with more rights than the role
                             # the query belongs to: the one that ran it, or the read-only explain role.
-                            self.session.run(primary, database.name,
+                            self._advice_run(primary, database.name,
                                              sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(candidate.role)))
                             self._advise_query(primary, database, query, candidate.source, candidate.scopes)
                     except PermanentError as exc:
                         database.notes.append(f"cannot explain {candidate.query[:80]!r}: {exc.message}")
         finally:
             if not conn.closed:
-                self.session.run(primary, database.name, "SELECT hypopg_reset()")
-                self.session.run(primary, database.name, "DEALLOCATE ALL")
+                self._advice_run(primary, database.name, "SELECT hypopg_reset()")
+                self._advice_run(primary, database.name, "DEALLOCATE ALL")
 
     def _hot_queries(self, primary: str, database: ObservedDatabase,
                      hot: dict[str, TableStats]) -> list[Candidate]:
@@ -244,17 +249,17 @@ class PostgresIndexes:
         for scan in plans.seq_scans(before):
             if scan.scope not in database.tables or (scopes is not None and scan.scope not in scopes):
                 continue
-            rows = self.session.run(primary, database.name,
+            rows = self._advice_run(primary, database.name,
                             "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
                             "AND NOT attisdropped", [f"{quote_ident(scan.schema)}.{quote_ident(scan.table)}"])
             keys = plans.candidate_keys(scan.filter, {r["attname"] for r in rows})
             if not keys or any(i.keys[: len(keys)] == keys and i.valid for i in database.indexes
                                if i.scope == scan.scope):
                 continue
-            self.session.run(primary, database.name, "SELECT hypopg_create_index(%s)",
+            self._advice_run(primary, database.name, "SELECT hypopg_create_index(%s)",
                      [plans.hypothetical_sql(scan.schema, scan.table, keys)])
             after = self._explain(primary, database.name, query)
-            self.session.run(primary, database.name, "SELECT hypopg_reset()")
+            self._advice_run(primary, database.name, "SELECT hypopg_reset()")
             database.advice.append(IndexAdvice(
                 database.name, scan.scope, keys, plans.advice_sql(scan.schema, scan.table, keys), query, source,
                 plans.plan_cost(before), plans.plan_cost(after)))
@@ -267,15 +272,15 @@ class PostgresIndexes:
         params = plans.parameter_count(query)
         if params == 0:
             explain = sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) ") + sql.SQL(query)
-            return self.session.run(primary, dbname, explain)[0]["QUERY PLAN"]
-        # Prepared statements outlive a rolled-back savepoint, so each gets its own name;
-        # _advise deallocates them all at the end (psycopg's own auto-prepare is off).
+            return self._advice_run(primary, dbname, explain)[0]["QUERY PLAN"]
+        # Prepared statements outlive a rolled-back savepoint, so each gets its own name; _advise deallocates
+        # them all at the end, on the advice lane, where nothing is prepared for the cycle's catalog reads.
         self._prepared += 1
         name = f"dbfleet_advice_{self._prepared}"
-        self.session.run(primary, dbname, "SET LOCAL plan_cache_mode = force_generic_plan")
-        self.session.run(primary, dbname, sql.SQL(f"PREPARE {name} AS ") + sql.SQL(query))
+        self._advice_run(primary, dbname, "SET LOCAL plan_cache_mode = force_generic_plan")
+        self._advice_run(primary, dbname, sql.SQL(f"PREPARE {name} AS ") + sql.SQL(query))
         execute = f"EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE {name}(" + ", ".join(["NULL"] * params) + ")"
-        return self.session.run(primary, dbname, execute)[0]["QUERY PLAN"]
+        return self._advice_run(primary, dbname, execute)[0]["QUERY PLAN"]
 
     # -- indexes: act --------------------------------------------------------
 
