@@ -6,7 +6,8 @@ backups, as bench_fleet times it) runs on this thread, so the profile sees all o
 CPU clock (waiting on the server costs none). Each round's CPU time (thread_time) and wall time are printed
 with their medians, then a summary by area (TLS, psycopg, pydantic, logging, the reconcilers' own code) as
 shares of the profiled CPU, and the functions with the most own CPU time. The profiler's own overhead inflates
-the profiled total over the unprofiled median.
+the profiled total over the unprofiled median. It drops and creates table t on the lab's small clusters
+first (bench_fleet's set_up).
 
     python3 -m bench.profile_cycle            # DBFLEET_BENCH_LAB names the lab (default "benchfleet")
 

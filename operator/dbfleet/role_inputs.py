@@ -39,7 +39,7 @@ def shared_inputs(cluster: ClusterBase) -> dict[str, Any]:
 
 def pki_inputs(tls: TLS) -> dict[str, Any]:
     """The CA the spec supplies (tls.ca_cert, tls.ca_key); none when pki is to make and use the fleet CA (the role's
-    default, ''; an empty string is not written, since Ansible reads `!unsafe ''` as null)."""
+    default, '', is left to the role)."""
     supplied = {"pki_supplied_ca_cert": tls.ca_cert, "pki_supplied_ca_key": tls.ca_key}
     return {name: path for name, path in supplied.items() if path}
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dbfleet.engines.access import read_inventory_hosts
 from dbfleet.inventory import HostAccess, build_inventory, cluster_group, host_roles, write_inventory
@@ -117,10 +118,9 @@ def test_ansible_does_not_evaluate_jinja_from_the_spec(tmp_path: Path) -> None:
 def test_an_empty_spec_string_reaches_ansible_as_an_empty_string(tmp_path: Path) -> None:
     """ansible-core 2.19 reads `!unsafe ''` as None: pgbackrest's `pgbackrest_spool_path | length` failed the
     converge of every PostgreSQL cluster without dr (found by bench fleet's one-host clusters)."""
-    text = (REPO / "fleet.example.yaml").read_text()
-    start = text.index("    dr:\n")
-    end = text.index("    indexes:\n", start)
-    fleet = parse_fleet(text[:start] + text[end:], "no-dr.yaml")
+    data = yaml.safe_load((REPO / "fleet.example.yaml").read_text())
+    del next(c for c in data["clusters"] if c["name"] == "pg-main")["dr"]
+    fleet = parse_fleet(yaml.safe_dump(data), "no-dr.yaml")
     assert fleet.cluster("pg-main").dr is None  # type: ignore[union-attr]
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     path = write_inventory(build_inventory(fleet, {h: HostAccess("127.0.0.1", local) for h in host_roles(fleet)}),
