@@ -140,16 +140,26 @@ def rss_bytes() -> int:
     return 0
 
 
-def machine_cpu() -> tuple[int, int]:
-    """/proc/stat's first line: (all ticks, idle and iowait ticks) of every core together."""
+def machine_cpu() -> tuple[int, int, int]:
+    """(all ticks, idle and iowait ticks) of every core together from /proc/stat, and the ticks every PostgreSQL
+    process on the machine has used (the lab's servers run in containers here, so /proc sees them)."""
     ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return sum(ticks), ticks[3] + ticks[4]
+    servers = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended
+            continue
+        if text[text.index("(") + 1:text.rindex(")")] == "postgres":
+            fields = text[text.rindex(")") + 2:].split()
+            servers += int(fields[11]) + int(fields[12])  # utime, stime
+    return sum(ticks), ticks[3] + ticks[4], servers
 
 
 def no_change_cycles(fleet: Fleet, access: FleetAccess, n: int) -> tuple[list[float], int, dict[str, float]]:
     """ROUNDS no-change cycles of the first n small clusters on kept connections; their seconds, the resident
-    set after them, and where the CPU went: the machine's busy share of all its cores and the operator's own CPU
-    seconds, both per cycle (the servers run on the same machine)."""
+    set after them, and where the CPU went: the machine's busy share of all its cores, the operator's own CPU
+    seconds and the PostgreSQL servers' (all on this machine), per cycle."""
     operator = Operator(fleet, access, reconcilers=cycle_reconcilers(), keep_sessions=True,
                         clusters={name_of(k) for k in range(1, n + 1)})
     try:
@@ -163,14 +173,16 @@ def no_change_cycles(fleet: Fleet, access: FleetAccess, n: int) -> tuple[list[fl
             if not report.ok or [o for c in report.clusters for o in c.outcomes]:
                 raise RuntimeError(report.render()[:3000])
             seconds.append(t.seconds)
-        total0, idle0 = machine_cpu()  # counted in ticks of 10 ms: over CPU_CYCLES more cycles, not ROUNDS
+        total0, idle0, servers0 = machine_cpu()  # counted in ticks of 10 ms: over CPU_CYCLES more cycles
         cpu0 = time.process_time()
         for _ in range(CPU_CYCLES):
             operator.run_cycle(apply=True)
-        total1, idle1 = machine_cpu()
+        total1, idle1, servers1 = machine_cpu()
+        tick = 1 / os.sysconf("SC_CLK_TCK")
         cpu = {"cores": float(os.cpu_count() or 1),
                "machine_busy": 1 - (idle1 - idle0) / max(1, total1 - total0),
-               "operator_cpu_s": (time.process_time() - cpu0) / CPU_CYCLES}
+               "operator_cpu_s": (time.process_time() - cpu0) / CPU_CYCLES,
+               "servers_cpu_s": (servers1 - servers0) * tick / CPU_CYCLES}
         return seconds, rss_bytes(), cpu
     finally:
         operator.close()
@@ -232,8 +244,9 @@ def run() -> list[Result]:
             medians[n] = statistics.median(seconds)
             print(f"fleet: N={n}: no-change cycle median {medians[n]:.3f}s of {[round(s, 3) for s in seconds]}, "
                   f"ratio to N=1 {medians[n] / medians[1]:.2f}, resident {memory[n] / 2**20:.1f} MiB; machine "
-                  f"busy {cpu[n]['machine_busy']:.0%} of {cpu[n]['cores']:.0f} cores, operator CPU "
-                  f"{cpu[n]['operator_cpu_s'] * 1000:.1f} ms a cycle", flush=True)
+                  f"busy {cpu[n]['machine_busy']:.0%} of {cpu[n]['cores']:.0f} cores, CPU a cycle: operator "
+                  f"{cpu[n]['operator_cpu_s'] * 1000:.1f} ms, servers {cpu[n]['servers_cpu_s'] * 1000:.1f} ms",
+                  flush=True)
         per_cluster = (memory[max(SIZES)] - memory[min(SIZES)]) / (max(SIZES) - min(SIZES))
         drift = drift_while_backing_up(access, workdir)
     running = bool(drift["backup_running_when_fixed"])
