@@ -1,7 +1,7 @@
 """Fleet scale: the no-change cycle of N PostgreSQL clusters (N = 1, 4, 8), the operator's memory per cluster, and
 drift fixed on one cluster while another runs a long backup job.
 
-The bench brings up a lab of its own (DBFLEET_BENCH_LAB, default "benchfleet") from a spec it writes: eight small
+The bench brings up a lab of its own (DBFLEET_BENCH_LAB, default "benchfleet") from a spec it builds: eight small
 one-host PostgreSQL clusters fleet-1..fleet-8 (ha manual, tiny buffers, backups off, ten declared indexes on
 app.t) and fleet-big, one more such host whose full backup is the long job. postgres.yml converges them all; the
 operator then reads eight real servers in eight containers, each with its own catalog, connections and
@@ -32,15 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 
-from bench.common import REPO, Result, timed
+from bench.common import Result, converged_postgres_lab, timed
 from dbfleet.backups.job_runner import JobRunner
 from dbfleet.backups.jobs import RUNNING
 from dbfleet.engines.access import FleetAccess
 from dbfleet.reconcile.leader import FileLeaderLock
 from dbfleet.reconcile.loop import DEFAULT_PARALLEL, Operator, Reconciler, watch
-from dbfleet.spec import Fleet, load_fleet
+from dbfleet.spec import Fleet
 from dbfleet.wiring import open_access, reconcilers
 
 LAB = os.environ.get("DBFLEET_BENCH_LAB", "benchfleet")
@@ -81,34 +80,12 @@ def fleet_data(big_full_cron: str | None = None) -> dict[str, Any]:
             "operator": {"leader": "file"}, "clusters": [*clusters, big]}
 
 
-def write_spec(directory: Path) -> Path:
-    path = directory / "fleet.yaml"
-    path.write_text(yaml.safe_dump(fleet_data(), sort_keys=False))
-    return path
-
-
 @contextmanager
 def fleet_lab() -> Iterator[tuple[Fleet, FleetAccess, Path]]:
-    """The bench's lab up and converged: (fleet, access, a work directory)."""
-    from dbfleet.lab import lifecycle
-    from dbfleet.playbook import run_playbook
-
-    inventories = REPO / "inventories"
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
-        fleet = load_fleet(write_spec(Path(tmp)))
-        state = lifecycle.up(fleet, LAB, inventories, {"postgres"})
-        try:
-            if os.environ.get("DBFLEET_BENCH_NO_CONVERGE") != "1":
-                with timed() as t:
-                    converge = run_playbook("postgres.yml", state.inventory, echo=False)
-                if not converge.ok:
-                    raise RuntimeError("postgres.yml converge failed:\n" + converge.output[-3000:])
-                print(f"fleet: postgres.yml converged {len(fleet.clusters)} one-host clusters in {t.seconds:.0f}s",
-                      flush=True)
-            yield fleet, FleetAccess.load(state.inventory, state.secrets), Path(tmp)
-        finally:
-            if os.environ.get("DBFLEET_KEEP_LAB") != "1":
-                lifecycle.down(LAB, inventories)
+    """The bench's lab up and converged: (fleet, access, a work directory for the leader lock)."""
+    fleet = Fleet.model_validate(fleet_data())
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, converged_postgres_lab(LAB, fleet) as (_, access):
+        yield fleet, access, Path(tmp)
 
 
 def connect(fleet: Fleet, access: FleetAccess, cluster: str, db: str = DB) -> psycopg.Connection[Any]:

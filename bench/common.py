@@ -52,11 +52,12 @@ def timed() -> Iterator[Timer]:
 
 
 @contextmanager
-def converged_postgres_lab(lab: str) -> Iterator[tuple[Any, Any]]:
+def converged_postgres_lab(lab: str, fleet: Any = None) -> Iterator[tuple[Any, Any]]:
     """The lab named `lab` with its PostgreSQL hosts up and postgres.yml converged: (lab state, FleetAccess).
 
-    Engines already running are kept in the inventory; the lab goes down afterwards unless DBFLEET_KEEP_LAB=1.
-    DBFLEET_BENCH_NO_CONVERGE=1 skips the converge (a lab kept from a run before)."""
+    `fleet` is the spec (default: fleet.example.yaml). Engines already running are kept in the inventory; the lab
+    goes down afterwards unless DBFLEET_KEEP_LAB=1. DBFLEET_BENCH_NO_CONVERGE=1 skips the converge (a lab kept
+    from a run before)."""
     from dbfleet.engines.access import FleetAccess
     from dbfleet.lab import lifecycle
     from dbfleet.playbook import run_playbook
@@ -64,12 +65,14 @@ def converged_postgres_lab(lab: str) -> Iterator[tuple[Any, Any]]:
 
     inventories = REPO / "inventories"
     running = {row["engine"] for row in lifecycle.status(lab) if row["engine"]}
-    state = lifecycle.up(load_fleet(SPEC), lab, inventories, running | {"postgres"})
+    state = lifecycle.up(fleet or load_fleet(SPEC), lab, inventories, running | {"postgres"})
     try:
         if os.environ.get("DBFLEET_BENCH_NO_CONVERGE") != "1":
-            converge = run_playbook("postgres.yml", state.inventory, echo=False)
+            with timed() as t:
+                converge = run_playbook("postgres.yml", state.inventory, echo=False)
             if not converge.ok:
                 raise RuntimeError("postgres.yml converge failed:\n" + converge.output[-3000:])
+            print(f"[bench] lab {lab}: postgres.yml converged in {t.seconds:.0f}s", flush=True)
         yield state, FleetAccess.load(state.inventory, state.secrets)
     finally:
         if os.environ.get("DBFLEET_KEEP_LAB") != "1":
